@@ -1,0 +1,1 @@
+"""Dev-machine side of chronos-train: CLI, run stacks, executors, the local sandbox."""

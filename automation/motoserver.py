@@ -1,0 +1,62 @@
+"""Start and probe a moto server process on loopback (the tests' and the sandbox's AWS)."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+SANDBOX_ACCOUNT = "123456789012"
+SANDBOX_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def is_up(endpoint_url: str, timeout: float = 0.5) -> bool:
+    try:
+        with urllib.request.urlopen(f"{endpoint_url}/moto-api/data.json", timeout=timeout):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start(port: int, log_path: Path | None = None, detach: bool = False) -> subprocess.Popen:
+    """Launch `python -m moto.server` on 127.0.0.1:port and wait until it answers."""
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    env = {**os.environ, **SANDBOX_CREDENTIALS, "MOTO_ACCOUNT_ID": SANDBOX_ACCOUNT}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=detach,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited with code {proc.returncode} before answering on {url}")
+        if is_up(url):
+            return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"moto server did not answer on {url} within 30 s")
+
+
+def reset(endpoint_url: str) -> None:
+    req = urllib.request.Request(f"{endpoint_url}/moto-api/reset", method="POST", data=b"")
+    with urllib.request.urlopen(req, timeout=10):
+        pass

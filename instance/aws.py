@@ -1,0 +1,68 @@
+"""The one place boto3 clients are made: endpoint, region, timeouts and botocore's retries."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+# Retries are botocore's (standard mode: exponential backoff with jitter on throttling, 5xx and
+# connection errors). 3 retries = 4 attempts. Timeouts keep a dead endpoint from hanging a run.
+RETRIES = {"total_max_attempts": 4, "mode": "standard"}
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 30
+
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class AwsTarget:
+    """Where AWS calls go: the real endpoints (endpoint_url None) or a sandbox."""
+
+    region: str | None = None
+    endpoint_url: str | None = None
+
+    @classmethod
+    def from_env(cls, region: str | None = None, endpoint_url: str | None = None) -> "AwsTarget":
+        return cls(
+            region=region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+            endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
+        )
+
+
+def client(service: str, target: AwsTarget | None = None, **config: Any):
+    import boto3
+    from botocore.config import Config
+
+    target = target or AwsTarget.from_env()
+    cfg = Config(
+        retries=dict(RETRIES),
+        connect_timeout=config.pop("connect_timeout", CONNECT_TIMEOUT_S),
+        read_timeout=config.pop("read_timeout", READ_TIMEOUT_S),
+        max_pool_connections=config.pop("max_pool_connections", 32),
+        **config,
+    )
+    # boto3.Session is not thread-safe to create clients from concurrently.
+    with _lock:
+        session = boto3.session.Session()
+        return session.client(
+            service, region_name=target.region, endpoint_url=target.endpoint_url, config=cfg
+        )
+
+
+def error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def http_status(exc: BaseException) -> int:
+    response = getattr(exc, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def is_precondition_failed(exc: BaseException) -> bool:
+    return http_status(exc) == 412 or error_code(exc) in ("PreconditionFailed", "412")
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return http_status(exc) == 404 or error_code(exc) in ("NoSuchKey", "404", "NotFound")

@@ -1,0 +1,118 @@
+"""Every S3 key and the bucket name, computed in one place."""
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+PROJECT_TAG = "Chronos-Training"
+KNOWN_ENVS = ("dev", "stage", "prod")
+DATASETS_PREFIX = "cached-datasets/"
+PYTHON_ENV_PREFIX = "cached-datasets/python-env/"
+
+RUN_ID_RE = re.compile(r"^run-\d{8}-\d{6}-[0-9a-f]{4}$")
+_MONTH_RE = re.compile(r"^\d{4}/(0[1-9]|1[0-2])$")
+
+
+class LayoutError(ValueError):
+    """A name that cannot be part of the layout (bad env, run id or month)."""
+
+
+def bucket_name(env: str, account: str, region: str) -> str:
+    check_env(env)
+    return f"chronos-training-{env}-{account}-{region}"
+
+
+def check_env(env: str) -> str:
+    if env not in KNOWN_ENVS:
+        raise LayoutError(f"unknown environment {env!r}; use one of: {', '.join(KNOWN_ENVS)}")
+    return env
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return f"run-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID_RE.match(run_id or ""):
+        raise LayoutError(
+            f"{run_id!r} is not a run id; run ids look like run-20261128-203700-1a2b "
+            "(see `chronos-train runs`)"
+        )
+    return run_id
+
+
+def run_started_at(run_id: str) -> datetime:
+    return datetime.strptime(check_run_id(run_id)[4:19], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc)
+
+
+def dataset_prefix(month: str) -> str:
+    if not _MONTH_RE.match(month):
+        raise LayoutError(f"month {month!r} must look like YYYY/MM, for example 2026/11")
+    return f"{DATASETS_PREFIX}{month}/"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The keys of one environment; run-scoped keys take the run id."""
+
+    env: str
+
+    def __post_init__(self) -> None:
+        check_env(self.env)
+
+    @property
+    def infra(self) -> str:
+        return f"{self.env}/infra.json"
+
+    @property
+    def state(self) -> str:
+        return f"{self.env}/system-state.json"
+
+    @property
+    def logs_root(self) -> str:
+        return f"{self.env}/logs/"
+
+    @property
+    def pulumi_prefix(self) -> str:
+        return f"{self.env}/pulumi/"
+
+    def logs(self, run_id: str) -> str:
+        return f"{self.env}/logs/{check_run_id(run_id)}/"
+
+    def training_record(self, run_id: str) -> str:
+        return self.logs(run_id) + "training.json"
+
+    def cleanup_status(self, run_id: str) -> str:
+        return self.logs(run_id) + "cleanup_status.json"
+
+    def agent_log(self, run_id: str) -> str:
+        return self.logs(run_id) + "agent.log"
+
+    def run_root(self, run_id: str) -> str:
+        return f"{self.env}/{check_run_id(run_id)}/"
+
+    def run_config(self, run_id: str) -> str:
+        return self.run_root(run_id) + "run.yaml"
+
+    def bundle(self, run_id: str) -> str:
+        return self.run_root(run_id) + "bundle.tar.gz"
+
+    def models(self, run_id: str) -> str:
+        return self.run_root(run_id) + "models/"
+
+    def checkpoints(self, run_id: str) -> str:
+        return self.run_root(run_id) + "checkpoints/"
+
+    def model_metadata(self, run_id: str) -> str:
+        return self.run_root(run_id) + "model_metadata.json"
+
+
+def python_env_key(python_version: str, requirements_hash: str) -> str:
+    return f"{PYTHON_ENV_PREFIX}chronos-venv-{python_version}-{requirements_hash}.tar.gz"
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"

@@ -1,0 +1,272 @@
+"""The run lock: `{env}/system-state.json`, written only with conditional requests.
+
+- acquire: create with If-None-Match: *  (exactly one of many concurrent launches wins)
+- update:  compare-and-swap with If-Match: <etag>; `seq` grows on every write, so two bodies
+           never share an ETag (no ABA)
+- release: delete with If-Match: <etag>
+- fencing: a writer whose CAS fails re-reads; if the lock now belongs to another run, or the
+           run was moved on (killed, failed) by someone else, it raises and never overwrites.
+
+The pure rules (transitions, staleness) live beside this; S3 calls stay at this edge.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable, Mapping
+
+from .artifacts import dumps
+from .aws import is_not_found, is_precondition_failed
+from .layout import Layout
+from .status import Status, check_move
+from .timeutil import iso, parse_iso, utcnow
+
+DEFAULT_STALE_AFTER = timedelta(minutes=5)
+# Instance states in which the agent may still be alive and writing.
+ALIVE_INSTANCE_STATES = frozenset({"pending", "running"})
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A state body together with the ETag it was read or written with."""
+
+    etag: str
+    state: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.state["run_id"]
+
+    @property
+    def status(self) -> Status:
+        return Status(self.state["status"])
+
+    @property
+    def seq(self) -> int:
+        return int(self.state.get("seq", 0))
+
+
+class LockError(Exception):
+    """Base of every refusal by the state store."""
+
+
+class LockBusy(LockError):
+    def __init__(self, holder: Mapping[str, Any] | None):
+        self.holder = dict(holder or {})
+        if holder:
+            msg = (
+                f"another run holds the lock: {holder.get('run_id')} "
+                f"(status {holder.get('status')}, started {holder.get('started_at')})"
+            )
+        else:
+            msg = "the lock is busy"
+        super().__init__(msg)
+
+
+class Fenced(LockError):
+    """This writer lost the right to write: the state moved on without it."""
+
+    def __init__(self, message: str, current: Lease | None = None):
+        super().__init__(message)
+        self.current = current
+
+
+class RunKilled(Fenced):
+    """Someone else moved this run to `killed`; `current` is the lease to clean up with."""
+
+
+class NotHolder(Fenced):
+    pass
+
+
+Mutation = Callable[[dict], "dict | None"]
+
+
+class StateStore:
+    def __init__(self, s3, bucket: str, env: str):
+        self.s3 = s3
+        self.bucket = bucket
+        self.key = Layout(env).state
+
+    # -- reads -----------------------------------------------------------------------------
+    def read(self) -> Lease | None:
+        try:
+            resp = self.s3.get_object(Bucket=self.bucket, Key=self.key)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        return Lease(etag=resp["ETag"], state=json.loads(resp["Body"].read()))
+
+    # -- acquire ---------------------------------------------------------------------------
+    def acquire(self, run_id: str, now: datetime | None = None, **fields: Any) -> Lease:
+        now_s = iso(now or utcnow())
+        write_id = uuid.uuid4().hex
+        body = {
+            **fields,
+            "run_id": run_id,
+            "status": Status.INITIALIZATION.value,
+            "seq": 1,
+            "started_at": now_s,
+            "updated_at": now_s,
+            "heartbeat_at": now_s,
+            "history": [{"status": Status.INITIALIZATION.value, "at": now_s}],
+            "write_id": write_id,
+        }
+        # Two attempts: the holder may release between our refused create and our read.
+        for _ in range(2):
+            try:
+                etag = self._put(body, IfNoneMatch="*")
+                return Lease(etag=etag, state=body)
+            except Exception as exc:
+                if not is_precondition_failed(exc):
+                    raise
+            current = self.read()
+            if current is None:
+                continue
+            if current.state.get("write_id") == write_id:
+                return current  # our create landed; only its reply was lost (retried request)
+            raise LockBusy(current.state)
+        raise LockBusy(None)
+
+    # -- compare-and-swap ------------------------------------------------------------------
+    def update(
+        self,
+        lease: Lease,
+        mutate: Mutation,
+        *,
+        pin_status: bool = True,
+        heartbeat: bool = True,
+        now: Callable[[], datetime] = utcnow,
+    ) -> Lease:
+        """Apply `mutate` to the state and write it back with If-Match.
+
+        On a lost race the state is re-read; the mutation is re-applied only if the lock still
+        belongs to the same run and (with `pin_status`) the run is still in the status this writer
+        knew. Otherwise the writer is fenced. `mutate` may return None to write nothing.
+        """
+        write_id = uuid.uuid4().hex
+        base = lease
+        while True:
+            body = mutate(copy.deepcopy(dict(base.state)))
+            if body is None:
+                return base
+            now_s = iso(now())
+            body.update(seq=base.seq + 1, updated_at=now_s, write_id=write_id)
+            if heartbeat:
+                body["heartbeat_at"] = now_s
+            try:
+                return Lease(etag=self._put(body, IfMatch=base.etag), state=body)
+            except Exception as exc:
+                if not is_precondition_failed(exc):
+                    raise
+            base = self._after_conflict(lease, base, write_id, pin_status)
+            if base.state.get("write_id") == write_id:
+                return base
+
+    def move(self, lease: Lease, status: Status | str, **fields: Any) -> Lease:
+        """Change status (checked against the transition table) and merge `fields`."""
+        return self.update(lease, lambda state: _moved(state, Status(status), **fields))
+
+    def heartbeat(self, lease: Lease, **fields: Any) -> Lease:
+        return self.update(lease, lambda s: {**s, **fields})
+
+    def request_kill(self, run_id: str, requested_by: str, reason: str = "user") -> Lease | None:
+        """Move a live run to `killed` (a CLI write: no heartbeat). None when no such live run."""
+        current = self.read()
+        if current is None or current.run_id != run_id:
+            return None
+
+        def mutate(state: dict) -> dict | None:
+            if Status(state["status"]).is_terminal:
+                return None
+            return _moved(state, Status.KILLED, kill={"requested_by": requested_by, "reason": reason, "at": iso()})
+
+        return self.update(current, mutate, pin_status=False, heartbeat=False)
+
+    # -- release ---------------------------------------------------------------------------
+    def release(self, lease: Lease) -> bool:
+        """Conditional delete. True if this call deleted it, False if it was already gone."""
+        base = lease
+        while True:
+            try:
+                self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=base.etag)
+                return True
+            except Exception as exc:
+                if not (is_precondition_failed(exc) or is_not_found(exc)):
+                    raise
+            current = self.read()
+            if current is None:
+                return False
+            if current.run_id != lease.run_id:
+                raise NotHolder(
+                    f"run {lease.run_id} does not hold the lock; {current.run_id} does "
+                    f"(status {current.status.value})",
+                    current,
+                )
+            if current.status != base.status:
+                raise Fenced(
+                    f"run {lease.run_id} was moved to {current.status.value} by another writer; "
+                    "not releasing its lock",
+                    current,
+                )
+            base = current
+
+    # -- internals -------------------------------------------------------------------------
+    def _put(self, body: dict, **condition: str) -> str:
+        resp = self.s3.put_object(
+            Bucket=self.bucket, Key=self.key, Body=dumps(body), ContentType="application/json", **condition
+        )
+        return resp["ETag"]
+
+    def _after_conflict(self, lease: Lease, base: Lease, write_id: str, pin_status: bool) -> Lease:
+        current = self.read()
+        if current is None:
+            raise Fenced(f"the lock of run {lease.run_id} was released by someone else; not writing")
+        if current.state.get("write_id") == write_id:
+            return current
+        if current.run_id != lease.run_id:
+            raise Fenced(
+                f"the lock now belongs to run {current.run_id} (status {current.status.value}); "
+                f"run {lease.run_id} stops writing",
+                current,
+            )
+        if pin_status and current.status != base.status:
+            if current.status == Status.KILLED:
+                raise RunKilled(f"run {lease.run_id} was killed", current)
+            raise Fenced(
+                f"run {lease.run_id} was moved to {current.status.value} by another writer; not overwriting",
+                current,
+            )
+        return current
+
+
+def _moved(state: dict, target: Status, **fields: Any) -> dict:
+    check_move(state["status"], target)
+    state.update(fields, status=target.value)
+    state.setdefault("history", []).append({"status": target.value, "at": iso()})
+    return state
+
+
+def heartbeat_age(state: Mapping[str, Any], now: datetime) -> timedelta:
+    beat = parse_iso(state.get("heartbeat_at") or state.get("updated_at") or state.get("started_at"))
+    return now - beat if beat else timedelta.max
+
+
+def is_stale(
+    state: Mapping[str, Any],
+    now: datetime,
+    instance_state: str | None,
+    stale_after: timedelta = DEFAULT_STALE_AFTER,
+) -> bool:
+    """A lock is stale when its heartbeat is old AND EC2 says the instance is not alive.
+
+    `instance_state` is EC2's state name for the run's instance, or None when EC2 has no such
+    instance. A fresh heartbeat is never stale, whatever EC2 says (EC2 is eventually consistent).
+    """
+    if heartbeat_age(state, now) < stale_after:
+        return False
+    return instance_state not in ALIVE_INSTANCE_STATES
