@@ -1,0 +1,162 @@
+"""The run config (YAML), one pydantic model shared by the CLI (before launch) and the agent."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .pricing import PRICES
+
+# Chronos-2 core sizes for `scratch:<size>` (random init, offline). `tiny` trains on a CPU in
+# seconds (tests, demo); `small` and `base` are for real runs on a GPU.
+SCRATCH_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
+    "mini": dict(d_model=128, d_kv=32, d_ff=512, num_layers=4, num_heads=4),
+    "small": dict(d_model=256, d_kv=32, d_ff=1024, num_layers=6, num_heads=8),
+    "base": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
+}
+MAX_RUNTIME_MINUTES = 48 * 60
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be launched. The message is one sentence per problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ModelSpec(_Strict):
+    base: str = "amazon/chronos-2"
+    finetune_mode: Literal["full", "lora"] = "full"
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, v: str) -> str:
+        if v.startswith("scratch:"):
+            size = v.split(":", 1)[1]
+            if size not in SCRATCH_PRESETS:
+                raise ValueError(f"scratch size must be one of: {', '.join(SCRATCH_PRESETS)}")
+        elif v.startswith("s3://"):
+            if len(v) <= 5 or "/" not in v[5:]:
+                raise ValueError("an s3 model must look like s3://bucket/prefix/")
+        elif not v or v.count("/") > 1 or " " in v:
+            raise ValueError("must be a hub id (amazon/chronos-2), an s3:// uri or scratch:<size>")
+        return v
+
+    @property
+    def is_scratch(self) -> bool:
+        return self.base.startswith("scratch:")
+
+
+class TrainingSpec(_Strict):
+    prediction_length: int = Field(24, gt=0, le=1024)
+    context_length: int = Field(512, gt=0, le=8192)
+    num_steps: int = Field(1000, gt=0, le=1_000_000)
+    batch_size: int = Field(256, gt=0, le=65536)
+    learning_rate: float = Field(1.0e-5, gt=0, lt=1)
+    save_steps: int | None = Field(None, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "TrainingSpec":
+        if self.prediction_length > self.context_length:
+            raise ValueError(
+                f"prediction_length ({self.prediction_length}) must not exceed context_length "
+                f"({self.context_length})"
+            )
+        return self
+
+
+class InstanceSpec(_Strict):
+    type: str = "g4dn.2xlarge"
+    spot: bool = False
+    max_runtime_minutes: int = Field(240, ge=10, le=MAX_RUNTIME_MINUTES)
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in PRICES:
+            raise ValueError(f"unknown instance type {v!r}; known: {', '.join(PRICES)}")
+        return v
+
+
+class RunConfig(_Strict):
+    dataset: str
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    instance: InstanceSpec = InstanceSpec()
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a prefix in the bucket (cached-datasets/YYYY/MM/) or a local parquet path")
+        return v
+
+    @property
+    def dataset_in_bucket(self) -> bool:
+        return self.dataset.startswith("cached-datasets/")
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in err["loc"]) or "config"
+    kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"{field}: unknown key; remove it or check its spelling"
+    if kind == "missing":
+        return f"{field}: required"
+    if kind == "literal_error":
+        return f"{field}: must be one of {ctx.get('expected', '')}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{field}: {msg.lower()} (got {err.get('input')!r})"
+    return f"{field}: {msg.removeprefix('Value error, ')} (got {err.get('input')!r})"
+
+
+def parse_config(doc: Any, source: str = "config") -> RunConfig:
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: must be a YAML mapping with dataset, model, training and instance")
+    try:
+        return RunConfig.model_validate(doc)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (IsADirectoryError, UnicodeDecodeError):
+        raise ConfigError(f"{path}: not a YAML text file") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return parse_config(doc, str(path))
+
+
+def peft_available() -> bool:
+    return importlib.util.find_spec("peft") is not None
+
+
+def check_runtime_support(cfg: RunConfig) -> None:
+    """Refuse what this Python cannot run, instead of silently falling back."""
+    if cfg.model.finetune_mode == "lora" and not peft_available():
+        raise ConfigError(
+            "model.finetune_mode: lora needs the peft package, which is not installed; "
+            "install peft or use finetune_mode: full"
+        )
