@@ -1,0 +1,160 @@
+"""Where a command acts: the sandbox (--local) or real AWS, resolved once per command.
+
+Resolving is cheap on purpose (monitor must be fast): no STS call when the bucket is known
+from CHRONOS_BUCKET or from the small cache written after the first lookup.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from instance.aws import AwsTarget, client, error_code
+from instance.layout import Layout, LayoutError, bucket_name, check_env
+
+from .errors import BadInput, ChronosError
+
+
+class ChronosConnectionError(ChronosError):
+    """The endpoint (AWS or the sandbox) does not answer."""
+
+
+def home() -> Path:
+    return Path(os.environ.get("CHRONOS_HOME") or Path.home() / ".chronos-train")
+
+
+@dataclass(frozen=True)
+class Target:
+    env: str
+    local: bool
+    region: str
+    bucket: str
+    endpoint_url: str | None = None
+
+    @property
+    def aws(self) -> AwsTarget:
+        return AwsTarget(region=self.region, endpoint_url=self.endpoint_url)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.env)
+
+    @cached_property
+    def s3(self):
+        return client("s3", self.aws)
+
+    @cached_property
+    def ec2(self):
+        return client("ec2", self.aws)
+
+    def state_store(self):
+        from instance.state import StateStore
+
+        return StateStore(self.s3, self.bucket, self.env)
+
+    def infra(self):
+        """The infra record the persistent stack (or the sandbox) wrote."""
+        from instance.artifacts import get_json
+
+        from .infra_record import InfraRecord
+
+        try:
+            doc = get_json(self.s3, self.bucket, self.layout.infra)
+        except Exception as exc:
+            raise translate_aws_error(exc, self) from None
+        if doc is None:
+            raise BadInput(
+                f"infrastructure for env {self.env} is not deployed (no {self.layout.infra} in "
+                f"bucket {self.bucket}); run `pulumi up` first, or use --local"
+            )
+        try:
+            return InfraRecord.from_dict(doc)
+        except (TypeError, ValueError) as exc:
+            raise BadInput(f"{self.layout.infra} is invalid: {exc}") from None
+
+
+def translate_aws_error(exc: Exception, target: Target) -> Exception:
+    """Turn the usual environment problems into one sentence and exit code 2."""
+    name = type(exc).__name__
+    code = error_code(exc)
+    if name in ("NoCredentialsError", "PartialCredentialsError") or code in (
+        "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidClientTokenId"
+    ):
+        return BadInput("no valid AWS credentials found; run `aws configure` (or set AWS_PROFILE), or use --local")
+    if code == "NoSuchBucket":
+        return BadInput(
+            f"infrastructure for env {target.env} is not deployed (no bucket {target.bucket}); "
+            "run `pulumi up` first, or use --local"
+        )
+    if code in ("AccessDenied", "AllAccessDisabled", "403"):
+        return BadInput(f"access to bucket {target.bucket} was denied; check your AWS identity and region")
+    if name in ("EndpointConnectionError", "ConnectTimeoutError"):
+        where = target.endpoint_url or f"AWS in {target.region}"
+        hint = "; start it with `chronos-train sandbox start`" if target.local else ""
+        return ChronosConnectionError(f"cannot reach {where}{hint}")
+    return exc
+
+
+def resolve(env: str, local: bool) -> Target:
+    try:
+        check_env(env)
+    except LayoutError as exc:
+        raise BadInput(str(exc)) from None
+    if local:
+        from . import sandbox
+
+        info = sandbox.ensure_running(env)
+        sandbox.export_credentials()
+        return Target(env=env, local=True, region=info.region, bucket=bucket_name(env, info.account, info.region),
+                      endpoint_url=info.endpoint_url)
+    region = _aws_region()
+    bucket = os.environ.get("CHRONOS_BUCKET") or _cached_bucket(env, region) or _discover_bucket(env, region)
+    return Target(env=env, local=False, region=region, bucket=bucket,
+                  endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+
+
+def _aws_region() -> str:
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        return region
+    import boto3
+
+    region = boto3.session.Session().region_name
+    if not region:
+        raise BadInput("no AWS region configured; set AWS_REGION or run `aws configure`, or use --local")
+    return region
+
+
+def _cache_path() -> Path:
+    return home() / "targets.json"
+
+
+def _cache_key(env: str, region: str) -> str:
+    return f"{os.environ.get('AWS_PROFILE', 'default')}/{env}/{region}"
+
+
+def _cached_bucket(env: str, region: str) -> str | None:
+    try:
+        return json.loads(_cache_path().read_text()).get(_cache_key(env, region))
+    except (OSError, ValueError):
+        return None
+
+
+def _discover_bucket(env: str, region: str) -> str:
+    sts = client("sts", AwsTarget(region=region))
+    try:
+        account = sts.get_caller_identity()["Account"]
+    except Exception as exc:
+        raise translate_aws_error(exc, Target(env, False, region, "?")) from None
+    name = bucket_name(env, account, region)
+    from instance.artifacts import write_json_atomic
+
+    try:
+        cache = json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        cache = {}
+    cache[_cache_key(env, region)] = name
+    write_json_atomic(_cache_path(), cache)
+    return name

@@ -1,0 +1,22 @@
+"""Domain errors, each carrying the CLI exit code of DESIGN.md ("Exit codes")."""
+from __future__ import annotations
+
+OK, ERROR, BAD_INPUT, BUSY, RUN_FAILED, RUN_KILLED, LEFTOVERS = 0, 1, 2, 3, 4, 5, 6
+
+
+class ChronosError(Exception):
+    exit_code = ERROR
+
+
+class BadInput(ChronosError):
+    """Bad usage, config, dataset or environment: nothing was changed."""
+
+    exit_code = BAD_INPUT
+
+
+class Busy(ChronosError):
+    exit_code = BUSY
+
+
+class NoSuchRun(ChronosError):
+    exit_code = BAD_INPUT

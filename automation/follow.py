@@ -1,0 +1,76 @@
+"""Following a run until it ends, and fetching what it produced."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from instance.artifacts import get_json
+from instance.aws import is_not_found
+from instance.state import is_stale
+from instance.timeutil import utcnow
+
+from .context import Target
+from .ending import instance_state
+from .runs import RunView, from_record, from_state
+from .verify import stale_after
+
+
+class RunLost(Exception):
+    def __init__(self, view: RunView, instance: str | None):
+        super().__init__(
+            f"run {view.run_id} has sent no heartbeat since {view.heartbeat_at} and its instance is "
+            f"{instance or 'gone'}; it is lost. Run `chronos-train verify-cleanup --fix` to record it and release the lock"
+        )
+        self.view = view
+
+
+def follow(target: Target, executor, run_id: str, on_update: Callable[[RunView], None],
+           interval: float | None = None) -> RunView:
+    """Poll the state file (one GET) until the run's record says how it ended."""
+    interval = interval or (0.5 if target.local else 5.0)
+    store = target.state_store()
+    while True:
+        lease = store.read()
+        if lease is not None and lease.run_id == run_id:
+            view = from_state(dict(lease.state))
+            on_update(view)
+            _check_alive(target, executor, lease.state, view)
+        else:
+            record = get_json(target.s3, target.bucket, target.layout.training_record(run_id))
+            if record and record.get("final_status"):
+                final = from_record(record)
+                on_update(final)
+                return final
+        time.sleep(interval)
+
+
+def _check_alive(target: Target, executor, state, view: RunView) -> None:
+    now = utcnow()
+    if not is_stale(state, now, None, stale_after()):
+        return  # fresh heartbeat: no EC2 call needed
+    if hasattr(executor, "reconcile"):
+        executor.reconcile()
+    seen = instance_state(target, state.get("instance_id"))
+    if is_stale(state, now, seen, stale_after()):
+        raise RunLost(view, seen)
+
+
+def download(target: Target, run_id: str, dest: Path) -> Path:
+    """The model folder, its metadata and the run record, into dest/."""
+    layout = target.layout
+    prefix = layout.models(run_id)
+    pages = target.s3.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=prefix)
+    for obj in (o for page in pages for o in page.get("Contents", [])):
+        out = dest / "model" / obj["Key"][len(prefix):]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        target.s3.download_file(target.bucket, obj["Key"], str(out))
+    for key, name in ((layout.model_metadata(run_id), "model_metadata.json"),
+                      (layout.training_record(run_id), "training.json")):
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            target.s3.download_file(target.bucket, key, str(dest / name))
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise  # a failed run may have no metadata; anything else is a real error
+    return dest

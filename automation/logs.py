@@ -1,0 +1,47 @@
+"""The agent's log, read from S3 (ranged GETs while following)."""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from instance.aws import error_code, is_not_found
+
+from .context import Target
+from .errors import NoSuchRun
+
+
+def _read_from(target: Target, key: str, offset: int) -> bytes | None:
+    try:
+        resp = target.s3.get_object(Bucket=target.bucket, Key=key, Range=f"bytes={offset}-")
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        if error_code(exc) == "InvalidRange":
+            return b""  # nothing new since offset
+        raise
+    return resp["Body"].read()
+
+
+def _run_active(target: Target, run_id: str) -> bool:
+    lease = target.state_store().read()
+    return lease is not None and lease.run_id == run_id
+
+
+def stream(target: Target, run_id: str, follow: bool, interval: float | None = None) -> Iterator[str]:
+    key = target.layout.agent_log(run_id)
+    interval = interval or (1.0 if target.local else 10.0)
+    offset = 0
+    while True:
+        active = _run_active(target, run_id) if follow else False
+        chunk = _read_from(target, key, offset)
+        if chunk is None and offset == 0 and not active:
+            raise NoSuchRun(f"run {run_id} has no log yet in env {target.env}; check the id with `chronos-train runs`")
+        if chunk:
+            # S3 ranges can split a UTF-8 sequence: decode whole lines only.
+            cut = chunk.rfind(b"\n") + 1 if active else len(chunk)
+            if cut:
+                offset += cut
+                yield chunk[:cut].decode("utf-8", errors="replace")
+        if not active:
+            return
+        time.sleep(interval)
