@@ -26,7 +26,7 @@ def free_port() -> int:
 
 def is_up(endpoint_url: str, timeout: float = 0.5) -> bool:
     try:
-        with urllib.request.urlopen(f"{endpoint_url}/moto-api/data.json", timeout=timeout):
+        with urllib.request.urlopen(f"{endpoint_url}/moto-api/", timeout=timeout):
             return True
     except (urllib.error.URLError, OSError):
         return False

@@ -17,11 +17,14 @@ from instance.layout import KNOWN_ENVS, Layout, bucket_name
 
 from . import motoserver
 from .context import home
-from .infra_record import DEFAULT_AMI_PARAMETER, InfraRecord
+from .infra_record import InfraRecord
 
 REGION = "us-east-1"
 ZONES = ("us-east-1a", "us-east-1b")
 SANDBOX_AMI = "ami-0c0ffee00c0ffee00"
+# moto reserves /aws/ parameter names, so the sandbox publishes its AMI under its own name;
+# infra.json carries the parameter name, so launches read it like the real one.
+SANDBOX_AMI_PARAMETER = "/chronos-training/sandbox/ami-id"
 
 
 @dataclass(frozen=True)
@@ -174,11 +177,11 @@ def seed(info: SandboxInfo, env: str) -> InfraRecord:
     }))
     profile = iam.create_instance_profile(InstanceProfileName=role)["InstanceProfile"]
     iam.add_role_to_instance_profile(InstanceProfileName=role, RoleName=role)
-    ssm.put_parameter(Name=DEFAULT_AMI_PARAMETER, Value=SANDBOX_AMI, Type="String", Overwrite=True)
+    ssm.put_parameter(Name=SANDBOX_AMI_PARAMETER, Value=SANDBOX_AMI, Type="String", Overwrite=True)
     record = InfraRecord(
         env=env, region=info.region, account=info.account, bucket=bucket, vpc_id=vpc, subnets=subnets,
         security_group_id=sg, instance_profile=role, instance_profile_arn=profile["Arn"],
-        ami_ssm_parameter=DEFAULT_AMI_PARAMETER, extra={"sandbox": True},
+        ami_ssm_parameter=SANDBOX_AMI_PARAMETER, extra={"sandbox": True},
     )
     put_json(s3, bucket, layout.infra, json.loads(record.to_json()))
     return record
