@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test install demo bench clean
+.PHONY: test install demo bench reliability clean
 
 $(STAMP): requirements.txt instance/requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# A complete local training run: embedded sandbox (moto) + the agent as a local process.
+demo: $(STAMP)
+	$(VENV)/bin/chronos-train --local launch examples/quickstart.yaml --follow
+
+bench: $(STAMP)
+	$(PY) bench/bench_monitor.py
+	$(PY) bench/bench_orchestration.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
