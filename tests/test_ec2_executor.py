@@ -1,0 +1,340 @@
+"""EC2 executor orchestration through a fake StackOps seam, plus the real seam's CLI-free parts."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from automation.executors.base import ProvisionError, ProvisionRequest
+from automation.executors.ec2 import Ec2Executor, classify
+from automation.executors.run_stacks import PulumiStackOps, StackMissing
+from automation.infra_record import InfraRecord
+from instance.aws import client
+from instance.runconfig import parse_config
+
+RUN_ID = "run-20261128-203700-1a2b"
+INSTANCE_ID = "i-0123456789abcdef0"
+
+
+def cli_error(code: str, message: str) -> str:
+    """What the Pulumi CLI prints when RunInstances fails, as the Automation API passes it on."""
+    return (
+        " code: 255\n stdout: Updating (run-20261128-203700-1a2b):\n"
+        f"    aws:ec2:Instance {RUN_ID} creating (0s) error: creating EC2 Instance: operation error EC2: "
+        f"RunInstances, https response error StatusCode: 400, RequestID: 5f1c, api error {code}: {message}\n"
+        " stderr: "
+    )
+
+
+class FakeOps:
+    """Remembers stacks and calls like a backend would; `failures` maps a zone to CLI output."""
+
+    def __init__(self, failures: dict[str, Exception] | None = None):
+        self.failures = failures or {}
+        self.stacks: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+        self.configs = []
+
+    def up(self, stack, cfg):
+        self.calls.append(("up", cfg.zone))
+        self.configs.append(cfg)
+        self.stacks.add(stack)
+        if cfg.zone in self.failures:
+            raise self.failures[cfg.zone]
+        return {"instance_id": INSTANCE_ID, "zone": cfg.zone}
+
+    def _existing(self, op: str, stack: str) -> None:
+        self.calls.append((op, stack))
+        if stack not in self.stacks:
+            raise StackMissing(stack)
+
+    def refresh(self, stack):
+        self._existing("refresh", stack)
+
+    def destroy(self, stack):
+        self._existing("destroy", stack)
+
+    def remove_stack(self, stack):
+        self._existing("remove_stack", stack)
+        self.stacks.discard(stack)
+
+    def list_stacks(self):
+        return sorted(self.stacks)
+
+    def ops(self) -> list[str]:
+        return [op for op, _ in self.calls]
+
+
+class CommandError(Exception):
+    """Stands in for pulumi.automation.CommandError: its str() is the CLI's output."""
+
+
+INFRA = InfraRecord(
+    env="dev", region="us-east-1", account="123456789012", bucket="chronos-training-dev-123456789012-us-east-1",
+    vpc_id="vpc-1", subnets={"us-east-1b": "subnet-b", "us-east-1a": "subnet-a"}, security_group_id="sg-1",
+    instance_profile="chronos-dev-access-instance-1a2b3c",
+)
+
+
+def request(spot: bool = False, infra: InfraRecord = INFRA, **extra) -> ProvisionRequest:
+    cfg = parse_config({"dataset": "cached-datasets/2026/11/",
+                        "instance": {"type": "g5.xlarge", "spot": spot, "max_runtime_minutes": 90}})
+    return ProvisionRequest(run_id=RUN_ID, env="dev", config=cfg, infra=infra, **extra)
+
+
+class Renderer:
+    def __init__(self):
+        self.kwargs = None
+
+    def __call__(self, **kwargs) -> str:
+        self.kwargs = kwargs
+        return f"#!/bin/bash\n# bootstrap for {kwargs['run_id']}\n"
+
+
+def executor(ops: FakeOps, renderer: Renderer | None = None) -> Ec2Executor:
+    return Ec2Executor("dev", INFRA.bucket, INFRA.region, ops=ops, render_user_data=renderer or Renderer())
+
+
+def test_provision_brings_the_stack_up_and_returns_the_instance():
+    ops, renderer = FakeOps(), Renderer()
+    result = executor(ops, renderer).provision(request())
+    assert (result.instance_id, result.zone, result.stack_name) == (INSTANCE_ID, "us-east-1a", RUN_ID)
+    assert ops.calls == [("up", "us-east-1a")]
+    assert renderer.kwargs == {"env": "dev", "bucket": INFRA.bucket, "run_id": RUN_ID, "region": "us-east-1",
+                               "max_runtime_minutes": 90}
+
+
+def test_the_run_stack_gets_everything_from_infra_and_config():
+    ops = FakeOps()
+    executor(ops).provision(request(spot=True))
+    cfg = ops.configs[0]
+    assert (cfg.run_id, cfg.env, cfg.region) == (RUN_ID, "dev", "us-east-1")
+    assert (cfg.instance_type, cfg.spot) == ("g5.xlarge", True)
+    assert (cfg.subnet_id, cfg.zone) == ("subnet-a", "us-east-1a")
+    assert (cfg.security_group_id, cfg.instance_profile) == ("sg-1", INFRA.instance_profile)
+    assert cfg.ami_ssm_parameter == INFRA.ami_ssm_parameter
+    assert cfg.user_data.startswith("#!/bin/bash")
+    assert cfg.instance_tags()["RunId"] == RUN_ID and cfg.instance_tags()["CostCenter"] == "train"
+
+
+@pytest.mark.parametrize("code", ["VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded"])
+def test_quota_error_cleans_up_and_says_quota(code):
+    ops = FakeOps({"us-east-1a": CommandError(cli_error(code, "You have requested more vCPU capacity"))})
+    with pytest.raises(ProvisionError) as err:
+        executor(ops).provision(request(spot=code.startswith("MaxSpot")))
+    assert err.value.kind == "quota"
+    assert ops.ops() == ["up", "destroy", "remove_stack"], "a quota error must not wander to other zones"
+    assert ops.stacks == set()
+    message = str(err.value)
+    assert "Service Quotas" in message and code in message and "\n" not in message
+    expected = "All G and VT Spot Instance Requests" if code.startswith("MaxSpot") else "Running On-Demand G and VT"
+    assert expected in message
+
+
+def test_capacity_error_in_one_zone_falls_back_to_the_next():
+    ops = FakeOps({"us-east-1a": CommandError(cli_error("InsufficientInstanceCapacity", "no g5.xlarge"))})
+    result = executor(ops).provision(request())
+    assert result.zone == "us-east-1b" and result.instance_id == INSTANCE_ID
+    assert ops.calls == [("up", "us-east-1a"), ("up", "us-east-1b")]
+    assert ops.configs[1].subnet_id == "subnet-b"
+
+
+def test_unsupported_in_that_zone_also_moves_on():
+    text = cli_error("Unsupported", "Your requested instance type (g5.xlarge) is not supported in us-east-1a")
+    ops = FakeOps({"us-east-1a": CommandError(text)})
+    assert executor(ops).provision(request()).zone == "us-east-1b"
+
+
+@pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow"])
+def test_capacity_error_everywhere_cleans_up_and_says_capacity(code):
+    failure = CommandError(cli_error(code, "try later"))
+    ops = FakeOps({"us-east-1a": failure, "us-east-1b": failure})
+    with pytest.raises(ProvisionError) as err:
+        executor(ops).provision(request())
+    assert err.value.kind == "capacity"
+    assert ops.ops() == ["up", "up", "destroy", "remove_stack"] and ops.stacks == set()
+    message = str(err.value)
+    assert "us-east-1a, us-east-1b" in message and "quota" not in message.lower() and "\n" not in message
+
+
+@pytest.mark.parametrize("code", ["UnauthorizedOperation", "AccessDenied", "AccessDeniedException"])
+def test_permission_error_cleans_up_and_says_permissions(code):
+    ops = FakeOps({"us-east-1a": CommandError(cli_error(code, "You are not authorized to perform this operation"))})
+    with pytest.raises(ProvisionError) as err:
+        executor(ops).provision(request())
+    assert err.value.kind == "permissions"
+    assert ops.ops() == ["up", "destroy", "remove_stack"]
+    assert "iam:PassRole" in str(err.value)
+
+
+def test_other_errors_show_the_cli_error_line():
+    ops = FakeOps({"us-east-1a": CommandError(cli_error("InvalidParameterValue", "bad user data"))})
+    with pytest.raises(ProvisionError) as err:
+        executor(ops).provision(request())
+    assert err.value.kind == "other"
+    assert "InvalidParameterValue: bad user data" in str(err.value)
+    assert ops.stacks == set()
+
+
+def test_quota_wins_over_capacity_words_in_the_same_output():
+    assert classify("api error VcpuLimitExceeded: ... InsufficientInstanceCapacity") == ("quota",
+                                                                                         "VcpuLimitExceeded")
+    assert classify("UnsupportedOperation: nope") == ("other", "")
+
+
+def test_a_failed_cleanup_keeps_the_original_error():
+    class StuckOps(FakeOps):
+        def destroy(self, stack):
+            raise CommandError("error: the stack is currently locked by 1 lock(s)")
+
+    ops = StuckOps({"us-east-1a": CommandError(cli_error("VcpuLimitExceeded", "quota"))})
+    with pytest.raises(ProvisionError) as err:
+        executor(ops).provision(request())
+    assert err.value.kind == "quota"
+    assert ops.stacks == {RUN_ID}, "an undestroyed stack stays for verify-cleanup to find"
+
+
+def test_tooling_error_from_the_seam_is_kind_tooling():
+    from automation.executors.run_stacks import INSTALL_HINT, ToolingMissing
+
+    class NoCli(FakeOps):
+        def up(self, stack, cfg):
+            raise ToolingMissing(INSTALL_HINT)
+
+    ops = NoCli()
+    with pytest.raises(ProvisionError) as err:
+        executor(ops).provision(request())
+    assert err.value.kind == "tooling" and ops.calls == []
+
+
+def test_without_the_pulumi_cli_launch_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ProvisionError) as err:
+        Ec2Executor("dev", INFRA.bucket, INFRA.region, render_user_data=Renderer()).provision(request())
+    message = str(err.value)
+    assert err.value.kind == "tooling"
+    assert "curl -fsSL https://get.pulumi.com | sh" in message and "--local" in message
+    assert "\n" not in message
+
+
+def test_a_too_old_pulumi_cli_is_a_tooling_error(monkeypatch, tmp_path):
+    fake = tmp_path / "pulumi"
+    fake.write_text("#!/bin/sh\necho v2.0.0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK", raising=False)
+    with pytest.raises(ProvisionError) as err:
+        Ec2Executor("dev", INFRA.bucket, INFRA.region, render_user_data=Renderer()).provision(request())
+    assert err.value.kind == "tooling" and "upgrade" in str(err.value)
+
+
+def test_the_sandbox_is_not_a_place_for_ec2_runs():
+    with pytest.raises(ProvisionError, match="--local"):
+        executor(FakeOps()).provision(request(endpoint_url="http://127.0.0.1:5000"))
+
+
+def test_an_infra_record_without_subnets_asks_for_pulumi_up():
+    empty = InfraRecord(**{**INFRA.__dict__, "subnets": {}})
+    with pytest.raises(ProvisionError, match="pulumi up"):
+        executor(FakeOps()).provision(request(infra=empty))
+
+
+def test_finalize_refreshes_destroys_removes_and_is_idempotent():
+    ops = FakeOps()
+    ex = executor(ops)
+    ex.provision(request())
+    ex.finalize(RUN_ID)
+    assert ops.ops() == ["up", "refresh", "destroy", "remove_stack"] and ops.stacks == set()
+    ex.finalize(RUN_ID)
+    assert ops.ops() == ["up", "refresh", "destroy", "remove_stack"], "a removed stack needs no Pulumi call"
+
+
+def test_finalize_tolerates_a_stack_removed_meanwhile():
+    class Racing(FakeOps):
+        def list_stacks(self):
+            return [RUN_ID]
+
+    executor(Racing()).finalize(RUN_ID)
+
+
+def test_finalize_failure_names_the_stack_and_keeps_it():
+    class Denied(FakeOps):
+        def destroy(self, stack):
+            raise CommandError("error: deleting EC2 Instance: api error UnauthorizedOperation: no")
+
+    ops = Denied()
+    ops.stacks.add(RUN_ID)
+    with pytest.raises(ProvisionError) as err:
+        executor(ops).finalize(RUN_ID)
+    assert err.value.kind == "permissions" and RUN_ID in str(err.value) and "verify-cleanup" in str(err.value)
+    assert ops.stacks == {RUN_ID}
+
+
+def test_leftover_stacks_are_the_backends_stacks():
+    ops = FakeOps()
+    ops.stacks = {"run-20261128-203700-ffff", RUN_ID}
+    assert executor(ops).leftover_stacks() == [RUN_ID, "run-20261128-203700-ffff"]
+
+
+# --- against the moto server: EC2 termination and the backend listing --------------------------
+
+def test_terminate_ends_the_instance_then_finalizes(aws):
+    ec2 = client("ec2", aws)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    iid = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="g5.xlarge")["Instances"][0][
+        "InstanceId"]
+    ops = FakeOps()
+    ops.stacks.add(RUN_ID)
+    Ec2Executor("dev", INFRA.bucket, INFRA.region, ops=ops, target=aws).terminate(RUN_ID, iid)
+    state = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state in ("shutting-down", "terminated")
+    assert ops.ops() == ["refresh", "destroy", "remove_stack"]
+
+
+def test_terminate_an_instance_already_gone(aws):
+    ops = FakeOps()
+    Ec2Executor("dev", INFRA.bucket, INFRA.region, ops=ops, target=aws).terminate(RUN_ID, "i-00000000000000000")
+    Ec2Executor("dev", INFRA.bucket, INFRA.region, ops=ops, target=aws).terminate(RUN_ID, None)
+    assert ops.calls == []
+
+
+def _backend(s3, bucket: str, keys: list[str]) -> None:
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=f"dev/pulumi/.pulumi/{key}", Body=b"{}")
+
+
+def test_real_seam_lists_stacks_from_the_bucket_without_the_cli(aws, s3, bucket, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    _backend(s3, bucket, [
+        "meta.yaml",
+        f"stacks/chronos-run/{RUN_ID}.json",
+        f"stacks/chronos-run/{RUN_ID}.json.bak",
+        "stacks/chronos-run/run-20261128-210000-beef.json.gz",
+        f"history/chronos-run/{RUN_ID}/{RUN_ID}-1.history.json",
+        "locks/chronos-run/x.json",
+    ])
+    ops = PulumiStackOps(bucket, "dev", aws.region, target=aws)
+    assert ops.backend_url == f"s3://{bucket}/dev/pulumi?region=us-east-1"
+    ex = Ec2Executor("dev", bucket, aws.region, ops=ops, target=aws)
+    assert ex.leftover_stacks() == [RUN_ID, "run-20261128-210000-beef"]
+    ex.finalize("run-20261128-220000-0000")  # absent: nothing to do, so no CLI needed
+
+
+def test_finalize_of_a_present_stack_without_the_cli_is_a_tooling_error(aws, s3, bucket, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    _backend(s3, bucket, [f"stacks/chronos-run/{RUN_ID}.json"])
+    ex = Ec2Executor.for_target(SimpleNamespace(env="dev", bucket=bucket, region=aws.region, aws=aws))
+    with pytest.raises(ProvisionError) as err:
+        ex.finalize(RUN_ID)
+    assert err.value.kind == "tooling"
+
+
+def test_importing_the_executor_does_not_import_pulumi():
+    code = ("import sys, json; import automation.executors.ec2, automation.executors.run_stacks; "
+            "print(json.dumps([m for m in sys.modules if m.split('.')[0] in ('pulumi', 'pulumi_aws')]))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert json.loads(out) == []
