@@ -1,4 +1,10 @@
-"""Start and probe a moto server process on loopback (the tests' and the sandbox's AWS)."""
+"""Start and probe a moto server process on loopback (the tests' and the sandbox's AWS).
+
+`python -m automation.motoserver PORT` serves moto with one fix: S3 applies a conditional
+write (If-Match / If-None-Match) atomically, while moto checks the condition and then writes,
+so two racing conditional PUTs can both succeed there. Serialising the conditional requests
+restores S3's behaviour, which the lock relies on.
+"""
 from __future__ import annotations
 
 import os
@@ -37,7 +43,7 @@ def start(port: int, log_path: Path | None = None, detach: bool = False) -> subp
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     env = {**os.environ, **SANDBOX_CREDENTIALS, "MOTO_ACCOUNT_ID": SANDBOX_ACCOUNT}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "automation.motoserver", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -60,3 +66,38 @@ def reset(endpoint_url: str) -> None:
     req = urllib.request.Request(f"{endpoint_url}/moto-api/reset", method="POST", data=b"")
     with urllib.request.urlopen(req, timeout=10):
         pass
+
+
+class SerializeConditionalRequests:
+    def __init__(self, app):
+        import threading
+
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if not (environ.get("HTTP_IF_MATCH") or environ.get("HTTP_IF_NONE_MATCH")):
+            return self.app(environ, start_response)
+        with self.lock:
+            result = self.app(environ, start_response)
+            try:
+                return [b"".join(result)]  # the whole write happens inside the lock
+            finally:
+                getattr(result, "close", lambda: None)()
+
+
+def serve(port: int) -> None:
+    import signal
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import run_simple
+
+    os.environ.setdefault("MOTO_PORT", str(port))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    app = DomainDispatcherApplication(create_backend_app)
+    run_simple("127.0.0.1", port, SerializeConditionalRequests(app), threaded=True,
+               request_handler=MotoRequestHandler)
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))

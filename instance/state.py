@@ -25,6 +25,9 @@ from .status import Status, check_move
 from .timeutil import iso, parse_iso, utcnow
 
 DEFAULT_STALE_AFTER = timedelta(minutes=5)
+# Each body remembers the ids of its last writes. A writer whose reply was lost (botocore then
+# retries and gets 412) finds its id here even if others wrote after it: never applied twice.
+RECENT_WRITES = 32
 # Instance states in which the agent may still be alive and writing.
 ALIVE_INSTANCE_STATES = frozenset({"pending", "running"})
 
@@ -114,7 +117,7 @@ class StateStore:
             "updated_at": now_s,
             "heartbeat_at": now_s,
             "history": [{"status": Status.INITIALIZATION.value, "at": now_s}],
-            "write_id": write_id,
+            "recent_writes": [write_id],
         }
         # Two attempts: the holder may release between our refused create and our read.
         for _ in range(2):
@@ -127,7 +130,7 @@ class StateStore:
             current = self.read()
             if current is None:
                 continue
-            if current.state.get("write_id") == write_id:
+            if _wrote(current, write_id):
                 return current  # our create landed; only its reply was lost (retried request)
             raise LockBusy(current.state)
         raise LockBusy(None)
@@ -155,7 +158,8 @@ class StateStore:
             if body is None:
                 return base
             now_s = iso(now())
-            body.update(seq=base.seq + 1, updated_at=now_s, write_id=write_id)
+            recent = (list(base.state.get("recent_writes") or []) + [write_id])[-RECENT_WRITES:]
+            body.update(seq=base.seq + 1, updated_at=now_s, recent_writes=recent)
             if heartbeat:
                 body["heartbeat_at"] = now_s
             try:
@@ -164,7 +168,7 @@ class StateStore:
                 if not is_precondition_failed(exc):
                     raise
             base = self._after_conflict(lease, base, write_id, pin_status)
-            if base.state.get("write_id") == write_id:
+            if _wrote(base, write_id):
                 return base
 
     def move(self, lease: Lease, status: Status | str, **fields: Any) -> Lease:
@@ -226,7 +230,7 @@ class StateStore:
         current = self.read()
         if current is None:
             raise Fenced(f"the lock of run {lease.run_id} was released by someone else; not writing")
-        if current.state.get("write_id") == write_id:
+        if _wrote(current, write_id):
             return current
         if current.run_id != lease.run_id:
             raise Fenced(
@@ -242,6 +246,10 @@ class StateStore:
                 current,
             )
         return current
+
+
+def _wrote(lease: Lease, write_id: str) -> bool:
+    return write_id in (lease.state.get("recent_writes") or ())
 
 
 def _moved(state: dict, target: Status, **fields: Any) -> dict:
