@@ -161,16 +161,20 @@ def _follow(opts, target, executor, run_id: str, download: bool, as_json: bool) 
 
     out = console()
     if as_json or not out.is_terminal:
-        last = [None]
+        import time
+
+        last = {"status": None, "at": 0.0}
 
         def on_update(v):
-            key = (v.status, (v.progress or {}).get("step"))
-            if key != last[0] and not as_json:
-                p = v.progress or {}
-                step = f" step {p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else ""
-                loss = f" loss {p['loss']:.4f}" if p.get("loss") is not None else ""
-                out.print(f"{run_id}: {v.status}{step}{loss}")
-            last[0] = key
+            # Plain output (a pipe, CI, `make demo` in a log): a line per phase, and progress at most every 5 s.
+            now = time.monotonic()
+            if as_json or not v.active or (v.status == last["status"] and now - last["at"] < 5):
+                return
+            p = v.progress or {}
+            step = f" step {p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else ""
+            loss = f" loss {p['loss']:.4f}" if p.get("loss") is not None else ""
+            out.print(f"{run_id}: {v.status}{step}{loss}")
+            last.update(status=v.status, at=now)
 
         try:
             final = follow(target, executor, run_id, on_update)

@@ -81,7 +81,7 @@ def metrics_table(metrics: dict) -> Table | None:
     rows = [(n, m) for n, m in rows if m]
     if not rows:
         return None
-    table = Table(title="evaluation on the held-out last window", title_justify="left")
+    table = Table(title="held-out evaluation (last window of every series)", title_justify="left", min_width=60)
     table.add_column("model")
     table.add_column("WQL ↓", justify="right")
     table.add_column("MASE ↓", justify="right")

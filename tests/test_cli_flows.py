@@ -1,0 +1,89 @@
+"""Whole runs through the real CLI (subprocesses) against moto server: launch → follow →
+completed; kill during training; the lock while a run is active; verify-cleanup after each."""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import yaml
+
+from instance.aws import client
+from instance.layout import Layout, bucket_name
+from tests.agent_fixtures import run_config, synthetic_frame, write_parquet
+from tests.cli_helpers import cli_env, run_cli, start_cli
+
+BUCKET = bucket_name("dev", "123456789012", "us-east-1")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(aws, tmp_path):
+    return cli_env(aws.endpoint_url, tmp_path / "home", CHRONOS_HEARTBEAT_SECONDS="1", CHRONOS_KILL_GRACE_SECONDS="60")
+
+
+def local_config(tmp_path, **training) -> str:
+    data = write_parquet(tmp_path / "data" / "train.parquet", synthetic_frame(n_items=6, length=96))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run_config(dataset=str(data), **training)))
+    return str(path)
+
+
+def wait_for_status(env, run_id: str, wanted: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = run_cli(env, "--local", "monitor", run_id, "--json")
+        if result.returncode == 0:
+            doc = json.loads(result.stdout)
+            if doc["status"] == wanted:
+                return doc
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} never reached {wanted}")
+
+
+def test_launch_follow_completes_then_runs_shows_metrics(env, aws, tmp_path):
+    result = run_cli(env, "--local", "launch", local_config(tmp_path), "--follow", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_id = result.stdout.splitlines()[0]
+    assert "estimated" not in result.stdout and "local run: $0.00" in result.stderr
+    assert "fine-tuned" in result.stdout and "seasonal naive" in result.stdout
+
+    runs = json.loads(run_cli(env, "--local", "runs", "--json").stdout)
+    latest = runs[0]
+    assert latest["run_id"] == run_id and latest["final_status"] == "completed" and not latest["active"]
+    for name in ("finetuned", "seasonal_naive"):
+        assert all(math.isfinite(v) for v in latest["metrics"][name].values())
+    assert (tmp_path / "runs" / run_id / "model" / "config.json").exists()
+
+    logs = run_cli(env, "--local", "logs", run_id)
+    assert logs.returncode == 0 and "training" in logs.stdout
+    clean = run_cli(env, "--local", "verify-cleanup")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    s3 = client("s3", aws)
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=Layout("dev").state)
+
+
+def test_kill_during_training_follower_exits_5_and_lock_is_held_meanwhile(env, aws, tmp_path):
+    follower = start_cli(env, "--local", "launch", local_config(tmp_path, num_steps=100_000), "--follow",
+                         cwd=tmp_path)
+    try:
+        run_id = follower.stdout.readline().strip()
+        assert run_id.startswith("run-"), follower.stderr.read() if follower.poll() is not None else run_id
+        wait_for_status(env, run_id, "training")
+
+        second = run_cli(env, "--local", "launch", local_config(tmp_path / "other"))
+        assert second.returncode == 3 and run_id in second.stderr
+
+        killed = run_cli(env, "--local", "kill", run_id, "--wait")
+        assert killed.returncode == 0, killed.stderr
+        assert follower.wait(timeout=120) == 5
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    s3 = client("s3", aws)
+    cleanup = json.loads(s3.get_object(Bucket=BUCKET, Key=Layout("dev").cleanup_status(run_id))["Body"].read())
+    assert cleanup["steps"]
+    record = json.loads(s3.get_object(Bucket=BUCKET, Key=Layout("dev").training_record(run_id))["Body"].read())
+    assert record["final_status"] == "killed"
+    assert run_cli(env, "--local", "verify-cleanup").returncode == 0
