@@ -1,0 +1,67 @@
+"""Orchestration overhead of a local run: `launch --follow` wall time minus the training phase.
+
+Everything that is not training counts: CLI start, validation, lock, dataset and bundle
+upload, agent process start (python + torch + chronos imports), data sync, results upload,
+cleanup, and the follower noticing the end. Goal: <= 8 s.
+Run: .venv/bin/python bench/bench_orchestration.py [--runs 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from automation import sandbox  # noqa: E402
+from instance.aws import AwsTarget, client  # noqa: E402
+from instance.layout import Layout  # noqa: E402
+from tests.agent_fixtures import run_config, synthetic_frame, write_parquet  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    import yaml
+
+    home = Path(tempfile.mkdtemp(prefix="chronos-bench-"))
+    os.environ["CHRONOS_HOME"] = str(home)
+    info = sandbox.start(("dev",))
+    s3 = client("s3", AwsTarget(info.region, info.endpoint_url))
+    rows = []
+    try:
+        data = write_parquet(home / "data" / "train.parquet", synthetic_frame(n_items=6, length=96))
+        cfg = home / "run.yaml"
+        cfg.write_text(yaml.safe_dump(run_config(dataset=str(data))))
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            out = subprocess.run([str(REPO / ".venv/bin/chronos-train"), "--local", "launch", str(cfg), "--follow",
+                                  "--no-download"], capture_output=True, text=True, cwd=home)
+            wall = time.perf_counter() - t0
+            if out.returncode != 0:
+                sys.exit(f"run failed ({out.returncode}): {out.stderr[-1500:]}")
+            run_id = out.stdout.splitlines()[0]
+            record = json.loads(s3.get_object(Bucket=info.bucket("dev"),
+                                              Key=Layout("dev").training_record(run_id))["Body"].read())
+            phases = {k: v["seconds"] for k, v in record["phases"].items()}
+            rows.append((wall, phases["training"], phases))
+    finally:
+        sandbox.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    for wall, train, phases in rows:
+        print(f"wall {wall:6.1f} s  training {train:6.1f} s  overhead {wall - train:5.1f} s  phases {phases}")
+    overhead = statistics.median(w - t for w, t, _ in rows)
+    print(f"median orchestration overhead: {overhead:.1f} s  (goal <= 8 s)")
+
+
+if __name__ == "__main__":
+    main()
