@@ -1,0 +1,269 @@
+"""The agent's hold on the run lock: every state write, kill discovery, stop reasons and fencing.
+
+The main thread, the heartbeat thread and the training callback all write the state; a mutex
+serialises them so they never race each other's compare-and-swap. Whatever a write or a read
+learns (killed, fenced) is remembered here and surfaces at the next `check()`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from .aws import is_not_found
+from .state import Fenced, Lease, RunKilled, StateStore
+from .status import Status
+
+log = logging.getLogger(__name__)
+
+
+class StopRun(Exception):
+    """The run must stop early; `final_status` and `reason` go to training.json."""
+
+    final_status = "failed"
+    reason = "stopped"
+
+
+class KilledByUser(StopRun):
+    final_status = "killed"
+    reason = "killed_by_user"
+
+
+class MaxRuntimeExceeded(StopRun):
+    reason = "max_runtime_exceeded"
+
+
+class SpotInterrupted(StopRun):
+    reason = "spot_interrupted"
+
+
+class AgentTerminated(StopRun):
+    """SIGTERM from outside (an OS shutdown) that is neither the deadline nor a spot notice."""
+
+    reason = "AgentTerminated"
+
+
+class LockHolder:
+    def __init__(self, store: StateStore, lease: Lease, *, clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self._lease = lease
+        self._mutex = threading.RLock()
+        self._clock = clock
+        self.fenced: Fenced | None = None
+        self.released = False
+        self.deadline: float | None = None  # on `clock`
+        self.spot_notice: str | None = None
+        self.terminated = False
+
+    # -- what we know ------------------------------------------------------------------------
+    @property
+    def lease(self) -> Lease:
+        return self._lease
+
+    @property
+    def status(self) -> Status:
+        return self._lease.status
+
+    @property
+    def killed(self) -> bool:
+        return self._lease.status == Status.KILLED
+
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - self._clock()
+
+    def pending_stop(self) -> BaseException | None:
+        """What should stop the run now, without any I/O (cheap enough for every training step)."""
+        if self.fenced is not None:
+            return self.fenced
+        if self.killed:
+            return KilledByUser("the run was killed (kill requested through the state file)")
+        if self.spot_notice:
+            return SpotInterrupted(f"EC2 is reclaiming this spot instance ({self.spot_notice})")
+        if self.deadline is not None and self._clock() >= self.deadline:
+            return MaxRuntimeExceeded("the run reached its soft deadline before max_runtime_minutes")
+        if self.terminated:
+            return AgentTerminated("the agent received SIGTERM (the machine is shutting down)")
+        return None
+
+    def check(self) -> None:
+        stop = self.pending_stop()
+        if stop is not None:
+            raise stop
+
+    # -- writes --------------------------------------------------------------------------------
+    def _write(self, op: Callable[[Lease], Lease]) -> Lease:
+        with self._mutex:
+            if self.fenced is not None:
+                raise self.fenced
+            try:
+                self._lease = op(self._lease)
+            except RunKilled as exc:
+                # Adopt the killed state as our lease: cleanup moves it on from there.
+                self._lease = exc.current
+                raise
+            except Fenced as exc:
+                self.fenced = exc
+                raise
+            except Exception as exc:
+                # A compare-and-swap on a deleted lock answers 404, not 412: someone released it.
+                if not is_not_found(exc):
+                    raise
+                self.fenced = Fenced(f"the lock of run {self._lease.run_id} was released by someone else; not writing")
+                raise self.fenced from None
+            return self._lease
+
+    def move(self, status: Status, **fields: Any) -> Lease:
+        return self._write(lambda lease: self.store.move(lease, status, phase=status.value, **fields))
+
+    def beat(self, **fields: Any) -> Lease:
+        """Heartbeat (and progress). A kill found this way is remembered, not raised."""
+        try:
+            return self._write(lambda lease: self.store.heartbeat(lease, phase=lease.status.value, **fields))
+        except RunKilled:
+            log.warning("the run was killed; stopping at the next step")
+            return self._lease
+
+    def poll(self) -> None:
+        """One GET of the state: notice a kill or a takeover that no write of ours has hit yet."""
+        with self._mutex:
+            if self.fenced is not None or self.released:
+                return
+            current = self.store.read()
+            if current is None:
+                self.fenced = Fenced(f"the lock of run {self._lease.run_id} was released by someone else; not writing")
+            elif current.run_id != self._lease.run_id:
+                self.fenced = Fenced(
+                    f"the lock now belongs to run {current.run_id}; run {self._lease.run_id} stops writing", current
+                )
+            elif current.status == Status.KILLED and not self.killed:
+                log.warning("the run was killed; stopping at the next step")
+                self._lease = current
+            elif current.status != self._lease.status and current.status != Status.KILLED:
+                self.fenced = Fenced(
+                    f"run {self._lease.run_id} was moved to {current.status.value} by another writer", current
+                )
+
+    def ensure_holder(self) -> None:
+        """Before any write outside the state file: re-read, raise if we no longer hold the lock."""
+        self.poll()
+        if self.fenced is not None:
+            raise self.fenced
+
+    def release(self) -> bool:
+        """True when this call deleted the lock; False when this holder had already released it.
+
+        A lock that someone else deleted means we were fenced (kill --force, verify-cleanup).
+        """
+        with self._mutex:
+            if self.released:
+                return False
+            if self.fenced is not None:
+                raise self.fenced
+            try:
+                deleted = self.store.release(self._lease)
+            except Fenced as exc:
+                self.fenced = exc
+                raise
+            if not deleted:
+                self.fenced = Fenced(f"the lock of run {self._lease.run_id} was released by someone else")
+                raise self.fenced
+            self.released = True
+            return True
+
+
+class Heartbeat:
+    """Background thread: heartbeat_at every `interval` seconds in every phase, plus a probe
+    (EC2 spot notice) whose answer, when not None, stops the run."""
+
+    def __init__(
+        self,
+        holder: LockHolder,
+        interval: float,
+        fields: Callable[[], dict] = dict,
+        probe: Callable[[], str | None] | None = None,
+    ):
+        self.holder = holder
+        self.interval = interval
+        self.fields = fields
+        self.probe = probe
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.probe is not None:
+                try:
+                    notice = self.probe()
+                except Exception as exc:  # the probe is best effort; the dead-man switch backs it
+                    log.debug("spot probe failed: %s", exc)
+                    notice = None
+                if notice:
+                    log.warning("spot interruption notice: %s", notice)
+                    self.holder.spot_notice = notice
+            try:
+                self.holder.beat(**self.fields())
+            except Fenced as exc:
+                log.error("fenced: %s; the heartbeat stops", exc)
+                return
+            except Exception as exc:
+                # botocore already retried; a missed beat is survivable, the next one may land.
+                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+
+
+class TrainingWatch:
+    """Keeps the state I/O of the training phase off the training thread.
+
+    The training callback only reads flags and hands over progress (no I/O per step); this
+    thread does the kill check (one GET every `poll_every` s) and writes the progress it was
+    handed, so a slow S3 can delay a kill by a few seconds but never slows training.
+    """
+
+    def __init__(self, holder: LockHolder, poll_every: float = 2.0):
+        self.holder = holder
+        self.poll_every = poll_every
+        self._progress: dict | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="training-watch", daemon=True)
+
+    def __enter__(self) -> "TrainingWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._flush()
+
+    def offer(self, progress: dict) -> None:
+        with self._lock:
+            self._progress = progress
+
+    def _flush(self) -> None:
+        with self._lock:
+            progress, self._progress = self._progress, None
+        if progress is not None and self.holder.fenced is None:
+            try:
+                self.holder.beat(progress=progress)
+            except Fenced:
+                pass  # surfaces through pending_stop
+            except Exception as exc:
+                log.warning("progress report failed: %s: %s", type(exc).__name__, exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_every):
+            try:
+                self.holder.poll()
+            except Exception as exc:  # the next poll may work; botocore already retried this one
+                log.warning("kill check failed: %s: %s", type(exc).__name__, exc)
+            self._flush()

@@ -1,0 +1,264 @@
+"""The four working phases of a run, each a function from a dataclass to a dataclass.
+(The fifth, cleanup, lives in cleanup.py: it runs whatever happened here.)
+
+Heavy packages (torch, chronos, pandas) are imported inside the phases that need them.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .context import AgentContext, CheckpointUploader
+from .lockholder import TrainingWatch
+from .dataset import (
+    DataValidationError,
+    expand_dataset_path,
+    fingerprint,
+    local_fingerprint,
+    sync_prefix,
+    validate_parquet_paths,
+)
+from .runconfig import ConfigError, check_runtime_support, parse_config
+from .timeutil import iso
+
+log = logging.getLogger(__name__)
+
+
+# -- initialization -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InitInput:
+    pass
+
+
+@dataclass(frozen=True)
+class InitOutput:
+    config: Any  # RunConfig
+    device: str
+    versions: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        return {"device": self.device}
+
+
+def initialization(ctx: AgentContext, inp: InitInput) -> InitOutput:
+    """Read and check run.yaml, and prove the training stack imports on this machine."""
+    import yaml
+
+    key = ctx.layout.run_config(ctx.run_id)
+    try:
+        text = ctx.s3.get_object(Bucket=ctx.bucket, Key=key)["Body"].read().decode()
+    except Exception as exc:
+        from .aws import is_not_found
+
+        if is_not_found(exc):
+            raise ConfigError(f"{ctx.uri(key)} does not exist; the launcher uploads it before starting the agent") from None
+        raise
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"{ctx.uri(key)} is not valid YAML") from None
+    cfg = parse_config(doc, ctx.uri(key))
+    ctx.config = cfg
+    ctx.record.update(config=cfg.model_dump(mode="json"))
+    ctx.record.doc["host"].setdefault("instance_type", cfg.instance.type)
+    ctx.record.doc["host"].setdefault("spot", cfg.instance.spot)
+    check_runtime_support(cfg)
+
+    from .basemodel import device
+
+    on = device()
+    ctx.record.refresh_versions()
+    log.info("config: %s", cfg.model_dump(mode="json"))
+    log.info("versions: %s; training on %s", ctx.record.doc["versions"], on)
+    return InitOutput(cfg, on, ctx.record.doc["versions"])
+
+
+# -- data sync ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSyncInput:
+    dataset: str  # a key prefix in the run bucket, an s3:// uri, or (--local only) a local path
+    dest: Path
+    prediction_length: int
+    context_length: int
+
+
+@dataclass(frozen=True)
+class DataSyncOutput:
+    files: list[Path]
+    source_uri: str
+    fingerprint: str
+    downloaded: int
+    skipped: int
+    bytes_downloaded: int
+    total_bytes: int
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "files": len(self.files),
+            "downloaded": self.downloaded,
+            "skipped": self.skipped,
+            "bytes_downloaded": self.bytes_downloaded,
+            "total_bytes": self.total_bytes,
+        }
+
+
+def resolve_dataset(ctx: AgentContext, dataset: str) -> tuple[str, str] | Path:
+    """(bucket, prefix) to sync, or a local path (only in a --local run)."""
+    if dataset.startswith("s3://"):
+        bucket, _, prefix = dataset[5:].partition("/")
+        return bucket, prefix
+    local = Path(dataset).expanduser()
+    if ctx.local and not dataset.startswith("cached-datasets/") and local.exists():
+        return local
+    return ctx.bucket, dataset.lstrip("/")
+
+
+def data_sync(ctx: AgentContext, inp: DataSyncInput) -> DataSyncOutput:
+    where = resolve_dataset(ctx, inp.dataset)
+    if isinstance(where, Path):
+        files = expand_dataset_path(where)
+        fp, rows = local_fingerprint([f for f in files if f.is_file()])
+        source, downloaded, skipped, got = str(where.resolve()), 0, len(files), 0
+        total = sum(r.size for r in rows)
+    else:
+        bucket, prefix = where
+        report = sync_prefix(ctx.s3, bucket, prefix, inp.dest, should_stop=ctx.holder.check)
+        files, fp, source = report.files, fingerprint(report.remote), f"s3://{bucket}/{prefix}"
+        downloaded, skipped, got, total = report.downloaded, report.skipped, report.bytes_downloaded, report.total_bytes
+        log.info("dataset %s: %d files, %d downloaded, %d already present", source, len(files), downloaded, skipped)
+    ctx.holder.check()
+    problems = validate_parquet_paths(files, inp.context_length, inp.prediction_length)
+    if problems:
+        for p in problems:
+            log.error("data problem: %s", p)
+        raise DataValidationError(f"the dataset {source} cannot be trained on", problems)
+    out = DataSyncOutput(files, source, fp, downloaded, skipped, got, total)
+    ctx.record.update(data={"uri": source, "fingerprint": fp, "files": len(files), "bytes": total})
+    return out
+
+
+# -- training -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingInput:
+    config: Any  # RunConfig
+    files: list[Path]
+    output_dir: Path
+
+
+@dataclass
+class TrainingOutput:
+    model_dir: Path
+    training: dict[str, Any]
+    metrics: dict[str, Any]
+    evaluation: dict[str, Any]
+    checkpoints: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"steps_done": self.training["steps_done"], "final_loss": self.training["final_loss"]}
+
+
+def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
+    from .basemodel import load_base
+    from .dataset import load_long_frame
+    from .evaluation import evaluate, holdout_split, to_chronos_inputs
+    from .training import TrainingSettings, train_model
+
+    cfg = inp.config
+    settings = TrainingSettings.from_config(cfg)
+    frame = load_long_frame(inp.files)
+    split = holdout_split(frame, settings.prediction_length)
+    log.info("training on %d series, %d rows (last %d points of each held out)", len(split.items), len(split.context), settings.prediction_length)
+    inputs = to_chronos_inputs(split.context, settings.prediction_length)
+    base = load_base(cfg.model.base, context_length=settings.context_length, seed=settings.seed)
+    ctx.holder.check()
+
+    uploader = CheckpointUploader(ctx)
+    fault = (lambda: ctx.faults.fire("training")) if ctx.faults.wants("training") else None
+    try:
+        with TrainingWatch(ctx.holder) as watch:
+            hooks = training_hooks(ctx.holder, watch, on_checkpoint=uploader.submit, fault=fault)
+            outcome = train_model(base, inputs, settings, inp.output_dir, hooks)
+    finally:
+        uploader.flush()
+    stats = outcome.summary()
+    ctx.record.update(training=stats)
+    if uploader.uploaded:
+        ctx.record.set_artifact("checkpoints_uri", ctx.uri(uploader.prefix))
+    ctx.holder.check()  # a stop requested during training ends the run here, checkpoint uploaded
+
+    zero_shot_base = None if cfg.model.is_scratch else base
+    metrics, info = evaluate(outcome.pipeline, zero_shot_base, split, settings.prediction_length, settings.batch_size, settings.context_length)
+    ctx.record.update(metrics=metrics, evaluation=info)
+    return TrainingOutput(outcome.model_dir, stats, metrics, info, list(uploader.uploaded))
+
+
+def training_hooks(holder, watch, *, on_checkpoint=None, fault=None):
+    """The agent's side of the training callback: no I/O on the training thread; `watch` does
+    the kill check and writes the progress it is handed."""
+    from .training import TrainingHooks
+
+    def stop_flag() -> str | None:
+        stop = holder.pending_stop()
+        return None if stop is None else f"{type(stop).__name__}: {stop}"
+
+    return TrainingHooks(
+        report=lambda progress: watch.offer(progress.to_dict()),
+        stop_flag=stop_flag,
+        on_checkpoint=on_checkpoint,
+        fault=fault,
+    )
+
+
+# -- results sync ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResultsInput:
+    model_dir: Path
+    training: TrainingOutput
+    data: DataSyncOutput
+    config: Any
+
+
+@dataclass(frozen=True)
+class ResultsOutput:
+    model_uri: str
+    metadata_uri: str
+    files: list[str]
+
+    def summary(self) -> dict[str, Any]:
+        return {"model_uri": self.model_uri, "files": len(self.files)}
+
+
+def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
+    layout = ctx.layout
+    models = layout.models(ctx.run_id)
+    ctx.guard()
+    ctx.delete_prefix(models)  # a retried phase must not leave files of an earlier attempt
+    keys = ctx.upload_dir(inp.model_dir, models)
+    names = {k[len(models):] for k in keys}
+    missing = {"config.json", "model.safetensors"} - names
+    if missing:
+        raise RuntimeError(f"the saved model lacks {', '.join(sorted(missing))}; it would not load from S3")
+    ctx.record.set_artifact("model_uri", ctx.uri(models))
+    ctx.record.set_artifact("metadata_uri", ctx.uri(layout.model_metadata(ctx.run_id)))
+    cfg = inp.config
+    metadata = {
+        "run_id": ctx.run_id,
+        "created_at": iso(),
+        "base_model": cfg.model.base,
+        "finetune_mode": cfg.model.finetune_mode,
+        "config": cfg.model_dump(mode="json"),
+        "data_fingerprint": inp.data.fingerprint,
+        "dataset": {"uri": inp.data.source_uri, "files": len(inp.data.files), "bytes": inp.data.total_bytes},
+        "metrics": inp.training.metrics,
+        "evaluation": inp.training.evaluation,
+        "training": inp.training.training,
+        "artifacts": dict(ctx.record.doc["artifacts"], files=sorted(names)),
+        "load_with": f'Chronos2Pipeline.from_pretrained("{ctx.uri(models)}")',
+    }
+    ctx.guard()
+    from .artifacts import put_json
+
+    put_json(ctx.s3, ctx.bucket, layout.model_metadata(ctx.run_id), metadata)
+    return ResultsOutput(ctx.uri(models), ctx.uri(layout.model_metadata(ctx.run_id)), sorted(keys))

@@ -1,0 +1,88 @@
+"""How the machine ends itself: the EC2 API (its role may terminate only itself) and, when that
+fails, an OS shutdown, which instance-initiated shutdown = terminate turns into a termination.
+Also the instance metadata (IMDSv2) the agent needs on EC2: its instance id and spot notices."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import urllib.error
+import urllib.request
+
+from .aws import error_code
+
+log = logging.getLogger(__name__)
+
+IMDS = "http://169.254.169.254"
+IMDS_TIMEOUT_S = 2
+
+
+def _imds_token() -> str:
+    req = urllib.request.Request(
+        f"{IMDS}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"}
+    )
+    with urllib.request.urlopen(req, timeout=IMDS_TIMEOUT_S) as resp:
+        return resp.read().decode()
+
+
+def imds_get(path: str) -> str | None:
+    """An IMDSv2 value, or None when it does not exist (404)."""
+    req = urllib.request.Request(f"{IMDS}/latest/{path}", headers={"X-aws-ec2-metadata-token": _imds_token()})
+    try:
+        with urllib.request.urlopen(req, timeout=IMDS_TIMEOUT_S) as resp:
+            return resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def instance_id_from_imds() -> str:
+    value = imds_get("meta-data/instance-id")
+    if not value:
+        raise RuntimeError("the instance metadata service has no instance id")
+    return value
+
+
+def spot_interruption_notice() -> str | None:
+    """EC2's two-minute warning, e.g. '{"action": "terminate", "time": "..."}', or None."""
+    return imds_get("meta-data/spot/instance-action")
+
+
+def terminate_instance(ec2, instance_id: str) -> tuple[str, str]:
+    """(result, detail) for cleanup_status.json; never raises."""
+    try:
+        state = _instance_state(ec2, instance_id)
+        if state is None:
+            return "not_found", f"EC2 has no instance {instance_id}"
+        if state in ("shutting-down", "terminated"):
+            return "done", f"already {state}"
+        resp = ec2.terminate_instances(InstanceIds=[instance_id])
+        now = resp["TerminatingInstances"][0]["CurrentState"]["Name"]
+        return "done", f"EC2 accepted the termination ({now})"
+    except Exception as exc:
+        if error_code(exc).startswith("InvalidInstanceID"):
+            return "not_found", f"EC2 has no instance {instance_id}"
+        return "error", f"{type(exc).__name__}: {exc}"
+
+
+def _instance_state(ec2, instance_id: str) -> str | None:
+    try:
+        resp = ec2.describe_instances(InstanceIds=[instance_id])
+    except Exception as exc:
+        if error_code(exc).startswith("InvalidInstanceID"):
+            return None
+        raise
+    for reservation in resp.get("Reservations", []):
+        for inst in reservation.get("Instances", []):
+            if inst["InstanceId"] == instance_id:
+                return inst["State"]["Name"]
+    return None
+
+
+def os_shutdown() -> tuple[str, str]:
+    """The fallback that needs no permission."""
+    try:
+        subprocess.run(["shutdown", "-h", "now"], check=True, timeout=30, capture_output=True)
+        return "done", "shutdown -h now"
+    except Exception as exc:
+        return "error", f"shutdown -h now failed: {type(exc).__name__}: {exc}"

@@ -1,0 +1,148 @@
+"""A complete run: the agent as a real subprocess against moto server, scratch:tiny on synthetic data.
+
+One run is shared by every assertion here (module-scoped), to keep the suite fast.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from automation import motoserver
+from instance.aws import AwsTarget, client
+from instance.layout import bucket_name
+from instance.state import StateStore
+from tests.agent_fixtures import (
+    DATA_PREFIX,
+    get_json,
+    instance_state,
+    keys_under,
+    launch,
+    parquet_bytes,
+    run_agent,
+    run_config,
+    synthetic_frame,
+    upload_dataset,
+)
+from tests.conftest import ENV, REGION
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def completed(moto_endpoint, tmp_path_factory):
+    motoserver.reset(moto_endpoint)
+    aws = AwsTarget(region=REGION, endpoint_url=moto_endpoint)
+    s3 = client("s3", aws)
+    bucket = bucket_name(ENV, motoserver.SANDBOX_ACCOUNT, REGION)
+    s3.create_bucket(Bucket=bucket)
+    # Two files: the sync and the validator see a month folder as it really is.
+    frame = synthetic_frame(n_items=6, length=96)
+    half = frame["item_id"].isin(["item-0", "item-1", "item-2"])
+    upload_dataset(s3, bucket, {"part-0.parquet": parquet_bytes(frame[half]), "part-1.parquet": parquet_bytes(frame[~half])})
+    run = launch(s3, bucket, aws, ENV, run_config())
+    tmp = tmp_path_factory.mktemp("agent")
+    proc = run_agent(run, tmp)
+    return dict(run=run, s3=s3, bucket=bucket, proc=proc, tmp=tmp, aws=aws)
+
+
+def _record(c, name):
+    return get_json(c["s3"], c["bucket"], getattr(c["run"].layout, name)(c["run"].run_id))
+
+
+def test_agent_exits_zero_and_releases_the_lock(completed):
+    assert completed["proc"].returncode == 0, completed["proc"].stderr[-3000:]
+    assert StateStore(completed["s3"], completed["bucket"], ENV).read() is None
+
+
+def test_every_artifact_is_where_the_layout_says(completed):
+    run = completed["run"]
+    keys = set(keys_under(completed["s3"], completed["bucket"], f"{ENV}/"))
+    layout = run.layout
+    for key in (
+        layout.training_record(run.run_id),
+        layout.cleanup_status(run.run_id),
+        layout.agent_log(run.run_id),
+        layout.model_metadata(run.run_id),
+        layout.models(run.run_id) + "config.json",
+        layout.models(run.run_id) + "model.safetensors",
+    ):
+        assert key in keys
+    assert layout.state not in keys
+
+
+def test_training_record_is_complete(completed):
+    doc = _record(completed, "training_record")
+    run = completed["run"]
+    assert doc["run_id"] == run.run_id and doc["env"] == ENV
+    assert doc["final_status"] == "completed" and doc["reason"] is None and doc["error"] is None
+    in_order = sorted(doc["phases"], key=lambda name: doc["phases"][name]["started_at"])
+    assert in_order == ["initialization", "data_sync", "training", "results_sync", "cleanup"]
+    for phase in doc["phases"].values():
+        assert phase["result"] == "ok" and phase["seconds"] >= 0 and phase["ended_at"] >= phase["started_at"]
+    assert doc["phases"]["data_sync"]["detail"]["files"] == 2
+    training = doc["training"]
+    assert training["steps_done"] == training["total_steps"] == 20
+    assert math.isfinite(training["final_loss"]) and training["samples_per_second"] > 0
+    assert doc["duration_seconds"] > 0 and doc["ended_at"] > doc["started_at"]
+    assert {"python", "torch", "chronos", "transformers", "cuda"} <= set(doc["versions"])
+    assert doc["host"]["executor"] == "local" and doc["host"]["instance_id"] == run.instance_id
+    assert doc["cost"]["estimated_usd"] == 0.0 and "local" in doc["cost"]["note"]
+    assert doc["config"]["model"]["base"] == "scratch:tiny"
+    arts = doc["artifacts"]
+    assert arts["model_uri"] == f"s3://{completed['bucket']}/{ENV}/{run.run_id}/models/"
+    assert arts["metadata_uri"].endswith("model_metadata.json") and arts["log_uri"].endswith("agent.log")
+
+
+def test_metrics_are_finite_for_each_model(completed):
+    metrics = _record(completed, "training_record")["metrics"]
+    assert metrics["zero_shot"] is None  # a scratch base has no zero-shot score
+    for name in ("finetuned", "seasonal_naive"):
+        assert set(metrics[name]) == {"wql", "mase"}
+        assert all(math.isfinite(v) and v >= 0 for v in metrics[name].values()), metrics
+
+
+def test_model_metadata(completed):
+    meta = _record(completed, "model_metadata")
+    assert meta["base_model"] == "scratch:tiny" and meta["finetune_mode"] == "full"
+    assert meta["data_fingerprint"].startswith("sha256:") and len(meta["data_fingerprint"]) == 71
+    assert meta["metrics"] == _record(completed, "training_record")["metrics"]
+    assert meta["config"]["training"]["num_steps"] == 20
+    assert meta["artifacts"]["model_uri"].endswith("/models/")
+    assert meta["dataset"]["uri"].endswith(DATA_PREFIX)
+
+
+def test_cleanup_status_lists_every_step_done(completed):
+    status = _record(completed, "cleanup_status")
+    assert status["run_id"] == completed["run"].run_id and status["by"] == "agent" and status["completed_at"]
+    results = {(s["resource"].split(" ")[0], s["action"]): s["result"] for s in status["steps"]}
+    assert results[("lock", "release")] == "done"
+    assert results[("instance", "terminate")] == "done"
+    assert results[("training", "write final")] == "done"
+    assert all(s["result"] in ("done", "not_found") for s in status["steps"])
+    assert all({"resource", "action", "result", "detail", "at"} <= set(s) for s in status["steps"])
+
+
+def test_instance_record_is_terminated(completed):
+    assert instance_state(completed["aws"], completed["run"].instance_id) == "terminated"
+
+
+def test_agent_log_reached_s3(completed):
+    key = completed["run"].layout.agent_log(completed["run"].run_id)
+    text = completed["s3"].get_object(Bucket=completed["bucket"], Key=key)["Body"].read().decode()
+    assert "phase training" in text and "cleanup: release lock: done" in text
+
+
+def test_model_loads_from_s3_and_forecasts(completed, monkeypatch, tmp_path):
+    import numpy as np
+    from chronos import Chronos2Pipeline
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", completed["aws"].endpoint_url)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    uri = _record(completed, "training_record")["artifacts"]["model_uri"]
+    pipeline = Chronos2Pipeline.from_pretrained(uri)
+    assert isinstance(pipeline, Chronos2Pipeline)
+    frame = synthetic_frame(n_items=2, length=80, covariate=False)
+    forecast = pipeline.predict_df(frame, prediction_length=8)
+    assert len(forecast) == 2 * 8
+    assert np.isfinite(forecast["predictions"].to_numpy()).all()

@@ -1,0 +1,169 @@
+"""The agent's smaller parts: the lock holder (kills, fencing, stop reasons), the heartbeat
+thread, the soft deadline, the fault hooks, the cost estimate, and light imports."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+
+from instance.agent import deadline_margin_seconds, soft_deadline
+from instance.faults import Faults, InjectedFault
+from instance.lockholder import Heartbeat, KilledByUser, LockHolder, MaxRuntimeExceeded, SpotInterrupted
+from instance.record import estimate_cost
+from instance.state import Fenced, RunKilled, StateStore
+from instance.status import Status
+from instance.timeutil import iso, utcnow
+from tests.conftest import ENV
+
+RID = "run-20261128-140000-1111"
+
+
+@pytest.fixture
+def store(s3, bucket):
+    return StateStore(s3, bucket, ENV)
+
+
+def test_poll_adopts_a_kill_and_moves_on_from_it(store):
+    holder = LockHolder(store, store.acquire(RID))
+    holder.move(Status.DATA_SYNC)
+    store.request_kill(RID, requested_by="cli")
+    assert holder.pending_stop() is None  # nothing known yet, no I/O
+    holder.poll()
+    assert isinstance(holder.pending_stop(), KilledByUser)
+    holder.move(Status.CLEANUP)
+    assert store.read().status == Status.CLEANUP
+
+
+def test_a_write_that_hits_the_kill_adopts_it(store):
+    holder = LockHolder(store, store.acquire(RID))
+    store.request_kill(RID, requested_by="cli")
+    with pytest.raises(RunKilled):
+        holder.move(Status.DATA_SYNC)
+    assert holder.killed
+    holder.beat(progress={"step": 1})  # heartbeats go on in the killed state
+    assert store.read().state["progress"] == {"step": 1}
+
+
+@pytest.mark.parametrize("takeover", ["released", "other_run"])
+def test_fencing_is_sticky_and_stops_every_write(store, takeover):
+    holder = LockHolder(store, store.acquire(RID))
+    store.release(store.read())
+    if takeover == "other_run":
+        store.acquire("run-20261128-150000-2222")
+    with pytest.raises(Fenced):
+        holder.move(Status.DATA_SYNC)
+    assert holder.fenced is not None and not isinstance(holder.fenced, RunKilled)
+    with pytest.raises(Fenced):
+        holder.beat()
+    with pytest.raises(Fenced):
+        holder.ensure_holder()
+    with pytest.raises(Fenced):
+        holder.release()
+
+
+def test_release_then_release_again(store):
+    holder = LockHolder(store, store.acquire(RID))
+    assert holder.release() is True and store.read() is None
+    assert holder.release() is False
+    holder.ensure_holder()  # released by ourselves: not fenced
+
+
+def test_stop_reasons_in_priority():
+    from instance.state import Lease
+
+    holder = LockHolder(None, Lease(etag='"x"', state={"run_id": RID, "status": "training"}), clock=lambda: 10.0)
+    assert holder.pending_stop() is None
+    holder.deadline = 5.0
+    assert isinstance(holder.pending_stop(), MaxRuntimeExceeded)
+    holder.spot_notice = '{"action": "terminate"}'
+    assert isinstance(holder.pending_stop(), SpotInterrupted)
+    assert MaxRuntimeExceeded.reason == "max_runtime_exceeded" and SpotInterrupted.reason == "spot_interrupted"
+    assert KilledByUser.final_status == "killed" and MaxRuntimeExceeded.final_status == "failed"
+
+
+def test_heartbeat_thread_beats_notices_spot_and_stops_when_fenced(store):
+    holder = LockHolder(store, store.acquire(RID))
+    probes = iter([None, '{"action": "terminate"}'])
+    beat = Heartbeat(holder, 0.05, lambda: {"agent": {"pid": 1}}, probe=lambda: next(probes, None)).start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (store.read().seq < 3 or holder.spot_notice is None):
+            time.sleep(0.05)
+        assert store.read().state["agent"] == {"pid": 1} and store.read().state["phase"] == "initialization"
+        assert isinstance(holder.pending_stop(), SpotInterrupted)
+        store.release(store.read())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and beat._thread.is_alive():
+            time.sleep(0.05)
+        assert not beat._thread.is_alive() and holder.fenced is not None
+    finally:
+        beat.stop()
+
+
+def test_soft_deadline_counts_from_the_lock_and_keeps_a_margin(monkeypatch):
+    monkeypatch.delenv("CHRONOS_DEADLINE_SECONDS", raising=False)
+    started = iso(utcnow() - timedelta(minutes=10))
+    left = soft_deadline(started, 60, clock=lambda: 0.0)
+    assert left == pytest.approx(60 * 60 - 300 - 600, abs=2)
+    assert deadline_margin_seconds(10) == 150 and deadline_margin_seconds(240) == 300
+    monkeypatch.setenv("CHRONOS_DEADLINE_SECONDS", "3")
+    assert soft_deadline(started, 60, clock=lambda: 100.0) == 103.0
+
+
+def test_faults_parse_fire_and_pause():
+    faults = Faults.from_env({"CHRONOS_FAULT": "training, cleanup:lock", "CHRONOS_PAUSE": "data_sync:0.2"})
+    assert faults.wants("training") and not faults.wants("data_sync")
+    with pytest.raises(InjectedFault):
+        faults.fire("training")
+    with pytest.raises(InjectedFault):
+        faults.fire_once("cleanup:lock")
+    faults.fire_once("cleanup:lock")  # only once
+    started = time.monotonic()
+    faults.pause("data_sync", check=lambda: None)
+    assert 0.15 < time.monotonic() - started < 2
+    with pytest.raises(KilledByUser):
+        faults.pause("data_sync", check=lambda: (_ for _ in ()).throw(KilledByUser("killed")))
+
+
+def test_cost_estimates():
+    ec2 = estimate_cost({"executor": "ec2", "instance_type": "g4dn.xlarge", "spot": False}, 3600)
+    assert ec2["hourly_usd"] == pytest.approx(0.526 + 100 * 0.08 / 730, abs=1e-4) and ec2["estimated_usd"] > 0.5
+    spot = estimate_cost({"executor": "ec2", "instance_type": "g4dn.xlarge", "spot": True}, 3600)
+    assert spot["estimated_usd"] < ec2["estimated_usd"]
+    local = estimate_cost({"executor": "local", "instance_type": "g4dn.xlarge"}, 3600)
+    assert local["estimated_usd"] == 0.0 and local["note"]
+
+
+def test_agent_modules_import_light():
+    heavy = ["torch", "chronos", "transformers", "pandas", "pyarrow", "pulumi", "click", "automation"]
+    code = (
+        "import sys, json; import instance.agent, instance.dataset, instance.bootstrap, instance.envcache, "
+        "instance.cleanup, instance.training, instance.evaluation, instance.basemodel, instance.phases; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout))
+    assert not [m for m in heavy if m in loaded]
+
+
+def test_training_watch_finds_the_kill_and_writes_progress_off_the_training_thread(store):
+    from instance.lockholder import TrainingWatch
+
+    holder = LockHolder(store, store.acquire(RID))
+    holder.move(Status.DATA_SYNC)
+    holder.move(Status.TRAINING)
+    with TrainingWatch(holder, poll_every=0.05) as watch:
+        watch.offer({"step": 3, "total_steps": 10})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (store.read().state.get("progress") or {}).get("step") != 3:
+            time.sleep(0.05)
+        assert store.read().state["progress"]["step"] == 3
+        store.request_kill(RID, requested_by="cli")
+        while time.monotonic() < deadline and holder.pending_stop() is None:
+            time.sleep(0.05)
+        assert isinstance(holder.pending_stop(), KilledByUser)
+        watch.offer({"step": 4, "total_steps": 10})
+    assert store.read().state["progress"]["step"] == 4  # the last progress is flushed on exit

@@ -1,0 +1,119 @@
+"""Training through the agent's callback: progress, stop (kill/deadline) with a checkpoint,
+periodic checkpoints, LoRA merged into a loadable model, and s3:// / scratch base models."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from instance.training import Progress, RunMonitor, TrainingHooks, TrainingSettings, train_model
+from tests.agent_fixtures import synthetic_frame
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_monitor_rate_limits_reports_and_checks_the_flag_every_step():
+    clock = FakeClock()
+    reports, flags = [], []
+    hooks = TrainingHooks(report=reports.append, stop_flag=lambda: flags.append(clock.t) and None, report_every=15)
+    mon = RunMonitor(hooks, total_steps=100, batch_size=32, clock=clock)
+    mon.begin()
+    for step in range(1, 41):
+        clock.t += 1.0  # one step per second
+        mon.logged({"loss": 1.0 / step})
+        assert mon.step_end(step) is False
+    assert [r.step for r in reports] == [1, 16, 31]  # the first step, then at most every 15 s
+    assert len(flags) == 40
+    p = mon.progress()
+    assert p == Progress(step=40, total_steps=100, loss=1 / 40, eta_seconds=60.0, samples_per_second=32.0)
+
+
+def test_monitor_stops_on_the_first_reason_and_fires_the_fault_once():
+    clock = FakeClock()
+    reason = {"now": None}
+    faults = []
+    mon = RunMonitor(TrainingHooks(stop_flag=lambda: reason["now"], fault=lambda: faults.append(1)), 10, 4, clock)
+    mon.begin()
+    assert mon.step_end(1) is False
+    reason["now"] = "KilledByUser: killed"
+    assert mon.step_end(2) is True and mon.stopped_by == "KilledByUser: killed"
+    assert mon.step_end(3) is False  # asked once; the Trainer is already stopping
+    assert faults == [1]
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs():
+    from instance.evaluation import holdout_split, to_chronos_inputs
+
+    frame = synthetic_frame(n_items=4, length=64)
+    split = holdout_split(frame, 8)
+    return split, to_chronos_inputs(split.context, 8)
+
+
+def _settings(**kw):
+    base = dict(prediction_length=8, context_length=64, num_steps=12, batch_size=8, learning_rate=1e-3)
+    return TrainingSettings(**{**base, **kw})
+
+
+def test_stop_request_ends_training_with_a_checkpoint(tiny_inputs, tmp_path):
+    from instance.basemodel import build_scratch
+
+    saved = []
+    steps = {"n": 0}
+
+    def stop_after_five():
+        steps["n"] += 1
+        return "MaxRuntimeExceeded: soft deadline" if steps["n"] >= 5 else None
+
+    hooks = TrainingHooks(stop_flag=stop_after_five, on_checkpoint=lambda path, step: saved.append((path.name, step, path.is_dir())))
+    out = train_model(build_scratch("tiny", 64, on="cpu"), tiny_inputs[1], _settings(num_steps=500), tmp_path, hooks)
+    assert out.steps_done == 5 and out.stopped_by.startswith("MaxRuntimeExceeded")
+    assert saved == [("checkpoint-5", 5, True)]
+    assert (tmp_path / "checkpoint-5" / "model.safetensors").exists()
+    assert out.final_loss is not None and math.isfinite(out.final_loss)
+
+
+def test_periodic_checkpoints_reach_the_hook(tiny_inputs, tmp_path):
+    from instance.basemodel import build_scratch
+
+    saved = []
+    hooks = TrainingHooks(on_checkpoint=lambda path, step: saved.append(step))
+    out = train_model(build_scratch("tiny", 64, on="cpu"), tiny_inputs[1], _settings(save_steps=4), tmp_path, hooks)
+    assert saved == [4, 8, 12] and out.stopped_by is None and out.steps_done == 12
+
+
+def test_lora_is_merged_into_a_model_that_loads(tiny_inputs, tmp_path):
+    from chronos import Chronos2Pipeline
+
+    from instance.basemodel import build_scratch
+    from instance.evaluation import score_pipeline
+
+    out = train_model(build_scratch("tiny", 64, on="cpu"), tiny_inputs[1], _settings(finetune_mode="lora", num_steps=4), tmp_path)
+    names = {p.name for p in out.model_dir.iterdir()}
+    assert {"config.json", "model.safetensors"} <= names and "adapter_config.json" not in names
+    loaded = Chronos2Pipeline.from_pretrained(out.model_dir)
+    scores = score_pipeline(loaded, tiny_inputs[0], 8, batch_size=8)
+    assert all(math.isfinite(v) for v in scores.values())
+
+
+def test_s3_base_model_loads_through_chronos(s3, bucket, aws, tmp_path, monkeypatch):
+    from chronos import Chronos2Pipeline
+
+    from instance.basemodel import build_scratch, load_base
+
+    folder = tmp_path / "base"
+    build_scratch("tiny", 64, on="cpu").save_pretrained(folder)
+    for f in folder.iterdir():
+        s3.upload_file(str(f), bucket, f"models/base/{f.name}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint_url)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pipeline = load_base(f"s3://{bucket}/models/base/", context_length=64, on="cpu")
+    assert isinstance(pipeline, Chronos2Pipeline)
+    assert pipeline.model.config.chronos_pipeline_class == "Chronos2Pipeline"
+    assert pipeline.model.config.architectures == ["Chronos2Model"]
