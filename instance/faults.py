@@ -5,7 +5,8 @@
   inside Chronos2Pipeline.fit, at the first step) or `cleanup:<step>` (that cleanup step fails
   once, so the agent's retry of the cleanup is exercised).
 - CHRONOS_PAUSE=<phase>:<seconds>[,...] waits that long at the start of the phase (after the
-  state moved to it), still answering kills, so a test can act while the run is in that phase.
+  state moved to it; for `cleanup`, once the state is in cleanup), still answering kills, so a
+  test can act (kill, SIGKILL, SIGSTOP) while the run is in that phase.
 
 An EC2 run never reads these variables: the agent only builds them with `--local`.
 """

@@ -1,7 +1,8 @@
 """Kills and fencing, with the agent as a real subprocess.
 
 - A kill (the CLI moves the state to `killed`) during training stops at the next step, saves and
-  uploads a checkpoint, and cleans up; a kill in another phase ends the same way.
+  uploads a checkpoint, and cleans up; a kill in another phase ends the same way (the run is held
+  in that phase with CHRONOS_PAUSE).
 - A fenced agent (frozen with SIGSTOP while `kill --force` completes the run and a new run takes
   the lock, then resumed) writes nothing more and exits 3.
 - An agent that does not hold the lock writes nothing at all.
@@ -93,20 +94,23 @@ def test_kill_during_training_saves_a_checkpoint_and_cleans_up(s3, bucket, aws, 
     assert not keys_under(s3, bucket, run.layout.models(run.run_id))
 
 
-def test_kill_while_syncing_data_ends_killed(s3, bucket, aws, data, tmp_path):
+@pytest.mark.parametrize("phase", [Status.INITIALIZATION, Status.DATA_SYNC, Status.RESULTS_SYNC])
+def test_kill_in_another_phase_ends_killed(phase, s3, bucket, aws, data, tmp_path):
     run = launch(s3, bucket, aws, ENV, run_config())
-    proc = start_agent(run, tmp_path, CHRONOS_PAUSE="data_sync:60")
+    proc = start_agent(run, tmp_path, CHRONOS_PAUSE=f"{phase.value}:60")
     try:
-        wait_for(lambda: (lease := _state(s3, bucket)) is not None and lease.status == Status.DATA_SYNC)
+        wait_for(lambda: (lease := _state(s3, bucket)) is not None and lease.state.get("phase") == phase.value)
         StateStore(s3, bucket, ENV).request_kill(run.run_id, requested_by="test")
         code, out = _finish(proc)
     finally:
         proc.kill()
     assert code == EXIT_KILLED, out[-3000:]
     record = get_json(s3, bucket, run.layout.training_record(run.run_id))
-    assert record["final_status"] == "killed" and record["phases"]["data_sync"]["result"] == "killed"
-    assert get_json(s3, bucket, run.layout.cleanup_status(run.run_id)) is not None
+    assert record["final_status"] == "killed" and record["phases"][phase.value]["result"] == "killed"
+    assert get_json(s3, bucket, run.layout.cleanup_status(run.run_id))["final_status"] == "killed"
     assert _state(s3, bucket) is None
+    assert instance_state(aws, run.instance_id) == "terminated"
+    assert not keys_under(s3, bucket, run.layout.models(run.run_id))
 
 
 def test_frozen_agent_fenced_by_force_kill_writes_nothing(s3, bucket, aws, data, tmp_path):
