@@ -165,7 +165,8 @@ class StateStore:
             try:
                 return Lease(etag=self._put(body, IfMatch=base.etag), state=body)
             except Exception as exc:
-                if not is_precondition_failed(exc):
+                # S3 answers a CAS on a deleted object with 404 rather than 412: same conflict.
+                if not (is_precondition_failed(exc) or is_not_found(exc)):
                     raise
             base = self._after_conflict(lease, base, write_id, pin_status)
             if _wrote(base, write_id):

@@ -153,7 +153,13 @@ class LocalExecutor:
         if instance_id:
             self.ec2.terminate_instances(InstanceIds=[instance_id])
 
-    def finalize(self, run_id: str) -> None:
+    def finalize(self, run_id: str, grace_s: float = 30.0) -> None:
+        # The agent writes its last records after releasing the lock: let it exit by itself
+        # before anything is killed.
+        pid = self._pid(run_id)
+        deadline = time.monotonic() + grace_s
+        while process_alive(pid, run_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
         for inst in self.instances():
             tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
             if tags.get("RunId") == run_id:
