@@ -17,7 +17,11 @@ $(STAMP): requirements.txt instance/requirements.txt pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not reliability" $(PYTEST_ARGS)
+
+# The full fault/crash/kill matrices (docs/reliability.md); make test runs a representative subset.
+reliability: $(STAMP)
+	$(PY) -m pytest -q -m reliability $(PYTEST_ARGS)
 
 # A complete local training run: embedded sandbox (moto) + the agent as a local process.
 demo: $(STAMP)
