@@ -140,3 +140,17 @@ def test_second_launch_while_locked_exits_3_and_names_holder(env, seeded, aws, t
     assert result.returncode == 3, result.stderr
     assert holder.run_id in result.stderr and "initialization" in result.stderr
     assert _keys(seeded) == before and _instances(aws) == []
+
+
+def test_monitor_and_runs_never_import_torch_chronos_or_pulumi(env, seeded):
+    import subprocess
+    import sys
+
+    StateStore(seeded, BUCKET, "dev").acquire("run-20261128-090000-abcd", executor="local")
+    for args in (("monitor", "--json"), ("runs", "--json"), ("verify-cleanup", "--json")):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "automation.cli", "--local", *args],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode in (0, 6), proc.stderr[-500:]
+        imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+        heavy = {m for m in imported if m.split(".")[0] in ("torch", "chronos", "pulumi", "pulumi_aws", "transformers")}
+        assert not heavy, f"{args}: {sorted(heavy)[:5]}"
