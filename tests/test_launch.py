@@ -1,0 +1,72 @@
+"""launch's own promises, in-process against moto: a failed provisioning tears down, releases
+the lock and records why (quota and capacity told apart); the estimate is shown first."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from automation.context import Target
+from automation.errors import ChronosError
+from automation.executors.base import ProvisionError
+from automation.launch import estimate, launch, plan
+from automation.sandbox import SandboxInfo, seed
+from instance.artifacts import get_json
+from instance.layout import Layout
+from instance.runconfig import parse_config
+from instance.state import StateStore
+from tests.agent_fixtures import parquet_bytes, run_config, synthetic_frame
+
+
+class RefusingExecutor:
+    name = "ec2"
+
+    def __init__(self, kind: str, message: str):
+        self.error = ProvisionError(message, kind=kind)
+        self.finalized: list[str] = []
+
+    def provision(self, req):
+        raise self.error
+
+    def terminate(self, run_id, instance_id):
+        pass
+
+    def finalize(self, run_id):
+        self.finalized.append(run_id)
+
+    def leftover_stacks(self):
+        return []
+
+
+@pytest.fixture
+def target(aws, s3):
+    info = SandboxInfo(aws.endpoint_url, aws.region, "123456789012", None)
+    seed(info, "dev")
+    bucket = info.bucket("dev")
+    s3.put_object(Bucket=bucket, Key="cached-datasets/2026/11/a.parquet",
+                  Body=parquet_bytes(synthetic_frame(n_items=3, length=64)))
+    return Target(env="dev", local=False, region=aws.region, bucket=bucket, endpoint_url=aws.endpoint_url)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("quota", "the vCPU quota for G instances (VcpuLimitExceeded) is too low; request an increase"),
+    ("capacity", "no g4dn.xlarge capacity in any zone (InsufficientInstanceCapacity); retry later or use spot"),
+])
+def test_failed_provisioning_releases_the_lock_and_records_the_kind(target, tmp_path, kind, message):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(run_config()))
+    with pytest.raises(ChronosError) as err:
+        launch(target, plan(target, cfg), RefusingExecutor(kind, message))
+    assert "was not started" in str(err.value) and message in str(err.value)
+    assert StateStore(target.s3, target.bucket, "dev").read() is None
+    run_id = str(err.value).split()[1]
+    record = get_json(target.s3, target.bucket, Layout("dev").training_record(run_id))
+    assert record["final_status"] == "failed" and record["reason"] == f"provision_{kind}"
+    assert record["error"]["phase"] == "launch"
+
+
+def test_estimate_names_hourly_and_worst_case():
+    cfg = parse_config(run_config() | {"instance": {"type": "g5.xlarge", "spot": True, "max_runtime_minutes": 120}})
+    est = estimate(cfg, local=False)
+    assert est.spot and 0.4 < est.hourly_usd < 0.5 and est.worst_case_usd == round(est.hourly_usd * 2, 2)
+    assert "spot" in est.sentence() and "worst case" in est.sentence() and "120-minute" in est.sentence()
+    assert estimate(cfg, local=True).sentence().startswith("local run: $0.00")
