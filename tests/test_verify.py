@@ -1,0 +1,96 @@
+"""verify-cleanup finds billable leftovers by tag and by listing, and --fix is idempotent."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from automation.context import Target
+from automation.executors.local import LocalExecutor, run_tags
+from automation.sandbox import SandboxInfo, seed
+from automation.verify import verify
+from instance.artifacts import get_json
+from instance.layout import Layout
+from instance.state import StateStore
+from instance.timeutil import iso, utcnow
+
+RUN = "run-20261128-080000-dead"
+
+
+@pytest.fixture
+def target(aws, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHRONOS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CHRONOS_LAUNCH_GRACE_SECONDS", "0")
+    info = SandboxInfo(aws.endpoint_url, aws.region, "123456789012", None)
+    seed(info, "dev")
+    return Target(env="dev", local=True, region=aws.region, bucket=info.bucket("dev"), endpoint_url=aws.endpoint_url)
+
+
+@pytest.fixture
+def executor(target):
+    return LocalExecutor(target.aws, "dev", target.bucket)
+
+
+def _orphan_instance(target, run_id=RUN, executor_tag="ec2") -> str:
+    resp = target.ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="g4dn.xlarge",
+                                    TagSpecifications=[{"ResourceType": "instance",
+                                                        "Tags": run_tags(run_id, "dev", executor_tag)}])
+    return resp["Instances"][0]["InstanceId"]
+
+
+def test_clean_sandbox_reports_storage_by_prefix(target, executor):
+    target.s3.put_object(Bucket=target.bucket, Key="cached-datasets/2026/11/a.parquet", Body=b"x" * 1000)
+    report = verify(target, executor, do_fix=False)
+    assert report.clean
+    prefixes = report.storage["prefixes"]
+    assert prefixes["cached-datasets/"]["bytes"] == 1000 and "dev/" in prefixes
+    assert report.storage["runs_and_logs_usd_per_month"] < 0.05
+
+
+def test_orphans_found_by_tag_then_fixed_idempotently(target, executor):
+    instance = _orphan_instance(target)
+    volume = target.ec2.create_volume(AvailabilityZone="us-east-1a", Size=100, VolumeType="gp3", TagSpecifications=[
+        {"ResourceType": "volume", "Tags": [{"Key": "Project", "Value": "Chronos-Training"}]}])["VolumeId"]
+    upload = target.s3.create_multipart_upload(Bucket=target.bucket, Key=f"dev/{RUN}/models/model.safetensors")
+
+    report = verify(target, executor, do_fix=False)
+    found = {(f.kind, f.id) for f in report.findings}
+    assert found == {("instance", instance), ("volume", volume), ("multipart_upload", upload["UploadId"])}
+
+    fixed = verify(target, executor, do_fix=True)
+    assert fixed.clean and {(f.kind, f.id) for f in fixed.fixed} == found
+    state = target.ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state == "terminated"
+    record = get_json(target.s3, target.bucket, Layout("dev").training_record(RUN))
+    assert record["final_status"] == "failed" and record["reason"] == "lost"
+    again = verify(target, executor, do_fix=True)
+    assert again.clean and again.fixed == []
+
+
+def test_just_created_instance_gets_a_grace_window(target, executor, monkeypatch):
+    monkeypatch.setenv("CHRONOS_LAUNCH_GRACE_SECONDS", "600")
+    instance = _orphan_instance(target)
+    report = verify(target, executor, do_fix=False)
+    assert report.clean and report.starting == [instance]
+
+
+def test_stale_lock_is_released_and_recorded_lost(target, executor, monkeypatch):
+    monkeypatch.setenv("CHRONOS_STALE_SECONDS", "1")
+    store = StateStore(target.s3, target.bucket, "dev")
+    old = iso(utcnow() - timedelta(minutes=10))
+    lease = store.acquire(RUN, executor="local", instance_id=None)
+    store.update(lease, lambda s: {**s, "heartbeat_at": old, "status": "training"}, heartbeat=False)
+    report = verify(target, executor, do_fix=False)
+    assert [f.kind for f in report.findings] == ["stale_lock"] and RUN in report.findings[0].detail
+    fixed = verify(target, executor, do_fix=True)
+    assert fixed.clean and store.read() is None
+    record = get_json(target.s3, target.bucket, Layout("dev").training_record(RUN))
+    assert (record["final_status"], record["reason"]) == ("failed", "lost")
+    assert get_json(target.s3, target.bucket, Layout("dev").cleanup_status(RUN))["by"] == "cli"
+
+
+def test_fresh_lock_of_a_live_run_is_not_a_leftover(target, executor):
+    instance = _orphan_instance(target)
+    StateStore(target.s3, target.bucket, "dev").acquire(RUN, executor="ec2", instance_id=instance)
+    report = verify(target, executor, do_fix=False)
+    assert report.clean and report.active_run == RUN
