@@ -154,3 +154,25 @@ def test_monitor_and_runs_never_import_torch_chronos_or_pulumi(env, seeded):
         imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
         heavy = {m for m in imported if m.split(".")[0] in ("torch", "chronos", "pulumi", "pulumi_aws", "transformers")}
         assert not heavy, f"{args}: {sorted(heavy)[:5]}"
+
+
+def test_data_validate_upload_and_ls(invoke, seeded, tmp_path):
+    from tests.agent_fixtures import synthetic_frame, write_parquet
+
+    good = write_parquet(tmp_path / "good" / "sales.parquet", synthetic_frame(n_items=3, length=64))
+    result = invoke("data", "validate", str(good))
+    assert result.exit_code == 0 and "ok: 1 file(s), 3 series, 192 rows" in result.output
+
+    bad = write_parquet(tmp_path / "bad" / "sales.parquet", synthetic_frame(n_items=2, length=64).drop(columns="target"))
+    result = invoke("data", "validate", str(bad))
+    assert result.exit_code == 2 and "target" in result.output and "Traceback" not in result.output
+
+    assert invoke("--local", "data", "upload", str(good), "--month", "2026-11").exit_code == 2
+    before = _keys(seeded)
+    assert invoke("--local", "data", "upload", str(bad), "--month", "2026/11").exit_code == 2
+    assert _keys(seeded) == before
+
+    result = invoke("--local", "data", "upload", str(good), "--month", "2026/11")
+    assert result.exit_code == 0 and f"s3://{BUCKET}/cached-datasets/2026/11/sales.parquet" in result.output
+    listing = invoke("--local", "data", "ls", "--json")
+    assert '"prefix": "cached-datasets/2026/11/"' in listing.output
