@@ -303,11 +303,16 @@ def kill(opts: Options, run_id: str | None, force: bool, wait: bool) -> None:
         _check_run_id(run_id)
     target = opts.target()
     result = do_kill(target, executors.for_target(target), run_id, force, wait)
+    # Not requested: the run was already ending (cleanup, failed) and its outcome is decided.
     if result.ended:
-        how = "force-terminated" if result.forced else "stopped by its agent"
+        how = "force-terminated" if result.forced else (
+            "stopped by its agent" if result.requested else "ended by itself (the stop came too late to change it)")
         click.echo(f"run {result.run_id} {how}; final status: {result.final_status or 'unknown'}")
-    else:
+    elif result.requested:
         click.echo(f"stop requested for run {result.run_id}; follow with `chronos-train monitor {result.run_id} --follow`")
+    else:
+        click.echo(f"run {result.run_id} is already ending and its outcome is decided, so there is nothing to stop; "
+                   f"follow it with `chronos-train monitor {result.run_id} --follow`")
 
 
 # -- runs -------------------------------------------------------------------------------------
