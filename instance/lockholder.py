@@ -151,9 +151,10 @@ class LockHolder:
             raise self.fenced
 
     def release(self) -> bool:
-        """True when this call deleted the lock; False when this holder had already released it.
+        """True when this call deleted the lock; False when it was already gone.
 
-        A lock that someone else deleted means we were fenced (kill --force, verify-cleanup).
+        A lock that someone else deleted before this run reached cleanup means we were fenced
+        (kill --force, verify-cleanup); in cleanup, a lock already gone counts as released.
         """
         with self._mutex:
             if self.released:
@@ -165,11 +166,17 @@ class LockHolder:
             except Fenced as exc:
                 self.fenced = exc
                 raise
-            if not deleted:
+            if not deleted and self._lease.status != Status.CLEANUP:
                 self.fenced = Fenced(f"the lock of run {self._lease.run_id} was released by someone else")
                 raise self.fenced
+            if not deleted:
+                # In cleanup the outcome is decided: a lock already gone is most often our own
+                # delete whose reply was lost (botocore's retry then finds nothing). Records stay
+                # conditional writes, so a cleaner that released it first is never overwritten.
+                log.warning("the lock of run %s was already gone when released (a lost reply to our delete?)",
+                            self._lease.run_id)
             self.released = True
-            return True
+            return deleted
 
 
 class Heartbeat:
