@@ -56,21 +56,20 @@ class Target:
 
     def infra(self):
         """The infra record the persistent stack (or the sandbox) wrote."""
-        from instance.artifacts import get_json
-
         from .infra_record import InfraRecord
 
         try:
-            doc = get_json(self.s3, self.bucket, self.layout.infra)
+            body = self.s3.get_object(Bucket=self.bucket, Key=self.layout.infra)["Body"].read()
         except Exception as exc:
-            raise translate_aws_error(exc, self) from None
-        if doc is None:
+            # A missing bucket is a 404 too: only NoSuchKey means "bucket here, no record".
+            if error_code(exc) != "NoSuchKey":
+                raise translate_aws_error(exc, self) from None
             raise BadInput(
                 f"infrastructure for env {self.env} is not deployed (no {self.layout.infra} in "
                 f"bucket {self.bucket}); run `pulumi up` first, or use --local"
-            )
+            ) from None
         try:
-            return InfraRecord.from_dict(doc)
+            return InfraRecord.from_dict(json.loads(body))
         except (TypeError, ValueError) as exc:
             raise BadInput(f"{self.layout.infra} is invalid: {exc}") from None
 
