@@ -1,0 +1,156 @@
+"""Crash matrix: the agent of a real `chronos-train --local launch` is SIGKILLed in each phase.
+
+A SIGKILLed agent is a machine that died: on EC2 the bootstrap powers the instance off when the
+agent exits with anything but 0/3/4/5 (and shutdown = terminate), locally the executor reports the
+instance of a dead agent as terminated. What the user must then find, per phase:
+- `verify-cleanup` exits 6 and names the stale lock (the instance is already gone: EC2 says so);
+- `verify-cleanup --fix` exits 0, releases the lock and closes the run as `failed`, reason `lost`,
+  with a cleanup_status.json that says the CLI did it;
+- a second `verify-cleanup` exits 0, and a new launch runs to completion.
+In cleanup the agent is held (CHRONOS_PAUSE) after the state moved to `cleanup` and before the
+final record and the lock release: the run's outcome was not yet written, so `lost` is the honest
+record there too, even though results_sync had already uploaded the model (asserted).
+Once the lock is released there is nothing left to find: the last case SIGKILLs the agent in the
+2-second pause before it retries a failed cleanup step (CHRONOS_FAULT=cleanup:instance), after it
+released the lock and wrote its final record; `verify-cleanup` then exits 0 at once and the run
+reads `completed`.
+
+The agent is held in the phase with CHRONOS_PAUSE, except in training, where it is SIGKILLed in
+the middle of Chronos2Pipeline.fit (after its first reported step). `make test` runs the training
+case; `make reliability` runs all five.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from instance.aws import client
+from instance.layout import Layout, bucket_name
+from instance.timeutil import parse_iso, utcnow
+from tests.cli_helpers import (
+    RUN_PHASES,
+    agent_pid,
+    bucket_keys,
+    cli_env,
+    launch_held,
+    launched_run_id,
+    live_state,
+    phase_params,
+    pid_running,
+    run_cli,
+    wait_until,
+)
+from tests.test_cli_flows import local_config
+
+BUCKET = bucket_name("dev", "123456789012", "us-east-1")
+LAYOUT = Layout("dev")
+STALE_SECONDS = 2.0
+
+
+@pytest.fixture
+def home(tmp_path):
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def env(aws, home):
+    return cli_env(aws.endpoint_url, home, CHRONOS_HEARTBEAT_SECONDS="1", CHRONOS_LOG_UPLOAD_SECONDS="1")
+
+
+def wait_stale(s3, run_id: str) -> None:
+    """Until the dead agent's last heartbeat is older than the stale limit verify-cleanup uses."""
+    def old_enough():
+        state = live_state(s3, BUCKET)
+        assert state and state["run_id"] == run_id, state
+        return (utcnow() - parse_iso(state["heartbeat_at"])).total_seconds() > STALE_SECONDS + 0.5
+    wait_until(old_enough, timeout=30, what="the heartbeat to go stale")
+
+
+def sigkill_agent(env, home, s3, tmp_path, phase: str) -> str:
+    """Launch a run, SIGKILL its agent once it is in `phase`; returns the run id."""
+    config = local_config(tmp_path, **({"num_steps": 100_000} if phase == "training" else {}))
+    run_id = launch_held(env, s3, BUCKET, config, phase, cwd=tmp_path)
+    pid = agent_pid(home, run_id)
+    assert live_state(s3, BUCKET)["agent"]["pid"] == pid and pid_running(pid)  # the state names what we kill
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not pid_running(pid), timeout=10, what=f"agent {pid} to die")
+    return run_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", phase_params(RUN_PHASES, default=("training",)))
+def test_sigkilled_agent_is_found_fixed_and_the_next_run_completes(phase, env, home, aws, tmp_path):
+    s3 = client("s3", aws)
+    run_id = sigkill_agent(env, home, s3, tmp_path, phase)
+    wait_stale(s3, run_id)
+    check = {**env, "CHRONOS_STALE_SECONDS": str(STALE_SECONDS)}
+
+    found = run_cli(check, "--local", "verify-cleanup")
+    assert found.returncode == 6, found.stdout + found.stderr
+    assert f"LEFT: stale_lock {LAYOUT.state} (run {run_id} ({phase})" in found.stdout, found.stdout
+    assert "1 leftover(s); run with --fix" in found.stdout
+    doc = json.loads(run_cli(check, "--local", "verify-cleanup", "--json").stdout)
+    assert [(f["kind"], f["run_id"]) for f in doc["findings"]] == [("stale_lock", run_id)], doc
+    # The dead machine's instance record is already terminated: EC2 itself reports nothing live.
+    assert doc["starting"] == []
+
+    fixed = run_cli(check, "--local", "verify-cleanup", "--fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert f"fixed: stale_lock {LAYOUT.state}" in fixed.stdout and fixed.stdout.rstrip().endswith("clean")
+    assert live_state(s3, BUCKET) is None  # the lock is released
+
+    record = json.loads(s3.get_object(Bucket=BUCKET, Key=LAYOUT.training_record(run_id))["Body"].read())
+    assert (record["final_status"], record["reason"]) == ("failed", "lost"), record
+    cleanup = json.loads(s3.get_object(Bucket=BUCKET, Key=LAYOUT.cleanup_status(run_id))["Body"].read())
+    assert cleanup["by"] == "cli" and {"resource": "state file", "result": "done"}.items() <= \
+        next(s for s in cleanup["steps"] if s["resource"] == "state file").items(), cleanup
+    model_keys = [k for k in bucket_keys(s3, BUCKET) if k.startswith(LAYOUT.models(run_id))]
+    assert bool(model_keys) == (phase == "cleanup"), model_keys  # only a run past results_sync has one
+    shown = json.loads(run_cli(env, "--local", "monitor", run_id, "--json").stdout)
+    assert (shown["final_status"], shown["reason"], shown["active"]) == ("failed", "lost", False)
+
+    assert run_cli(check, "--local", "verify-cleanup").returncode == 0  # idempotent: nothing left
+    started = time.monotonic()
+    again = run_cli(env, "--local", "launch", local_config(tmp_path / "again"), "--follow", "--no-download",
+                    cwd=tmp_path, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert time.monotonic() - started < 240
+    assert run_cli(check, "--local", "verify-cleanup").returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_sigkill_after_the_lock_release_leaves_nothing_to_fix(env, home, aws, tmp_path):
+    s3 = client("s3", aws)
+    faulty = {**env, "CHRONOS_FAULT": "cleanup:instance"}  # the terminate step fails once: a retry in 2 s
+    run_id = launched_run_id(run_cli(faulty, "--local", "launch", local_config(tmp_path), cwd=tmp_path))
+    pid = agent_pid(home, run_id)
+
+    def between_release_and_retry():
+        if live_state(s3, BUCKET) is not None:
+            return None
+        try:
+            doc = json.loads(s3.get_object(Bucket=BUCKET, Key=LAYOUT.cleanup_status(run_id))["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            return None
+        return doc if any(s["result"] == "error" for s in doc["steps"]) else None
+
+    first = wait_until(between_release_and_retry, timeout=180, every=0.05, what="the cleanup retry window")
+    assert pid_running(pid), "the agent finished its retry before the test could kill it"
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not pid_running(pid), timeout=10, what=f"agent {pid} to die")
+
+    record = json.loads(s3.get_object(Bucket=BUCKET, Key=LAYOUT.training_record(run_id))["Body"].read())
+    assert record["final_status"] == "completed", record  # written before the lock was released
+    assert [s["resource"] for s in first["steps"] if s["result"] == "error"][0].startswith("instance ")
+    check = {**env, "CHRONOS_STALE_SECONDS": str(STALE_SECONDS)}
+    clean = run_cli(check, "--local", "verify-cleanup")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert run_cli(check, "--local", "verify-cleanup", "--fix").stdout.count("fixed:") == 0
+    again = run_cli(env, "--local", "launch", local_config(tmp_path / "again"), "--follow", "--no-download",
+                    cwd=tmp_path, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
