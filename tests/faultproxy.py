@@ -7,7 +7,21 @@ Faults, each at `rate` (0..1) per request, split evenly among the enabled kinds:
 - lost:     forwarded to moto, then the connection is closed: the write happened but its reply
             was lost (the case that makes a retried conditional PUT see 412)
 - latency:  `latency_s` added, then forwarded normally
-Counts of what it did are kept in `stats`, so tests and docs can report retries.
+Which requests may be hit: `paths` (substrings of the URL path, query string excluded; all when
+empty) and `methods` (all when empty). moto's own control API (/moto-api/) is never hit: it is
+not AWS, and the CLI probes it to find the sandbox. `configure()` changes all of this while
+requests flow (a test can start failing everything mid-run, then heal the proxy), and
+`max_faults` caps how many faults are injected from then on.
+
+`gate()` holds a number of matching requests until all have arrived (a start line for races).
+Counts of what it did are kept in `stats` (and every (method, path) seen in `seen`):
+- `requests`: every request seen; one key per fault kind: how often it was injected;
+- from botocore's `amz-sdk-request: attempt=N; max=M` header: `calls` (first attempts, i.e. API
+  calls made), `retries` (attempts after the first: exactly the retries botocore made) and
+  `exhausted` (a faulted last attempt: the call failed after its whole retry budget);
+- `failed_calls` (a property): calls whose latest attempt was faulted, from the
+  `amz-sdk-invocation-id` header: those the caller saw fail, whether the attempts ran out or
+  botocore's retry quota did.
 """
 from __future__ import annotations
 
@@ -20,28 +34,109 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 ALL_FAULTS = ("slowdown", "error500", "reset", "lost", "latency")
+FAILING_FAULTS = ("slowdown", "error500", "reset", "lost")  # every one of these costs a retry
+NEVER_FAULTED = "/moto-api/"
 _S3_ERROR = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{msg}</Message>'
              "<RequestId>faultproxy</RequestId></Error>")
 
 
+def sdk_attempt(header: str | None) -> tuple[int, int] | None:
+    """(attempt, max) from botocore's `amz-sdk-request` header, or None without one."""
+    fields = dict(part.strip().split("=", 1) for part in (header or "").split(";") if "=" in part)
+    try:
+        return int(fields["attempt"]), int(fields["max"])
+    except (KeyError, ValueError):
+        return None
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)  # a client hanging up is not news
+
+
 class FaultProxy:
     def __init__(self, upstream: str, rate: float = 0.0, faults=ALL_FAULTS, latency_s: float = 0.2,
-                 seed: int = 0, paths: tuple[str, ...] = ()):
+                 seed: int = 0, paths: tuple[str, ...] = (), methods: tuple[str, ...] = (),
+                 max_faults: int | None = None):
         self.upstream = urlsplit(upstream)
-        self.rate = rate
-        self.faults = tuple(faults)
         self.latency_s = latency_s
-        self.paths = paths  # only requests whose path contains one of these (all when empty)
         self.rng = random.Random(seed)
         self.stats: Counter = Counter()
+        self.seen: Counter = Counter()  # (method, url path) -> requests, faulted or not
+        self._last_attempt_failed: dict[str, bool] = {}  # invocation id -> its latest attempt faulted
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._gate: dict | None = None
+        self.max_faults = None
+        self.configure(rate=rate, faults=faults, paths=paths, methods=methods, max_faults=max_faults)
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def configure(self, rate: float | None = None, faults=None, paths=None, methods=None,
+                  max_faults: int | None = None) -> None:
+        """Change what is injected from the next request on (None leaves a setting as it is).
+        `max_faults`: inject at most that many more faults (e.g. 1: lose exactly one reply)."""
+        with self._lock:
+            if max_faults is not None:
+                self.max_faults = self.injected + max_faults
+            if rate is not None:
+                self.rate = rate
+            if faults is not None:
+                self.faults = tuple(faults)
+            if paths is not None:
+                self.paths = tuple(paths)
+            if methods is not None:
+                self.methods = tuple(m.upper() for m in methods)
+
+    def gate(self, parties: int, timeout: float, path: str, method: str, header: str | None = None) -> None:
+        """Hold the next `parties` requests that match (path substring, method, and `header`
+        present) until all of them have arrived, then forward them at once: a start line for a
+        race (e.g. 16 conditional creates of the lock reaching moto together). After `timeout`
+        seconds the gate opens anyway, so a missing party never hangs the others."""
+        with self._lock:
+            self._gate = {"barrier": threading.Barrier(parties, timeout=timeout), "left": parties, "path": path,
+                          "method": method.upper(), "header": header}
+
+    def _wait_at_gate(self, method: str, path: str, headers) -> None:
+        with self._lock:
+            gate = self._gate
+            if not gate or gate["left"] <= 0 or method.upper() != gate["method"] or gate["path"] not in path:
+                return
+            if gate["header"] and gate["header"] not in headers:
+                return
+            gate["left"] -= 1
+            self.stats["gated"] += 1
+        try:
+            gate["barrier"].wait()
+        except threading.BrokenBarrierError:
+            self.count("gate_timeouts")
+
+    def count(self, key: str) -> None:
+        with self._lock:
+            self.stats[key] += 1
+
+    def upstream_error(self, invocation: str | None) -> None:
+        with self._lock:
+            self.stats["upstream_5xx"] += 1
+            if invocation:
+                self._last_attempt_failed[invocation] = True
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def failed_calls(self) -> int:
+        with self._lock:
+            return sum(self._last_attempt_failed.values())
+
+    @property
+    def injected(self) -> int:
+        return sum(self.stats[f] for f in ALL_FAULTS)
 
     def __enter__(self) -> "FaultProxy":
         self._thread.start()
@@ -51,16 +146,37 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def pick(self, path: str) -> str | None:
+    def pick(self, path: str, method: str = "GET", sdk_request: str | None = None,
+             invocation: str | None = None) -> str | None:
+        url_path = urlsplit(path).path
+        attempt = sdk_attempt(sdk_request)
         with self._lock:
-            self.stats["requests"] += 1
-            if self.paths and not any(p in path for p in self.paths):
-                return None
-            if self.rate and self.rng.random() < self.rate:
-                fault = self.rng.choice(self.faults)
-                self.stats[fault] += 1
-                return fault
-        return None
+            fault = self._pick(url_path, method, attempt)
+            if invocation:
+                self._last_attempt_failed[invocation] = fault in FAILING_FAULTS
+            return fault
+
+    def _pick(self, url_path: str, method: str, attempt: tuple[int, int] | None) -> str | None:
+        """One request's fault (or None); the caller holds self._lock."""
+        self.stats["requests"] += 1
+        self.seen[(method.upper(), url_path)] += 1
+        if attempt:
+            self.stats["calls" if attempt[0] == 1 else "retries"] += 1
+        if url_path.startswith(NEVER_FAULTED):
+            return None
+        if self.paths and not any(p in url_path for p in self.paths):
+            return None
+        if self.methods and method.upper() not in self.methods:
+            return None
+        if self.max_faults is not None and self.injected >= self.max_faults:
+            return None
+        if not (self.rate and self.rng.random() < self.rate):
+            return None
+        fault = self.rng.choice(self.faults)
+        self.stats[fault] += 1
+        if attempt and fault in FAILING_FAULTS and attempt[0] >= attempt[1]:
+            self.stats["exhausted"] += 1
+        return fault
 
     def _handler(self):
         proxy = self
@@ -97,11 +213,14 @@ class FaultProxy:
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":  # a body after a HEAD reply would garble the next one
+                    self.wfile.write(body)
 
             def _any(self) -> None:
                 body = self._body()
-                fault = proxy.pick(self.path)
+                proxy._wait_at_gate(self.command, urlsplit(self.path).path, self.headers)
+                fault = proxy.pick(self.path, self.command, self.headers.get("amz-sdk-request"),
+                                   self.headers.get("amz-sdk-invocation-id"))
                 if fault == "slowdown":
                     return self._error(503, "SlowDown")
                 if fault == "error500":
@@ -120,13 +239,17 @@ class FaultProxy:
                     data = resp.read()
                 finally:
                     conn.close()
+                if resp.status >= 500:  # moto's own errors (botocore retries them too)
+                    proxy.upstream_error(self.headers.get("amz-sdk-invocation-id"))
                 if fault == "lost":
                     return self._drop()
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD reply has no body but tells the object's size: pass moto's length on.
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

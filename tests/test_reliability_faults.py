@@ -1,0 +1,230 @@
+"""Whole local runs with S3 (and EC2) faults injected between BOTH the CLI and the agent and
+moto: `chronos-train --local launch CFG --follow` reaches the sandbox only through FaultProxy.
+
+Figures (docs/reliability.md) come from the proxy's counters: `calls` (API calls made),
+`retries` (attempts beyond the first, read from botocore's amz-sdk-request header), one count
+per fault kind, `failed_calls` (calls whose last attempt failed: what the code saw as an error)
+and `exhausted` (those that spent all 6 attempts).
+
+Beyond the retry budget a run must end `failed` with the error class recorded and cleanup done;
+when S3 itself stays unreachable, the honest end is a lock that stays until verify-cleanup finds
+it stale. Every subprocess has a timeout and every wait a bound: nothing may hang.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import yaml
+
+from automation import motoserver
+from automation.sandbox import REGION, SandboxInfo, seed
+from instance.aws import client
+from instance.layout import DATASETS_PREFIX, Layout, bucket_name
+from tests.agent_fixtures import (DATA_PREFIX, instance_state, keys_under, parquet_bytes, run_config, synthetic_frame,
+                                  write_parquet)
+from tests.cli_helpers import (agent_pid, cli_env, launched_run_id, live_state, pid_running, run_cli, start_cli,
+                               wait_until)
+from tests.faultproxy import FAILING_FAULTS, FaultProxy
+
+ENV = "dev"
+BUCKET = bucket_name(ENV, motoserver.SANDBOX_ACCOUNT, REGION)
+LAYOUT = Layout(ENV)
+RUN_TIMEOUT_S = 240  # a tiny run takes ~15 s here, ~20 s through faults; near this is a hang
+
+
+@pytest.fixture
+def sandbox(aws):
+    """moto seeded the way `pulumi up` leaves AWS, directly (the seeding is not under test)."""
+    seed(SandboxInfo(aws.endpoint_url, REGION, motoserver.SANDBOX_ACCOUNT, None), ENV)
+    return client("s3", aws)  # direct: the test's own view, never faulted
+
+
+def faulty_env(proxy: FaultProxy, home, **extra: str) -> dict:
+    return cli_env(proxy.url, home, CHRONOS_HEARTBEAT_SECONDS="1", CHRONOS_LOG_UPLOAD_SECONDS="2", **extra)
+
+
+def local_config(tmp_path) -> str:
+    data = write_parquet(tmp_path / "data" / "train.parquet", synthetic_frame(n_items=4, length=96))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run_config(dataset=str(data), num_steps=10)))
+    return str(path)
+
+
+def get_json(s3, key: str) -> dict:
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def assert_completed_intact(s3, run_id: str, cwd) -> dict:
+    record = get_json(s3, LAYOUT.training_record(run_id))
+    assert record["final_status"] == "completed", record.get("error")
+    for name in ("finetuned", "seasonal_naive"):
+        assert record["metrics"][name] and all(math.isfinite(v) for v in record["metrics"][name].values())
+    meta = get_json(s3, LAYOUT.model_metadata(run_id))
+    assert meta["run_id"] == run_id and meta["metrics"] == record["metrics"]
+    cleanup = get_json(s3, LAYOUT.cleanup_status(run_id))
+    assert cleanup["final_status"] == "completed"
+    assert [s for s in cleanup["steps"] if s["result"] == "error"] == []
+    models = keys_under(s3, BUCKET, LAYOUT.models(run_id))
+    assert {LAYOUT.models(run_id) + n for n in ("config.json", "model.safetensors")} <= set(models)
+    assert (cwd / "runs" / run_id / "model" / "config.json").exists()
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.state)
+    return record
+
+
+def completed_run_through(aws, sandbox, tmp_path, **faults) -> dict:
+    """launch --follow and verify-cleanup through a FaultProxy(**faults); the run must complete
+    intact. Returns the proxy's figures."""
+    with FaultProxy(aws.endpoint_url, **faults) as proxy:
+        env = faulty_env(proxy, tmp_path / "home")
+        run_id = launched_run_id(run_cli(env, "--local", "launch", local_config(tmp_path), "--follow", cwd=tmp_path,
+                                         timeout=RUN_TIMEOUT_S))
+        clean = run_cli(env, "--local", "verify-cleanup", timeout=120)
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        stats = {**proxy.stats, "failed_calls": proxy.failed_calls}
+    assert_completed_intact(sandbox, run_id, tmp_path)
+    figures = {"run_id": run_id, **{k: stats.get(k, 0) for k in (
+        "requests", "calls", "retries", "failed_calls", "exhausted", *FAILING_FAULTS, "latency", "upstream_5xx")}}
+    print("FAULTS", json.dumps({"seed": faults.get("seed"), **figures}))
+    # Every failed attempt (injected, or moto's own 5xx) cost botocore exactly one retry, except
+    # the last attempt of a call that failed outright.
+    failed_attempts = sum(figures[f] for f in FAILING_FAULTS) + figures["upstream_5xx"]
+    assert figures["retries"] == failed_attempts - figures["failed_calls"], figures
+    return figures
+
+
+def test_run_completes_through_20_percent_faults(aws, sandbox, tmp_path):
+    figures = completed_run_through(aws, sandbox, tmp_path, rate=0.2, seed=1)
+    assert figures["retries"] > 0
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("seed", range(101, 111))
+def test_ten_runs_complete_through_20_percent_faults(aws, sandbox, tmp_path, seed):
+    completed_run_through(aws, sandbox, tmp_path, rate=0.2, seed=seed)
+
+
+def test_lost_reply_to_the_lock_release_still_completes_every_record(aws, sandbox, tmp_path):
+    # The agent's conditional DELETE of the lock lands, its reply is lost; botocore's retry then
+    # finds no lock. That is our own release, not a takeover: the run must end with every record.
+    figures = completed_run_through(aws, sandbox, tmp_path, rate=1.0, faults=("lost",), paths=(LAYOUT.state,),
+                                    methods=("DELETE",), max_faults=1)
+    assert figures["lost"] == 1 and figures["retries"] >= 1
+
+
+# -- beyond the retry budget -------------------------------------------------------------------------
+def bucket_config(sandbox, tmp_path, **training) -> str:
+    """A run on a dataset already in the bucket (the CLI uploads nothing)."""
+    sandbox.put_object(Bucket=BUCKET, Key=DATA_PREFIX + "train.parquet", Body=parquet_bytes(synthetic_frame(4, 96)))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run_config(dataset=DATA_PREFIX, **{"num_steps": 10, **training})))
+    return str(path)
+
+
+def assert_failed_and_cleaned(aws, s3, run_id: str, error_class: str, phase: str) -> dict:
+    record = get_json(s3, LAYOUT.training_record(run_id))
+    assert record["final_status"] == "failed" and record["reason"] == error_class, record.get("error")
+    assert record["error"]["class"] == error_class and record["error"]["phase"] == phase
+    cleanup = get_json(s3, LAYOUT.cleanup_status(run_id))
+    assert cleanup["final_status"] == "failed" and cleanup["steps"]
+    assert [s for s in cleanup["steps"] if s["result"] == "error"] == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.state)
+    assert instance_state(aws, record["host"]["instance_id"]) == "terminated"
+    return record
+
+
+@pytest.mark.parametrize("where", [
+    pytest.param(dict(paths=("/" + DATASETS_PREFIX,), methods=("GET",), error="ClientError", phase="data_sync"),
+                 id="dataset-downloads"),
+    pytest.param(dict(paths=("/models/",), methods=("PUT",), error="S3UploadFailedError", phase="results_sync"),
+                 id="model-uploads", marks=pytest.mark.reliability),
+])
+def test_faults_beyond_the_retry_budget_fail_the_run_and_clean_up(aws, sandbox, tmp_path, where):
+    # Every attempt at these keys fails (500): botocore gives up after its 6 attempts.
+    with FaultProxy(aws.endpoint_url, rate=1.0, faults=("error500",), paths=where["paths"],
+                    methods=where["methods"]) as proxy:
+        env = faulty_env(proxy, tmp_path / "home")
+        began = time.monotonic()
+        result = run_cli(env, "--local", "launch", bucket_config(sandbox, tmp_path), "--follow", cwd=tmp_path,
+                         timeout=RUN_TIMEOUT_S)
+        took = time.monotonic() - began
+        assert result.returncode == 4, result.stderr[-3000:]  # the followed run failed
+        run_id = result.stdout.splitlines()[0]
+        assert proxy.stats["exhausted"] >= 1 and proxy.failed_calls >= 1
+        clean = run_cli(env, "--local", "verify-cleanup", timeout=120)
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        print("BEYOND", json.dumps({"where": where["phase"], "seconds": round(took, 1),
+                                    "failed_calls": proxy.failed_calls,
+                                    **{k: proxy.stats[k] for k in ("calls", "retries", "exhausted", "error500")}}))
+    assert_failed_and_cleaned(aws, sandbox, run_id, where["error"], where["phase"])
+    if where["phase"] == "data_sync":
+        assert not keys_under(sandbox, BUCKET, LAYOUT.models(run_id))
+
+
+# -- S3 unreachable mid-run: the honest end state ----------------------------------------------------
+OUTAGES = {
+    # Only the state file fails: the agent still writes its records, but can neither move the
+    # state nor release the lock.
+    "state-file": dict(paths=(LAYOUT.state,), faults=("reset",)),
+    # Everything fails (S3 and EC2): the agent can record nothing and cannot end its instance.
+    "everything": dict(paths=(), faults=("reset", "error500")),
+}
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("outage", list(OUTAGES))
+def test_s3_unreachable_mid_run_leaves_a_lock_that_verify_cleanup_finds_stale(aws, sandbox, tmp_path, outage):
+    """When the outage starts in training and never ends for the agent, nothing can release the
+    lock: the honest end is that the lock stays, the agent process ends anyway (bounded), the
+    follower exits 1 (bounded), and once S3 answers again verify-cleanup finds the lock stale
+    (exit 6), --fix records the run failed and releases it (exit 0), and a re-check is clean."""
+    home = tmp_path / "home"
+    with FaultProxy(aws.endpoint_url) as proxy:
+        # Paused 3 s at the start of training (the state already says training): the outage starts there.
+        env = faulty_env(proxy, home, CHRONOS_PAUSE="training:3", CHRONOS_STALE_SECONDS="2")
+        follower = start_cli(env, "--local", "launch", bucket_config(sandbox, tmp_path), "--follow", cwd=tmp_path)
+        try:
+            run_id = follower.stdout.readline().strip()
+            assert run_id.startswith("run-"), follower.stderr.read() if follower.poll() is not None else run_id
+            wait_until(lambda: (live_state(sandbox, BUCKET) or {}).get("status") == "training", 120, what="training")
+            proxy.configure(rate=1.0, **OUTAGES[outage])
+            began = time.monotonic()
+            assert follower.wait(timeout=120) == 1  # it cannot read the state any more: an error, not a hang
+            assert "error:" in follower.stderr.read()
+            pid = agent_pid(home, run_id)
+            wait_until(lambda: not pid_running(pid), 180, what="the agent process to end")
+            ended_after = time.monotonic() - began
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+        stuck = live_state(sandbox, BUCKET)
+        assert stuck and stuck["run_id"] == run_id  # the lock stays: nobody could delete it
+        record = get_json(sandbox, LAYOUT.training_record(run_id))
+        if outage == "state-file":
+            # The agent recorded its failure (the records are not the state file) and ended its instance.
+            assert record["final_status"] == "failed" and record["error"]["class"] == "ConnectionClosedError"
+            releases = [s for s in get_json(sandbox, LAYOUT.cleanup_status(run_id))["steps"] if s["resource"] == "lock"]
+            assert [s["result"] for s in releases] == ["error"]
+            assert instance_state(aws, stuck["instance_id"]) == "terminated"
+        else:
+            assert record["final_status"] is None  # nothing could be written after training began
+            assert instance_state(aws, stuck["instance_id"]) == "running"  # EC2 refused it too
+
+        proxy.configure(rate=0.0)  # S3 answers again
+        found = run_cli(env, "--local", "verify-cleanup", "--json", timeout=120)
+        assert found.returncode == 6, found.stdout + found.stderr
+        kinds = {f["kind"] for f in json.loads(found.stdout)["findings"]}
+        assert "stale_lock" in kinds
+        fixed = run_cli(env, "--local", "verify-cleanup", "--fix", timeout=120)
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        assert run_cli(env, "--local", "verify-cleanup", timeout=120).returncode == 0
+        print("OUTAGE", json.dumps({"outage": outage, "agent_ended_after_s": round(ended_after, 1),
+                                    "failed_calls": proxy.failed_calls,
+                                    **{k: proxy.stats[k] for k in ("calls", "retries", "exhausted", *FAILING_FAULTS)}}))
+    assert live_state(sandbox, BUCKET) is None
+    record = get_json(sandbox, LAYOUT.training_record(run_id))
+    assert record["final_status"] == "failed"
+    assert record["reason"] == ("ConnectionClosedError" if outage == "state-file" else "lost")
+    assert instance_state(aws, stuck["instance_id"]) == "terminated"
