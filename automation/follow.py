@@ -1,6 +1,7 @@
 """Following a run until it ends, and fetching what it produced."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,6 +16,8 @@ from .ending import instance_state
 from .runs import RunView, from_record, from_state
 from .verify import stale_after
 
+log = logging.getLogger(__name__)
+
 
 class RunLost(Exception):
     def __init__(self, view: RunView, instance: str | None):
@@ -25,24 +28,47 @@ class RunLost(Exception):
         self.view = view
 
 
+# A poll that still fails after botocore's retries is tried again at the next poll; only a
+# run of failures this long ends the follower (the run itself goes on either way).
+MAX_FAILED_POLLS = 5
+
+
 def follow(target: Target, executor, run_id: str, on_update: Callable[[RunView], None],
            interval: float | None = None) -> RunView:
     """Poll the state file (one GET) until the run's record says how it ended."""
     interval = interval or (0.5 if target.local else 5.0)
     store = target.state_store()
+    failed_polls = 0
     while True:
-        lease = store.read()
-        if lease is not None and lease.run_id == run_id:
-            view = from_state(dict(lease.state))
-            on_update(view)
-            _check_alive(target, executor, lease.state, view)
-        else:
-            record = get_json(target.s3, target.bucket, target.layout.training_record(run_id))
-            if record and record.get("final_status"):
-                final = from_record(record)
-                on_update(final)
-                return final
+        try:
+            final = _poll(target, executor, store, run_id, on_update)
+            failed_polls = 0
+        except RunLost:
+            raise
+        except Exception as exc:
+            failed_polls += 1
+            if failed_polls >= MAX_FAILED_POLLS:
+                raise
+            log.warning("poll %d of run %s failed (%s); trying again", failed_polls, run_id, exc)
+            final = None
+        if final is not None:
+            return final
         time.sleep(interval)
+
+
+def _poll(target: Target, executor, store, run_id: str, on_update) -> RunView | None:
+    lease = store.read()
+    if lease is not None and lease.run_id == run_id:
+        view = from_state(dict(lease.state))
+        on_update(view)
+        _check_alive(target, executor, lease.state, view)
+        return None
+    record = get_json(target.s3, target.bucket, target.layout.training_record(run_id))
+    if record and record.get("final_status"):
+        final = from_record(record)
+        on_update(final)
+        return final
+    return None
 
 
 def _check_alive(target: Target, executor, state, view: RunView) -> None:

@@ -94,3 +94,30 @@ def test_fresh_lock_of_a_live_run_is_not_a_leftover(target, executor):
     StateStore(target.s3, target.bucket, "dev").acquire(RUN, executor="ec2", instance_id=instance)
     report = verify(target, executor, do_fix=False)
     assert report.clean and report.active_run == RUN
+
+
+def test_follower_rides_out_a_few_failed_polls(target, executor, monkeypatch):
+    from automation import follow as follow_mod
+    from automation.runs import RunView
+
+    record = {"run_id": RUN, "final_status": "completed", "phases": {}}
+    from instance.artifacts import put_json
+
+    put_json(target.s3, target.bucket, Layout("dev").training_record(RUN), record)
+    calls = {"n": 0}
+    real = follow_mod._poll
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] <= follow_mod.MAX_FAILED_POLLS - 1:
+            raise ConnectionError("endpoint unreachable")
+        return real(*args)
+
+    monkeypatch.setattr(follow_mod, "_poll", flaky)
+    final = follow_mod.follow(target, executor, RUN, lambda v: None, interval=0.01)
+    assert isinstance(final, RunView) and final.final_status == "completed"
+
+    calls["n"] = 0
+    monkeypatch.setattr(follow_mod, "_poll", lambda *a: (_ for _ in ()).throw(ConnectionError("down")))
+    with pytest.raises(ConnectionError):
+        follow_mod.follow(target, executor, RUN, lambda v: None, interval=0.01)
