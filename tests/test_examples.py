@@ -1,0 +1,20 @@
+"""The shipped examples stay launchable: `make demo`'s config and data, and the AWS example."""
+from pathlib import Path
+
+from automation.launch import check_local_dataset, estimate
+from instance.runconfig import load_config
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_quickstart_config_and_dataset_pass_launch_validation():
+    cfg = load_config(EXAMPLES / "quickstart.yaml")
+    files = check_local_dataset(EXAMPLES / cfg.dataset, cfg)
+    assert [f.name for f in files] == ["us_employment.parquet"]
+    assert cfg.model.is_scratch and estimate(cfg, local=True).sentence().startswith("local run: $0.00")
+
+
+def test_aws_example_parses_and_points_at_the_bucket():
+    cfg = load_config(EXAMPLES / "aws.yaml")
+    assert cfg.dataset_in_bucket and cfg.model.base == "amazon/chronos-2"
+    assert estimate(cfg, local=False).worst_case_usd > 0
