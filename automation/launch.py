@@ -138,7 +138,7 @@ def upload_local_dataset(target: Target, files: tuple[Path, ...], month: str | N
 
 
 def launch(target: Target, lp: LaunchPlan, executor: Executor) -> Launched:
-    from instance.state import LockBusy
+    from instance.state import LockBusy, LockError
 
     from .bundle import build_bundle
 
@@ -173,17 +173,21 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor) -> Launched:
             raise ChronosError(f"run {run_id} was not started: {exc}") from None
         raise
 
-    store.update(
-        lease,
-        lambda s: {**s, "instance_id": done.instance_id, "zone": done.zone, "stack_name": done.stack_name},
-        pin_status=False,
-        heartbeat=False,
-    )
+    try:
+        store.update(
+            lease,
+            lambda s: {**s, "instance_id": done.instance_id, "zone": done.zone, "stack_name": done.stack_name},
+            pin_status=False,
+            heartbeat=False,
+        )
+    except LockError:
+        pass  # the run already ended (and released the lock) before this note: its record tells how
     return Launched(run_id, done.instance_id, prefix)
 
 
 def _record_launch_failure(target: Target, store, lease, run_id: str, exc: BaseException) -> None:
     from instance.artifacts import put_json
+    from instance.state import LockError
     from instance.timeutil import iso
 
     kind = getattr(exc, "kind", type(exc).__name__)
@@ -193,8 +197,6 @@ def _record_launch_failure(target: Target, store, lease, run_id: str, exc: BaseE
         "error": {"class": type(exc).__name__, "message": str(exc), "phase": "launch"},
         "started_at": lease.state["started_at"], "ended_at": iso(),
     })
-    from instance.state import LockError
-
     try:
         store.release(lease)
     except LockError:

@@ -70,3 +70,26 @@ def test_estimate_names_hourly_and_worst_case():
     assert est.spot and 0.4 < est.hourly_usd < 0.5 and est.worst_case_usd == round(est.hourly_usd * 2, 2)
     assert "spot" in est.sentence() and "worst case" in est.sentence() and "120-minute" in est.sentence()
     assert estimate(cfg, local=True).sentence().startswith("local run: $0.00")
+
+
+class InstantExecutor(RefusingExecutor):
+    """Provisions a machine whose run is over before launch notes the instance id."""
+
+    def __init__(self, target):
+        super().__init__("other", "")
+        self.target = target
+
+    def provision(self, req):
+        from automation.executors.base import Provisioned
+
+        store = StateStore(self.target.s3, self.target.bucket, "dev")
+        lease = store.read()
+        store.release(store.move(store.move(lease, "failed"), "cleanup"))
+        return Provisioned(instance_id="i-0fast")
+
+
+def test_a_run_that_ends_before_launch_notes_its_instance_is_not_an_error(target, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(run_config()))
+    launched = launch(target, plan(target, cfg), InstantExecutor(target))
+    assert launched.instance_id == "i-0fast" and StateStore(target.s3, target.bucket, "dev").read() is None
