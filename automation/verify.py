@@ -13,6 +13,7 @@ from instance.timeutil import utcnow
 
 from .context import Target
 from .ending import force_end, instance_state
+from .executors.local import tags_of
 
 S3_STANDARD_PER_GB_MONTH = 0.023
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -54,10 +55,6 @@ class Report:
                 "storage": self.storage}
 
 
-def _tags(resource: dict) -> dict:
-    return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
-
-
 def scan(target: Target, executor) -> Report:
     if hasattr(executor, "reconcile"):
         executor.reconcile()
@@ -78,7 +75,7 @@ def scan(target: Target, executor) -> Report:
 
     for inst in _described(target.ec2.get_paginator("describe_instances").paginate(Filters=[
         {"Name": "tag:Project", "Values": [PROJECT_TAG]}, {"Name": "instance-state-name", "Values": LIVE_STATES}])):
-        run_id = _tags(inst).get("RunId")
+        run_id = tags_of(inst).get("RunId")
         if run_id and run_id == live_run:
             continue
         if now - inst["LaunchTime"] < grace():
@@ -90,7 +87,7 @@ def scan(target: Target, executor) -> Report:
     for vol in _pages(target.ec2.get_paginator("describe_volumes").paginate(Filters=[
         {"Name": "tag:Project", "Values": [PROJECT_TAG]}, {"Name": "status", "Values": ["available"]}]), "Volumes"):
         report.findings.append(Finding("volume", vol["VolumeId"], f"{vol['Size']} GB {vol['VolumeType']} detached",
-                                       _tags(vol).get("RunId")))
+                                       tags_of(vol).get("RunId")))
 
     for run_id in executor.leftover_stacks():
         if run_id != live_run:

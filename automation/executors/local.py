@@ -36,6 +36,10 @@ def run_tags(run_id: str, env: str, executor: str) -> list[dict]:
     ]
 
 
+def tags_of(resource: dict) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
+
+
 def process_alive(pid: int | None, run_id: str) -> bool:
     """True when `pid` is still this run's agent (guards against pid reuse)."""
     if not pid:
@@ -124,7 +128,7 @@ class LocalExecutor:
         """Mark instance records whose agent process is gone as terminated (the machine died)."""
         ended = []
         for inst in self.instances(states=("pending", "running")):
-            tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+            tags = tags_of(inst)
             if tags.get("Executor") != self.name:
                 continue
             run_id = tags.get("RunId", "")
@@ -161,7 +165,7 @@ class LocalExecutor:
         while process_alive(pid, run_id) and time.monotonic() < deadline:
             time.sleep(0.1)
         for inst in self.instances():
-            tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+            tags = tags_of(inst)
             if tags.get("RunId") == run_id:
                 self.terminate(run_id, inst["InstanceId"])
         run_dir = work_root() / run_id
