@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable
 
 from .aws import is_not_found
+from .periodic import Periodic
 from .state import Fenced, Lease, RunKilled, StateStore
 from .status import Status
 
@@ -179,9 +180,11 @@ class LockHolder:
             return deleted
 
 
-class Heartbeat:
-    """Background thread: heartbeat_at every `interval` seconds in every phase, plus a probe
-    (EC2 spot notice) whose answer, when not None, stops the run."""
+class Heartbeat(Periodic):
+    """heartbeat_at every `interval` seconds in every phase, plus a probe (EC2 spot notice)
+    whose answer, when not None, stops the run."""
+
+    name = "heartbeat"
 
     def __init__(
         self,
@@ -190,44 +193,25 @@ class Heartbeat:
         fields: Callable[[], dict] = dict,
         probe: Callable[[], str | None] | None = None,
     ):
+        super().__init__(interval)
         self.holder = holder
-        self.interval = interval
         self.fields = fields
         self.probe = probe
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
-    def start(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self.probe is not None:
-                try:
-                    notice = self.probe()
-                except Exception as exc:  # the probe is best effort; the dead-man switch backs it
-                    log.debug("spot probe failed: %s", exc)
-                    notice = None
-                if notice:
-                    log.warning("spot interruption notice: %s", notice)
-                    self.holder.spot_notice = notice
+    def tick(self) -> None:
+        if self.probe is not None:
             try:
-                self.holder.beat(**self.fields())
-            except Fenced as exc:
-                log.error("fenced: %s; the heartbeat stops", exc)
-                return
-            except Exception as exc:
-                # botocore already retried; a missed beat is survivable, the next one may land.
-                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+                notice = self.probe()
+            except Exception as exc:  # the probe is best effort; the dead-man switch backs it
+                log.debug("spot probe failed: %s", exc)
+                notice = None
+            if notice:
+                log.warning("spot interruption notice: %s", notice)
+                self.holder.spot_notice = notice
+        self.holder.beat(**self.fields())
 
 
-class TrainingWatch:
+class TrainingWatch(Periodic):
     """Keeps the state I/O of the training phase off the training thread.
 
     The training callback only reads flags and hands over progress (no I/O per step); this
@@ -235,21 +219,19 @@ class TrainingWatch:
     handed, so a slow S3 can delay a kill by a few seconds but never slows training.
     """
 
+    name = "training-watch"
+
     def __init__(self, holder: LockHolder, poll_every: float = 2.0):
+        super().__init__(poll_every)
         self.holder = holder
-        self.poll_every = poll_every
         self._progress: dict | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="training-watch", daemon=True)
 
     def __enter__(self) -> "TrainingWatch":
-        self._thread.start()
-        return self
+        return self.start()
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
+        self.stop()
         self._flush()
 
     def offer(self, progress: dict) -> None:
@@ -267,10 +249,8 @@ class TrainingWatch:
             except Exception as exc:
                 log.warning("progress report failed: %s: %s", type(exc).__name__, exc)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_every):
-            try:
-                self.holder.poll()
-            except Exception as exc:  # the next poll may work; botocore already retried this one
-                log.warning("kill check failed: %s: %s", type(exc).__name__, exc)
-            self._flush()
+    def tick(self) -> None:
+        try:
+            self.holder.poll()
+        finally:
+            self._flush()  # hand over progress even when the kill check failed

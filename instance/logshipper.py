@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from pathlib import Path
 from typing import Callable
+
+from .periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -30,28 +31,19 @@ def flush_logs() -> None:
         handler.flush()
 
 
-class LogShipper:
+class LogShipper(Periodic):
     """Uploads the log file whenever it changed, every `interval` seconds.
 
     `guard` runs before each upload and raises when this agent may no longer write (fenced).
     """
 
+    name = "log-shipper"
+
     def __init__(self, s3, bucket: str, key: str, path: Path, interval: float, guard: Callable[[], None]):
+        super().__init__(interval)
         self.s3, self.bucket, self.key, self.path = s3, bucket, key, path
-        self.interval = interval
         self.guard = guard
         self._last_size = -1
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="log-shipper", daemon=True)
-
-    def start(self) -> "LogShipper":
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
 
     def upload(self, force: bool = False) -> bool:
         flush_logs()
@@ -63,13 +55,5 @@ class LogShipper:
         self._last_size = len(data)
         return True
 
-    def _run(self) -> None:
-        from .state import Fenced
-
-        while not self._stop.wait(self.interval):
-            try:
-                self.upload()
-            except Fenced:
-                return
-            except Exception as exc:  # botocore retried already; the next round may work
-                log.warning("log upload failed: %s: %s", type(exc).__name__, exc)
+    def tick(self) -> None:
+        self.upload()
