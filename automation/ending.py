@@ -9,6 +9,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from instance.selfterminate import instance_state as ec2_instance_state
 from instance.state import Fenced, LockError
 from instance.status import Status
 
@@ -33,17 +34,8 @@ class KillResult:
 
 
 def instance_state(target: Target, instance_id: str | None) -> str | None:
-    """EC2's word on the instance: its state name, or None when EC2 has no such instance."""
-    if not instance_id:
-        return None
-    try:
-        resp = target.ec2.describe_instances(InstanceIds=[instance_id])
-    except Exception as exc:
-        if "InvalidInstanceID" in str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")):
-            return None
-        raise
-    found = [i for r in resp["Reservations"] for i in r["Instances"]]
-    return found[0]["State"]["Name"] if found else None
+    """EC2's word on the run's instance; None when it has none or EC2 knows no such instance."""
+    return ec2_instance_state(target.ec2, instance_id) if instance_id else None
 
 
 def confirm_terminated(target: Target, instance_id: str, timeout_s: float = 300) -> str:

@@ -51,7 +51,7 @@ def spot_interruption_notice() -> str | None:
 def terminate_instance(ec2, instance_id: str) -> tuple[str, str]:
     """(result, detail) for cleanup_status.json; never raises."""
     try:
-        state = _instance_state(ec2, instance_id)
+        state = instance_state(ec2, instance_id)
         if state is None:
             return "not_found", f"EC2 has no instance {instance_id}"
         if state in ("shutting-down", "terminated"):
@@ -65,7 +65,8 @@ def terminate_instance(ec2, instance_id: str) -> tuple[str, str]:
         return "error", f"{type(exc).__name__}: {exc}"
 
 
-def _instance_state(ec2, instance_id: str) -> str | None:
+def instance_state(ec2, instance_id: str) -> str | None:
+    """EC2's word on the instance: its state name, or None when EC2 has no such instance."""
     try:
         resp = ec2.describe_instances(InstanceIds=[instance_id])
     except Exception as exc:
