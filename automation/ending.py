@@ -73,7 +73,7 @@ def force_end(target: Target, executor, run_id: str, final_status: str, reason: 
     else:
         steps.append(step("state file", "delete", "not_found", "already released"))
     executor.finalize(run_id)
-    steps.append(step("run stack", "destroy", "done"))
+    steps.append(step(f"{executor.name} run resources", "finalize", "done"))
     record_end_from_cli(target, run_id, final_status, reason, state, steps)
     return steps
 

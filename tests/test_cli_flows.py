@@ -58,6 +58,10 @@ def test_launch_follow_completes_then_runs_shows_metrics(env, aws, tmp_path):
 
     logs = run_cli(env, "--local", "logs", run_id)
     assert logs.returncode == 0 and "training" in logs.stdout
+    # Following a run that has ended returns at once, with its outcome's exit code.
+    followed = run_cli(env, "--local", "logs", run_id, "--follow", timeout=30)
+    assert followed.returncode == 0 and followed.stdout == logs.stdout
+    assert run_cli(env, "--local", "monitor", run_id, "--follow", "--no-download", timeout=30).returncode == 0
     clean = run_cli(env, "--local", "verify-cleanup")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     s3 = client("s3", aws)
