@@ -249,7 +249,7 @@ def status_(opts: Options, run_id, follow, as_json, download) -> None:
 
 
 def _check_run_id(run_id: str) -> None:
-    from instance.layout import LayoutError, check_run_id
+    from instance.protocol.layout import LayoutError, check_run_id
 
     try:
         check_run_id(run_id)

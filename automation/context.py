@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from instance.aws import AwsTarget, client, error_code
-from instance.layout import Layout, LayoutError, bucket_name, check_env
+from instance.protocol.aws import AwsTarget, client, error_code
+from instance.protocol.layout import Layout, LayoutError, bucket_name, check_env
 
 from .errors import BadInput, ChronosError
 
@@ -50,7 +50,7 @@ class Target:
         return client("ec2", self.aws)
 
     def state_store(self):
-        from instance.state import StateStore
+        from instance.protocol.state import StateStore
 
         return StateStore(self.s3, self.bucket, self.env)
 
@@ -148,7 +148,7 @@ def _discover_bucket(env: str, region: str) -> str:
     except Exception as exc:
         raise translate_aws_error(exc, Target(env, False, region, "?")) from None
     name = bucket_name(env, account, region)
-    from instance.artifacts import write_json_atomic
+    from instance.protocol.artifacts import write_json_atomic
 
     try:
         cache = json.loads(_cache_path().read_text())

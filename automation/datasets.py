@@ -4,14 +4,14 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from instance.layout import DATASETS_PREFIX, LayoutError, dataset_prefix, s3_uri
+from instance.protocol.layout import DATASETS_PREFIX, LayoutError, dataset_prefix, s3_uri
 
 from .context import Target
 from .errors import BadInput
 
 
 def validate(path: Path) -> dict:
-    from instance.dataset import expand_dataset_path, validate_parquet_paths
+    from instance.model.dataset import expand_dataset_path, validate_parquet_paths
 
     if not path.exists():
         raise BadInput(f"{path}: no such file or folder")

@@ -9,9 +9,9 @@ import socket
 import time
 from dataclasses import dataclass
 
-from instance.selfterminate import instance_state as ec2_instance_state
-from instance.state import Fenced, LockError
-from instance.status import Status
+from instance.protocol.ec2 import instance_state as ec2_instance_state
+from instance.protocol.state import Fenced, LockError
+from instance.protocol.status import Status
 
 from .context import Target
 from .errors import NoSuchRun
@@ -117,7 +117,7 @@ def kill(target: Target, executor, run_id: str | None, force: bool, wait: bool) 
 
 
 def _final_status(target: Target, run_id: str) -> str | None:
-    from instance.artifacts import get_json
+    from instance.protocol.artifacts import get_json
 
     record = get_json(target.s3, target.bucket, target.layout.training_record(run_id)) or {}
     return record.get("final_status")

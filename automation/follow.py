@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from instance.artifacts import get_json
-from instance.aws import is_not_found
-from instance.state import is_stale
-from instance.timeutil import utcnow
+from instance.protocol.artifacts import get_json
+from instance.protocol.aws import is_not_found
+from instance.protocol.state import is_stale
+from instance.protocol.timeutil import utcnow
 
 from .context import Target
 from .ending import instance_state

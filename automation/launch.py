@@ -7,10 +7,10 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from instance.layout import DATASETS_PREFIX, new_run_id, s3_uri
-from instance.pricing import PRICES, hourly
-from instance.runconfig import ConfigError, RunConfig, check_runtime_support, load_config
-from instance.timeutil import utcnow
+from instance.protocol.layout import DATASETS_PREFIX, new_run_id, s3_uri
+from instance.protocol.pricing import PRICES, hourly
+from instance.protocol.runconfig import ConfigError, RunConfig, check_runtime_support, load_config
+from instance.protocol.timeutil import utcnow
 
 from .context import Target, translate_aws_error
 from .errors import BadInput, Busy, ChronosError
@@ -83,7 +83,7 @@ def _resolve_local(dataset: str, config_path: Path) -> Path:
 
 
 def check_local_dataset(path: Path, cfg: RunConfig | None = None) -> list[Path]:
-    from instance.dataset import expand_dataset_path, validate_parquet_paths
+    from instance.model.dataset import expand_dataset_path, validate_parquet_paths
 
     if not path.exists():
         raise BadInput(
@@ -138,7 +138,7 @@ def upload_local_dataset(target: Target, files: tuple[Path, ...], month: str | N
 
 
 def launch(target: Target, lp: LaunchPlan, executor: Executor) -> Launched:
-    from instance.state import LockBusy, LockError
+    from instance.protocol.state import LockBusy, LockError
 
     from .bundle import build_bundle
 
@@ -186,9 +186,9 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor) -> Launched:
 
 
 def _record_launch_failure(target: Target, store, lease, run_id: str, exc: BaseException) -> None:
-    from instance.artifacts import put_json
-    from instance.state import LockError
-    from instance.timeutil import iso
+    from instance.protocol.artifacts import put_json
+    from instance.protocol.state import LockError
+    from instance.protocol.timeutil import iso
 
     kind = getattr(exc, "kind", type(exc).__name__)
     put_json(target.s3, target.bucket, target.layout.training_record(run_id), {

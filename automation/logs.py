@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
-from instance.aws import error_code, is_not_found
+from instance.protocol.aws import error_code, is_not_found
 
 from .context import Target
 from .errors import NoSuchRun

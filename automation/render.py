@@ -7,7 +7,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from instance.status import MAIN_CHAIN
+from instance.protocol.status import MAIN_CHAIN
 
 from .runs import RunView
 

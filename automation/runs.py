@@ -5,10 +5,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from instance.artifacts import get_json, put_json
-from instance.layout import run_started_at, s3_uri
-from instance.pricing import PRICES, cost
-from instance.timeutil import iso, parse_iso, utcnow
+from instance.protocol.artifacts import get_json, put_json
+from instance.protocol.layout import run_started_at, s3_uri
+from instance.protocol.pricing import PRICES, cost
+from instance.protocol.timeutil import iso, parse_iso, utcnow
 
 from .context import Target
 from .errors import NoSuchRun

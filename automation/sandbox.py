@@ -12,8 +12,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from instance.aws import AwsTarget, client, is_not_found
-from instance.layout import KNOWN_ENVS, Layout, bucket_name
+from instance.protocol.aws import AwsTarget, client, is_not_found
+from instance.protocol.layout import KNOWN_ENVS, Layout, bucket_name
 
 from . import motoserver
 from .context import home
@@ -103,7 +103,7 @@ def start(envs: tuple[str, ...] = KNOWN_ENVS) -> SandboxInfo:
             port = motoserver.free_port()
             proc = motoserver.start(port, log_path=_dir() / "moto.log", detach=True)
             info = SandboxInfo(f"http://127.0.0.1:{port}", REGION, motoserver.SANDBOX_ACCOUNT, proc.pid)
-            from instance.artifacts import write_json_atomic
+            from instance.protocol.artifacts import write_json_atomic
 
             write_json_atomic(_record_path(), asdict(info))
         export_credentials()
@@ -159,7 +159,7 @@ def seed(info: SandboxInfo, env: str) -> InfraRecord:
     s3, ec2, iam, ssm = (client(s, target) for s in ("s3", "ec2", "iam", "ssm"))
     bucket = info.bucket(env)
     layout = Layout(env)
-    from instance.artifacts import put_json
+    from instance.protocol.artifacts import put_json
 
     if not _bucket_exists(s3, bucket):
         s3.create_bucket(Bucket=bucket)

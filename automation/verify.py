@@ -7,13 +7,13 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
-from instance.layout import DATASETS_PREFIX, PROJECT_TAG
-from instance.state import DEFAULT_STALE_AFTER, is_stale
-from instance.timeutil import utcnow
+from instance.protocol.ec2 import tags_of
+from instance.protocol.layout import DATASETS_PREFIX, PROJECT_TAG
+from instance.protocol.state import DEFAULT_STALE_AFTER, is_stale
+from instance.protocol.timeutil import utcnow
 
 from .context import Target
 from .ending import force_end, instance_state
-from .executors.local import tags_of
 
 S3_STANDARD_PER_GB_MONTH = 0.023
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]

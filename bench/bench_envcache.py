@@ -1,4 +1,4 @@
-"""Environment restore from the cached tarball against building it, through instance.envcache.
+"""Environment restore from the cached tarball against building it, through instance.boot.envcache.
 
 Offline and reproducible: the packages are the agent's real data stack (numpy, pandas, pyarrow,
 pydantic, PyYAML, boto3 and what they need) repacked as wheels from this machine's venv, and pip
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from automation import motoserver  # noqa: E402
-from instance.envcache import Boto3Transport, build, env_key, pack, restore_or_build  # noqa: E402
+from instance.boot.envcache import Boto3Transport, build, env_key, pack, restore_or_build  # noqa: E402
 
 STACK = [
     "numpy", "pandas", "pyarrow", "pydantic", "pydantic-core", "PyYAML", "boto3", "botocore", "s3transfer",

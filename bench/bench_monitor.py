@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from automation import sandbox  # noqa: E402
-from instance.aws import AwsTarget, client  # noqa: E402
-from instance.state import StateStore  # noqa: E402
+from instance.protocol.aws import AwsTarget, client  # noqa: E402
+from instance.protocol.state import StateStore  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict, repeat: int) -> list[float]:

@@ -31,10 +31,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from automation import motoserver  # noqa: E402
-from instance.aws import AwsTarget, client  # noqa: E402
-from instance.lockholder import LockHolder, TrainingWatch  # noqa: E402
-from instance.phases import training_hooks  # noqa: E402
-from instance.state import StateStore  # noqa: E402
+from instance.agent.lockholder import LockHolder, TrainingWatch  # noqa: E402
+from instance.agent.phases import training_hooks  # noqa: E402
+from instance.protocol.aws import AwsTarget, client  # noqa: E402
+from instance.protocol.state import StateStore  # noqa: E402
 from tests.agent_fixtures import synthetic_frame  # noqa: E402
 
 PREDICTION_LENGTH = 24
@@ -53,9 +53,9 @@ def main() -> int:
 
     import torch
 
-    from instance.basemodel import build_scratch, device
-    from instance.evaluation import holdout_split, to_chronos_inputs
-    from instance.training import TrainingSettings, train_model
+    from instance.model.basemodel import build_scratch, device
+    from instance.model.evaluation import holdout_split, to_chronos_inputs
+    from instance.model.training import TrainingSettings, train_model
 
     on = device()
     frame = synthetic_frame(n_items=args.series, length=args.context_length + 3 * PREDICTION_LENGTH, covariate=True)

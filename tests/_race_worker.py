@@ -8,15 +8,15 @@ _store = None
 
 def init(endpoint_url: str, region: str, bucket: str, env: str) -> None:
     global _store
-    from instance.aws import AwsTarget, client
-    from instance.state import StateStore
+    from instance.protocol.aws import AwsTarget, client
+    from instance.protocol.state import StateStore
 
     _store = StateStore(client("s3", AwsTarget(region, endpoint_url)), bucket, env)
 
 
 def contend(run_id: str, go_at: float) -> tuple[str, str, str]:
     """('won', run_id, '') or ('busy', holder_run_id, message)."""
-    from instance.state import LockBusy
+    from instance.protocol.state import LockBusy
 
     time.sleep(max(0.0, go_at - time.time()))
     try:

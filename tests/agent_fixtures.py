@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 
 from automation import motoserver
-from instance.aws import AwsTarget, client
-from instance.layout import Layout, new_run_id
-from instance.state import StateStore
+from instance.protocol.aws import AwsTarget, client
+from instance.protocol.layout import Layout, new_run_id
+from instance.protocol.state import StateStore
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PREFIX = "cached-datasets/2026/11/"

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from automation import motoserver
-from instance.aws import AwsTarget, client
-from instance.layout import bucket_name
+from instance.protocol.aws import AwsTarget, client
+from instance.protocol.layout import bucket_name
 
 REGION = "us-east-1"
 ENV = "dev"

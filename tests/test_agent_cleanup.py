@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from instance.aws import client
-from instance.cleanup import Cleanup, Outcome
-from instance.context import AgentContext
-from instance.faults import Faults
-from instance.lockholder import LockHolder
-from instance.record import RunRecord
-from instance.state import Fenced, StateStore
-from instance.status import Status
+from instance.agent.cleanup import Cleanup, Outcome
+from instance.agent.context import AgentContext
+from instance.agent.faults import Faults
+from instance.agent.lockholder import LockHolder
+from instance.protocol.aws import client
+from instance.protocol.record import RunRecord
+from instance.protocol.state import Fenced, StateStore
+from instance.protocol.status import Status
 from tests.agent_fixtures import get_json, instance_state
 from tests.conftest import ENV
 

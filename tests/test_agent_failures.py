@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from instance.state import StateStore
+from instance.protocol.state import StateStore
 from tests.agent_fixtures import (
     get_json,
     instance_state,

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from instance.artifacts import put_json
-from instance.state import StateStore
-from instance.status import Status
+from instance.protocol.artifacts import put_json
+from instance.protocol.state import StateStore
+from instance.protocol.status import Status
 from tests.agent_fixtures import (
     get_json,
     instance_state,

@@ -9,9 +9,9 @@ import math
 import pytest
 
 from automation import motoserver
-from instance.aws import AwsTarget, client
-from instance.layout import bucket_name
-from instance.state import StateStore
+from instance.protocol.aws import AwsTarget, client
+from instance.protocol.layout import bucket_name
+from instance.protocol.state import StateStore
 from tests.agent_fixtures import (
     DATA_PREFIX,
     get_json,

@@ -10,13 +10,13 @@ from datetime import timedelta
 
 import pytest
 
-from instance.agent import deadline_margin_seconds, soft_deadline
-from instance.faults import Faults, InjectedFault
-from instance.lockholder import Heartbeat, KilledByUser, LockHolder, MaxRuntimeExceeded, SpotInterrupted
-from instance.record import estimate_cost
-from instance.state import Fenced, RunKilled, StateStore
-from instance.status import Status
-from instance.timeutil import iso, utcnow
+from instance.agent.faults import Faults, InjectedFault
+from instance.agent.lockholder import Heartbeat, KilledByUser, LockHolder, MaxRuntimeExceeded, SpotInterrupted
+from instance.agent.main import deadline_margin_seconds, soft_deadline
+from instance.protocol.record import estimate_cost
+from instance.protocol.state import Fenced, RunKilled, StateStore
+from instance.protocol.status import Status
+from instance.protocol.timeutil import iso, utcnow
 from tests.conftest import ENV
 
 RID = "run-20261128-140000-1111"
@@ -73,7 +73,7 @@ def test_release_then_release_again(store):
 
 
 def test_stop_reasons_in_priority():
-    from instance.state import Lease
+    from instance.protocol.state import Lease
 
     holder = LockHolder(None, Lease(etag='"x"', state={"run_id": RID, "status": "training"}), clock=lambda: 10.0)
     assert holder.pending_stop() is None
@@ -141,8 +141,8 @@ def test_cost_estimates():
 def test_agent_modules_import_light():
     heavy = ["torch", "chronos", "transformers", "pandas", "pyarrow", "pulumi", "click", "automation"]
     code = (
-        "import sys, json; import instance.agent, instance.dataset, instance.bootstrap, instance.envcache, "
-        "instance.cleanup, instance.training, instance.evaluation, instance.basemodel, instance.phases; "
+        "import sys, json; import instance.agent.main, instance.model.dataset, instance.boot.bootstrap, instance.boot.envcache, "
+        "instance.agent.cleanup, instance.model.training, instance.model.evaluation, instance.model.basemodel, instance.agent.phases; "
         "print(json.dumps(sorted(sys.modules)))"
     )
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout))
@@ -150,7 +150,7 @@ def test_agent_modules_import_light():
 
 
 def test_training_watch_finds_the_kill_and_writes_progress_off_the_training_thread(store):
-    from instance.lockholder import TrainingWatch
+    from instance.agent.lockholder import TrainingWatch
 
     holder = LockHolder(store, store.acquire(RID))
     holder.move(Status.DATA_SYNC)

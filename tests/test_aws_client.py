@@ -1,5 +1,5 @@
 """Every boto3 client comes from one factory: endpoint, region, timeouts and botocore's retries."""
-from instance.aws import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, RETRIES, AwsTarget, client
+from instance.protocol.aws import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, RETRIES, AwsTarget, client
 
 
 def test_factory_sets_endpoint_region_timeouts_and_standard_retries():

@@ -10,8 +10,8 @@ import tarfile
 
 import pytest
 
-from instance.bootstrap import render_bootstrap
-from instance.layout import Layout
+from instance.boot.bootstrap import render_bootstrap
+from instance.protocol.layout import Layout
 from tests.agent_fixtures import ROOT, install_fake_aws, keys_under
 from tests.conftest import ENV, REGION
 
@@ -42,7 +42,7 @@ def test_dead_man_switch_comes_first():
 
 def test_script_fetches_bundle_env_then_starts_the_agent():
     script = render_bootstrap(**GOOD)
-    order = [script.index(s) for s in ("bundle.tar.gz", "instance.envcache restore-or-build", "-m instance.agent")]
+    order = [script.index(s) for s in ("bundle.tar.gz", "instance.boot.envcache restore-or-build", "-m instance.agent")]
     assert order == sorted(order)
     assert len(script) < 4096  # short: the logic is in Python
 

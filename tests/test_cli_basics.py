@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-
 import os
 
 import pytest
@@ -11,10 +10,9 @@ from click.testing import CliRunner
 
 from automation.cli import cli
 from automation.sandbox import SandboxInfo, seed
-
-from instance.aws import client
-from instance.layout import bucket_name
-from instance.state import StateStore
+from instance.protocol.aws import client
+from instance.protocol.layout import bucket_name
+from instance.protocol.state import StateStore
 from tests.cli_helpers import cli_env, run_cli
 
 BUCKET = bucket_name("dev", "123456789012", "us-east-1")

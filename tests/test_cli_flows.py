@@ -9,8 +9,8 @@ import time
 import pytest
 import yaml
 
-from instance.aws import client
-from instance.layout import Layout, bucket_name
+from instance.protocol.aws import client
+from instance.protocol.layout import Layout, bucket_name
 from tests.agent_fixtures import run_config, synthetic_frame, write_parquet
 from tests.cli_helpers import cli_env, run_cli, start_cli
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from instance.dataset import (
+from instance.model.dataset import (
     DataProblem,
     DatasetNotFound,
     expand_dataset_path,

@@ -13,8 +13,8 @@ from automation.executors.base import ProvisionError, ProvisionRequest
 from automation.executors.ec2 import Ec2Executor, classify
 from automation.executors.run_stacks import PulumiStackOps, StackMissing
 from automation.infra_record import InfraRecord
-from instance.aws import client
-from instance.runconfig import parse_config
+from instance.protocol.aws import client
+from instance.protocol.runconfig import parse_config
 
 RUN_ID = "run-20261128-203700-1a2b"
 INSTANCE_ID = "i-0123456789abcdef0"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from instance.envcache import AwsCliTransport, Boto3Transport, env_key, restore_or_build
+from instance.boot.envcache import AwsCliTransport, Boto3Transport, env_key, restore_or_build
 from tests.agent_fixtures import install_fake_aws
 from tests.conftest import REGION
+
 
 def tiny_wheel(folder: Path) -> Path:
     """A pure-Python wheel with one module, written by hand (no build backend, no network)."""
@@ -81,7 +82,7 @@ def test_aws_cli_transport_round_trip(s3, bucket, aws, tmp_path):
 def test_cli_entry_prints_the_key(tmp_path):
     req = tmp_path / "requirements.txt"
     req.write_text("pandas==3.1.1\n")
-    out = subprocess.run([sys.executable, "-m", "instance.envcache", "key", "--requirements", str(req)],
+    out = subprocess.run([sys.executable, "-m", "instance.boot.envcache", "key", "--requirements", str(req)],
                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == env_key(req)
 
@@ -90,7 +91,7 @@ def test_cli_entry_prints_the_key(tmp_path):
 def test_transport_falls_back_to_the_aws_cli(missing, monkeypatch, tmp_path):
     import builtins
 
-    from instance import envcache
+    from instance.boot import envcache
 
     real_import = builtins.__import__
 

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from automation.launch import check_local_dataset, estimate
-from instance.runconfig import load_config
+from instance.protocol.runconfig import load_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

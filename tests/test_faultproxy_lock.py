@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from instance.aws import AwsTarget, client
-from instance.state import StateStore
-from instance.status import Status
+from instance.protocol.aws import AwsTarget, client
+from instance.protocol.state import StateStore
+from instance.protocol.status import Status
 from tests.conftest import ENV
 from tests.faultproxy import FaultProxy
 

@@ -10,10 +10,10 @@ from automation.errors import ChronosError
 from automation.executors.base import ProvisionError
 from automation.launch import estimate, launch, plan
 from automation.sandbox import SandboxInfo, seed
-from instance.artifacts import get_json
-from instance.layout import Layout
-from instance.runconfig import parse_config
-from instance.state import StateStore
+from instance.protocol.artifacts import get_json
+from instance.protocol.layout import Layout
+from instance.protocol.runconfig import parse_config
+from instance.protocol.state import StateStore
 from tests.agent_fixtures import parquet_bytes, run_config, synthetic_frame
 
 

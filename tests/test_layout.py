@@ -2,7 +2,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from instance.layout import Layout, LayoutError, bucket_name, check_run_id, dataset_prefix, new_run_id, run_started_at
+from instance.protocol.layout import Layout, LayoutError, bucket_name, check_run_id, dataset_prefix, new_run_id, run_started_at
 
 
 def test_bucket_and_keys():

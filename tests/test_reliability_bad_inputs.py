@@ -18,8 +18,8 @@ import yaml
 
 from automation import motoserver
 from automation.sandbox import SandboxInfo, seed
-from instance.aws import AwsTarget, client
-from instance.layout import bucket_name
+from instance.protocol.aws import AwsTarget, client
+from instance.protocol.layout import bucket_name
 from tests.agent_fixtures import run_config, synthetic_frame, write_parquet
 from tests.cli_helpers import bucket_keys, cli_env, instances_by_state, run_cli
 

@@ -28,9 +28,9 @@ import time
 
 import pytest
 
-from instance.aws import client
-from instance.layout import Layout, bucket_name
-from instance.timeutil import parse_iso, utcnow
+from instance.protocol.aws import client
+from instance.protocol.layout import Layout, bucket_name
+from instance.protocol.timeutil import parse_iso, utcnow
 from tests.cli_helpers import (
     RUN_PHASES,
     agent_pid,

@@ -21,8 +21,8 @@ import yaml
 
 from automation import motoserver
 from automation.sandbox import REGION, SandboxInfo, seed
-from instance.aws import client
-from instance.layout import DATASETS_PREFIX, Layout, bucket_name
+from instance.protocol.aws import client
+from instance.protocol.layout import DATASETS_PREFIX, Layout, bucket_name
 from tests.agent_fixtures import (DATA_PREFIX, instance_state, keys_under, parquet_bytes, run_config, synthetic_frame,
                                   write_parquet)
 from tests.cli_helpers import (agent_pid, cli_env, launched_run_id, live_state, pid_running, run_cli, start_cli,

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from instance.aws import client
-from instance.layout import Layout, bucket_name
+from instance.protocol.aws import client
+from instance.protocol.layout import Layout, bucket_name
 from tests.cli_helpers import (RUN_PHASES, agent_pid, bucket_keys, cli_env, instances_by_state, launch_held,
                                launched_run_id, live_state, phase_params, pid_running, run_cli, wait_until)
 from tests.test_cli_flows import local_config

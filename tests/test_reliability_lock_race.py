@@ -17,10 +17,9 @@ import yaml
 
 from automation import motoserver
 from automation.sandbox import REGION, SandboxInfo, seed
-from instance.aws import client
-from instance.layout import DATASETS_PREFIX, PROJECT_TAG, Layout, bucket_name
-from tests.agent_fixtures import (DATA_PREFIX, get_json, keys_under, parquet_bytes, run_config, synthetic_frame,
-                                  write_parquet)
+from instance.protocol.aws import client
+from instance.protocol.layout import DATASETS_PREFIX, PROJECT_TAG, Layout, bucket_name
+from tests.agent_fixtures import DATA_PREFIX, get_json, keys_under, parquet_bytes, run_config, synthetic_frame, write_parquet
 from tests.cli_helpers import cli_env, run_cli, start_cli
 from tests.faultproxy import FaultProxy
 

@@ -3,7 +3,7 @@ from rich.console import Console
 
 from automation.render import final_report, run_panel, runs_table
 from automation.runs import from_record, from_state
-from instance.timeutil import iso, utcnow
+from instance.protocol.timeutil import iso, utcnow
 
 STATE = {
     "run_id": "run-20261128-100000-aaaa", "status": "training", "started_at": iso(utcnow()),

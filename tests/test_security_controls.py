@@ -23,7 +23,7 @@ from automation.executors.ec2 import Ec2Executor
 from automation.infra_record import InfraRecord
 from automation.stacks.policies import SELF_INSTANCE_ARN
 from automation.stacks.run import build_run_stack
-from instance.runconfig import parse_config
+from instance.protocol.runconfig import parse_config
 from tests.pulumi_harness import AMI_ID, policy_doc, run_program, stack_config_file
 from tests.test_persistent_stack import GROUP, OBJECT, PROFILE, ROLE, ROLE_POLICY, SUBNET, run_main
 

@@ -9,10 +9,10 @@ from datetime import timedelta
 
 import pytest
 
-from instance.aws import client
-from instance.state import Fenced, LockBusy, NotHolder, RunKilled, StateStore, is_stale
-from instance.status import IllegalTransition, Status
-from instance.timeutil import parse_iso, utcnow
+from instance.protocol.aws import client
+from instance.protocol.state import Fenced, LockBusy, NotHolder, RunKilled, StateStore, is_stale
+from instance.protocol.status import IllegalTransition, Status
+from instance.protocol.timeutil import parse_iso, utcnow
 from tests import _race_worker
 from tests.conftest import ENV
 
@@ -144,7 +144,7 @@ def test_race_16_acquirers_threads_and_processes_20_rounds(aws, bucket, store):
             local_store = StateStore(client("s3", aws), bucket, ENV)
 
             def run(i):
-                from instance.state import LockBusy as Busy
+                from instance.protocol.state import LockBusy as Busy
 
                 time.sleep(max(0.0, go_at - time.time()))
                 try:

@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from instance.status import MAIN_CHAIN, TRANSITIONS, IllegalTransition, Status, can_move, check_move
+from instance.protocol.status import MAIN_CHAIN, TRANSITIONS, IllegalTransition, Status, can_move, check_move
 
 S = Status
 EXPECTED_ALLOWED = {

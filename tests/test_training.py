@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from instance.training import Progress, RunMonitor, TrainingHooks, TrainingSettings, train_model
+from instance.model.training import Progress, RunMonitor, TrainingHooks, TrainingSettings, train_model
 from tests.agent_fixtures import synthetic_frame
 
 
@@ -49,7 +49,7 @@ def test_monitor_stops_on_the_first_reason_and_fires_the_fault_once():
 
 @pytest.fixture(scope="module")
 def tiny_inputs():
-    from instance.evaluation import holdout_split, to_chronos_inputs
+    from instance.model.evaluation import holdout_split, to_chronos_inputs
 
     frame = synthetic_frame(n_items=4, length=64)
     split = holdout_split(frame, 8)
@@ -62,7 +62,7 @@ def _settings(**kw):
 
 
 def test_stop_request_ends_training_with_a_checkpoint(tiny_inputs, tmp_path):
-    from instance.basemodel import build_scratch
+    from instance.model.basemodel import build_scratch
 
     saved = []
     steps = {"n": 0}
@@ -80,7 +80,7 @@ def test_stop_request_ends_training_with_a_checkpoint(tiny_inputs, tmp_path):
 
 
 def test_periodic_checkpoints_reach_the_hook(tiny_inputs, tmp_path):
-    from instance.basemodel import build_scratch
+    from instance.model.basemodel import build_scratch
 
     saved = []
     hooks = TrainingHooks(on_checkpoint=lambda path, step: saved.append(step))
@@ -91,8 +91,8 @@ def test_periodic_checkpoints_reach_the_hook(tiny_inputs, tmp_path):
 def test_lora_is_merged_into_a_model_that_loads(tiny_inputs, tmp_path):
     from chronos import Chronos2Pipeline
 
-    from instance.basemodel import build_scratch
-    from instance.evaluation import score_pipeline
+    from instance.model.basemodel import build_scratch
+    from instance.model.evaluation import score_pipeline
 
     out = train_model(build_scratch("tiny", 64, on="cpu"), tiny_inputs[1], _settings(finetune_mode="lora", num_steps=4), tmp_path)
     names = {p.name for p in out.model_dir.iterdir()}
@@ -105,7 +105,7 @@ def test_lora_is_merged_into_a_model_that_loads(tiny_inputs, tmp_path):
 def test_s3_base_model_loads_through_chronos(s3, bucket, aws, tmp_path, monkeypatch):
     from chronos import Chronos2Pipeline
 
-    from instance.basemodel import build_scratch, load_base
+    from instance.model.basemodel import build_scratch, load_base
 
     folder = tmp_path / "base"
     build_scratch("tiny", 64, on="cpu").save_pretrained(folder)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instance.evaluation import (
+from instance.model.evaluation import (
     QUANTILE_LEVELS,
     holdout_split,
     mase,

@@ -6,13 +6,14 @@ from datetime import timedelta
 import pytest
 
 from automation.context import Target
-from automation.executors.local import LocalExecutor, run_tags
+from automation.executors.local import LocalExecutor
 from automation.sandbox import SandboxInfo, seed
 from automation.verify import verify
-from instance.artifacts import get_json
-from instance.layout import Layout
-from instance.state import StateStore
-from instance.timeutil import iso, utcnow
+from instance.protocol.artifacts import get_json
+from instance.protocol.ec2 import run_tags
+from instance.protocol.layout import Layout
+from instance.protocol.state import StateStore
+from instance.protocol.timeutil import iso, utcnow
 
 RUN = "run-20261128-080000-dead"
 
@@ -101,7 +102,7 @@ def test_follower_rides_out_a_few_failed_polls(target, executor, monkeypatch):
     from automation.runs import RunView
 
     record = {"run_id": RUN, "final_status": "completed", "phases": {}}
-    from instance.artifacts import put_json
+    from instance.protocol.artifacts import put_json
 
     put_json(target.s3, target.bucket, Layout("dev").training_record(RUN), record)
     calls = {"n": 0}

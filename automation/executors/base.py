@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from instance.runconfig import RunConfig
+from instance.protocol.runconfig import RunConfig
 
 from ..infra_record import InfraRecord
 

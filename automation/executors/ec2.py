@@ -9,7 +9,7 @@ import logging
 import re
 from typing import Callable
 
-from instance.aws import AwsTarget, client, error_code
+from instance.protocol.aws import AwsTarget, client, error_code
 
 from .base import ProvisionError, ProvisionRequest, Provisioned
 from .run_stacks import PulumiStackOps, StackMissing, StackOps, ToolingMissing
@@ -52,7 +52,7 @@ class Ec2Executor:
 
     The environment (env, bucket, region) locates the run stacks' backend; everything else a
     launch needs comes with the request's infra record. `ops` defaults to the Automation API
-    seam; `render_user_data` defaults to instance.bootstrap.render_bootstrap.
+    seam; `render_user_data` defaults to instance.boot.bootstrap.render_bootstrap.
     """
 
     name = "ec2"
@@ -72,7 +72,7 @@ class Ec2Executor:
     def _user_data(self, req: ProvisionRequest) -> str:
         render = self._render
         if render is None:
-            from instance.bootstrap import render_bootstrap as render
+            from instance.boot.bootstrap import render_bootstrap as render
         return render(env=req.env, bucket=req.infra.bucket, run_id=req.run_id, region=req.infra.region,
                       max_runtime_minutes=req.config.instance.max_runtime_minutes)
 

@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from instance.aws import AwsTarget, client
-from instance.layout import PROJECT_TAG, Layout
+from instance.protocol.aws import AwsTarget, client
+from instance.protocol.ec2 import run_tags, tags_of
+from instance.protocol.layout import PROJECT_TAG, Layout
 
 from ..bundle import unpack_bundle
 from ..context import home
@@ -23,21 +24,6 @@ PID_TAG = "LocalPid"
 
 def work_root() -> Path:
     return home() / "work"
-
-
-def run_tags(run_id: str, env: str, executor: str) -> list[dict]:
-    return [
-        {"Key": "Project", "Value": PROJECT_TAG},
-        {"Key": "Environment", "Value": env},
-        {"Key": "CostCenter", "Value": "train"},
-        {"Key": "RunId", "Value": run_id},
-        {"Key": "Executor", "Value": executor},
-        {"Key": "Name", "Value": f"chronos-{run_id}"},
-    ]
-
-
-def tags_of(resource: dict) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
 
 
 def process_alive(pid: int | None, run_id: str) -> bool:

@@ -15,8 +15,8 @@ import shutil
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from instance.aws import AwsTarget, client
-from instance.layout import Layout
+from instance.protocol.aws import AwsTarget, client
+from instance.protocol.layout import Layout
 
 if TYPE_CHECKING:
     from ..stacks.run import RunStackConfig

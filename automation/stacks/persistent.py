@@ -9,7 +9,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from instance.layout import PROJECT_TAG, Layout
+from instance.protocol.layout import PROJECT_TAG, Layout
 
 from ..infra_record import InfraRecord
 from .access import Access

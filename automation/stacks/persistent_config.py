@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from instance.layout import KNOWN_ENVS
+from instance.protocol.layout import KNOWN_ENVS
 
 from ..infra_record import DEFAULT_AMI_PARAMETER
 

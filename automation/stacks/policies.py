@@ -4,7 +4,7 @@ Kept apart from the resources so the tests can read exactly what a statement gra
 """
 from __future__ import annotations
 
-from instance.layout import DATASETS_PREFIX
+from instance.protocol.layout import DATASETS_PREFIX
 
 # The instance may terminate only the instance it runs on. `${ec2:InstanceID}` resolves to the
 # instance whose role credentials sign the request, so both the target (Resource) and the

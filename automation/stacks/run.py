@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from instance.layout import PROJECT_TAG
+from instance.protocol.layout import PROJECT_TAG
 
 ROOT_VOLUME_GB = 100
 RUN_COST_CENTER = "train"

@@ -6,7 +6,7 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from instance.layout import bucket_name
+from instance.protocol.layout import bucket_name
 
 from .persistent_config import MULTIPART_ABORT_DAYS, PersistentConfig
 from .policies import tls_only_bucket_policy

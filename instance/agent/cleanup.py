@@ -14,11 +14,11 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from ..protocol.state import Fenced, RunKilled
+from ..protocol.status import Status
+from ..protocol.timeutil import iso
 from .context import AgentContext
 from .selfterminate import os_shutdown, terminate_instance
-from .state import Fenced, RunKilled
-from .status import Status
-from .timeutil import iso
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The agent's Python environment, cached in S3 so that most runs skip a multi-GB pip install.
 
-    python3 -m instance.envcache restore-or-build --bucket B --requirements instance/requirements.txt \
+    python3 -m instance.boot.envcache restore-or-build --bucket B --requirements instance/requirements.txt \
         --venv /opt/chronos/venv [--region R] [--endpoint-url URL]
-    python3 -m instance.envcache key --requirements instance/requirements.txt
+    python3 -m instance.boot.envcache key --requirements instance/requirements.txt
 
 Key: cached-datasets/python-env/chronos-venv-<python X.Y.Z>-<sha256[:16] of requirements>.tar.gz.
 A hit downloads and unpacks the tarball; a miss builds the venv with pip and uploads it for the
@@ -27,9 +27,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .layout import python_env_key
+from ..protocol.layout import python_env_key
 
-log = logging.getLogger("instance.envcache")
+log = logging.getLogger("instance.boot.envcache")
 MARKER = ".chronos-env.json"
 
 
@@ -53,13 +53,13 @@ def requirement_lines(requirements: Path) -> list[str]:
 # -- transports -----------------------------------------------------------------------------------
 class Boto3Transport:
     def __init__(self, bucket: str, region: str | None, endpoint_url: str | None):
-        from .aws import AwsTarget, client
+        from ..protocol.aws import AwsTarget, client
 
         self.bucket = bucket
         self.s3 = client("s3", AwsTarget.from_env(region, endpoint_url))
 
     def exists(self, key: str) -> bool:
-        from .aws import is_not_found
+        from ..protocol.aws import is_not_found
 
         try:
             self.s3.head_object(Bucket=self.bucket, Key=key)
@@ -196,7 +196,7 @@ def _write_marker(venv: Path, key: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m instance.envcache")
+    p = argparse.ArgumentParser(prog="python3 -m instance.boot.envcache")
     sub = p.add_subparsers(dest="command", required=True)
     k = sub.add_parser("key", help="print the cache key of a requirements file for this python")
     k.add_argument("--requirements", type=Path, required=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from .runconfig import SCRATCH_PRESETS
+from ..protocol.runconfig import SCRATCH_PRESETS
 
 log = logging.getLogger(__name__)
 

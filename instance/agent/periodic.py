@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from .state import Fenced
+from ..protocol.state import Fenced
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .context import AgentContext, CheckpointUploader
-from .lockholder import TrainingWatch
-from .dataset import (
+from ..model.dataset import (
     DataValidationError,
     expand_dataset_path,
     fingerprint,
@@ -20,8 +18,10 @@ from .dataset import (
     sync_prefix,
     validate_parquet_paths,
 )
-from .runconfig import ConfigError, check_runtime_support, parse_config
-from .timeutil import iso
+from ..protocol.runconfig import ConfigError, check_runtime_support, parse_config
+from ..protocol.timeutil import iso
+from .context import AgentContext, CheckpointUploader
+from .lockholder import TrainingWatch
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def initialization(ctx: AgentContext, inp: InitInput) -> InitOutput:
     try:
         text = ctx.s3.get_object(Bucket=ctx.bucket, Key=key)["Body"].read().decode()
     except Exception as exc:
-        from .aws import is_not_found
+        from ..protocol.aws import is_not_found
 
         if is_not_found(exc):
             raise ConfigError(f"{ctx.uri(key)} does not exist; the launcher uploads it before starting the agent") from None
@@ -66,7 +66,7 @@ def initialization(ctx: AgentContext, inp: InitInput) -> InitOutput:
     ctx.record.doc["host"].setdefault("spot", cfg.instance.spot)
     check_runtime_support(cfg)
 
-    from .basemodel import device
+    from ..model.basemodel import device
 
     on = device()
     ctx.record.refresh_versions()
@@ -160,10 +160,10 @@ class TrainingOutput:
 
 
 def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
-    from .basemodel import load_base
-    from .dataset import load_long_frame
-    from .evaluation import evaluate, holdout_split, to_chronos_inputs
-    from .training import TrainingSettings, train_model
+    from ..model.basemodel import load_base
+    from ..model.dataset import load_long_frame
+    from ..model.evaluation import evaluate, holdout_split, to_chronos_inputs
+    from ..model.training import TrainingSettings, train_model
 
     cfg = inp.config
     settings = TrainingSettings.from_config(cfg)
@@ -197,7 +197,7 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
 def training_hooks(holder, watch, *, on_checkpoint=None, fault=None):
     """The agent's side of the training callback: no I/O on the training thread; `watch` does
     the kill check and writes the progress it is handed."""
-    from .training import TrainingHooks
+    from ..model.training import TrainingHooks
 
     def stop_flag() -> str | None:
         stop = holder.pending_stop()
@@ -258,7 +258,7 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
         "load_with": f'Chronos2Pipeline.from_pretrained("{ctx.uri(models)}")',
     }
     ctx.guard()
-    from .artifacts import put_json
+    from ..protocol.artifacts import put_json
 
     put_json(ctx.s3, ctx.bucket, layout.model_metadata(ctx.run_id), metadata)
     return ResultsOutput(ctx.uri(models), ctx.uri(layout.model_metadata(ctx.run_id)), sorted(keys))

@@ -21,7 +21,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import tempfile
 import time
 import traceback
@@ -29,17 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .aws import AwsTarget, client
+from ..protocol.aws import AwsTarget, client
+from ..protocol.layout import check_env, check_run_id
+from ..protocol.record import RunRecord
+from ..protocol.state import Fenced, RunKilled, StateStore
+from ..protocol.status import Status
+from ..protocol.timeutil import parse_iso, utcnow
 from .cleanup import Cleanup, CleanupReport, Outcome
 from .context import AgentContext
 from .faults import Faults
-from .layout import check_env, check_run_id
 from .lockholder import Heartbeat, KilledByUser, LockHolder, StopRun
 from .logshipper import LogShipper, setup_logging
-from .record import RunRecord
-from .state import Fenced, RunKilled, StateStore
-from .status import Status
-from .timeutil import parse_iso, utcnow
 
 log = logging.getLogger("instance.agent")
 
@@ -290,6 +289,3 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
     return code
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,8 @@ import subprocess
 import urllib.error
 import urllib.request
 
-from .aws import error_code
+from ..protocol.aws import error_code
+from ..protocol.ec2 import instance_state
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +64,6 @@ def terminate_instance(ec2, instance_id: str) -> tuple[str, str]:
         if error_code(exc).startswith("InvalidInstanceID"):
             return "not_found", f"EC2 has no instance {instance_id}"
         return "error", f"{type(exc).__name__}: {exc}"
-
-
-def instance_state(ec2, instance_id: str) -> str | None:
-    """EC2's word on the instance: its state name, or None when EC2 has no such instance."""
-    try:
-        resp = ec2.describe_instances(InstanceIds=[instance_id])
-    except Exception as exc:
-        if error_code(exc).startswith("InvalidInstanceID"):
-            return None
-        raise
-    for reservation in resp.get("Reservations", []):
-        for inst in reservation.get("Instances", []):
-            if inst["InstanceId"] == instance_id:
-                return inst["State"]["Name"]
-    return None
 
 
 def os_shutdown() -> tuple[str, str]:

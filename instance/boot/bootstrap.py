@@ -1,4 +1,4 @@
-"""The EC2 user data: instance/bootstrap.sh with the run's values filled in (pure, light).
+"""The EC2 user data: instance/boot/bootstrap.sh with the run's values filled in (pure, light).
 
 Every value is checked against the layout rules and shell-quoted, so the rendered script cannot
 be bent by a crafted name; placeholders are @@NAME@@ so that bash's own $VARS stay untouched.
@@ -9,7 +9,7 @@ import re
 import shlex
 from importlib import resources
 
-from .layout import check_env, check_run_id
+from ..protocol.layout import check_env, check_run_id
 
 # User data is limited to 16 KB; the script is far smaller, this keeps it so.
 USER_DATA_LIMIT = 16 * 1024

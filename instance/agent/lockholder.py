@@ -11,10 +11,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from .aws import is_not_found
+from ..protocol.aws import is_not_found
+from ..protocol.state import Fenced, Lease, RunKilled, StateStore
+from ..protocol.status import Status
 from .periodic import Periodic
-from .state import Fenced, Lease, RunKilled, StateStore
-from .status import Status
 
 log = logging.getLogger(__name__)
 

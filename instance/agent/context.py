@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import dumps
-from .aws import AwsTarget, is_not_found, is_precondition_failed
+from ..protocol.artifacts import dumps
+from ..protocol.aws import AwsTarget, is_not_found, is_precondition_failed
+from ..protocol.layout import Layout, s3_uri
+from ..protocol.record import RunRecord
+from ..protocol.state import Fenced
 from .faults import Faults
-from .layout import Layout, s3_uri
 from .lockholder import LockHolder
-from .record import RunRecord
-from .state import Fenced
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class AgentContext:
         return s3_uri(self.bucket, key)
 
     def ec2(self):
-        from .aws import client
+        from ..protocol.aws import client
 
         return client("ec2", self.target)
 

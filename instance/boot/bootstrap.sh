@@ -1,5 +1,5 @@
 #!/bin/bash
-# chronos-train EC2 user data, rendered by instance/bootstrap.py. All logic lives in Python;
+# chronos-train EC2 user data, rendered by instance/boot/bootstrap.py. All logic lives in Python;
 # this only gets the agent running, and powers off if it cannot.
 set -uo pipefail
 # Dead-man switch first: with instance-initiated shutdown = terminate, the machine ends even if
@@ -29,7 +29,7 @@ PY=$(command -v python3.12 || command -v python3.11) \
 aws s3 cp --only-show-errors "s3://$BUCKET/$RUN_ENV/$RUN_ID/bundle.tar.gz" "$ROOT/bundle.tar.gz" || give_up "cannot fetch the run bundle"
 tar -xzf "$ROOT/bundle.tar.gz" -C "$ROOT/bundle" || give_up "cannot unpack the run bundle"
 cd "$ROOT/bundle" || give_up "no bundle folder"
-"$PY" -m instance.envcache restore-or-build --bucket "$BUCKET" --region "$REGION" \
+"$PY" -m instance.boot.envcache restore-or-build --bucket "$BUCKET" --region "$REGION" \
   --requirements instance/requirements.txt --venv "$ROOT/venv" || give_up "cannot restore or build the python environment"
 
 "$ROOT/venv/bin/python" -m instance.agent --env "$RUN_ENV" --bucket "$BUCKET" --run-id "$RUN_ID" \

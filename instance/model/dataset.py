@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .artifacts import write_json_atomic
+from ..protocol.artifacts import write_json_atomic
 
 log = logging.getLogger(__name__)
 
