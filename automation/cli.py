@@ -504,11 +504,11 @@ def sandbox_stop() -> None:
 @pass_opts
 @handles_errors
 def sandbox_status(opts: Options, as_json: bool) -> None:
-    """Whether the sandbox runs, and where (for `aws --endpoint-url ...`).
+    """Whether the sandbox runs, where, and the env's operator credentials (--json).
 
     \b
     Example:
-      aws --endpoint-url "$(chronos-train sandbox status --json | jq -r .endpoint_url)" s3 ls
+      chronos-train sandbox status --json | jq -r .endpoint_url
     """
     from . import sandbox as sb
 
@@ -521,6 +521,27 @@ def sandbox_status(opts: Options, as_json: bool) -> None:
         click.echo("not running; `chronos-train sandbox start` or any --local command starts it")
     if info is None:
         raise SystemExit(ERROR)
+
+
+@sandbox.command(name="env")
+@pass_opts
+def sandbox_env(opts: Options) -> None:
+    """Print `export` lines that point awscli and boto3 at the sandbox as the env's operator
+    (IAM is enforced there: the operator may do what the operator policy allows, no more).
+
+    \b
+    Example:
+      eval "$(chronos-train sandbox env)" && aws s3 ls
+    """
+    import shlex
+
+    from . import sandbox as sb
+
+    info = sb.status()
+    if info is None:
+        raise CliError("the sandbox is not running; start it with `chronos-train sandbox start`")
+    for name, value in sb.env_vars(info, opts.env).items():
+        click.echo(f"export {name}={shlex.quote(value)}")
 
 
 def main() -> None:

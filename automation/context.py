@@ -105,7 +105,7 @@ def resolve(env: str, local: bool) -> Target:
         from . import sandbox
 
         info = sandbox.ensure_running(env)
-        sandbox.export_credentials()
+        sandbox.export_credentials(env)
         return Target(env=env, local=True, region=info.region, bucket=bucket_name(env, info.account, info.region),
                       endpoint_url=info.endpoint_url)
     region = _aws_region()

@@ -13,7 +13,7 @@ from instance.protocol.timeutil import utcnow
 
 from .context import Target
 from .ending import instance_state
-from .runs import RunView, from_record, from_state
+from .runs import RunView, from_record, from_state, record_end_from_cli
 from .verify import stale_after
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,10 @@ def follow(target: Target, executor, run_id: str, on_update: Callable[[RunView],
     interval = interval or (0.5 if target.local else 5.0)
     store = target.state_store()
     failed_polls = 0
+    watched: dict = {}
     while True:
         try:
-            final = _poll(target, executor, store, run_id, on_update)
+            final = _poll(target, executor, store, run_id, on_update, watched)
             failed_polls = 0
         except RunLost:
             raise
@@ -56,14 +57,22 @@ def follow(target: Target, executor, run_id: str, on_update: Callable[[RunView],
         time.sleep(interval)
 
 
-def _poll(target: Target, executor, store, run_id: str, on_update) -> RunView | None:
+def _poll(target: Target, executor, store, run_id: str, on_update, watched: dict) -> RunView | None:
     lease = store.read()
     if lease is not None and lease.run_id == run_id:
+        watched.update(lease.state)
         view = from_state(dict(lease.state))
         on_update(view)
         _check_alive(target, executor, lease.state, view)
         return None
     record = get_json(target.s3, target.bucket, target.layout.training_record(run_id))
+    if not (record and record.get("final_status")) and watched:
+        # The agent writes its final record before it releases the lock: a lock gone with no
+        # record means the agent could not write it (refused, or S3 failed it). Close it from
+        # what the lock last said, or the follower would wait forever.
+        status = "killed" if watched.get("status") == "killed" else "failed"
+        reason = (watched.get("error") or {}).get("class") or "no_final_record"
+        record = record_end_from_cli(target, run_id, status, reason, watched, [])
     if record and record.get("final_status"):
         final = from_record(record)
         on_update(final)

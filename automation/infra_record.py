@@ -25,6 +25,7 @@ class InfraRecord:
     security_group_id: str
     instance_profile: str  # instance profile name
     instance_profile_arn: str = ""
+    operator_policy_arn: str = ""  # attach to whoever runs chronos-train (docs/deploy.md)
     ami_ssm_parameter: str = DEFAULT_AMI_PARAMETER
     extra: dict[str, Any] = field(default_factory=dict)
 

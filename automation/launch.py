@@ -66,9 +66,10 @@ def plan(target: Target, config_path: str | Path) -> LaunchPlan:
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     infra = target.infra()
+    readable = _check_readable_by_the_machine(target, cfg)
     local_files: tuple[Path, ...] = ()
-    if cfg.dataset_in_bucket:
-        _check_prefix(target, cfg.dataset)
+    if cfg.dataset_in_bucket or "dataset" in readable:
+        _check_prefix(target, readable.get("dataset", cfg.dataset))
     else:
         local_files = tuple(check_local_dataset(_resolve_local(cfg.dataset, config_path), cfg))
     return LaunchPlan(cfg, config_path, infra, local_files, estimate(cfg, target.local))
@@ -102,6 +103,24 @@ def check_local_dataset(path: Path, cfg: RunConfig | None = None) -> list[Path]:
         more = f" (and {len(problems) - 1} more problems; see `chronos-train data validate {path}`)" if len(problems) > 1 else ""
         raise BadInput(f"dataset is not valid: {problems[0]}{more}")
     return files
+
+
+def _check_readable_by_the_machine(target: Target, cfg: RunConfig) -> dict[str, str]:
+    """The instance role reads datasets and this environment's run outputs in its own bucket,
+    nothing else: refuse an s3:// dataset or model elsewhere before anything is launched.
+    Returns the bucket key of each s3:// input, by name."""
+    keys = {}
+    for name, uri in (("dataset", cfg.dataset), ("model.base", cfg.model.base)):
+        if not uri.startswith("s3://"):
+            continue
+        bucket, _, key = uri[5:].partition("/")
+        if bucket != target.bucket or not (key.startswith(DATASETS_PREFIX) or key.startswith(f"{target.env}/run-")):
+            raise BadInput(
+                f"{name} {uri} is not where the run's machine may read (s3://{target.bucket}/{DATASETS_PREFIX} "
+                f"or a run's outputs under s3://{target.bucket}/{target.env}/); copy it there first"
+            )
+        keys[name] = key
+    return keys
 
 
 def _check_prefix(target: Target, prefix: str) -> None:

@@ -1,4 +1,6 @@
-"""The agent's log, read from S3 (ranged GETs while following)."""
+"""A run's logs, read from S3 (ranged GETs while following): the machine's boot log
+(bootstrap.log, EC2 only) and the agent's (agent.log). When both have lines, each stretch is
+headed by its name, as `tail -f` does with several files."""
 from __future__ import annotations
 
 import time
@@ -28,20 +30,29 @@ def _run_active(target: Target, run_id: str) -> bool:
 
 
 def stream(target: Target, run_id: str, follow: bool, interval: float | None = None) -> Iterator[str]:
-    key = target.layout.agent_log(run_id)
+    keys = [target.layout.bootstrap_log(run_id), target.layout.agent_log(run_id)]
     interval = interval or (1.0 if target.local else 10.0)
-    offset = 0
+    offsets = dict.fromkeys(keys, 0)
+    shown: str | None = None  # the log the last lines came from
+    headed = False  # only a run with a boot log (EC2) has two logs to tell apart
     while True:
         active = _run_active(target, run_id) if follow else False
-        chunk = _read_from(target, key, offset)
-        if chunk is None and offset == 0 and not active:
+        chunks = {key: _read_from(target, key, offsets[key]) for key in keys}
+        if all(c is None for c in chunks.values()) and not any(offsets.values()) and not active:
             raise NoSuchRun(f"run {run_id} has no log yet in env {target.env}; check the id with `chronos-train runs`")
-        if chunk:
+        for key, chunk in chunks.items():
+            if not chunk:
+                continue
             # S3 ranges can split a UTF-8 sequence: decode whole lines only.
             cut = chunk.rfind(b"\n") + 1 if active else len(chunk)
-            if cut:
-                offset += cut
-                yield chunk[:cut].decode("utf-8", errors="replace")
+            if not cut:
+                continue
+            headed = headed or key == keys[0]
+            if headed and shown != key:
+                yield ("\n" if shown else "") + f"==> {key.rsplit('/', 1)[1]} <==\n"
+            shown = key
+            offsets[key] += cut
+            yield chunk[:cut].decode("utf-8", errors="replace")
         if not active:
             return
         time.sleep(interval)

@@ -1,9 +1,8 @@
 """Start and probe a moto server process on loopback (the tests' and the sandbox's AWS).
 
-`python -m automation.motoserver PORT` serves moto with one fix: S3 applies a conditional
-write (If-Match / If-None-Match) atomically, while moto checks the condition and then writes,
-so two racing conditional PUTs can both succeed there. Serialising the conditional requests
-restores S3's behaviour, which the lock relies on.
+`python -m automation.motoserver PORT` serves moto made as strict as AWS where the project
+relies on it (automation/strictmoto.py): IAM enforced for every request, real resource ARNs for
+the actions we call, atomic conditional writes. Only the identities in strictmoto get in.
 """
 from __future__ import annotations
 
@@ -16,12 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-SANDBOX_ACCOUNT = "123456789012"
-SANDBOX_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-}
+from .strictmoto import SANDBOX_ACCOUNT
 
 
 def free_port() -> int:
@@ -41,7 +35,7 @@ def is_up(endpoint_url: str, timeout: float = 0.5) -> bool:
 def start(port: int, log_path: Path | None = None, detach: bool = False) -> subprocess.Popen:
     """Launch `python -m moto.server` on 127.0.0.1:port and wait until it answers."""
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    env = {**os.environ, **SANDBOX_CREDENTIALS, "MOTO_ACCOUNT_ID": SANDBOX_ACCOUNT}
+    env = {**os.environ, "MOTO_ACCOUNT_ID": SANDBOX_ACCOUNT}
     proc = subprocess.Popen(
         [sys.executable, "-m", "automation.motoserver", str(port)],
         stdout=log,
@@ -68,32 +62,17 @@ def reset(endpoint_url: str) -> None:
         pass
 
 
-class SerializeConditionalRequests:
-    def __init__(self, app):
-        import threading
-
-        self.app = app
-        self.lock = threading.Lock()
-
-    def __call__(self, environ, start_response):
-        if not (environ.get("HTTP_IF_MATCH") or environ.get("HTTP_IF_NONE_MATCH")):
-            return self.app(environ, start_response)
-        with self.lock:
-            result = self.app(environ, start_response)
-            try:
-                return [b"".join(result)]  # the whole write happens inside the lock
-            finally:
-                getattr(result, "close", lambda: None)()
-
-
 def serve(port: int) -> None:
     import signal
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import run_simple
 
+    from .strictmoto import SerializeConditionalRequests, install
+
     os.environ.setdefault("MOTO_PORT", str(port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    install()
     app = DomainDispatcherApplication(create_backend_app)
     run_simple("127.0.0.1", port, SerializeConditionalRequests(app), threaded=True,
                request_handler=MotoRequestHandler)

@@ -1,5 +1,10 @@
 """The embedded AWS stand-in for --local: a moto server process on loopback, seeded like a
-deployed persistent stack (bucket, infra.json, VPC, subnets, security group, instance profile).
+deployed persistent stack (bucket, infra.json, VPC, subnets, security group, instance role and
+profile, operator policy), with IAM enforced (automation/strictmoto.py).
+
+Three kinds of caller, as on AWS: the deployer seeds (what `pulumi up` does as an admin), the
+CLI acts as the environment's operator (exactly the operator policy), and the agent as the
+instance role, whose credentials the EC2 stand-in obtains for it (`instance_credentials`).
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from instance.protocol.layout import KNOWN_ENVS, Layout, bucket_name
 from . import motoserver
 from .context import home
 from .infra_record import InfraRecord
+from .stacks.policies import assume_role_policy, instance_policy, operator_policy
+from .strictmoto import DEPLOYER, EC2_SERVICE, OPERATORS, Identity
 
 REGION = "us-east-1"
 ZONES = ("us-east-1a", "us-east-1b")
@@ -37,8 +44,19 @@ class SandboxInfo:
     def bucket(self, env: str) -> str:
         return bucket_name(env, self.account, self.region)
 
+    def target(self, identity: Identity) -> AwsTarget:
+        return AwsTarget(self.region, self.endpoint_url, identity.credentials)
+
     def to_json(self, env: str) -> dict:
-        return {**asdict(self), "bucket": self.bucket(env)}
+        """What `sandbox status --json` shows: where it is and the env's operator credentials."""
+        return {**asdict(self), "bucket": self.bucket(env), **env_vars(self, env)}
+
+
+def env_vars(info: SandboxInfo, env: str) -> dict[str, str]:
+    """The variables that point awscli, boto3 and chronos-train at the sandbox as `env`'s operator."""
+    op = OPERATORS[env]
+    return {"AWS_ENDPOINT_URL": info.endpoint_url, "AWS_REGION": info.region, "AWS_DEFAULT_REGION": info.region,
+            "AWS_ACCESS_KEY_ID": op.access_key_id, "AWS_SECRET_ACCESS_KEY": op.secret_access_key}
 
 
 def _dir() -> Path:
@@ -106,7 +124,6 @@ def start(envs: tuple[str, ...] = KNOWN_ENVS) -> SandboxInfo:
             from instance.protocol.artifacts import write_json_atomic
 
             write_json_atomic(_record_path(), asdict(info))
-        export_credentials()
         for env in envs:
             if not _seeded(info, env):
                 seed(info, env)
@@ -135,15 +152,17 @@ def stop() -> bool:
     return True
 
 
-def export_credentials() -> None:
-    """moto accepts any credentials; these keep boto3 (and child processes) off real ones."""
-    os.environ.update(motoserver.SANDBOX_CREDENTIALS)
+def export_credentials(env: str) -> None:
+    """This process (the CLI) acts as `env`'s operator; real credentials in the shell never reach
+    the sandbox, and the sandbox's never reach AWS."""
+    os.environ.update(OPERATORS[env].env())
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.pop("AWS_PROFILE", None)
     os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
 
 
 def _seeded(info: SandboxInfo, env: str) -> bool:
-    export_credentials()
-    s3 = client("s3", AwsTarget(info.region, info.endpoint_url))
+    s3 = client("s3", info.target(DEPLOYER))
     try:
         s3.head_object(Bucket=info.bucket(env), Key=Layout(env).infra)
         return True
@@ -153,11 +172,17 @@ def _seeded(info: SandboxInfo, env: str) -> bool:
         raise
 
 
+def instance_role_name(env: str) -> str:
+    return f"chronos-training-{env}-instance"
+
+
 def seed(info: SandboxInfo, env: str) -> InfraRecord:
-    """Create what `pulumi up` would have made for `env`. Idempotent."""
-    target = AwsTarget(info.region, info.endpoint_url)
-    s3, ec2, iam, ssm = (client(s, target) for s in ("s3", "ec2", "iam", "ssm"))
+    """Create, as the deployer, what `pulumi up` would have made for `env`, with the policies
+    the persistent stack deploys. Idempotent."""
+    target = info.target(DEPLOYER)
+    s3, ec2, ssm = (client(s, target) for s in ("s3", "ec2", "ssm"))
     bucket = info.bucket(env)
+    bucket_arn = f"arn:aws:s3:::{bucket}"
     layout = Layout(env)
     from instance.protocol.artifacts import put_json
 
@@ -170,21 +195,57 @@ def seed(info: SandboxInfo, env: str) -> InfraRecord:
         for i, zone in enumerate(ZONES)
     }
     sg = ec2.create_security_group(GroupName=f"chronos-training-{env}", Description="egress 443 only", VpcId=vpc)["GroupId"]
-    role = f"chronos-training-{env}-instance"
-    iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-    }))
-    profile = iam.create_instance_profile(InstanceProfileName=role)["InstanceProfile"]
-    iam.add_role_to_instance_profile(InstanceProfileName=role, RoleName=role)
+    role_arn, profile_arn = put_instance_role(target, env, instance_policy(bucket_arn, env, info.region, info.account))
     ssm.put_parameter(Name=SANDBOX_AMI_PARAMETER, Value=SANDBOX_AMI, Type="String", Overwrite=True)
+    operator_arn = _operator(target, env, operator_policy(bucket_arn, env, info.region, info.account, vpc, role_arn,
+                                           SANDBOX_AMI_PARAMETER))
     record = InfraRecord(
         env=env, region=info.region, account=info.account, bucket=bucket, vpc_id=vpc, subnets=subnets,
-        security_group_id=sg, instance_profile=role, instance_profile_arn=profile["Arn"],
-        ami_ssm_parameter=SANDBOX_AMI_PARAMETER, extra={"sandbox": True},
+        security_group_id=sg, instance_profile=instance_role_name(env), instance_profile_arn=profile_arn,
+        operator_policy_arn=operator_arn, ami_ssm_parameter=SANDBOX_AMI_PARAMETER, extra={"sandbox": True},
     )
     put_json(s3, bucket, layout.infra, json.loads(record.to_json()))
     return record
+
+
+def put_instance_role(target: AwsTarget, env: str, policy: dict) -> tuple[str, str]:
+    iam = client("iam", target)
+    name = instance_role_name(env)
+    try:
+        role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(assume_role_policy()))["Role"]
+        profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    except iam.exceptions.EntityAlreadyExistsException:
+        role = iam.get_role(RoleName=name)["Role"]
+        profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+    iam.put_role_policy(RoleName=name, PolicyName="instance", PolicyDocument=json.dumps(policy))
+    return role["Arn"], profile["Arn"]
+
+
+def _operator(target: AwsTarget, env: str, policy: dict) -> str:
+    """The env's operator user holds exactly the operator policy, as docs/deploy.md asks of a person."""
+    iam = client("iam", target)
+    name = f"chronos-training-{env}-operator"
+    arn = f"arn:aws:iam::{motoserver.SANDBOX_ACCOUNT}:policy/{name}"
+    try:
+        iam.create_policy(PolicyName=name, PolicyDocument=json.dumps(policy))
+    except iam.exceptions.EntityAlreadyExistsException:
+        iam.create_policy_version(PolicyArn=arn, PolicyDocument=json.dumps(policy), SetAsDefault=True)
+    iam.attach_user_policy(UserName=OPERATORS[env].user, PolicyArn=arn)
+    return arn
+
+
+def instance_credentials(info_or_target: SandboxInfo | AwsTarget, env: str, instance_id: str) -> dict[str, str]:
+    """What IMDS gives the machine on AWS: the instance role's credentials, for a session named
+    after the instance. The EC2 stand-in asks for them; nobody else may."""
+    base = info_or_target if isinstance(info_or_target, AwsTarget) else AwsTarget(info_or_target.region,
+                                                                                  info_or_target.endpoint_url)
+    ec2_service = AwsTarget(base.region, base.endpoint_url, EC2_SERVICE.credentials)
+    iam, sts = client("iam", ec2_service), client("sts", ec2_service)
+    role = iam.get_instance_profile(InstanceProfileName=instance_role_name(env))["InstanceProfile"]["Roles"][0]
+    creds = sts.assume_role(RoleArn=role["Arn"], RoleSessionName=instance_id)["Credentials"]
+    return {"AWS_ACCESS_KEY_ID": creds["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": creds["SessionToken"]}
 
 
 def _bucket_exists(s3, bucket: str) -> bool:

@@ -1,12 +1,16 @@
-"""Environment restore from the cached tarball against building it, through instance.boot.envcache.
+"""Cold start of the machine's Python environment, piece by piece, for the real instance stack
+(instance/requirements.txt and everything it pulls in: torch, chronos, transformers, ...).
 
-Offline and reproducible: the packages are the agent's real data stack (numpy, pandas, pyarrow,
-pydantic, PyYAML, boto3 and what they need) repacked as wheels from this machine's venv, and pip
-installs them with --no-index. So "build" here is venv creation + pip install from local wheels;
-on EC2 a build also downloads every wheel from PyPI (torch with CUDA alone is ~2.5 GB), which
-only widens the gap. The cache side is the real path: S3 (moto server) download + unpack.
+    .venv/bin/python bench/bench_envcache.py [--json]
 
-    .venv/bin/python bench/bench_envcache.py [--repeat 3] [--json]
+Offline and reproducible: every distribution of that closure is repacked as a wheel from this
+checkout's .venv (torch is the CPU build here; on a GPU machine PyPI's CUDA build and its NVIDIA
+libraries make everything below about 3-4x larger), then:
+- build with pip: `python -m venv` + `pip install --no-index` from those wheels;
+- build with uv, cold cache and warm cache: `uv venv` + `uv pip install --offline`;
+- pack: the tar + gzip -1 that instance/boot/environment.sh runs, and its size;
+- restore: environment.sh's own `restore_environment` against the sandbox (moto server over
+  HTTP, the AWS CLI's stand-in), and the unpack alone, to state the time at 1 Gbit/s.
 """
 from __future__ import annotations
 
@@ -14,30 +18,56 @@ import argparse
 import importlib.metadata
 import json
 import os
+import re
 import shutil
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from automation import motoserver  # noqa: E402
-from instance.boot.envcache import Boto3Transport, build, env_key, pack, restore_or_build  # noqa: E402
+from automation.strictmoto import DEPLOYER  # noqa: E402
+from instance.protocol.aws import AwsTarget, client  # noqa: E402
+from tests.agent_fixtures import install_fake_aws  # noqa: E402
 
-STACK = [
-    "numpy", "pandas", "pyarrow", "pydantic", "pydantic-core", "PyYAML", "boto3", "botocore", "s3transfer",
-    "jmespath", "urllib3", "python-dateutil", "six", "typing-extensions", "annotated-types", "typing-inspection",
-]
+REQUIREMENTS = REPO / "instance" / "requirements.txt"
+UV = Path(sys.executable).parent / "uv"
+
+
+def closure(requirements: Path) -> list[str]:
+    """The installed distributions the pinned requirements need, extras and markers applied."""
+    from packaging.requirements import Requirement
+
+    seen: dict[str, str] = {}
+    todo = [Requirement(line.split("#")[0].strip()) for line in requirements.read_text().splitlines()
+            if line.split("#")[0].strip()]
+    while todo:
+        req = todo.pop()
+        key = re.sub(r"[-_.]+", "-", req.name).lower()
+        if key in seen:
+            continue
+        try:
+            dist = importlib.metadata.distribution(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        seen[key] = dist.metadata["Name"]
+        for raw in dist.requires or []:
+            sub = Requirement(raw)
+            if sub.marker is None or sub.marker.evaluate({"extra": ""}):
+                todo.append(sub)
+    return sorted(seen.values())
 
 
 def repack(dist_name: str, out: Path) -> Path:
     """An installed distribution back into a wheel: its files under site-packages, fresh RECORD."""
+    import zipfile
+
     dist = importlib.metadata.distribution(dist_name)
-    name = dist.metadata["Name"].replace("-", "_")
+    name = re.sub(r"[-_.]+", "_", dist.metadata["Name"])
     info = f"{name}-{dist.version}.dist-info"
     wheel = out / f"{name}-{dist.version}-py3-none-any.whl"
     skip = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "WHEEL"}
@@ -61,73 +91,85 @@ def repack(dist_name: str, out: Path) -> Path:
     return wheel
 
 
+def timed(cmd: list[str], **kw) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+    return time.perf_counter() - started
+
+
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    os.environ.update(DEPLOYER.env())
+    os.environ.pop("AWS_SESSION_TOKEN")
+    result: dict = {"cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="bench-env-") as tmp:
+        tmp = Path(tmp)
+        wheels = tmp / "wheels"
+        wheels.mkdir()
+        names = closure(REQUIREMENTS)
+        for name in names:
+            repack(name, wheels)
+        result["distributions"] = len(names)
+        result["wheels_mb"] = round(du(wheels) / 1e6)
 
-    for name, value in motoserver.SANDBOX_CREDENTIALS.items():
-        os.environ[name] = value
-    os.environ.update(PIP_NO_INDEX="1", PIP_NO_DEPS="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_QUIET="1")
-    port = motoserver.free_port()
-    server = motoserver.start(port)
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        transport = Boto3Transport("bench", "us-east-1", endpoint)
-        transport.s3.create_bucket(Bucket="bench")
-        with tempfile.TemporaryDirectory(prefix="bench-envcache-") as tmp:
-            tmp = Path(tmp)
-            wheels = tmp / "wheels"
-            wheels.mkdir()
-            req = tmp / "requirements.txt"
-            req.write_text("".join(f"{repack(d, wheels)}\n" for d in STACK))
-            venv = tmp / "venv"
-            key = env_key(req)
+        pip_env = tmp / "pip-venv"
+        result["pip_build_s"] = round(
+            timed([sys.executable, "-m", "venv", str(pip_env)])
+            + timed([str(pip_env / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
+                     "--disable-pip-version-check", "--find-links", str(wheels), "-r", str(REQUIREMENTS)]), 1)
+        shutil.rmtree(pip_env)
 
-            builds, packs = [], []
-            for _ in range(args.repeat):
-                t0 = time.perf_counter()
-                build(req, venv)
-                builds.append(time.perf_counter() - t0)
-            tarball = tmp / "env.tar.gz"
-            t0 = time.perf_counter()
-            pack(venv, tarball)
-            transport.upload(tarball, key)
-            packs.append(time.perf_counter() - t0)
-            venv_bytes, tar_bytes = du(venv), tarball.stat().st_size
+        uv_env = {**os.environ, "UV_CACHE_DIR": str(tmp / "uv-cache"), "UV_OFFLINE": "1"}
+        env_dir = tmp / "env"
+        for label in ("uv_build_cold_cache_s", "uv_build_warm_cache_s"):
+            shutil.rmtree(env_dir, ignore_errors=True)
+            result[label] = round(
+                timed([str(UV), "venv", "--quiet", "--python", sys._base_executable, str(env_dir / "venv")], env=uv_env)
+                + timed([str(UV), "pip", "install", "--quiet", "--python", str(env_dir / "venv" / "bin" / "python"),
+                         "--find-links", str(wheels), "-r", str(REQUIREMENTS)], env=uv_env), 1)
+        subprocess.run([str(env_dir / "venv" / "bin" / "python"), "-c", "import torch, chronos, transformers, boto3"],
+                       check=True)
+        result["env_mb"] = round(du(env_dir) / 1e6)
 
-            restores = []
-            for _ in range(args.repeat):
-                shutil.rmtree(venv)
-                result = restore_or_build(transport, req, venv)
-                assert result.source == "cache", result
-                restores.append(result.seconds)
-            check = os.system(f"{venv}/bin/python -c 'import pandas, pyarrow, boto3, pydantic' 2>/dev/null")
-            assert check == 0, "the restored environment does not import its packages"
-    finally:
-        server.terminate()
+        tarball = tmp / "env.tar.gz"
+        result["pack_s"] = round(timed(["tar", "-I", "gzip -1", "-cf", str(tarball), "-C", str(env_dir), "."]), 1)
+        result["tarball_mb"] = round(tarball.stat().st_size / 1e6)
 
-    result = {
-        "packages": len(STACK),
-        "venv_mb": round(venv_bytes / 1e6, 1),
-        "tarball_mb": round(tar_bytes / 1e6, 1),
-        "build_seconds": [round(x, 2) for x in builds],
-        "pack_and_upload_seconds": [round(x, 2) for x in packs],
-        "restore_seconds": [round(x, 2) for x in restores],
-        "speedup": round(statistics.median(builds) / statistics.median(restores), 2),
-        "cpus": os.cpu_count(),
-    }
+        port = motoserver.free_port()
+        server = motoserver.start(port)
+        try:
+            endpoint = f"http://127.0.0.1:{port}"
+            s3 = client("s3", AwsTarget("us-east-1", endpoint))
+            s3.create_bucket(Bucket="bench")
+            key = "cached-datasets/python-env/bench.tar.gz"
+            s3.upload_file(str(tarball), "bench", key)
+            bin_dir = tmp / "bin"
+            install_fake_aws(bin_dir)
+            restored = tmp / "restored"
+            script = (f". {REPO}/instance/boot/environment.sh; BUCKET=bench; "
+                      f"restore_environment {restored} {key}")
+            shell = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "AWS_ENDPOINT_URL": endpoint,
+                     "AWS_DEFAULT_REGION": "us-east-1"}
+            result["restore_from_sandbox_s"] = round(timed(["bash", "-c", f"s3() {{ aws \"$@\"; }}; {script}"],
+                                                           env=shell), 1)
+            subprocess.run([str(restored / "venv" / "bin" / "python"), "-c", "import torch, chronos"], check=True)
+        finally:
+            server.terminate()
+        shutil.rmtree(restored)
+        restored.mkdir()
+        result["unpack_s"] = round(timed(["tar", "-I", "gzip -1", "-xf", str(tarball), "-C", str(restored)]), 1)
+    result["restore_at_1_gbit_s_estimate"] = round(result["tarball_mb"] * 8 / 1000 + result["unpack_s"], 1)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['packages']} packages, venv {result['venv_mb']} MB, tarball {result['tarball_mb']} MB")
-        print(f"build (venv + offline pip): median {statistics.median(builds):.1f} s; "
-              f"restore from cache: median {statistics.median(restores):.1f} s; speedup {result['speedup']}x")
+        for name, value in result.items():
+            print(f"{name:32} {value}")
     return 0
 
 

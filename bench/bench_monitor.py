@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from automation import sandbox  # noqa: E402
-from instance.protocol.aws import AwsTarget, client  # noqa: E402
+from automation.strictmoto import OPERATORS  # noqa: E402
+from instance.protocol.aws import client  # noqa: E402
 from instance.protocol.state import StateStore  # noqa: E402
 
 
@@ -43,12 +44,13 @@ def main() -> None:
     os.environ["CHRONOS_HOME"] = home
     info = sandbox.start(("dev",))
     try:
-        s3 = client("s3", AwsTarget(info.region, info.endpoint_url))
+        s3 = client("s3", info.target(OPERATORS["dev"]))
         bucket = info.bucket("dev")
         store = StateStore(s3, bucket, "dev")
         lease = store.acquire("run-20261128-120000-beef", executor="local", instance_type="g4dn.xlarge")
         store.heartbeat(lease, progress={"step": 10, "total_steps": 100, "loss": 0.5})
-        env = {**os.environ, **sandbox.motoserver.SANDBOX_CREDENTIALS, "AWS_DEFAULT_REGION": info.region}
+        # Both as the operator, as a person would after `eval "$(chronos-train sandbox env)"`.
+        env = {**os.environ, **sandbox.env_vars(info, "dev")}
         ours = timed([str(REPO / ".venv/bin/chronos-train"), "--local", "monitor", "--json"], env, args.repeat)
         theirs = timed([aws, "--endpoint-url", info.endpoint_url, "s3api", "head-object", "--bucket", bucket,
                         "--key", "dev/system-state.json"], env, args.repeat)

@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from automation import motoserver  # noqa: E402
+from automation.strictmoto import DEPLOYER  # noqa: E402
 from instance.agent.lockholder import LockHolder, TrainingWatch  # noqa: E402
 from instance.agent.phases import training_hooks  # noqa: E402
 from instance.protocol.aws import AwsTarget, client  # noqa: E402
@@ -65,8 +66,8 @@ def main() -> int:
         batch_size=args.batch_size, learning_rate=1e-4,
     )
 
-    for name, value in motoserver.SANDBOX_CREDENTIALS.items():
-        os.environ[name] = value
+    os.environ.update(DEPLOYER.env())  # the sandbox enforces IAM: act as its administrator
+    os.environ.pop("AWS_SESSION_TOKEN")
     port = motoserver.free_port()
     server = motoserver.start(port)
     # On EC2, S3 runs elsewhere; here its stand-in shares the CPU with training. Lowest priority

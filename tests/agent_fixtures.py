@@ -81,9 +81,19 @@ def upload_dataset(s3, bucket: str, files: dict[str, bytes], prefix: str = DATA_
         s3.put_object(Bucket=bucket, Key=prefix + name, Body=body)
 
 
+def instance_role(aws: AwsTarget, env: str, bucket: str, policy: dict | None = None) -> None:
+    """The persistent stack's instance role and profile (its policy, unless one is given)."""
+    from automation.sandbox import put_instance_role
+    from automation.stacks.policies import instance_policy
+
+    put_instance_role(aws, env, policy or instance_policy(f"arn:aws:s3:::{bucket}", env, aws.region, motoserver.SANDBOX_ACCOUNT))
+
+
 def launch(s3, bucket: str, aws: AwsTarget, env: str, config: dict[str, Any], run_id: str | None = None) -> LaunchedRun:
-    """What the launcher does before the agent starts: lock, run.yaml, a sandbox instance."""
+    """What the launcher does before the agent starts: lock, run.yaml, a sandbox instance, and
+    the instance role the agent's credentials come from."""
     run_id = run_id or new_run_id()
+    instance_role(aws, env, bucket)
     ec2 = client("ec2", aws)
     instance_id = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="t3.micro")["Instances"][0]["InstanceId"]
     StateStore(s3, bucket, env).acquire(
@@ -93,9 +103,13 @@ def launch(s3, bucket: str, aws: AwsTarget, env: str, config: dict[str, Any], ru
     return LaunchedRun(run_id, env, bucket, instance_id, aws)
 
 
-def agent_env(aws: AwsTarget, tmp: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")}
-    env.update(motoserver.SANDBOX_CREDENTIALS)
+def agent_env(run: LaunchedRun, tmp: Path, **extra: str) -> dict[str, str]:
+    """The agent's environment on a machine: the instance role's credentials, nothing else of AWS."""
+    from automation.sandbox import instance_credentials
+
+    aws = run.aws
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHRONOS_", "AWS_"))}
+    env.update(instance_credentials(aws, run.env, run.instance_id))
     env.update(
         AWS_ENDPOINT_URL=aws.endpoint_url,
         AWS_DEFAULT_REGION=aws.region,
@@ -121,14 +135,14 @@ def agent_command(run: LaunchedRun, work_dir: Path | None = None) -> list[str]:
 
 def run_agent(run: LaunchedRun, tmp: Path, timeout: float = 120, work_dir: Path | None = None, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        agent_command(run, work_dir), env=agent_env(run.aws, tmp, **extra), cwd=ROOT,
+        agent_command(run, work_dir), env=agent_env(run, tmp, **extra), cwd=ROOT,
         capture_output=True, text=True, timeout=timeout,
     )
 
 
 def start_agent(run: LaunchedRun, tmp: Path, work_dir: Path | None = None, **extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        agent_command(run, work_dir), env=agent_env(run.aws, tmp, **extra), cwd=ROOT,
+        agent_command(run, work_dir), env=agent_env(run, tmp, **extra), cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
@@ -154,7 +168,7 @@ def keys_under(s3, bucket: str, prefix: str) -> list[str]:
 
 # -- a stand-in for the `aws` CLI ----------------------------------------------------------------
 def fake_aws_main(argv: list[str]) -> int:
-    """The two commands the bootstrap and envcache use (`s3 cp` between a local file and S3,
+    """The two commands the bootstrap uses (`s3 cp` between a local file and S3,
     `s3api head-object`), over boto3 against the sandbox. Arguments and exit codes follow the
     real CLI (a missing object: exit 254 with "(404)")."""
     import boto3

@@ -10,13 +10,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def cli_env(moto_endpoint: str, home: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")}
+    # No AWS credentials: `--local` acts as the sandbox's operator whatever the shell holds.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHRONOS_", "AWS_"))}
     env.update(
         CHRONOS_HOME=str(home),
         CHRONOS_SANDBOX_URL=moto_endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_SESSION_TOKEN="testing",
         AWS_DEFAULT_REGION="us-east-1",
         COLUMNS="120",
     )

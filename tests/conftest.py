@@ -1,4 +1,6 @@
-"""Shared fixtures: one moto server process per test session, reached over real HTTP."""
+"""Shared fixtures: one moto server process per test session, reached over real HTTP, with IAM
+enforced. Test code itself acts as the sandbox's deployer (an administrator, as whoever runs
+`pulumi up`); the CLI runs as the operator and the agent as the instance role, as on AWS."""
 from __future__ import annotations
 
 import os
@@ -6,6 +8,7 @@ import os
 import pytest
 
 from automation import motoserver
+from automation.strictmoto import DEPLOYER
 from instance.protocol.aws import AwsTarget, client
 from instance.protocol.layout import bucket_name
 
@@ -15,8 +18,8 @@ ENV = "dev"
 
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory):
-    for name, value in motoserver.SANDBOX_CREDENTIALS.items():
-        os.environ[name] = value
+    os.environ.update(DEPLOYER.env())
+    os.environ.pop("AWS_SESSION_TOKEN")
     os.environ["AWS_DEFAULT_REGION"] = REGION
     port = motoserver.free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
@@ -28,8 +31,11 @@ def moto_endpoint(tmp_path_factory):
 
 @pytest.fixture
 def aws(moto_endpoint) -> AwsTarget:
-    """A fresh, empty moto for this test."""
+    """A fresh, empty moto for this test, with test code acting as the deployer again (an
+    in-process CLI command switches this process to the operator, as it should)."""
     motoserver.reset(moto_endpoint)
+    os.environ.update(DEPLOYER.env())
+    os.environ.pop("AWS_SESSION_TOKEN")
     return AwsTarget(region=REGION, endpoint_url=moto_endpoint)
 
 

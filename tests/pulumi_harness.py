@@ -138,6 +138,8 @@ class HarnessMocks(pulumi.runtime.Mocks):
             kind = "role" if args.typ.endswith("Role") else "instance-profile"
             name = inputs.get("name") or f"{args.name}-1a2b3c"
             return {"name": name, "arn": f"arn:aws:iam::{self.account}:{kind}/{name}"}
+        if args.typ == "aws:iam/policy:Policy":
+            return {"arn": f"arn:aws:iam::{self.account}:policy/{args.name}-1a2b3c"}
         if args.typ == "aws:ec2/instance:Instance":
             return {"availabilityZone": inputs.get("availabilityZone", self.zones[0])}
         return {}

@@ -141,7 +141,7 @@ def test_cost_estimates():
 def test_agent_modules_import_light():
     heavy = ["torch", "chronos", "transformers", "pandas", "pyarrow", "pulumi", "click", "automation"]
     code = (
-        "import sys, json; import instance.agent.main, instance.model.dataset, instance.boot.bootstrap, instance.boot.envcache, "
+        "import sys, json; import instance.agent.main, instance.model.dataset, instance.boot.bootstrap, "
         "instance.agent.cleanup, instance.model.training, instance.model.evaluation, instance.model.basemodel, instance.agent.phases; "
         "print(json.dumps(sorted(sys.modules)))"
     )
@@ -167,3 +167,44 @@ def test_training_watch_finds_the_kill_and_writes_progress_off_the_training_thre
         assert isinstance(holder.pending_stop(), KilledByUser)
         watch.offer({"step": 4, "total_steps": 10})
     assert store.read().state["progress"]["step"] == 4  # the last progress is flushed on exit
+
+
+def test_soft_deadline_from_the_dead_man_switch_reads_one_clock(monkeypatch):
+    """The bootstrap hands over the switch's time on this machine's clock: the lock's start,
+    written by another machine, no longer matters (a launcher clock 10 minutes off changes nothing)."""
+    monkeypatch.delenv("CHRONOS_DEADLINE_SECONDS", raising=False)
+    shutdown_at = time.time() + 3600
+    for skewed_start in (iso(utcnow() - timedelta(minutes=10)), iso(utcnow() + timedelta(minutes=10))):
+        left = soft_deadline(skewed_start, 60, clock=lambda: 0.0, shutdown_at=shutdown_at)
+        assert left == pytest.approx(3600 - deadline_margin_seconds(60), abs=2)
+
+
+def test_gpu_is_expected_on_ec2_types_and_not_in_local_runs():
+    from instance.agent.gpucheck import gpu_expected
+
+    assert gpu_expected("auto", "g4dn.xlarge", local=False)
+    assert not gpu_expected("auto", "g4dn.xlarge", local=True)
+    assert gpu_expected("yes", "g4dn.xlarge", local=True) and not gpu_expected("no", "g5.xlarge", local=False)
+
+
+def test_gpu_check_names_what_failed():
+    import subprocess
+
+    from instance.agent.gpucheck import GpuUnavailable, check_gpu
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "nvidia-smi")
+
+    def driver_down(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 9, "", "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n")
+
+    def driver_up(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 0, "GPU 0: Tesla T4 (UUID: GPU-1)\n", "")
+
+    with pytest.raises(GpuUnavailable, match="nvidia-smi could not run"):
+        check_gpu("g4dn.xlarge", run=missing)
+    with pytest.raises(GpuUnavailable, match="couldn't communicate with the NVIDIA driver"):
+        check_gpu("g4dn.xlarge", run=driver_down)
+    with pytest.raises(GpuUnavailable, match="torch cannot use CUDA"):  # this machine's torch is a CPU build
+        check_gpu("g4dn.xlarge", run=driver_up)
+    assert GpuUnavailable.reason == "gpu_unavailable"

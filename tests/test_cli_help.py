@@ -28,7 +28,8 @@ def test_every_command_has_help_with_an_example(path):
 def test_contract_commands_exist():
     names = {" ".join(p) for p, _ in _commands(cli)}
     for expected in ("launch", "monitor", "status", "logs", "kill", "verify-cleanup", "runs",
-                     "data upload", "data ls", "data validate", "sandbox start", "sandbox stop", "sandbox status"):
+                     "data upload", "data ls", "data validate", "sandbox start", "sandbox stop", "sandbox status",
+                     "sandbox env"):
         assert expected in names
 
 

@@ -16,7 +16,8 @@ import pytest
 from automation.infra_record import InfraRecord
 from automation.stacks.persistent import build_persistent_stack
 from automation.stacks.persistent_config import PersistentConfig, StackConfigError, parse_config
-from automation.stacks.policies import SELF_INSTANCE_ARN
+from automation.stacks.policies import OPERATOR_DESCRIBE_ACTIONS, SELF_INSTANCE_ARN
+from tests.policy_eval import allowed, granting
 from tests.pulumi_harness import ACCOUNT, REGION, ZONES, Run, policy_doc, run_program, stack_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
 ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 PROFILE = "aws:iam/instanceProfile:InstanceProfile"
+IAM_POLICY = "aws:iam/policy:Policy"
 PROVIDER = "pulumi:providers:aws"
 COMPONENTS = ("chronos:persistent:Network", "chronos:persistent:Storage", "chronos:persistent:Access")
 
@@ -51,7 +53,7 @@ def expected_types(zones: int) -> dict[str, int]:
         VPC: 1, SUBNET: zones, IGW: 1, ROUTE_TABLE: 1, ROUTE: 1, ASSOCIATION: zones, ENDPOINT: 1,
         GROUP: 1, DEFAULT_GROUP: 1,
         BUCKET_T: 1, SSE: 1, PUBLIC_BLOCK: 1, OWNERSHIP: 1, BUCKET_POLICY: 1, LIFECYCLE: 1, OBJECT: 1,
-        ROLE: 1, ROLE_POLICY: 1, PROFILE: 1,
+        ROLE: 1, ROLE_POLICY: 1, PROFILE: 1, IAM_POLICY: 1,
     }
 
 
@@ -300,17 +302,32 @@ def _instance_statements(stack: Run) -> dict[str, dict]:
     return {s["Sid"]: s for s in _statements(stack.one(ROLE_POLICY))}
 
 
+def _instance_policy(stack: Run) -> dict:
+    return policy_doc(stack.one(ROLE_POLICY).inputs["policy"])
+
+
+def _operator_policy(stack: Run) -> dict:
+    return policy_doc(stack.one(IAM_POLICY).inputs["policy"])
+
+
+def _obj(key: str) -> str:
+    return f"arn:aws:s3:::{BUCKET}/{key}"
+
+
 def test_fsbp_iam_1_iam_21_no_statement_grants_a_wildcard_action(stack):
-    for r in stack.of_type(ROLE) + stack.of_type(ROLE_POLICY) + stack.of_type(BUCKET_POLICY):
+    for r in stack.of_type(ROLE) + stack.of_type(ROLE_POLICY) + stack.of_type(BUCKET_POLICY) + stack.of_type(IAM_POLICY):
         for statement in _statements(r):
             assert "NotAction" not in statement, r.fail(f"NotAction grants everything else: {statement}")
             assert "NotResource" not in statement, r.fail(f"NotResource: {statement}")
             if statement["Effect"] != "Allow":
                 continue
-            for action in _as_list(statement["Action"]):
+            actions = _as_list(statement["Action"])
+            for action in actions:
                 assert "*" not in action, r.fail(f"wildcard action {action!r}")
             for resource in _as_list(statement.get("Resource", [])):
-                assert resource != "*", r.fail(f"Resource '*' in {statement}")
+                # Describe calls exist only at "*" on AWS; nothing else may take every resource.
+                assert resource != "*" or set(actions) <= set(OPERATOR_DESCRIBE_ACTIONS), \
+                    r.fail(f"Resource '*' in {statement}")
 
 
 def test_instance_reads_datasets_only(stack):
@@ -320,11 +337,28 @@ def test_instance_reads_datasets_only(stack):
         stack.one(ROLE_POLICY).fail(f"datasets resource {statement['Resource']}")
 
 
-def test_instance_reads_and_writes_its_environment_only(stack):
-    statement = _instance_statements(stack)["ReadWriteEnvironment"]
-    policy = stack.one(ROLE_POLICY)
-    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= set(statement["Action"]), policy.fail(statement)
-    assert statement["Resource"] == [f"arn:aws:s3:::{BUCKET}/dev/*"], policy.fail(f"env resource {statement}")
+@pytest.mark.parametrize("key", [
+    "dev/system-state.json", "dev/logs/run-20261129-101500-ab12/agent.log", "dev/run-20261129-101500-ab12/models/x",
+    "cached-datasets/python-env/chronos-env-x.tar.gz",
+])
+def test_instance_writes_what_a_run_needs(stack, key):
+    assert allowed(_instance_policy(stack), "s3:PutObject", _obj(key)), stack.one(ROLE_POLICY).fail(f"cannot write {key}")
+
+
+@pytest.mark.parametrize("key", [
+    "dev/infra.json", "dev/pulumi/.pulumi/stacks/chronos-run/x.json", "stage/system-state.json",
+    "cached-datasets/2026/11/part-0.parquet", "dev/anything-else",
+])
+def test_instance_cannot_write_launch_inputs_datasets_or_other_envs(stack, key):
+    """A compromised training job cannot change which profile the next launch passes (infra.json,
+    the run stacks' state), nor the data others train on."""
+    policy = _instance_policy(stack)
+    for action in ("s3:PutObject", "s3:DeleteObject"):
+        assert not granting(policy, action, _obj(key)), stack.one(ROLE_POLICY).fail(f"{action} on {key}")
+
+
+def test_instance_reads_no_launch_state(stack):
+    assert not granting(_instance_policy(stack), "s3:GetObject", _obj("dev/pulumi/.pulumi/stacks/chronos-run/x.json"))
 
 
 def test_instance_lists_only_its_prefixes(stack):
@@ -349,7 +383,69 @@ def test_instance_terminates_itself_only(stack):
 
 def test_instance_policy_has_nothing_else(stack):
     assert set(_instance_statements(stack)) == {
-        "ReadDatasets", "ReadWriteEnvironment", "ListOwnPrefixes", "TerminateItselfOnly"}
+        "ReadDatasets", "SaveEnvironmentCache", "ReadWriteRuns", "ListOwnPrefixes", "TerminateItselfOnly"}
+
+
+# --- the operator's managed policy (moto ignores conditions: these read them) -------------------
+EC2 = f"arn:aws:ec2:{REGION}:{ACCOUNT}"
+
+
+def test_operator_policy_is_a_managed_policy_output_for_attaching(stack):
+    policy = stack.one(IAM_POLICY)
+    assert stack.outputs["operator_policy_arn"].startswith(f"arn:aws:iam::{ACCOUNT}:policy/"), policy.fail("no output")
+
+
+@pytest.mark.parametrize("key", [
+    "dev/system-state.json", "dev/logs/run-20261129-101500-ab12/training.json", "dev/run-20261129-101500-ab12/bundle.tar.gz",
+    "dev/pulumi/.pulumi/stacks/chronos-run/run-20261129-101500-ab12.json", "cached-datasets/2026/11/part-0.parquet",
+])
+def test_operator_writes_runs_run_stacks_and_datasets(stack, key):
+    assert allowed(_operator_policy(stack), "s3:PutObject", _obj(key)), stack.one(IAM_POLICY).fail(key)
+
+
+@pytest.mark.parametrize("key", ["dev/infra.json", "stage/system-state.json", "cached-datasets/python-env/x.tar.gz"])
+def test_operator_cannot_write_the_stack_record_other_envs_or_the_environment_cache(stack, key):
+    assert not granting(_operator_policy(stack), "s3:PutObject", _obj(key)), stack.one(IAM_POLICY).fail(key)
+
+
+def test_operator_launches_only_tagged_machines_in_its_own_vpc(stack):
+    policy, r = _operator_policy(stack), stack.one(IAM_POLICY)
+    vpc = f"{EC2}:vpc/{stack.outputs['vpc_id']}"
+    tagged = {"aws:RequestTag/Project": "Chronos-Training"}
+    for kind in ("instance", "volume"):
+        assert allowed(policy, "ec2:RunInstances", f"{EC2}:{kind}/*", tagged), r.fail(kind)
+        assert not allowed(policy, "ec2:RunInstances", f"{EC2}:{kind}/*", {"aws:RequestTag/Project": "other"}), r.fail(kind)
+    for kind in ("subnet/subnet-1", "security-group/sg-1", "network-interface/eni-1"):
+        assert allowed(policy, "ec2:RunInstances", f"{EC2}:{kind}", {"ec2:Vpc": vpc}), r.fail(kind)
+        assert not allowed(policy, "ec2:RunInstances", f"{EC2}:{kind}", {"ec2:Vpc": f"{EC2}:vpc/vpc-other"}), r.fail(kind)
+    assert allowed(policy, "ec2:RunInstances", f"arn:aws:ec2:{REGION}::image/ami-0abc"), r.fail("AMI")
+
+
+def test_operator_tags_only_at_launch_and_ends_only_project_machines(stack):
+    policy, r = _operator_policy(stack), stack.one(IAM_POLICY)
+    assert allowed(policy, "ec2:CreateTags", f"{EC2}:instance/i-1", {"ec2:CreateAction": "RunInstances"})
+    assert not allowed(policy, "ec2:CreateTags", f"{EC2}:instance/i-1", {"ec2:CreateAction": "CreateTags"}), \
+        r.fail("may retag any instance (and so make it a project instance it may then terminate)")
+    for action in ("ec2:TerminateInstances", "ec2:ModifyInstanceAttribute"):
+        assert allowed(policy, action, f"{EC2}:instance/i-1", {"aws:ResourceTag/Project": "Chronos-Training"})
+        assert not allowed(policy, action, f"{EC2}:instance/i-1", {}), r.fail(f"{action} on any instance")
+    assert not allowed(policy, "ec2:DeleteVolume", f"{EC2}:volume/vol-1", {}), r.fail("deletes any volume")
+
+
+def test_operator_passes_only_the_instance_role_and_only_to_ec2(stack):
+    policy, r = _operator_policy(stack), stack.one(IAM_POLICY)
+    role = stack.one(ROLE)
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/{role.name}-1a2b3c"
+    assert allowed(policy, "iam:PassRole", role_arn, {"iam:PassedToService": "ec2.amazonaws.com"}), r.fail("PassRole")
+    assert not allowed(policy, "iam:PassRole", role_arn, {"iam:PassedToService": "lambda.amazonaws.com"})
+    assert not granting(policy, "iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/Admin"), r.fail("passes other roles")
+
+
+def test_operator_reads_only_the_configured_ami_parameter(stack):
+    policy = _operator_policy(stack)
+    parameter = stack.outputs["ami_ssm_parameter"]
+    assert allowed(policy, "ssm:GetParameter", f"arn:aws:ssm:{REGION}::parameter{parameter}")
+    assert not granting(policy, "ssm:GetParameter", f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/prod/db-password")
 
 
 def test_role_is_for_ec2_and_the_profile_carries_it(stack):

@@ -18,6 +18,7 @@ import yaml
 
 from automation import motoserver
 from automation.sandbox import SandboxInfo, seed
+from automation.strictmoto import DEPLOYER
 from instance.protocol.aws import AwsTarget, client
 from instance.protocol.layout import bucket_name
 from tests.agent_fixtures import run_config, synthetic_frame, write_parquet
@@ -93,6 +94,27 @@ def test_bad_config(case, env, sandbox, tmp_path):
     data = write_parquet(tmp_path / "data.parquet", synthetic_frame())
     before = snapshot(sandbox)
     assert_refused(run_cli(env, "--local", "launch", write_config(tmp_path, str(data), **changes)), expected)
+    assert_unchanged(before, sandbox)
+
+
+# The instance role reads its bucket's datasets and this env's run outputs, nothing else.
+UNREADABLE = {
+    "model in another bucket": ({"model": {"base": "s3://someone-elses-models/chronos/", "finetune_mode": "full"}},
+                                "model.base s3://someone-elses-models/chronos/ is not where the run's machine may read"),
+    "model of another env": ({"model": {"base": f"s3://{BUCKET}/stage/run-20261101-000000-abcd/models/",
+                                        "finetune_mode": "full"}}, "model.base s3://"),
+    "dataset in another bucket": ({"data": "s3://public-data/sales/"},
+                                  "dataset s3://public-data/sales/ is not where the run's machine may read"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE), ids=list(UNREADABLE))
+def test_s3_inputs_the_machine_cannot_read(case, env, sandbox, tmp_path):
+    changes, expected = dict(UNREADABLE[case][0]), UNREADABLE[case][1]
+    data = changes.pop("data", None) or str(write_parquet(tmp_path / "data.parquet", synthetic_frame()))
+    before = snapshot(sandbox)
+    line = assert_refused(run_cli(env, "--local", "launch", write_config(tmp_path, data, **changes)), expected)
+    assert "copy it there first" in line
     assert_unchanged(before, sandbox)
 
 
@@ -204,8 +226,10 @@ def test_bad_local_dataset(case, env, sandbox, tmp_path):
 
 # -- environment ---------------------------------------------------------------------------------
 def aws_env(env: dict, **changes: str) -> dict:
-    """The real-AWS path (no --local, no sandbox): the CLI resolves the target as on a laptop."""
+    """The real-AWS path (no --local, no sandbox): the CLI resolves the target as on a laptop of
+    someone holding administrator credentials (the sandbox's deployer)."""
     out = {k: v for k, v in env.items() if k not in ("CHRONOS_SANDBOX_URL", "CHRONOS_LOCAL")}
+    out.update(DEPLOYER.env())
     out.update(changes)
     return {k: v for k, v in out.items() if v is not None}
 

@@ -17,10 +17,8 @@ from instance.protocol.layout import PROJECT_TAG, Layout
 
 from ..bundle import unpack_bundle
 from ..context import home
+from ..sandbox import instance_credentials
 from .base import ProvisionError, Provisioned, ProvisionRequest
-
-PID_TAG = "LocalPid"
-
 
 def work_root() -> Path:
     return home() / "work"
@@ -69,7 +67,6 @@ class LocalExecutor:
         except Exception as exc:
             self.ec2.terminate_instances(InstanceIds=[instance_id])
             raise ProvisionError(f"the local agent could not start: {exc}") from exc
-        self.ec2.create_tags(Resources=[instance_id], Tags=[{"Key": PID_TAG, "Value": str(pid)}])
         return Provisioned(instance_id=instance_id, zone=zone, detail={"pid": pid})
 
     def _ami(self, parameter: str) -> str:
@@ -81,8 +78,10 @@ class LocalExecutor:
         run_dir = work_root() / req.run_id
         bundle = self.s3.get_object(Bucket=self.bucket, Key=Layout(req.env).bundle(req.run_id))["Body"].read()
         code_dir = unpack_bundle(bundle, run_dir / "code")
+        # As on EC2, the agent holds the instance role's credentials and no other AWS setting.
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+            **instance_credentials(self.target, req.env, instance_id),
             "PYTHONPATH": str(code_dir),
             "AWS_ENDPOINT_URL": self.target.endpoint_url or "",
             "AWS_DEFAULT_REGION": self.target.region or "",
@@ -94,6 +93,8 @@ class LocalExecutor:
             "--env", req.env, "--bucket", self.bucket, "--run-id", req.run_id,
             "--region", self.target.region or "", "--endpoint-url", self.target.endpoint_url or "",
             "--instance-id", instance_id, "--local", "--work-dir", str(run_dir / "agent"),
+            # What the bootstrap hands over on EC2: the dead-man switch's time, on this clock.
+            "--shutdown-at", str(int(time.time()) + req.config.instance.max_runtime_minutes * 60),
         ]
         with open(run_dir / "agent.stdout", "ab") as out:
             proc = subprocess.Popen(

@@ -1,4 +1,6 @@
-"""The instance's identity: one role, one inline least-privilege policy, one instance profile."""
+"""Who may do what: the instance's role (one inline least-privilege policy, one instance profile)
+and the operator's customer managed policy, to attach to the people or CI roles that run
+`chronos-train`."""
 from __future__ import annotations
 
 import json
@@ -7,15 +9,17 @@ import pulumi
 import pulumi_aws as aws
 
 from .persistent_config import PersistentConfig
-from .policies import assume_role_policy, instance_policy
+from .policies import assume_role_policy, instance_policy, operator_policy
 
 
 class Access(pulumi.ComponentResource):
     instance_profile: pulumi.Output[str]
     instance_profile_arn: pulumi.Output[str]
+    operator_policy_arn: pulumi.Output[str]
 
     def __init__(self, name: str, cfg: PersistentConfig, bucket_arn: pulumi.Input[str],
-                 account: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None):
+                 account: pulumi.Input[str], vpc_id: pulumi.Input[str],
+                 opts: pulumi.ResourceOptions | None = None):
         super().__init__("chronos:persistent:Access", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -34,7 +38,18 @@ class Access(pulumi.ComponentResource):
             opts=child,
         )
         profile = aws.iam.InstanceProfile(f"{name}-instance", role=role.name, opts=child)
+        operator = aws.iam.Policy(
+            f"{name}-operator",
+            description=f"Launch, watch, kill and verify chronos-train runs ({cfg.environment})",
+            policy=pulumi.Output.all(bucket_arn, account, vpc_id, role.arn).apply(
+                lambda args: json.dumps(operator_policy(args[0], cfg.environment, cfg.region, args[1], args[2],
+                                                        args[3], cfg.ami_ssm_parameter))
+            ),
+            opts=child,
+        )
 
         self.instance_profile = profile.name
         self.instance_profile_arn = profile.arn
-        self.register_outputs({"instance_profile": profile.name, "instance_profile_arn": profile.arn})
+        self.operator_policy_arn = operator.arn
+        self.register_outputs({"instance_profile": profile.name, "instance_profile_arn": profile.arn,
+                               "operator_policy_arn": operator.arn})

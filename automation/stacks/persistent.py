@@ -46,7 +46,7 @@ def build_persistent_stack(cfg: PersistentConfig) -> dict[str, pulumi.Output]:
 
     network = Network(f"{name}-network", cfg, _zones(cfg, provider), opts=scoped)
     storage = Storage(f"{name}-storage", cfg, account, opts=scoped)
-    access = Access(f"{name}-access", cfg, storage.bucket_arn, account, opts=scoped)
+    access = Access(f"{name}-access", cfg, storage.bucket_arn, account, network.vpc_id, opts=scoped)
 
     outputs: dict[str, pulumi.Output] = {
         "env": pulumi.Output.from_input(cfg.environment),
@@ -58,6 +58,7 @@ def build_persistent_stack(cfg: PersistentConfig) -> dict[str, pulumi.Output]:
         "security_group_id": network.security_group_id,
         "instance_profile": access.instance_profile,
         "instance_profile_arn": access.instance_profile_arn,
+        "operator_policy_arn": access.operator_policy_arn,
         "ami_ssm_parameter": pulumi.Output.from_input(cfg.ami_ssm_parameter),
     }
     aws.s3.BucketObjectv2(

@@ -4,7 +4,7 @@ Kept apart from the resources so the tests can read exactly what a statement gra
 """
 from __future__ import annotations
 
-from instance.protocol.layout import DATASETS_PREFIX
+from instance.protocol.layout import DATASETS_PREFIX, PYTHON_ENV_PREFIX, PROJECT_TAG
 
 # The instance may terminate only the instance it runs on. `${ec2:InstanceID}` resolves to the
 # instance whose role credentials sign the request, so both the target (Resource) and the
@@ -27,9 +27,19 @@ def assume_role_policy() -> dict:
     }
 
 
+def _objects(bucket_arn: str, *patterns: str) -> list[str]:
+    return [f"{bucket_arn}/{p}" for p in patterns]
+
+
+def run_prefixes(env: str) -> tuple[str, ...]:
+    """The keys a run writes: the lock, its logs and records, its outputs. Never infra.json
+    (the persistent stack's) nor pulumi/ (the run stacks' state, which names the profile)."""
+    return (f"{env}/system-state.json", f"{env}/logs/*", f"{env}/run-*")
+
+
 def instance_policy(bucket_arn: str, env: str, region: str, account: str) -> dict:
-    """What the agent does and nothing more: read datasets, read/write its environment, end itself."""
-    env_prefix = f"{env}/"
+    """What the agent does and nothing more: read datasets, save the environment cache, write its
+    run's state, records and outputs, end itself."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -37,21 +47,28 @@ def instance_policy(bucket_arn: str, env: str, region: str, account: str) -> dic
                 "Sid": "ReadDatasets",
                 "Effect": "Allow",
                 "Action": ["s3:GetObject"],
-                "Resource": [f"{bucket_arn}/{DATASETS_PREFIX}*"],
+                "Resource": _objects(bucket_arn, f"{DATASETS_PREFIX}*"),
             },
             {
-                "Sid": "ReadWriteEnvironment",
+                # The first run on a new requirements file builds the environment and saves it.
+                "Sid": "SaveEnvironmentCache",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": _objects(bucket_arn, f"{PYTHON_ENV_PREFIX}*"),
+            },
+            {
+                "Sid": "ReadWriteRuns",
                 "Effect": "Allow",
                 # AbortMultipartUpload lets a failed large upload clean up after itself.
                 "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
-                "Resource": [f"{bucket_arn}/{env_prefix}*"],
+                "Resource": _objects(bucket_arn, *run_prefixes(env)),
             },
             {
                 "Sid": "ListOwnPrefixes",
                 "Effect": "Allow",
                 "Action": ["s3:ListBucket"],
                 "Resource": [bucket_arn],
-                "Condition": {"StringLike": {"s3:prefix": [f"{DATASETS_PREFIX}*", f"{env_prefix}*"]}},
+                "Condition": {"StringLike": {"s3:prefix": [f"{DATASETS_PREFIX}*", f"{env}/*"]}},
             },
             {
                 "Sid": "TerminateItselfOnly",
@@ -76,5 +93,131 @@ def tls_only_bucket_policy(bucket_arn: str) -> dict:
                 "Resource": [bucket_arn, f"{bucket_arn}/*"],
                 "Condition": {"Bool": {"aws:SecureTransport": "false"}},
             }
+        ],
+    }
+
+
+# Describe calls cannot be scoped to a resource on AWS: they are authorised against "*". What
+# the CLI reads (verify, monitor, kill) and what the run program's aws.ec2.Instance reads while it
+# creates, refreshes and destroys the machine (terraform-provider-aws ec2_instance.go: create
+# looks up the AMI's root device; read describes the type, tags, volumes, VPC, four instance
+# attributes and, for spot, the request).
+OPERATOR_DESCRIBE_ACTIONS = (
+    "ec2:DescribeInstances",
+    "ec2:DescribeInstanceAttribute",
+    "ec2:DescribeInstanceTypes",
+    "ec2:DescribeImages",
+    "ec2:DescribeTags",
+    "ec2:DescribeVolumes",
+    "ec2:DescribeVpcs",
+    "ec2:DescribeSpotInstanceRequests",
+)
+
+
+def operator_policy(bucket_arn: str, env: str, region: str, account: str, vpc_id: str,
+                    instance_role_arn: str, ami_parameter: str) -> dict:
+    """What a person (or their CI role) needs to launch, watch, kill and verify runs, including
+    the calls the run stack's Automation API makes. Attach it to that user or role."""
+    ec2 = f"arn:aws:ec2:{region}:{account}"
+    project_resource = {"StringEquals": {"aws:ResourceTag/Project": PROJECT_TAG}}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                # The bucket is this environment's own: listing it whole feeds verify's storage
+                # report, and without ListBucket S3 answers 403 instead of 404 for a missing key,
+                # which the Pulumi backend and the lock protocol rely on.
+                "Sid": "ListBucket",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
+                "Resource": [bucket_arn],
+            },
+            {
+                "Sid": "ReadEnvironmentAndDatasets",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": _objects(bucket_arn, f"{env}/*", f"{DATASETS_PREFIX}*"),
+            },
+            {
+                "Sid": "WriteRunsAndRunStacks",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                "Resource": _objects(bucket_arn, *run_prefixes(env), f"{env}/pulumi/*"),
+            },
+            {
+                "Sid": "UploadDatasets",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": _objects(bucket_arn, f"{DATASETS_PREFIX}????/??/*"),
+            },
+            {
+                "Sid": "Describe",
+                "Effect": "Allow",
+                "Action": list(OPERATOR_DESCRIBE_ACTIONS),
+                "Resource": ["*"],
+            },
+            {
+                "Sid": "LaunchTaggedMachines",
+                "Effect": "Allow",
+                "Action": ["ec2:RunInstances"],
+                "Resource": [f"{ec2}:instance/*", f"{ec2}:volume/*"],
+                "Condition": {"StringEquals": {"aws:RequestTag/Project": PROJECT_TAG}},
+            },
+            {
+                "Sid": "LaunchIntoOwnNetwork",
+                "Effect": "Allow",
+                "Action": ["ec2:RunInstances"],
+                "Resource": [f"{ec2}:subnet/*", f"{ec2}:security-group/*", f"{ec2}:network-interface/*"],
+                "Condition": {"ArnEquals": {"ec2:Vpc": f"{ec2}:vpc/{vpc_id}"}},
+            },
+            {
+                "Sid": "LaunchFromAmazonImages",
+                "Effect": "Allow",
+                "Action": ["ec2:RunInstances"],
+                "Resource": [f"arn:aws:ec2:{region}::image/*", f"arn:aws:ec2:{region}::snapshot/*"],
+            },
+            {
+                "Sid": "LaunchSpot",
+                "Effect": "Allow",
+                "Action": ["ec2:RunInstances", "ec2:CancelSpotInstanceRequests"],
+                "Resource": [f"{ec2}:spot-instances-request/*"],
+            },
+            {
+                "Sid": "TagOnLaunchOnly",
+                "Effect": "Allow",
+                "Action": ["ec2:CreateTags"],
+                "Resource": [f"{ec2}:instance/*", f"{ec2}:volume/*"],
+                "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}},
+            },
+            {
+                # Pulumi sets the shutdown behaviour after launch; verify --fix ends leftovers.
+                "Sid": "ManageProjectMachines",
+                "Effect": "Allow",
+                "Action": ["ec2:ModifyInstanceAttribute", "ec2:TerminateInstances", "ec2:DeleteVolume"],
+                "Resource": [f"{ec2}:instance/*", f"{ec2}:volume/*"],
+                "Condition": project_resource,
+            },
+            {
+                "Sid": "PassInstanceRoleToEc2",
+                "Effect": "Allow",
+                "Action": ["iam:PassRole"],
+                "Resource": [instance_role_arn],
+                "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+            },
+            {
+                # A spot request needs EC2's service-linked role; the first spot launch creates it.
+                "Sid": "CreateSpotServiceRole",
+                "Effect": "Allow",
+                "Action": ["iam:CreateServiceLinkedRole"],
+                "Resource": [f"arn:aws:iam::{account}:role/aws-service-role/spot.amazonaws.com/*"],
+                "Condition": {"StringEquals": {"iam:AWSServiceName": "spot.amazonaws.com"}},
+            },
+            {
+                "Sid": "ReadAmiParameter",
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameter"],
+                # Public parameters (/aws/service/...) have an empty account field; `*` matches it.
+                "Resource": [f"arn:aws:ssm:{region}:*:parameter/{ami_parameter.lstrip('/')}"],
+            },
         ],
     }

@@ -43,6 +43,8 @@ class AgentContext:
     holder: LockHolder
     record: RunRecord
     faults: Faults = field(default_factory=Faults)
+    expect_gpu: str = "auto"  # auto | yes | no (gpucheck.py)
+    shutdown_at: float | None = None  # the dead-man switch, epoch seconds on this machine's clock
     config: Any = None  # RunConfig once initialization has read it
     _etags: dict[str, str | None] = field(default_factory=dict)
 

@@ -2,6 +2,7 @@
 
     python -m instance.agent --env E --bucket B --run-id R [--region REG] [--endpoint-url URL]
                              [--instance-id ID] [--local] [--work-dir DIR]
+                             [--shutdown-at EPOCH] [--expect-gpu auto|yes|no]
 
 initialization → data_sync → training → results_sync → cleanup. Any failure moves the run to
 `failed`, a kill (the CLI moves the state to `killed`) stops it at the next step; both then run
@@ -11,8 +12,9 @@ else or belongs to another run) writes nothing more and exits 3.
 Exit codes: 0 completed, 4 failed, 5 killed (cleanup done in all three); 3 not the holder or
 fenced (nothing written); 1 cleanup itself could not finish.
 Environment: CHRONOS_HEARTBEAT_SECONDS (10), CHRONOS_LOG_UPLOAD_SECONDS (60),
-CHRONOS_DEADLINE_SECONDS (remaining time before the soft deadline; default: max_runtime_minutes
-from the lock's start minus a safety margin), and with --local only CHRONOS_FAULT/CHRONOS_PAUSE
+CHRONOS_DEADLINE_SECONDS (remaining time before the soft deadline; default: a safety margin
+before --shutdown-at, the dead-man switch's time on this machine's clock, or without it
+max_runtime_minutes from the lock's start), and with --local only CHRONOS_FAULT/CHRONOS_PAUSE
 (see faults.py).
 """
 from __future__ import annotations
@@ -56,14 +58,20 @@ def deadline_margin_seconds(max_runtime_minutes: int) -> float:
     return min(300.0, max_runtime_minutes * 60 * 0.25)
 
 
-def soft_deadline(started_at: str | None, max_runtime_minutes: int, clock: Callable[[], float] = time.monotonic) -> float:
-    """The deadline on `clock`. Counted from the lock's creation (before the machine even booted),
-    so it always falls before the dead-man switch set at boot."""
+def soft_deadline(started_at: str | None, max_runtime_minutes: int, clock: Callable[[], float] = time.monotonic,
+                  shutdown_at: float | None = None) -> float:
+    """The deadline on `clock`. With `shutdown_at` (the dead-man switch, in epoch seconds read
+    from this machine's clock when it was set), one clock decides: the agent stops a margin
+    before the machine powers off. Without it, counted from the lock's creation (before the
+    machine even booted), so it still falls before a switch set at boot."""
     override = os.environ.get("CHRONOS_DEADLINE_SECONDS")
     if override:
         return clock() + float(override)
+    margin = deadline_margin_seconds(max_runtime_minutes)
+    if shutdown_at is not None:
+        return clock() + (shutdown_at - time.time()) - margin
     start = parse_iso(started_at) or utcnow()
-    budget = max_runtime_minutes * 60 - deadline_margin_seconds(max_runtime_minutes)
+    budget = max_runtime_minutes * 60 - margin
     return clock() + budget - (utcnow() - start).total_seconds()
 
 
@@ -157,7 +165,8 @@ class Agent:
         if phase.status != Status.TRAINING:
             ctx.faults.fire(phase.status.value)
         if phase.status == Status.DATA_SYNC and ctx.holder.deadline is None:
-            ctx.holder.deadline = soft_deadline(ctx.holder.lease.state.get("started_at"), ctx.config.instance.max_runtime_minutes)
+            ctx.holder.deadline = soft_deadline(ctx.holder.lease.state.get("started_at"),
+                                                ctx.config.instance.max_runtime_minutes, shutdown_at=ctx.shutdown_at)
         out = phase.run()
         ctx.record.phase_ended(phase.status.value, "ok", out.summary())
         return out
@@ -213,6 +222,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--instance-id", help="EC2 (or sandbox) instance id; read from IMDSv2 on EC2 when absent")
     p.add_argument("--local", action="store_true", help="run against a sandbox on this machine: no IMDS, no OS shutdown")
     p.add_argument("--work-dir", type=Path)
+    p.add_argument("--shutdown-at", type=float,
+                   help="when the dead-man switch powers the machine off (epoch seconds, this machine's clock)")
+    p.add_argument("--expect-gpu", choices=("auto", "yes", "no"), default="auto",
+                   help="end the run as gpu_unavailable unless a working GPU is found (auto: on EC2)")
     return p.parse_args(argv)
 
 
@@ -269,10 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = AgentContext(
         env=args.env, bucket=args.bucket, run_id=args.run_id, target=target, local=args.local,
         instance_id=instance_id, work_dir=work_dir, owns_work_dir=owns, s3=s3, holder=holder, record=record,
-        faults=Faults.from_env() if args.local else Faults(),
+        faults=Faults.from_env() if args.local else Faults(), expect_gpu=args.expect_gpu,
+        shutdown_at=args.shutdown_at,
     )
-    ctx.remember_etag(ctx.layout.training_record(args.run_id))
-    ctx.remember_etag(ctx.layout.cleanup_status(args.run_id))
     signal.signal(signal.SIGTERM, lambda *_: setattr(holder, "terminated", True))
     agent = Agent(
         ctx,

@@ -67,7 +67,10 @@ def initialization(ctx: AgentContext, inp: InitInput) -> InitOutput:
     check_runtime_support(cfg)
 
     from ..model.basemodel import device
+    from .gpucheck import check_gpu, gpu_expected
 
+    if gpu_expected(ctx.expect_gpu, cfg.instance.type, ctx.local):
+        ctx.record.doc["host"]["gpus"] = check_gpu(cfg.instance.type)
     on = device()
     ctx.record.refresh_versions()
     log.info("config: %s", cfg.model_dump(mode="json"))

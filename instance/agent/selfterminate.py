@@ -4,22 +4,26 @@ Also the instance metadata (IMDSv2) the agent needs on EC2: its instance id and 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import urllib.error
 import urllib.request
 
 from ..protocol.aws import error_code
-from ..protocol.ec2 import instance_state
 
 log = logging.getLogger(__name__)
 
-IMDS = "http://169.254.169.254"
 IMDS_TIMEOUT_S = 2
+
+
+def _imds() -> str:
+    # The variable botocore reads too; the tests point it at a local stand-in.
+    return os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://169.254.169.254").rstrip("/")
 
 
 def _imds_token() -> str:
     req = urllib.request.Request(
-        f"{IMDS}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"}
+        f"{_imds()}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"}
     )
     with urllib.request.urlopen(req, timeout=IMDS_TIMEOUT_S) as resp:
         return resp.read().decode()
@@ -27,7 +31,7 @@ def _imds_token() -> str:
 
 def imds_get(path: str) -> str | None:
     """An IMDSv2 value, or None when it does not exist (404)."""
-    req = urllib.request.Request(f"{IMDS}/latest/{path}", headers={"X-aws-ec2-metadata-token": _imds_token()})
+    req = urllib.request.Request(f"{_imds()}/latest/{path}", headers={"X-aws-ec2-metadata-token": _imds_token()})
     try:
         with urllib.request.urlopen(req, timeout=IMDS_TIMEOUT_S) as resp:
             return resp.read().decode()
@@ -50,15 +54,15 @@ def spot_interruption_notice() -> str | None:
 
 
 def terminate_instance(ec2, instance_id: str) -> tuple[str, str]:
-    """(result, detail) for cleanup_status.json; never raises."""
+    """(result, detail) for cleanup_status.json; never raises. One call, no describe first: the
+    role may terminate itself and do nothing else, and terminating a machine that is already
+    ending is accepted by EC2 (it answers with the current state)."""
     try:
-        state = instance_state(ec2, instance_id)
-        if state is None:
-            return "not_found", f"EC2 has no instance {instance_id}"
-        if state in ("shutting-down", "terminated"):
-            return "done", f"already {state}"
         resp = ec2.terminate_instances(InstanceIds=[instance_id])
-        now = resp["TerminatingInstances"][0]["CurrentState"]["Name"]
+        change = resp["TerminatingInstances"][0]
+        before, now = change["PreviousState"]["Name"], change["CurrentState"]["Name"]
+        if before in ("shutting-down", "terminated"):
+            return "done", f"already {before}"
         return "done", f"EC2 accepted the termination ({now})"
     except Exception as exc:
         if error_code(exc).startswith("InvalidInstanceID"):

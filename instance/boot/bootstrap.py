@@ -13,6 +13,12 @@ from ..protocol.layout import check_env, check_run_id
 
 # User data is limited to 16 KB; the script is far smaller, this keeps it so.
 USER_DATA_LIMIT = 16 * 1024
+# The machine's toolchain, pinned: the uv release fetched when the AMI has none, the standalone
+# CPython it installs (a build uv knows; part of the environment cache key), and the awscli run
+# through uv when the AMI lacks one.
+UV_VERSION = "0.13.9"
+PYTHON_BUILD = "cpython-3.11.18"
+AWSCLI_VERSION = "1.46.3"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 
@@ -36,6 +42,9 @@ def render_bootstrap(*, env: str, bucket: str, run_id: str, region: str, max_run
         "RUN_ID": shlex.quote(run_id),
         "REGION": shlex.quote(region),
         "MAX_RUNTIME_MINUTES": str(max_runtime_minutes),
+        "UV_VERSION": UV_VERSION,
+        "PYTHON_BUILD": PYTHON_BUILD,
+        "AWSCLI_VERSION": AWSCLI_VERSION,
     }
     script = template()
     for name, value in values.items():

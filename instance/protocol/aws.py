@@ -19,10 +19,12 @@ _lock = threading.Lock()
 
 @dataclass(frozen=True)
 class AwsTarget:
-    """Where AWS calls go: the real endpoints (endpoint_url None) or a sandbox."""
+    """Where AWS calls go: the real endpoints (endpoint_url None) or a sandbox; as whom:
+    `credentials` (access key, secret, session token or None), else boto3's usual chain."""
 
     region: str | None = None
     endpoint_url: str | None = None
+    credentials: tuple[str, str, str | None] | None = None
 
     @classmethod
     def from_env(cls, region: str | None = None, endpoint_url: str | None = None) -> "AwsTarget":
@@ -45,10 +47,13 @@ def client(service: str, target: AwsTarget | None = None, **config: Any):
         **config,
     )
     # boto3.Session is not thread-safe to create clients from concurrently.
+    keys = {}
+    if target.credentials:
+        keys = dict(zip(("aws_access_key_id", "aws_secret_access_key", "aws_session_token"), target.credentials))
     with _lock:
         session = boto3.session.Session()
         return session.client(
-            service, region_name=target.region, endpoint_url=target.endpoint_url, config=cfg
+            service, region_name=target.region, endpoint_url=target.endpoint_url, config=cfg, **keys
         )
 
 

@@ -91,6 +91,10 @@ class Layout:
     def agent_log(self, run_id: str) -> str:
         return self.logs(run_id) + "agent.log"
 
+    def bootstrap_log(self, run_id: str) -> str:
+        """The machine's own log, from boot to the agent's start (instance/boot/bootstrap.sh)."""
+        return self.logs(run_id) + "bootstrap.log"
+
     def run_root(self, run_id: str) -> str:
         return f"{self.env}/{check_run_id(run_id)}/"
 
@@ -110,8 +114,11 @@ class Layout:
         return self.run_root(run_id) + "model_metadata.json"
 
 
-def python_env_key(python_version: str, requirements_hash: str) -> str:
-    return f"{PYTHON_ENV_PREFIX}chronos-venv-{python_version}-{requirements_hash}.tar.gz"
+def python_env_key(python_build: str, arch: str, requirements_hash: str) -> str:
+    """The cached interpreter + venv for one Python build (cpython-3.11.18), one machine
+    architecture and one requirements file (sha256, first 16 hex digits). instance/boot/
+    environment.sh computes the same name in bash."""
+    return f"{PYTHON_ENV_PREFIX}chronos-env-{python_build}-{arch}-{requirements_hash}.tar.gz"
 
 
 def s3_uri(bucket: str, key: str) -> str:

@@ -1,0 +1,216 @@
+"""What the sandbox's moto does differently from stock moto, so that it refuses what AWS refuses.
+
+Stock moto (5.2.5) lets every request through unless `INITIAL_NO_AUTH_ACTION_COUNT` is set; with
+it set, it checks signatures and evaluates IAM policies for IAM users and assumed roles, but:
+- it evaluates every non-S3 action against the resource "*", so a statement scoped to an
+  instance or parameter ARN never matches (`resource_of` gives the few actions we call their
+  real ARNs, as AWS does);
+- it resolves no policy variable (`${ec2:InstanceID}` is the instance whose role signed the
+  call; EC2 names an instance role's session after the instance, and so does the sandbox);
+- it translates IAM wildcards to regular expressions without escaping (`?` breaks it);
+- a trust policy naming a service principal (`ec2.amazonaws.com`) crashes the AssumeRole check:
+  the sandbox's EC2 stand-in (`EC2_SERVICE`) is that service;
+- it checks a conditional write's precondition and then writes, so two racing conditional
+  PUTs can both win (`SerializeConditionalRequests`);
+- it evaluates only `StringEquals` on `sts:ExternalId` among conditions: every other `Condition`
+  block is ignored (docs/reliability.md lists them and the tests that check them instead).
+
+The fixed identities below exist from the server's start and again after every reset. Their
+keys are not secrets: they open a loopback sandbox and nothing else.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+
+from instance.protocol.layout import KNOWN_ENVS
+
+SANDBOX_ACCOUNT = "123456789012"
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: str
+    access_key_id: str
+    secret_access_key: str
+
+    def env(self) -> dict[str, str]:
+        """As environment variables, clearing any session token a shell may hold."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+                "AWS_SESSION_TOKEN": ""}
+
+    @property
+    def credentials(self) -> tuple[str, str, None]:
+        return (self.access_key_id, self.secret_access_key, None)
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:iam::{SANDBOX_ACCOUNT}:user/{self.user}"
+
+
+# Who runs `pulumi up` on a real account: an administrator. The sandbox seeds with it.
+DEPLOYER = Identity("sandbox-deployer", "AKIACHRONOSDEPLOYER0", "sandbox-deployer-not-a-secret-0000000000")
+# The EC2 service: the only principal that may assume a role trusting ec2.amazonaws.com.
+EC2_SERVICE = Identity("sandbox-ec2-service", "AKIACHRONOSEC2SVC000", "sandbox-ec2-service-not-a-secret-000000")
+# One operator per environment, holding exactly that environment's operator policy once seeded.
+OPERATORS = {
+    env: Identity(f"chronos-operator-{env}", f"AKIACHRONOSOP{env.upper():0<7}"[:20],
+                  f"chronos-operator-{env}-not-a-secret".ljust(40, "0"))
+    for env in KNOWN_ENVS
+}
+
+_DEPLOYER_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+_EC2_SERVICE_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Action": ["sts:AssumeRole"], "Resource": [f"arn:aws:iam::{SANDBOX_ACCOUNT}:role/*"]},
+        {"Effect": "Allow", "Action": ["iam:GetInstanceProfile"],
+         "Resource": [f"arn:aws:iam::{SANDBOX_ACCOUNT}:instance-profile/*"]},
+    ],
+}
+
+
+def glob_to_regex(pattern: str) -> str:
+    """IAM's wildcards: `*` any run of characters, `?` exactly one; everything else literal."""
+    return "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + "$"
+
+
+_INSTANCE_ACTIONS = {"TerminateInstances", "StopInstances", "StartInstances", "RebootInstances",
+                     "ModifyInstanceAttribute"}
+
+
+def resource_of(service: str, action: str, params: dict[str, list[str]], region: str, account: str) -> list[str]:
+    """The ARNs AWS authorises an action against, for the actions this project calls; "*" for
+    the rest (describes are authorised against "*" on AWS too)."""
+    if service == "ec2" and action in _INSTANCE_ACTIONS:
+        ids = [values[0] for key, values in sorted(params.items()) if key.startswith("InstanceId.")]
+        return [f"arn:aws:ec2:{region}:{account}:instance/{i}" for i in ids] or ["*"]
+    if service == "ec2" and action == "RunInstances":
+        return [f"arn:aws:ec2:{region}:{account}:instance/*"]
+    if service == "ec2" and action == "CreateTags":
+        ids = [values[0] for key, values in sorted(params.items()) if key.startswith("ResourceId.")]
+        return [f"arn:aws:ec2:{region}:{account}:{_ec2_kind(i)}/{i}" for i in ids] or ["*"]
+    if service == "iam" and action == "GetInstanceProfile":
+        return [f"arn:aws:iam::{account}:instance-profile/{params['InstanceProfileName'][0]}"]
+    return ["*"]
+
+
+def _ec2_kind(resource_id: str) -> str:
+    prefix = resource_id.split("-", 1)[0]
+    return {"i": "instance", "vol": "volume", "eni": "network-interface", "sir": "spot-instances-request",
+            "sg": "security-group", "subnet": "subnet", "vpc": "vpc"}.get(prefix, prefix)
+
+
+def ssm_parameter_arn(name: str, region: str, account: str) -> str:
+    # Public parameters (/aws/service/...) belong to no account: their ARN's account field is empty.
+    owner = "" if name.startswith("/aws/") else account
+    return f"arn:aws:ssm:{region}:{owner}:parameter/{name.lstrip('/')}"
+
+
+def resolve_policy_variables(document: str, session_name: str | None) -> str:
+    """`${ec2:InstanceID}` is the instance whose role signed the call: the session's name."""
+    if session_name and re.fullmatch(r"i-[0-9a-f]{8,17}", session_name):
+        return document.replace("${ec2:InstanceID}", session_name)
+    return document
+
+
+# -- installed into the moto server process ------------------------------------------------------
+class SerializeConditionalRequests:
+    """S3 applies a conditional write atomically; moto checks, then writes. One lock restores it."""
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if not (environ.get("HTTP_IF_MATCH") or environ.get("HTTP_IF_NONE_MATCH")):
+            return self.app(environ, start_response)
+        with self.lock:
+            result = self.app(environ, start_response)
+            try:
+                return [b"".join(result)]  # the whole write happens inside the lock
+            finally:
+                getattr(result, "close", lambda: None)()
+
+
+def install() -> None:
+    """Patch moto in this process (the sandbox's server) and turn IAM enforcement on."""
+    from moto import settings
+    from moto.core.responses import ActionAuthenticatorMixin, BaseResponse
+    from moto.iam import access_control
+    from moto.moto_api._internal.models import moto_api_backend
+
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    ActionAuthenticatorMixin.request_count = 0
+
+    access_control.IAMPolicyStatement._match = staticmethod(
+        lambda pattern, string: re.match(glob_to_regex(pattern), string, flags=re.DOTALL))
+
+    original_check_principal = access_control.IAMPolicyStatement._check_principal
+
+    def check_principal(self, principal: str) -> bool:
+        expected = self._statement.get("Principal") or {}
+        if isinstance(expected, dict) and "AWS" not in expected:
+            services = expected.get("Service", [])
+            services = [services] if isinstance(services, str) else services
+            return "ec2.amazonaws.com" in services and principal == EC2_SERVICE.arn
+        return original_check_principal(self, principal)
+
+    access_control.IAMPolicyStatement._check_principal = check_principal
+
+    original_collect = access_control.AssumedRoleAccessKey.collect_policies
+
+    def collect_policies(self):
+        docs = []
+        for policy in original_collect(self):
+            document = json.dumps(access_control.IAMPolicy(policy)._policy_json)
+            docs.append(resolve_policy_variables(document, self._session_name))
+        return docs
+
+    access_control.AssumedRoleAccessKey.collect_policies = collect_policies
+
+    original_authorize = BaseResponse._authenticate_and_authorize_normal_action
+
+    def authorize(self, resource: str = "*") -> None:
+        service = getattr(self, "service_name", "")
+        action = self._get_action()
+        if service == "ssm" and action in ("GetParameter", "GetParameters"):
+            names = [self._get_param("Name")] if action == "GetParameter" else (self._get_param("Names") or [])
+            resources = [ssm_parameter_arn(n, self.region, self.current_account) for n in names if n] or ["*"]
+        elif resource == "*":
+            resources = resource_of(service, action, self.querystring, self.region, self.current_account)
+        else:
+            resources = [resource]
+        for arn in resources:
+            original_authorize(self, arn)
+
+    BaseResponse._authenticate_and_authorize_normal_action = authorize
+
+    original_reset = type(moto_api_backend).reset
+
+    def reset(self) -> None:
+        original_reset(self)
+        create_identities()
+
+    type(moto_api_backend).reset = reset
+    create_identities()
+
+
+def create_identities() -> None:
+    """The deployer, the EC2 stand-in and the operators, with their fixed keys, in moto's IAM."""
+    from moto.iam.models import iam_backends
+
+    iam = iam_backends[SANDBOX_ACCOUNT]["aws"]
+    for identity, policy in ((DEPLOYER, _DEPLOYER_POLICY), (EC2_SERVICE, _EC2_SERVICE_POLICY),
+                             *((op, None) for op in OPERATORS.values())):
+        if identity.user in iam.users:
+            continue
+        iam.create_user("us-east-1", identity.user)
+        key = iam.create_access_key(identity.user)
+        iam.access_keys.pop(key.physical_resource_id, None)
+        key.access_key_id, key.secret_access_key = identity.access_key_id, identity.secret_access_key
+        iam.access_keys[key.physical_resource_id] = key
+        if policy is not None:
+            iam.put_user_policy(identity.user, "sandbox", json.dumps(policy))

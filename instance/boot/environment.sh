@@ -1,0 +1,66 @@
+# The agent's Python environment, sourced by bootstrap.sh from the run bundle (it brings s3,
+# uv_bin, BUCKET, ROOT and PYTHON_BUILD). One tarball in S3 holds a standalone CPython and the
+# venv built on it from instance/requirements.txt; it unpacks to the same path on every machine,
+# so the venv's links to its interpreter hold. A miss builds both with uv (over HTTPS: uv's own
+# Python builds and PyPI), saves them for the next run, and goes on; a failed save only costs
+# the next run the same build.
+
+env_key() {  # must equal instance.protocol.layout.python_env_key
+  local hash
+  hash=$(sha256sum instance/requirements.txt | cut -c1-16)
+  echo "cached-datasets/python-env/chronos-env-$PYTHON_BUILD-$(uname -m)-$hash.tar.gz"
+}
+
+gzip_program() {  # pigz packs a multi-GB CUDA environment on every core; tar adds -d to unpack
+  if command -v pigz >/dev/null; then echo "pigz -1"; else echo "gzip -1"; fi
+}
+
+restore_environment() {  # $1 env dir, $2 key; fails when the cache has no such environment
+  local dir=$1 key=$2 tarball="$1.download.tar.gz"
+  s3 s3 cp --only-show-errors "s3://$BUCKET/$key" "$tarball" || return 1
+  rm -rf "$dir.partial" && mkdir -p "$dir.partial" \
+    && tar -I "$(gzip_program)" -xf "$tarball" -C "$dir.partial" || { rm -f "$tarball"; return 1; }
+  # The links inside point at $dir: unpacked beside it, renamed at the end, never half there.
+  rm -rf "$dir" && mv "$dir.partial" "$dir"
+  rm -f "$tarball"
+}
+
+build_environment() {  # $1 env dir: $1/python (standalone CPython) and $1/venv
+  local dir=$1 uv interpreter version=${PYTHON_BUILD#cpython-}
+  uv=$(uv_bin) || return 1
+  rm -rf "$dir" && mkdir -p "$dir" || return 1
+  UV_PYTHON_INSTALL_DIR="$dir/python" "$uv" python install --no-bin "$version" || return 1
+  interpreter=$(ls -d "$dir"/python/cpython-"$version"-*/bin/python3 2>/dev/null | head -n 1)
+  [ -n "$interpreter" ] || { echo "bootstrap: uv installed no $PYTHON_BUILD under $dir/python" >&2; return 1; }
+  "$uv" venv --quiet --python "$interpreter" "$dir/venv" || return 1
+  UV_CACHE_DIR="$ROOT/uv-cache" "$uv" pip install --python "$dir/venv/bin/python" -r instance/requirements.txt || return 1
+}
+
+save_environment() {  # $1 env dir, $2 key; a refusal is logged, never fatal
+  local dir=$1 key=$2 tarball="$1.upload.tar.gz" started=$SECONDS
+  if tar -I "$(gzip_program)" -cf "$tarball" -C "$dir" . && s3 s3 cp --only-show-errors "$tarball" "s3://$BUCKET/$key"; then
+    echo "bootstrap: saved the environment as s3://$BUCKET/$key ($(du -m "$tarball" | cut -f1) MB, $((SECONDS - started)) s)"
+  else
+    echo "bootstrap: could not save the environment to s3://$BUCKET/$key; the next run builds it again"
+  fi
+  rm -f "$tarball"
+}
+
+prepare_environment() {  # $1 env dir
+  local dir=$1 key started=$SECONDS
+  key=$(env_key)
+  if [ "$(cat "$dir/.chronos-env" 2>/dev/null)" = "$key" ]; then
+    echo "bootstrap: environment $key already here"
+    return 0
+  fi
+  if restore_environment "$dir" "$key"; then
+    echo "bootstrap: environment restored from s3://$BUCKET/$key in $((SECONDS - started)) s"
+  else
+    echo "bootstrap: no cached environment at s3://$BUCKET/$key; building it with uv"
+    build_environment "$dir" || return 1
+    echo "bootstrap: environment built in $((SECONDS - started)) s"
+    echo "$key" > "$dir/.chronos-env"
+    save_environment "$dir" "$key"
+  fi
+  echo "$key" > "$dir/.chronos-env"
+}
