@@ -186,7 +186,11 @@ def fake_aws_main(argv: list[str]) -> int:
         try:
             if src.startswith("s3://"):
                 bucket, key = src[5:].split("/", 1)
-                s3.download_file(bucket, key, dst)
+                if dst == "-":  # to standard output, as the real CLI streams
+                    s3.download_fileobj(bucket, key, sys.stdout.buffer)
+                    sys.stdout.flush()
+                else:
+                    s3.download_file(bucket, key, dst)
             else:
                 bucket, key = dst[5:].split("/", 1)
                 s3.upload_file(src, bucket, key)

@@ -16,13 +16,16 @@ gzip_program() {  # pigz packs a multi-GB CUDA environment on every core; tar ad
 }
 
 restore_environment() {  # $1 env dir, $2 key; fails when the cache has no such environment
-  local dir=$1 key=$2 tarball="$1.download.tar.gz"
-  s3 s3 cp --only-show-errors "s3://$BUCKET/$key" "$tarball" || return 1
-  rm -rf "$dir.partial" && mkdir -p "$dir.partial" \
-    && tar -I "$(gzip_program)" -xf "$tarball" -C "$dir.partial" || { rm -f "$tarball"; return 1; }
+  local dir=$1 key=$2
+  rm -rf "$dir.partial" && mkdir -p "$dir.partial" || return 1
+  # Streamed from S3 into tar: the download and the unpack overlap, and the tarball never
+  # touches the disk (on a gp3 root volume, disk throughput is what bounds a restore).
+  if ! s3 s3 cp --only-show-errors "s3://$BUCKET/$key" - | tar -I "$(gzip_program)" -xf - -C "$dir.partial"; then
+    rm -rf "$dir.partial"
+    return 1
+  fi
   # The links inside point at $dir: unpacked beside it, renamed at the end, never half there.
   rm -rf "$dir" && mv "$dir.partial" "$dir"
-  rm -f "$tarball"
 }
 
 build_environment() {  # $1 env dir: $1/python (standalone CPython) and $1/venv
