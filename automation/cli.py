@@ -540,6 +540,8 @@ def sandbox_env(opts: Options) -> None:
     info = sb.status()
     if info is None:
         raise CliError("the sandbox is not running; start it with `chronos-train sandbox start`")
+    # A session token or profile left in the shell would override or spoil these keys.
+    click.echo("unset AWS_SESSION_TOKEN AWS_PROFILE")
     for name, value in sb.env_vars(info, opts.env).items():
         click.echo(f"export {name}={shlex.quote(value)}")
 

@@ -37,9 +37,8 @@ class Identity:
     secret_access_key: str
 
     def env(self) -> dict[str, str]:
-        """As environment variables, clearing any session token a shell may hold."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
-                "AWS_SESSION_TOKEN": ""}
+        """As environment variables (a session token left beside them would be refused: unset it)."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key}
 
     @property
     def credentials(self) -> tuple[str, str, None]:

@@ -106,7 +106,7 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     os.environ.update(DEPLOYER.env())
-    os.environ.pop("AWS_SESSION_TOKEN")
+    os.environ.pop("AWS_SESSION_TOKEN", None)
     result: dict = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bench-env-") as tmp:
         tmp = Path(tmp)

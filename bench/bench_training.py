@@ -67,7 +67,7 @@ def main() -> int:
     )
 
     os.environ.update(DEPLOYER.env())  # the sandbox enforces IAM: act as its administrator
-    os.environ.pop("AWS_SESSION_TOKEN")
+    os.environ.pop("AWS_SESSION_TOKEN", None)
     port = motoserver.free_port()
     server = motoserver.start(port)
     # On EC2, S3 runs elsewhere; here its stand-in shares the CPU with training. Lowest priority

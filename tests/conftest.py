@@ -19,7 +19,7 @@ ENV = "dev"
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory):
     os.environ.update(DEPLOYER.env())
-    os.environ.pop("AWS_SESSION_TOKEN")
+    os.environ.pop("AWS_SESSION_TOKEN", None)
     os.environ["AWS_DEFAULT_REGION"] = REGION
     port = motoserver.free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
@@ -35,7 +35,7 @@ def aws(moto_endpoint) -> AwsTarget:
     in-process CLI command switches this process to the operator, as it should)."""
     motoserver.reset(moto_endpoint)
     os.environ.update(DEPLOYER.env())
-    os.environ.pop("AWS_SESSION_TOKEN")
+    os.environ.pop("AWS_SESSION_TOKEN", None)
     return AwsTarget(region=REGION, endpoint_url=moto_endpoint)
 
 

@@ -130,7 +130,9 @@ def test_sandbox_env_points_boto3_at_the_sandbox_as_the_operator(aws, tmp_path):
     assert run_cli(env, "--local", "sandbox", "start").returncode == 0
     printed = run_cli(env, "--local", "sandbox", "env")
     assert printed.returncode == 0, printed.stderr
-    exported = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in printed.stdout.splitlines())
+    lines = printed.stdout.splitlines()
+    assert lines[0] == "unset AWS_SESSION_TOKEN AWS_PROFILE"
+    exported = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in lines[1:])
     status = json.loads(run_cli(env, "--local", "sandbox", "status", "--json").stdout)
     assert {k: status[k] for k in exported} == exported  # the same values, for scripts
     probe = ("import boto3, sys; s3 = boto3.client('s3'); b = sys.argv[1]; "
