@@ -8,13 +8,12 @@ from typing import Callable
 
 from instance.protocol.artifacts import get_json
 from instance.protocol.aws import is_not_found
-from instance.protocol.state import is_stale
-from instance.protocol.timeutil import utcnow
+from instance.protocol.state import Lease, is_stale
 
 from .context import Target
 from .ending import instance_state
 from .runs import RunView, from_record, from_state
-from .verify import stale_after
+from .settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def _poll(target: Target, executor, store, run_id: str, on_update) -> RunView | 
     if lease is not None and lease.run_id == run_id:
         view = from_state(dict(lease.state))
         on_update(view)
-        _check_alive(target, executor, lease.state, view)
+        _check_alive(target, executor, lease, view)
         return None
     record = get_json(target.s3, target.bucket, target.layout.training_record(run_id))
     if record and record.get("final_status"):
@@ -71,14 +70,13 @@ def _poll(target: Target, executor, store, run_id: str, on_update) -> RunView | 
     return None
 
 
-def _check_alive(target: Target, executor, state, view: RunView) -> None:
-    now = utcnow()
-    if not is_stale(state, now, None, stale_after()):
-        return  # fresh heartbeat: no EC2 call needed
-    if hasattr(executor, "reconcile"):
-        executor.reconcile()
-    seen = instance_state(target, state.get("instance_id"))
-    if is_stale(state, now, seen, stale_after()):
+def _check_alive(target: Target, executor, lease: Lease, view: RunView) -> None:
+    limit = settings().stale_after
+    if not is_stale(lease, None, limit):
+        return  # written recently (S3's clock): no EC2 call needed
+    executor.reconcile()
+    seen = instance_state(target, lease.state.get("instance_id"))
+    if is_stale(lease, seen, limit):
         raise RunLost(view, seen)
 
 
