@@ -98,11 +98,12 @@ def scan(target: Target, executor) -> Scan:
 
 def decide(target: Target, seen: Scan) -> Report:
     knobs = settings()
+    stale_after, launch_grace = knobs.stale_after, knobs.launch_grace
     report = Report()
     live_run = None
     if seen.lease:
         lease = seen.lease
-        if is_stale(lease, seen.lease_instance, knobs.stale_after):
+        if is_stale(lease, seen.lease_instance, stale_after):
             report.findings.append(Finding(
                 "stale_lock", target.layout.state,
                 f"run {lease.run_id} ({lease.status.value}) last written {_ago(lease)} ago by S3's clock, "
@@ -119,7 +120,7 @@ def decide(target: Target, seen: Scan) -> Report:
             machines.add(run_id)
         if run_id and run_id == live_run:
             continue
-        if now - inst["LaunchTime"] < knobs.launch_grace:
+        if now - inst["LaunchTime"] < launch_grace:
             report.starting.append(inst["InstanceId"])
             continue
         report.findings.append(Finding("instance", inst["InstanceId"],
