@@ -197,7 +197,7 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor,
     try:
         store.update(
             keeper.lease,
-            lambda s: {**s, "instance_id": done.instance_id, "zone": done.zone, "stack_name": done.stack_name},
+            lambda s: {**s, "instance_id": done.instance_id, "zone": done.zone},
             pin_status=False,
             heartbeat=False,
         )

@@ -106,7 +106,7 @@ def executor(ops: FakeOps, renderer: Renderer | None = None) -> Ec2Executor:
 def test_provision_brings_the_stack_up_and_returns_the_instance():
     ops, renderer = FakeOps(), Renderer()
     result = executor(ops, renderer).provision(request())
-    assert (result.instance_id, result.zone, result.stack_name) == (INSTANCE_ID, "us-east-1a", RUN_ID)
+    assert (result.instance_id, result.zone) == (INSTANCE_ID, "us-east-1a")
     assert ops.calls == [("up", "us-east-1a")]
     assert renderer.kwargs == {"env": "dev", "bucket": INFRA.bucket, "run_id": RUN_ID, "region": "us-east-1",
                                "max_runtime_minutes": 90}

@@ -163,7 +163,7 @@ class SlowExecutor:
             time.sleep(self.seconds * 0.7)
             self.seen.append(self.during(req.run_id))
         time.sleep(max(0.0, self.seconds - (time.monotonic() - began)))
-        return Provisioned(instance_id="i-0123456789abcdef0", zone="us-east-1a", stack_name=req.run_id)
+        return Provisioned(instance_id="i-0123456789abcdef0", zone="us-east-1a")
 
     def terminate(self, run_id, instance_id):
         pass

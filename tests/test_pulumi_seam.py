@@ -52,10 +52,15 @@ def calls(log: Path) -> list[dict]:
 
 
 @pytest.fixture
-def fake(aws, tmp_path, monkeypatch):
+def seeded(aws):
+    """What the backend needs: the bucket (a test module may override this fixture)."""
+    return seed(SandboxInfo(aws.endpoint_url, REGION, motoserver.SANDBOX_ACCOUNT, None), ENV)
+
+
+@pytest.fixture
+def fake(aws, seeded, tmp_path, monkeypatch):
     """The fake CLI first on PATH, the shell's Pulumi variables wrong, temp files in a folder of
     our own (to see what is left behind), moto as the fake's AWS."""
-    seed(SandboxInfo(aws.endpoint_url, REGION, motoserver.SANDBOX_ACCOUNT, None), ENV)
     bin_dir = install_fake_pulumi(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     log = tmp_path / "pulumi-calls.jsonl"

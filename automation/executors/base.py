@@ -21,7 +21,6 @@ class ProvisionRequest:
 class Provisioned:
     instance_id: str
     zone: str | None = None
-    stack_name: str | None = None
 
 
 class ProvisionError(Exception):

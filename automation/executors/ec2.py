@@ -132,8 +132,7 @@ class Ec2Executor:
             if not instance_id:
                 self._discard(req.run_id)
                 raise ProvisionError(f"the run stack {req.run_id} came up without an instance id; launch again")
-            return Provisioned(instance_id=str(instance_id), zone=str(outputs.get("zone") or zone),
-                               stack_name=req.run_id)
+            return Provisioned(instance_id=str(instance_id), zone=str(outputs.get("zone") or zone))
         raise AssertionError("unreachable: the last zone either returns or raises")
 
     @staticmethod
