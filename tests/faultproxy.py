@@ -27,6 +27,8 @@ Counts of what it did are kept in `stats` (and every (method, path) seen in `see
 - from botocore's `amz-sdk-request: attempt=N; max=M` header: `calls` (first attempts, i.e. API
   calls made), `retries` (attempts after the first: exactly the retries botocore made) and
   `exhausted` (a faulted last attempt: the call failed after its whole retry budget);
+- `conditional_writes`: conditional PUT/POST/DELETE requests that passed the path and method
+  filters (what a 409 could meet);
 - `failed_calls` (a property): calls whose latest attempt was faulted, from the
   `amz-sdk-invocation-id` header: those the caller saw fail, whether the attempts ran out or
   botocore's retry quota did.
@@ -92,10 +94,13 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def configure(self, rate: float | None = None, faults=None, paths=None, methods=None,
-                  max_faults: int | None = None) -> None:
+                  max_faults: int | None = None, seed: int | None = None) -> None:
         """Change what is injected from the next request on (None leaves a setting as it is).
-        `max_faults`: inject at most that many more faults (e.g. 1: lose exactly one reply)."""
+        `max_faults`: inject at most that many more faults (e.g. 1: lose exactly one reply);
+        `seed`: restart the fault sequence from this seed."""
         with self._lock:
+            if seed is not None:
+                self.rng = random.Random(seed)
             if max_faults is not None:
                 self.max_faults = self.injected + max_faults
             if rate is not None:
@@ -191,6 +196,8 @@ class FaultProxy:
             return None
         if self.max_faults is not None and self.injected >= self.max_faults:
             return None
+        if conditional and method.upper() in WRITE_METHODS:
+            self.stats["conditional_writes"] += 1  # the requests a 409 could meet
         # A 409 only exists for conditional writes: other requests are no candidates for it.
         kinds = [f for f in self.faults if f != CONFLICT or (conditional and method.upper() in WRITE_METHODS)]
         if not kinds or not (self.rate and self.rng.random() < self.rate):
