@@ -74,6 +74,15 @@ def emit_json(doc) -> None:
     click.echo(json.dumps(doc, indent=2, default=str))
 
 
+def emit(as_json: bool, doc, lines) -> None:
+    """A reading command's answer: the JSON document, or its lines for people."""
+    if as_json:
+        emit_json(doc)
+        return
+    for line in lines:
+        click.echo(line)
+
+
 def say(line: str) -> None:
     """A progress line for people, on stderr (stdout stays for what scripts read)."""
     click.echo(line, err=True)
@@ -165,11 +174,7 @@ def _dry_run(target, config: Path, executor, as_json: bool) -> None:
     from .render import dry_run_lines
 
     result = dry_run(target, config, executor)
-    if as_json:
-        emit_json(result.to_json())
-    else:
-        for line in dry_run_lines(result):
-            click.echo(line)
+    emit(as_json, result.to_json(), dry_run_lines(result))
     if not result.ready:
         raise SystemExit(BAD_INPUT)
 
@@ -202,14 +207,11 @@ def doctor(opts: Options, config: Path | None, as_json: bool) -> None:
         except ConfigError as exc:
             raise CliError(str(exc), BAD_INPUT) from None
     checks = run_checks(opts.target(), cfg)
-    if as_json:
-        emit_json({"ok": not failed(checks), "checks": [c.to_json() for c in checks]})
-    else:
-        for check in checks:
-            click.echo(check.line())
-        bad = failed(checks)
-        click.echo("ready to launch" if not bad else f"{len(bad)} check(s) failed; fix them, then run doctor again")
-    if failed(checks):
+    bad = failed(checks)
+    emit(as_json, {"ok": not bad, "checks": [c.to_json() for c in checks]},
+         [c.line() for c in checks] + ["ready to launch" if not bad else
+                                       f"{len(bad)} check(s) failed; fix them, then run doctor again"])
+    if bad:
         raise SystemExit(BAD_INPUT)
 
 
@@ -412,11 +414,7 @@ def verify_cleanup(opts: Options, fix: bool, as_json: bool) -> None:
 
     target = opts.target()
     report = verify(target, executors.for_target(target, progress=say), fix)
-    if as_json:
-        emit_json(report.to_json())
-    else:
-        for line in verify_lines(report):
-            click.echo(line)
+    emit(as_json, report.to_json(), verify_lines(report))
     if not report.clean:
         raise SystemExit(LEFTOVERS)
 

@@ -214,37 +214,40 @@ def _quota(target: Target, config: RunConfig | None) -> Check:
     return _guard("vCPU quota", f"check \"{name}\" ({code}) in Service Quotas for {target.region}", probe)
 
 
-def _encryption(target: Target) -> Check:
+def _bucket_setting(target: Target, name: str, what: str, fetch: Callable[[], object], missing_code: str,
+                    judge: Callable[[object], Check]) -> Check:
+    """A bucket setting `pulumi up` deploys: absent fails (skips under --local: the sandbox's
+    bucket is not deployed by it), present is judged."""
     def probe() -> Check:
         try:
-            rules = target.s3.get_bucket_encryption(Bucket=target.bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+            found = fetch()
         except Exception as exc:
-            if error_code(exc) != "ServerSideEncryptionConfigurationNotFoundError":
+            if error_code(exc) != missing_code:
                 raise
             if target.local:
-                return Check("bucket encryption", SKIP, LOCAL_BUCKET.format(what="default encryption"))
-            return Check("bucket encryption", FAIL, f"bucket {target.bucket} has no default encryption",
-                         "run `pulumi up` again")
+                return Check(name, SKIP, LOCAL_BUCKET.format(what=what))
+            return Check(name, FAIL, f"bucket {target.bucket} has no {what}", "run `pulumi up` again")
+        return judge(found)
+
+    return _guard(name, "run `pulumi up` again", probe)
+
+
+def _encryption(target: Target) -> Check:
+    def judge(rules) -> Check:
         algos = sorted({r["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] for r in rules
                         if "ApplyServerSideEncryptionByDefault" in r})
         return Check("bucket encryption", PASS, f"{', '.join(algos) or 'set'} by default")
 
-    return _guard("bucket encryption", "run `pulumi up` again", probe)
+    return _bucket_setting(
+        target, "bucket encryption", "default encryption",
+        lambda: target.s3.get_bucket_encryption(Bucket=target.bucket)["ServerSideEncryptionConfiguration"]["Rules"],
+        "ServerSideEncryptionConfigurationNotFoundError", judge)
 
 
 def _lifecycle(target: Target) -> Check:
     from .stacks.persistent_config import PersistentConfig, lifecycle_rules
 
-    def probe() -> Check:
-        try:
-            deployed = target.s3.get_bucket_lifecycle_configuration(Bucket=target.bucket)["Rules"]
-        except Exception as exc:
-            if error_code(exc) != "NoSuchLifecycleConfiguration":
-                raise
-            if target.local:
-                return Check("bucket lifecycle", SKIP, LOCAL_BUCKET.format(what="lifecycle rules"))
-            return Check("bucket lifecycle", FAIL, f"bucket {target.bucket} has no lifecycle rules",
-                         "run `pulumi up` again")
+    def judge(deployed) -> Check:
         enabled = {r.get("ID"): r for r in deployed if r.get("Status") == "Enabled"}
         expected = [r["id"] for r in lifecycle_rules(PersistentConfig(environment=target.env, region=target.region))]
         missing = [rule for rule in expected if rule not in enabled]
@@ -256,7 +259,10 @@ def _lifecycle(target: Target) -> Check:
         return Check("bucket lifecycle", PASS, f"logs expire after {logs} days, run outputs after {runs} days, "
                      "incomplete uploads aborted")
 
-    return _guard("bucket lifecycle", "run `pulumi up` again", probe)
+    return _bucket_setting(
+        target, "bucket lifecycle", "lifecycle rules",
+        lambda: target.s3.get_bucket_lifecycle_configuration(Bucket=target.bucket)["Rules"],
+        "NoSuchLifecycleConfiguration", judge)
 
 
 def _client(target: Target, service: str):
