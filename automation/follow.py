@@ -12,17 +12,18 @@ from instance.protocol.state import Lease, is_stale
 
 from .context import Target
 from .ending import instance_state
-from .runs import RunView, from_record, from_state
+from .runs import RunView, duration, from_record, from_state
 from .settings import settings
 
 log = logging.getLogger(__name__)
 
 
 class RunLost(Exception):
-    def __init__(self, view: RunView, instance: str | None):
+    def __init__(self, view: RunView, instance: str | None, silent_for: str):
         super().__init__(
-            f"run {view.run_id} has sent no heartbeat since {view.heartbeat_at} and its instance is "
-            f"{instance or 'gone'}; it is lost. Run `chronos-train verify-cleanup --fix` to record it and release the lock"
+            f"run {view.run_id} has not written its lock for {silent_for} (S3's clock; last heartbeat "
+            f"{view.heartbeat_at}) and its instance is {instance or 'gone'}; it is lost. "
+            "Run `chronos-train verify-cleanup --fix` to record it and release the lock"
         )
         self.view = view
 
@@ -77,7 +78,7 @@ def _check_alive(target: Target, executor, lease: Lease, view: RunView) -> None:
     executor.reconcile()
     seen = instance_state(target, lease.state.get("instance_id"))
     if is_stale(lease, seen, limit):
-        raise RunLost(view, seen)
+        raise RunLost(view, seen, duration(lease.age.total_seconds()))
 
 
 def download(target: Target, run_id: str, dest: Path) -> Path:

@@ -81,32 +81,24 @@ def stack_config(zone: str = "us-east-1a") -> RunStackConfig:
                           user_data="#!/bin/bash\n")
 
 
-def test_every_call_gets_our_backend_and_passphrase_whatever_the_shell_holds(aws, fake):
-    log, _ = fake
+def test_every_call_gets_our_backend_passphrase_and_its_own_work_dir(aws, fake):
+    log, scratch = fake
     ops = PulumiStackOps(BUCKET, ENV, REGION, target=aws)
     outputs = ops.up(RUN_ID, stack_config())
     assert outputs["instance_id"].startswith("i-") and outputs["zone"] == "us-east-1a"
     assert ops.list_stacks() == [RUN_ID], "the stack is in the bucket's backend, where list_stacks looks"
+    ops.refresh(RUN_ID)
     ops.destroy(RUN_ID)
     ops.remove_stack(RUN_ID)
     assert ops.list_stacks() == []
+    assert instance_state(client("ec2", aws), outputs["instance_id"]) == "terminated"
     seen = calls(log)
-    assert {c["argv"][1] for c in seen} >= {"stack", "up", "destroy"}
+    assert {c["argv"][1] for c in seen} >= {"stack", "up", "refresh", "destroy"}
     for call in seen:
         assert call["env"]["PULUMI_BACKEND_URL"] == f"s3://{BUCKET}/dev/pulumi?region=us-east-1", call["argv"]
         assert call["env"]["PULUMI_CONFIG_PASSPHRASE"] == "" and call["env"]["PULUMI_CONFIG_PASSPHRASE_FILE"] == ""
         assert call["env"]["PULUMI_AUTOMATION_API"] == "true"
-    assert instance_state(client("ec2", aws), outputs["instance_id"]) == "terminated"
-
-
-def test_each_call_removes_its_work_dir_and_leaves_no_temp_folder(aws, fake):
-    log, scratch = fake
-    ops = PulumiStackOps(BUCKET, ENV, REGION, target=aws)
-    ops.up(RUN_ID, stack_config())
-    ops.refresh(RUN_ID)
-    ops.destroy(RUN_ID)
-    ops.remove_stack(RUN_ID)
-    work_dirs = {c["cwd"] for c in calls(log)}
+    work_dirs = {c["cwd"] for c in seen}
     assert len(work_dirs) == 4, "one work dir per Automation call"
     assert not [d for d in work_dirs if Path(d).exists()]
     assert list(scratch.iterdir()) == [], "no automation-* (or other) folder left in the temp dir"
@@ -151,14 +143,6 @@ def test_preview_runs_in_a_throwaway_backend_and_writes_nothing_to_the_bucket(aw
     assert len(backends) == 1 and next(iter(backends)).startswith("file://")
     assert not Path(next(iter(backends)).removeprefix("file://")).exists()
     assert list(scratch.iterdir()) == []
-
-
-def test_finalize_through_the_real_seam_destroys_and_removes(aws, fake):
-    ops = PulumiStackOps(BUCKET, ENV, REGION, target=aws)
-    instance = ops.up(RUN_ID, stack_config())["instance_id"]
-    Ec2Executor(ENV, BUCKET, REGION, target=aws, ops=ops).finalize(RUN_ID)
-    assert ops.list_stacks() == [] and instance_state(client("ec2", aws), instance) == "terminated"
-    assert [c["argv"][1] for c in calls(fake[0]) if c["argv"][1] in ("refresh", "destroy")] == ["refresh", "destroy"]
 
 
 # -- Ctrl-C during `up`, through the real CLI ------------------------------------------------------

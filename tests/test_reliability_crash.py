@@ -95,7 +95,7 @@ def test_sigkilled_agent_is_found_fixed_and_the_next_run_completes(phase, env, h
     found = run_cli(check, "--local", "verify-cleanup")
     assert found.returncode == 6, found.stdout + found.stderr
     assert f"LEFT: stale_lock {LAYOUT.state} (run {run_id} ({phase})" in found.stdout, found.stdout
-    assert "1 leftover(s); run with --fix" in found.stdout
+    assert "1 leftover(s) that bill; run with --fix" in found.stdout
     doc = json.loads(run_cli(check, "--local", "verify-cleanup", "--json").stdout)
     assert [(f["kind"], f["run_id"]) for f in doc["findings"]] == [("stale_lock", run_id)], doc
     # The dead machine's instance record is already terminated: EC2 itself reports nothing live.
