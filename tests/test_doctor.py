@@ -147,8 +147,11 @@ def test_a_zero_quota_is_the_first_launch_failure_doctor_names(on_aws, tmp_path)
     assert result.stdout.strip().endswith("1 check(s) failed; fix them, then run doctor again")
 
 
-@pytest.mark.parametrize("instance,code", [({"spot": True}, "L-3819A6DF"), ({"type": "p3.2xlarge"}, "L-417A185B"),
-                                           ({"type": "p3.2xlarge", "spot": True}, "L-7212CCBC")])
+@pytest.mark.parametrize("instance,code", [
+    pytest.param({"spot": True}, "L-3819A6DF", id="G-spot"),
+    pytest.param({"type": "p3.2xlarge"}, "L-417A185B", id="P-on-demand", marks=pytest.mark.reliability),
+    pytest.param({"type": "p3.2xlarge", "spot": True}, "L-7212CCBC", id="P-spot"),
+])
 def test_the_quota_asked_is_the_families_and_markets(on_aws, tmp_path, instance, code):
     env, proxy, _ = on_aws
     asked = []

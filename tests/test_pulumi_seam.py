@@ -115,6 +115,7 @@ def test_a_failed_up_carries_the_engines_error_diagnostics(aws, fake, monkeypatc
     assert [d.severity for d in failure.diagnostics] == ["error", "error"]
 
 
+@pytest.mark.reliability  # the fallback itself is tested through a fake seam in test_ec2_executor.py
 def test_capacity_in_every_zone_through_the_real_seam_cleans_up(aws, fake, monkeypatch):
     from tests.test_ec2_executor import INFRA, Renderer, request
 
