@@ -20,8 +20,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q -m "not reliability" $(PYTEST_ARGS)
 
 # The full fault/crash/kill matrices (docs/reliability.md); make test runs a representative subset.
+# Then every other test marked `reliability` (the real-time 6-minute up, the rest of a matrix).
 reliability: $(STAMP)
 	$(PY) -m pytest -q tests/test_reliability_*.py tests/test_faultproxy_lock.py $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m reliability --ignore-glob='tests/test_reliability_*' $(PYTEST_ARGS)
 
 # A complete local training run: embedded sandbox (moto) + the agent as a local process.
 demo: $(STAMP)

@@ -1,19 +1,18 @@
-"""chronos-train: thin click commands. Each parses, calls one function, and turns domain
-errors into one sentence with the exit code of DESIGN.md. Heavy modules load lazily, so
-`monitor` stays fast (no torch, chronos or pulumi).
+"""chronos-train: thin click commands. Each parses, calls one function, and prints; one error
+mapping for every command (`ChronosGroup.invoke`) turns domain errors into one sentence with the
+exit code of DESIGN.md. Heavy modules load lazily, so `monitor` stays fast (no torch, chronos or
+pulumi).
 """
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from .errors import BAD_INPUT, ERROR, LEFTOVERS, OK, RUN_FAILED, RUN_KILLED, ChronosError
+from .errors import (BAD_INPUT, ERROR, INTERRUPTED, LEFTOVERS, OK, RUN_FAILED, RUN_KILLED, ChronosError)
 
 FINAL_EXIT = {"completed": OK, "failed": RUN_FAILED, "killed": RUN_KILLED}
 
@@ -25,6 +24,37 @@ class CliError(click.ClickException):
 
     def show(self, file=None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
+
+
+def as_cli_error(exc: BaseException) -> CliError | None:
+    """The one mapping from what a command raised to a sentence and an exit code; None for what
+    click handles itself (its own errors, exits, aborts)."""
+    if isinstance(exc, (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit)):
+        return None
+    if isinstance(exc, ChronosError):
+        return CliError(str(exc), exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        return CliError("interrupted", INTERRUPTED)
+    from .context import translate_aws_error
+
+    target = click.get_current_context().meta.get("chronos.target")
+    translated = translate_aws_error(exc, target) if target and isinstance(exc, Exception) else exc
+    if isinstance(translated, ChronosError):
+        return CliError(str(translated), translated.exit_code)
+    return CliError(f"{type(exc).__name__}: {exc} (set CHRONOS_DEBUG=1 for a traceback)", ERROR)
+
+
+class ChronosGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BaseException as exc:
+            from .settings import settings
+
+            error = as_cli_error(exc)
+            if error is None or (settings().debug and not isinstance(exc, (ChronosError, KeyboardInterrupt))):
+                raise
+            raise error from None
 
 
 @dataclass(frozen=True)
@@ -40,42 +70,40 @@ class Options:
         return target
 
 
-def handles_errors(fn):
-    """Domain errors → one sentence + exit code; unexpected ones too (traceback with CHRONOS_DEBUG=1)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except ChronosError as exc:
-            raise CliError(str(exc), exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise CliError("interrupted", 130) from None
-        except Exception as exc:
-            if os.environ.get("CHRONOS_DEBUG"):
-                raise
-            from .context import translate_aws_error
-
-            target = click.get_current_context().meta.get("chronos.target")
-            translated = translate_aws_error(exc, target) if target else exc
-            if isinstance(translated, ChronosError):
-                raise CliError(str(translated), translated.exit_code) from None
-            raise CliError(f"{type(exc).__name__}: {exc} (set CHRONOS_DEBUG=1 for a traceback)", ERROR) from None
-
-    return wrapper
-
-
 def emit_json(doc) -> None:
     click.echo(json.dumps(doc, indent=2, default=str))
 
 
+def emit(as_json: bool, doc, lines) -> None:
+    """A reading command's answer: the JSON document, or its lines for people."""
+    if as_json:
+        emit_json(doc)
+        return
+    for line in lines:
+        click.echo(line)
+
+
+def say(line: str) -> None:
+    """A progress line for people, on stderr (stdout stays for what scripts read)."""
+    click.echo(line, err=True)
+
+
 # ---------------------------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--env", default=lambda: os.environ.get("CHRONOS_ENV", "dev"), show_default="dev, or $CHRONOS_ENV",
-              help="Environment: dev, stage or prod.")
-@click.option("--local", is_flag=True, default=lambda: os.environ.get("CHRONOS_LOCAL", "") not in ("", "0"),
+def _default_env() -> str:
+    from .settings import settings
+
+    return settings().env
+
+
+def _default_local() -> bool:
+    from .settings import settings
+
+    return settings().local
+
+
+@click.group(cls=ChronosGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--env", default=_default_env, show_default="dev, or $CHRONOS_ENV", help="Environment: dev, stage or prod.")
+@click.option("--local", is_flag=True, default=_default_local,
               help="Use the embedded sandbox (moto) and a local agent process instead of AWS ($CHRONOS_LOCAL=1).")
 @click.pass_context
 def cli(ctx: click.Context, env: str, local: bool) -> None:
@@ -98,154 +126,177 @@ pass_opts = click.make_pass_decorator(Options)
 @click.option("--follow", is_flag=True, help="Stay and watch the run until it ends (exit 0/4/5).")
 @click.option("--download/--no-download", default=True, show_default=True,
               help="With --follow: fetch the finished model into ./runs/RUN_ID/.")
+@click.option("--dry-run", is_flag=True,
+              help="Check everything and preview the run stack; take no lock, write nothing, start nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: machine-readable output.")
 @pass_opts
-@handles_errors
-def launch(opts: Options, config: Path, follow: bool, download: bool) -> None:
+def launch(opts: Options, config: Path, follow: bool, download: bool, dry_run: bool, as_json: bool) -> None:
     """Validate CONFIG, take the lock, start the run; prints the run id.
 
     A bad config or dataset costs nothing: exit 2, no lock, no instance.
-    Exit 3 when another run holds the lock.
+    Exit 3 when another run holds the lock; 130 when interrupted (what was made is removed).
+    --dry-run runs every check of a launch plus `chronos-train doctor` and a Pulumi preview of
+    the run stack (resources, instance type, zones, price); exit 0 ready, 2 not ready.
 
     \b
     Example:
       chronos-train --local launch examples/quickstart.yaml --follow
+      chronos-train launch run.yaml --dry-run
       RUN=$(chronos-train launch run.yaml)
     """
     from . import executors
+
+    if as_json and not dry_run:
+        raise CliError("--json goes with --dry-run (a launch prints its run id on stdout)", BAD_INPUT)
+    if follow and dry_run:
+        raise CliError("--follow and --dry-run exclude each other: a dry run starts nothing to follow", BAD_INPUT)
+    target = opts.target()
+    executor = executors.for_target(target, progress=say)
+    if dry_run:
+        _dry_run(target, config, executor, as_json)
+        return
     from .launch import launch as do_launch, plan
 
-    target = opts.target()
     lp = plan(target, config)
-    err = click.get_text_stream("stderr")
-    click.echo(lp.estimate.sentence(), file=err)
-    executor = executors.for_target(target)
-    launched = do_launch(target, lp, executor)
+    say(lp.estimate.sentence())
+    launched = do_launch(target, lp, executor, progress=say)
     click.echo(launched.run_id)
     flag = " --local" if opts.local else ""
-    click.echo(
-        f"run {launched.run_id} started on {executor.name} (instance {launched.instance_id}, dataset "
+    say(f"run {launched.run_id} started on {executor.name} (instance {launched.instance_id}, dataset "
         f"{launched.dataset_prefix})\n  watch: chronos-train{flag} monitor {launched.run_id} --follow\n"
-        f"  logs:  chronos-train{flag} logs {launched.run_id} --follow\n  stop:  chronos-train{flag} kill {launched.run_id}",
-        file=err,
-    )
+        f"  logs:  chronos-train{flag} logs {launched.run_id} --follow\n  stop:  chronos-train{flag} kill {launched.run_id}")
     if follow:
-        _follow(opts, target, executor, launched.run_id, download, as_json=False)
+        _follow(target, executor, launched.run_id, download, as_json=False)
+
+
+def _dry_run(target, config: Path, executor, as_json: bool) -> None:
+    from .launch import dry_run
+    from .render import dry_run_lines
+
+    result = dry_run(target, config, executor)
+    emit(as_json, result.to_json(), dry_run_lines(result))
+    if not result.ready:
+        raise SystemExit(BAD_INPUT)
+
+
+# -- doctor -------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Check the vCPU quota for this run config's instance type (default: g4dn.2xlarge on-demand).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_opts
+def doctor(opts: Options, config: Path | None, as_json: bool) -> None:
+    """Check what a first launch needs, one line each: credentials, region, the deployed
+    infrastructure, the Pulumi CLI, the vCPU quota, the AMI, the bucket's encryption and
+    lifecycle. Exit 0 when nothing fails, 2 otherwise. Changes nothing.
+
+    \b
+    Example:
+      chronos-train doctor
+      chronos-train doctor --config run.yaml --json
+      chronos-train --local doctor
+    """
+    from .doctor import doctor as run_checks, failed
+
+    cfg = None
+    if config is not None:
+        from instance.protocol.runconfig import ConfigError, load_config
+
+        try:
+            cfg = load_config(config)
+        except ConfigError as exc:
+            raise CliError(str(exc), BAD_INPUT) from None
+    checks = run_checks(opts.target(), cfg)
+    bad = failed(checks)
+    emit(as_json, {"ok": not bad, "checks": [c.to_json() for c in checks]},
+         [c.line() for c in checks] + ["ready to launch" if not bad else
+                                       f"{len(bad)} check(s) failed; fix them, then run doctor again"])
+    if bad:
+        raise SystemExit(BAD_INPUT)
 
 
 # -- monitor / status ---------------------------------------------------------------------------
-def _monitor(opts: Options, run_id: str | None, follow: bool, as_json: bool, download: bool) -> None:
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("--follow", is_flag=True, help="Stay until the run ends; exit 0 completed, 4 failed, 5 killed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="With --follow: fetch a completed model into ./runs/RUN_ID/.")
+@pass_opts
+def monitor(opts: Options, run_id, follow, as_json, download) -> None:
+    """Live status, progress, loss, ETA and cost of the active (or named) run. Also `status`.
+
+    \b
+    Example:
+      chronos-train monitor --follow
+      chronos-train status run-20261128-203700-1a2b --json
+    """
     from .runs import view
 
     target = opts.target()
     if run_id:
         _check_run_id(run_id)
     v = view(target, run_id)
-    if not follow or not v.active:
-        if as_json:
-            emit_json(v.to_json())
-        else:
-            from .render import console, final_report, run_panel
+    if follow and v.active:
+        from . import executors
 
-            console().print(run_panel(v) if v.active else final_report(v))
-        if follow:
-            raise SystemExit(FINAL_EXIT.get(v.final_status or "", OK))
+        _follow(target, executors.for_target(target), v.run_id, download, as_json)
         return
-    from . import executors
+    _show(v, as_json)
+    if follow:
+        raise SystemExit(FINAL_EXIT.get(v.final_status or "", OK))
 
-    _follow(opts, target, executors.for_target(target), v.run_id, download, as_json)
+
+cli.add_command(monitor, name="status")
 
 
-def _follow(opts, target, executor, run_id: str, download: bool, as_json: bool) -> None:
-    from .follow import RunLost, follow
+def _show(v, as_json: bool) -> None:
+    if as_json:
+        emit_json(v.to_json())
+        return
     from .render import console, final_report, run_panel
 
-    out = console()
-    if as_json or not out.is_terminal:
-        import time
+    console().print(run_panel(v) if v.active else final_report(v))
 
-        last = {"status": None, "at": 0.0}
 
-        def on_update(v):
-            # Plain output (a pipe, CI, `make demo` in a log): a line per phase, and progress at most every 5 s.
-            now = time.monotonic()
-            if as_json or not v.active or (v.status == last["status"] and now - last["at"] < 5):
-                return
-            p = v.progress or {}
-            step = f" step {p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else ""
-            loss = f" loss {p['loss']:.4f}" if p.get("loss") is not None else ""
-            out.print(f"{run_id}: {v.status}{step}{loss}")
-            last.update(status=v.status, at=now)
+def _follow(target, executor, run_id: str, download: bool, as_json: bool) -> None:
+    """Watch the run to its end, tidy its stack, show the outcome, fetch the model, exit with
+    the outcome's code. A stack that cannot be removed is only a warning: the run is over."""
+    from .ending import tidy_stack
+    from .follow import RunLost
 
-        try:
-            final = follow(target, executor, run_id, on_update)
-        except RunLost as exc:
-            raise CliError(str(exc), RUN_FAILED) from None
-    else:
-        from rich.live import Live
-
-        with Live(console=out, refresh_per_second=4, transient=True) as live:
-            try:
-                final = follow(target, executor, run_id, lambda v: live.update(run_panel(v)))
-            except RunLost as exc:
-                raise CliError(str(exc), RUN_FAILED) from None
-    executor.finalize(run_id)
-    if as_json:
-        emit_json(final.to_json())
-    else:
-        out.print(final_report(final))
+    try:
+        final = _watch(target, executor, run_id, as_json)
+    except RunLost as exc:
+        raise CliError(str(exc), RUN_FAILED) from None
+    left = tidy_stack(executor, run_id)
+    if left:
+        say(f"warning: the run's stack record stays ({left}); it costs nothing and "
+            "`chronos-train verify-cleanup --fix` removes it")
+    _show(final, as_json)
     if download and final.final_status == "completed":
         from .follow import download as fetch
 
         dest = fetch(target, run_id, Path("runs") / run_id)
-        click.echo(f"model downloaded to {dest}/model", err=True)
+        say(f"model downloaded to {dest}/model")
     raise SystemExit(FINAL_EXIT.get(final.final_status or "", ERROR))
 
 
-_monitor_options = [
-    click.argument("run_id", required=False),
-    click.option("--follow", is_flag=True, help="Stay until the run ends; exit 0 completed, 4 failed, 5 killed."),
-    click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
-    click.option("--download/--no-download", default=True, show_default=True,
-                 help="With --follow: fetch a completed model into ./runs/RUN_ID/."),
-]
+def _watch(target, executor, run_id: str, as_json: bool):
+    """Poll until the run ends, showing it: a live panel in a terminal, else one line per change
+    (nothing with --json, whose output is the final document)."""
+    from .follow import follow
+    from .render import LinePrinter, console, run_panel
 
+    out = console()
+    if as_json:
+        return follow(target, executor, run_id, lambda v: None)
+    if not out.is_terminal:
+        return follow(target, executor, run_id, LinePrinter(lambda line: out.print(line, soft_wrap=True)))
+    from rich.live import Live
 
-def _with(options):
-    def deco(fn):
-        for opt in reversed(options):
-            fn = opt(fn)
-        return fn
-
-    return deco
-
-
-@cli.command()
-@_with(_monitor_options)
-@pass_opts
-@handles_errors
-def monitor(opts: Options, run_id, follow, as_json, download) -> None:
-    """Live status, progress, loss, ETA and cost of the active (or named) run.
-
-    \b
-    Example:
-      chronos-train monitor --follow
-      chronos-train monitor run-20261128-203700-1a2b --json
-    """
-    _monitor(opts, run_id, follow, as_json, download)
-
-
-@cli.command(name="status")
-@_with(_monitor_options)
-@pass_opts
-@handles_errors
-def status_(opts: Options, run_id, follow, as_json, download) -> None:
-    """Same as `monitor`.
-
-    \b
-    Example:
-      chronos-train status --json
-    """
-    _monitor(opts, run_id, follow, as_json, download)
+    with Live(console=out, refresh_per_second=4, transient=True) as live:
+        return follow(target, executor, run_id, lambda v: live.update(run_panel(v)))
 
 
 def _check_run_id(run_id: str) -> None:
@@ -262,7 +313,6 @@ def _check_run_id(run_id: str) -> None:
 @click.argument("run_id")
 @click.option("--follow", is_flag=True, help="Keep printing new lines until the run ends.")
 @pass_opts
-@handles_errors
 def logs(opts: Options, run_id: str, follow: bool) -> None:
     """Print the agent's log of RUN_ID (uploaded to S3 about every minute).
 
@@ -284,12 +334,13 @@ def logs(opts: Options, run_id: str, follow: bool) -> None:
 @click.option("--force", is_flag=True, help="Terminate the machine now and complete the cleanup record.")
 @click.option("--wait", is_flag=True, help="Wait for the agent to stop; force-terminate after the grace period.")
 @pass_opts
-@handles_errors
 def kill(opts: Options, run_id: str | None, force: bool, wait: bool) -> None:
     """Ask the active run (or RUN_ID) to stop, checkpoint and clean up.
 
     Without --wait it returns once the request is recorded; the agent stops within seconds.
     --wait force-terminates if the agent has not answered within $CHRONOS_KILL_GRACE_SECONDS (120).
+    A forced end needs no Pulumi CLI: the machine is terminated through EC2 by its tag, the lock
+    released and the run recorded first; its stack record is removed last (or by the next launch).
 
     \b
     Example:
@@ -308,6 +359,9 @@ def kill(opts: Options, run_id: str | None, force: bool, wait: bool) -> None:
         how = "force-terminated" if result.forced else (
             "stopped by its agent" if result.requested else "ended by itself (the stop came too late to change it)")
         click.echo(f"run {result.run_id} {how}; final status: {result.final_status or 'unknown'}")
+        if result.stack_left:
+            say(f"the run's stack record stays ({result.stack_left}); it costs nothing, and the next launch "
+                "or `chronos-train verify-cleanup --fix` removes it")
     elif result.requested:
         click.echo(f"stop requested for run {result.run_id}; follow with `chronos-train monitor {result.run_id} --follow`")
     else:
@@ -320,7 +374,6 @@ def kill(opts: Options, run_id: str | None, force: bool, wait: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--limit", default=20, show_default=True, help="How many recent runs.")
 @pass_opts
-@handles_errors
 def runs(opts: Options, as_json: bool, limit: int) -> None:
     """History: status, duration, cost and the headline metric of recent runs.
 
@@ -345,10 +398,10 @@ def runs(opts: Options, as_json: bool, limit: int) -> None:
 @click.option("--fix", is_flag=True, help="Terminate, delete, abort and release what was found (idempotent).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_opts
-@handles_errors
 def verify_cleanup(opts: Options, fix: bool, as_json: bool) -> None:
-    """Find anything that could bill you: instances, volumes, run stacks, stale locks,
-    incomplete uploads. Exit 6 when something is left, 0 when clean.
+    """Find anything that could bill you: instances, volumes, stale locks, incomplete uploads
+    (exit 6 when one is left, 0 when clean), and run stack records whose machine is gone (listed;
+    they cost nothing, so exit 0). --fix removes all of it; stack records need the Pulumi CLI.
 
     \b
     Example:
@@ -356,25 +409,12 @@ def verify_cleanup(opts: Options, fix: bool, as_json: bool) -> None:
       chronos-train verify-cleanup --fix
     """
     from . import executors
+    from .render import verify_lines
     from .verify import verify
 
     target = opts.target()
-    report = verify(target, executors.for_target(target), fix)
-    if as_json:
-        emit_json(report.to_json())
-    else:
-        for f in report.fixed:
-            click.echo(f"fixed: {f.kind} {f.id} ({f.detail})")
-        for f in report.findings:
-            click.echo(f"LEFT: {f.kind} {f.id} ({f.detail})")
-        for i in report.starting:
-            click.echo(f"starting (inside the launch grace window): instance {i}")
-        if report.active_run:
-            click.echo(f"active run: {report.active_run}")
-        st = report.storage
-        click.echo(f"S3 at rest: runs and logs ${st['runs_and_logs_usd_per_month']:.4f}/month, "
-                   f"datasets ${st['datasets_usd_per_month']:.4f}/month")
-        click.echo("clean" if report.clean else f"{len(report.findings)} leftover(s); run with --fix")
+    report = verify(target, executors.for_target(target, progress=say), fix)
+    emit(as_json, report.to_json(), verify_lines(report))
     if not report.clean:
         raise SystemExit(LEFTOVERS)
 
@@ -394,7 +434,6 @@ def data() -> None:
 @data.command(name="validate")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@handles_errors
 def data_validate(path: Path, as_json: bool) -> None:
     """Check a parquet file or folder against the long format (item_id, timestamp, target).
 
@@ -420,7 +459,6 @@ def data_validate(path: Path, as_json: bool) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--month", required=True, help="YYYY/MM: the folder under cached-datasets/.")
 @pass_opts
-@handles_errors
 def data_upload(opts: Options, path: Path, month: str) -> None:
     """Validate, then upload PATH to cached-datasets/YYYY/MM/ in the bucket.
 
@@ -437,7 +475,6 @@ def data_upload(opts: Options, path: Path, month: str) -> None:
 @data.command(name="ls")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_opts
-@handles_errors
 def data_ls(opts: Options, as_json: bool) -> None:
     """List datasets in the bucket, by month.
 
@@ -471,7 +508,6 @@ def sandbox() -> None:
 
 @sandbox.command(name="start")
 @pass_opts
-@handles_errors
 def sandbox_start(opts: Options) -> None:
     """Start the sandbox on a free loopback port (no-op when running).
 
@@ -486,7 +522,6 @@ def sandbox_start(opts: Options) -> None:
 
 
 @sandbox.command(name="stop")
-@handles_errors
 def sandbox_stop() -> None:
     """Stop the sandbox; everything in it is forgotten.
 
@@ -502,7 +537,6 @@ def sandbox_stop() -> None:
 @sandbox.command(name="status")
 @click.option("--json", "as_json", is_flag=True, help="Print endpoint_url, region and bucket as JSON.")
 @pass_opts
-@handles_errors
 def sandbox_status(opts: Options, as_json: bool) -> None:
     """Whether the sandbox runs, where, and the env's operator credentials (--json).
 

@@ -6,7 +6,6 @@ from CHRONOS_BUCKET or from the small cache written after the first lookup.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -15,6 +14,7 @@ from instance.protocol.aws import AwsTarget, client, error_code
 from instance.protocol.layout import Layout, LayoutError, bucket_name, check_env
 
 from .errors import BadInput, ChronosError
+from .settings import settings
 
 
 class ChronosConnectionError(ChronosError):
@@ -22,7 +22,7 @@ class ChronosConnectionError(ChronosError):
 
 
 def home() -> Path:
-    return Path(os.environ.get("CHRONOS_HOME") or Path.home() / ".chronos-train")
+    return settings().home
 
 
 @dataclass(frozen=True)
@@ -108,14 +108,15 @@ def resolve(env: str, local: bool) -> Target:
         sandbox.export_credentials(env)
         return Target(env=env, local=True, region=info.region, bucket=bucket_name(env, info.account, info.region),
                       endpoint_url=info.endpoint_url)
-    region = _aws_region()
-    bucket = os.environ.get("CHRONOS_BUCKET") or _cached_bucket(env, region) or _discover_bucket(env, region)
-    return Target(env=env, local=False, region=region, bucket=bucket,
-                  endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    knobs = settings()
+    region = aws_region()
+    bucket = knobs.bucket or _cached_bucket(env, region) or _discover_bucket(env, region)
+    return Target(env=env, local=False, region=region, bucket=bucket, endpoint_url=knobs.endpoint_url)
 
 
-def _aws_region() -> str:
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+def aws_region() -> str:
+    """The region AWS calls go to: the environment, else the AWS config; bad input without one."""
+    region = settings().region
     if region:
         return region
     import boto3
@@ -131,7 +132,7 @@ def _cache_path() -> Path:
 
 
 def _cache_key(env: str, region: str) -> str:
-    return f"{os.environ.get('AWS_PROFILE', 'default')}/{env}/{region}"
+    return f"{settings().profile}/{env}/{region}"
 
 
 def _cached_bucket(env: str, region: str) -> str | None:

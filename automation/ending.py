@@ -1,27 +1,45 @@
 """Ending a run from the CLI: kill (ask, wait, force) and the forced end that verify-cleanup
-also uses for a stale lock. The agent normally ends its own run; this is the fallback.
+also uses for a stale lock or an orphaned machine. The agent normally ends its own run; this is
+the fallback.
+
+Ending never depends on the Pulumi CLI (DESIGN, "Ephemeral run stack"). A forced end goes:
+1. the machine: every instance of the run, found by its RunId tag (and the id the lock names),
+   terminated through EC2 and confirmed with EC2;
+2. the lock: moved to the outcome, then cleanup, and released (conditional writes);
+3. the records: training.json and cleanup_status.json closed, conditionally, never replacing
+   what the agent finished;
+4. the run's stack record, last and best effort: one that cannot be removed here (no Pulumi CLI,
+   a backend error) is reported and removed by the next command that has the CLI (`launch`,
+   `verify-cleanup --fix`). It holds nothing billable once the machine is gone.
 """
 from __future__ import annotations
 
 import getpass
-import os
+import logging
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from instance.protocol.ec2 import instance_state as ec2_instance_state
-from instance.protocol.state import Fenced, LockError
+from instance.protocol.ec2 import instances_by_tag
+from instance.protocol.state import Fenced, Lease, LockError
 from instance.protocol.status import Status
 
 from .context import Target
 from .errors import NoSuchRun
 from .runs import record_end_from_cli, step
+from .settings import settings
 
-GONE_STATES = ("shutting-down", "terminated")
+log = logging.getLogger(__name__)
 
 
-def kill_grace_seconds() -> float:
-    return float(os.environ.get("CHRONOS_KILL_GRACE_SECONDS", "120"))
+@dataclass(frozen=True)
+class Ended:
+    """What a forced end did: its steps, and the stack it could not remove (None when tidy)."""
+
+    run_id: str
+    steps: list[dict] = field(default_factory=list)
+    stack_left: str | None = None
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,7 @@ class KillResult:
     forced: bool
     ended: bool
     final_status: str | None
+    stack_left: str | None = None
 
 
 def instance_state(target: Target, instance_id: str | None) -> str | None:
@@ -47,44 +66,64 @@ def confirm_terminated(target: Target, instance_id: str, timeout_s: float = 300)
         time.sleep(0.2 if target.local else 5)
 
 
-def force_end(target: Target, executor, run_id: str, final_status: str, reason: str) -> list[dict]:
-    """Terminate the run's machine, close its records and release its lock. Idempotent."""
+def run_instances(target: Target, run_id: str, known: str | None = None) -> list[str]:
+    """The run's instances that may still bill: the one the lock names and any tagged RunId."""
+    found = [i["InstanceId"] for i in instances_by_tag(target.ec2, {"RunId": run_id})]
+    return list(dict.fromkeys(([known] if known else []) + found))
+
+
+def force_end(target: Target, executor, run_id: str, final_status: str, reason: str) -> Ended:
+    """Terminate the run's machine, release its lock and close its records, then tidy its stack.
+    Idempotent."""
     store = target.state_store()
     lease = store.read()
-    state = dict(lease.state) if lease and lease.run_id == run_id else {}
-    instance_id = state.get("instance_id") or _instance_by_tag(target, run_id)
-    steps = []
-    executor.terminate(run_id, instance_id)
-    if instance_id:
-        seen = confirm_terminated(target, instance_id)
-        steps.append(step(f"instance {instance_id}", "terminate",
-                          "done" if seen == "terminated" else ("not_found" if seen == "not_found" else "error"),
-                          f"EC2 reports {seen}"))
-    if lease and lease.run_id == run_id:
-        try:
-            if not lease.status.is_terminal:
-                lease = store.move(lease, Status(final_status), reason=reason)
-            if lease.status is not Status.CLEANUP:
-                lease = store.move(lease, Status.CLEANUP)
-            store.release(lease)
-            steps.append(step("state file", "delete", "done"))
-        except Fenced as exc:
-            steps.append(step("state file", "delete", "not_found", str(exc)))
-    else:
-        steps.append(step("state file", "delete", "not_found", "already released"))
-    executor.finalize(run_id)
-    steps.append(step(f"{executor.name} run resources", "finalize", "done"))
+    held = lease if lease is not None and lease.run_id == run_id else None
+    state = dict(held.state) if held else {}
+    steps = end_machines(target, executor, run_id, state.get("instance_id"))
+    steps.append(_release(store, held, Status(final_status), reason))
     record_end_from_cli(target, run_id, final_status, reason, state, steps)
+    return Ended(run_id, steps, tidy_stack(executor, run_id))
+
+
+def end_machines(target: Target, executor, run_id: str, known: str | None) -> list[dict]:
+    """Terminate every machine of the run through the executor (EC2, no Pulumi) and confirm."""
+    ids = run_instances(target, run_id, known)
+    if not ids:
+        executor.terminate(run_id, None)  # a local agent may live without an instance record
+        return [step("instance", "terminate", "not_found", "EC2 has no live instance tagged with this run")]
+    steps = []
+    for instance_id in ids:
+        executor.terminate(run_id, instance_id)
+        seen = confirm_terminated(target, instance_id)
+        result = "done" if seen == "terminated" else ("not_found" if seen == "not_found" else "error")
+        steps.append(step(f"instance {instance_id}", "terminate", result, f"EC2 reports {seen}"))
     return steps
 
 
-def _instance_by_tag(target: Target, run_id: str) -> str | None:
-    resp = target.ec2.describe_instances(Filters=[
-        {"Name": "tag:RunId", "Values": [run_id]},
-        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
-    ])
-    found = [i["InstanceId"] for r in resp["Reservations"] for i in r["Instances"]]
-    return found[0] if found else None
+def _release(store, held: Lease | None, outcome: Status, reason: str) -> dict:
+    if held is None:
+        return step("state file", "delete", "not_found", "already released")
+    try:
+        lease = held
+        if not lease.status.is_terminal:
+            lease = store.move(lease, outcome, reason=reason)
+        if lease.status is not Status.CLEANUP:
+            lease = store.move(lease, Status.CLEANUP)
+        store.release(lease)
+        return step("state file", "delete", "done")
+    except Fenced as exc:
+        return step("state file", "delete", "not_found", str(exc))
+
+
+def tidy_stack(executor, run_id: str) -> str | None:
+    """Remove the run's stack record (needs the Pulumi CLI when there is one). None when done or
+    there was none; else why it stays, for the user (the next launch or --fix retries it)."""
+    try:
+        executor.finalize(run_id)
+        return None
+    except Exception as exc:  # noqa: BLE001 - the run has ended; only its record is left
+        log.warning("run stack %s left in place: %s", run_id, exc)
+        return str(exc)
 
 
 def kill(target: Target, executor, run_id: str | None, force: bool, wait: bool) -> KillResult:
@@ -101,19 +140,19 @@ def kill(target: Target, executor, run_id: str | None, force: bool, wait: bool) 
         killed = None
     requested = killed is not None and killed.status is Status.KILLED
     if force:
-        force_end(target, executor, run_id, "killed", "killed_by_user")
-        return KillResult(run_id, requested, True, True, "killed")
+        ended = force_end(target, executor, run_id, "killed", "killed_by_user")
+        return KillResult(run_id, requested, True, True, "killed", ended.stack_left)
     if not wait:
         return KillResult(run_id, requested, False, False, None)
-    deadline = time.monotonic() + kill_grace_seconds()
+    deadline = time.monotonic() + settings().kill_grace
     while time.monotonic() < deadline:
         current = store.read()
         if current is None or current.run_id != run_id:
-            executor.finalize(run_id)
-            return KillResult(run_id, requested, False, True, _final_status(target, run_id))
+            left = tidy_stack(executor, run_id)
+            return KillResult(run_id, requested, False, True, _final_status(target, run_id), left)
         time.sleep(0.5 if target.local else 3)
-    force_end(target, executor, run_id, "killed", "killed_by_user")
-    return KillResult(run_id, requested, True, True, "killed")
+    ended = force_end(target, executor, run_id, "killed", "killed_by_user")
+    return KillResult(run_id, requested, True, True, "killed", ended.stack_left)
 
 
 def _final_status(target: Target, run_id: str) -> str | None:

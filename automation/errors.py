@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 OK, ERROR, BAD_INPUT, BUSY, RUN_FAILED, RUN_KILLED, LEFTOVERS = 0, 1, 2, 3, 4, 5, 6
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 class ChronosError(Exception):
@@ -20,3 +21,9 @@ class Busy(ChronosError):
 
 class NoSuchRun(ChronosError):
     exit_code = BAD_INPUT
+
+
+class Interrupted(ChronosError):
+    """Ctrl-C, after the command undid what it had started."""
+
+    exit_code = INTERRUPTED

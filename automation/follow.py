@@ -8,22 +8,22 @@ from typing import Callable
 
 from instance.protocol.artifacts import get_json
 from instance.protocol.aws import is_not_found
-from instance.protocol.state import is_stale
-from instance.protocol.timeutil import utcnow
+from instance.protocol.state import Lease, is_stale
 
 from .context import Target
 from .ending import instance_state
-from .runs import RunView, from_record, from_state, record_end_from_cli
-from .verify import stale_after
+from .runs import RunView, duration, from_record, from_state, record_end_from_cli
+from .settings import settings
 
 log = logging.getLogger(__name__)
 
 
 class RunLost(Exception):
-    def __init__(self, view: RunView, instance: str | None):
+    def __init__(self, view: RunView, instance: str | None, silent_for: str):
         super().__init__(
-            f"run {view.run_id} has sent no heartbeat since {view.heartbeat_at} and its instance is "
-            f"{instance or 'gone'}; it is lost. Run `chronos-train verify-cleanup --fix` to record it and release the lock"
+            f"run {view.run_id} has not written its lock for {silent_for} (S3's clock; last heartbeat "
+            f"{view.heartbeat_at}) and its instance is {instance or 'gone'}; it is lost. "
+            "Run `chronos-train verify-cleanup --fix` to record it and release the lock"
         )
         self.view = view
 
@@ -63,7 +63,7 @@ def _poll(target: Target, executor, store, run_id: str, on_update, watched: dict
         watched.update(lease.state)
         view = from_state(dict(lease.state))
         on_update(view)
-        _check_alive(target, executor, lease.state, view)
+        _check_alive(target, executor, lease, view)
         return None
     record = get_json(target.s3, target.bucket, target.layout.training_record(run_id))
     if not (record and record.get("final_status")) and watched:
@@ -80,15 +80,14 @@ def _poll(target: Target, executor, store, run_id: str, on_update, watched: dict
     return None
 
 
-def _check_alive(target: Target, executor, state, view: RunView) -> None:
-    now = utcnow()
-    if not is_stale(state, now, None, stale_after()):
-        return  # fresh heartbeat: no EC2 call needed
-    if hasattr(executor, "reconcile"):
-        executor.reconcile()
-    seen = instance_state(target, state.get("instance_id"))
-    if is_stale(state, now, seen, stale_after()):
-        raise RunLost(view, seen)
+def _check_alive(target: Target, executor, lease: Lease, view: RunView) -> None:
+    limit = settings().stale_after
+    if not is_stale(lease, None, limit):
+        return  # written recently (S3's clock): no EC2 call needed
+    executor.reconcile()
+    seen = instance_state(target, lease.state.get("instance_id"))
+    if is_stale(lease, seen, limit):
+        raise RunLost(view, seen, duration(lease.age.total_seconds()))
 
 
 def download(target: Target, run_id: str, dest: Path) -> Path:

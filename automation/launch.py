@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import logging
 import socket
+import threading
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 from instance.protocol.layout import DATASETS_PREFIX, new_run_id, s3_uri
 from instance.protocol.pricing import PRICES, hourly
@@ -13,9 +17,13 @@ from instance.protocol.runconfig import ConfigError, RunConfig, check_runtime_su
 from instance.protocol.timeutil import utcnow
 
 from .context import Target, translate_aws_error
-from .errors import BadInput, Busy, ChronosError
+from .errors import BadInput, Busy, ChronosError, Interrupted
 from .executors.base import Executor, ProvisionError, ProvisionRequest
 from .infra_record import InfraRecord
+from .interrupts import sigint_deferred
+from .settings import settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -156,7 +164,12 @@ def upload_local_dataset(target: Target, files: tuple[Path, ...], month: str | N
     return prefix
 
 
-def launch(target: Target, lp: LaunchPlan, executor: Executor) -> Launched:
+def launch(target: Target, lp: LaunchPlan, executor: Executor,
+           progress: Callable[[str], None] = lambda line: None) -> Launched:
+    """Lock, upload, provision, note the instance. While the executor provisions (minutes with
+    Pulumi) the lock is written every so often, so nobody takes the launch for a dead run; on any
+    failure, Ctrl-C included, what was made is undone, the run is recorded failed and the lock
+    released. `progress` hears one line per step."""
     from instance.protocol.state import LockBusy, LockError
 
     from .bundle import build_bundle
@@ -178,45 +191,160 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor) -> Launched:
                    "or stop it with `chronos-train kill`") from None
     except Exception as exc:
         raise translate_aws_error(exc, target) from None
+    progress(f"run {run_id}: lock taken")
 
     layout = target.layout
+    keeper = LeaseKeeper(store, lease, settings().stale_after / 5)
     try:
         prefix = upload_local_dataset(target, lp.local_files) if lp.local_files else cfg.dataset
         run_cfg = cfg.model_copy(update={"dataset": prefix})
         target.s3.put_object(Bucket=target.bucket, Key=layout.run_config(run_id), Body=run_cfg.to_yaml().encode())
         target.s3.put_object(Bucket=target.bucket, Key=layout.bundle(run_id), Body=build_bundle())
-        done = executor.provision(ProvisionRequest(run_id, target.env, run_cfg, lp.infra, target.endpoint_url))
+        progress(f"run {run_id}: config and code uploaded; provisioning on {executor.name}")
+        with keeper:
+            done = executor.provision(ProvisionRequest(run_id, target.env, run_cfg, lp.infra))
     except BaseException as exc:
-        _record_launch_failure(target, store, lease, run_id, exc)
+        with sigint_deferred("still recording the launch as failed and releasing the lock; one moment"):
+            _record_launch_failure(target, store, keeper.lease, run_id, exc)
         if isinstance(exc, ProvisionError):
             raise ChronosError(f"run {run_id} was not started: {exc}") from None
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"interrupted: run {run_id} was not started; it is recorded as failed "
+                              "(interrupted) and the lock is released") from None
         raise
 
     try:
         store.update(
-            lease,
-            lambda s: {**s, "instance_id": done.instance_id, "zone": done.zone, "stack_name": done.stack_name},
+            keeper.lease,
+            lambda s: {**s, "instance_id": done.instance_id, "zone": done.zone},
             pin_status=False,
             heartbeat=False,
         )
     except LockError:
         pass  # the run already ended (and released the lock) before this note: its record tells how
+    progress(f"run {run_id}: instance {done.instance_id} started" + (f" in {done.zone}" if done.zone else ""))
+    tidy_ended_stacks(executor, run_id, progress)
     return Launched(run_id, done.instance_id, prefix)
 
 
-def _record_launch_failure(target: Target, store, lease, run_id: str, exc: BaseException) -> None:
-    from instance.protocol.artifacts import put_json
-    from instance.protocol.state import LockError
-    from instance.protocol.timeutil import iso
+def tidy_ended_stacks(executor: Executor, keep: str, progress: Callable[[str], None]) -> None:
+    """While this launch holds the lock, every other run stack belongs to an ended run (one that
+    kill --force or verify-cleanup ended without a Pulumi CLI, or a plain launch whose run is
+    over): remove their records now that the CLI is at hand. Best effort, never fails a launch."""
+    from .ending import tidy_stack
 
-    kind = getattr(exc, "kind", type(exc).__name__)
-    put_json(target.s3, target.bucket, target.layout.training_record(run_id), {
-        "run_id": run_id, "env": target.env, "final_status": "failed",
-        "reason": f"provision_{kind}" if isinstance(exc, ProvisionError) else type(exc).__name__,
-        "error": {"class": type(exc).__name__, "message": str(exc), "phase": "launch"},
-        "started_at": lease.state["started_at"], "ended_at": iso(),
-    })
+    for stack in executor.leftover_stacks():
+        if stack == keep:
+            continue
+        left = tidy_stack(executor, stack)
+        progress(f"removed the stack record of ended run {stack}" if left is None else
+                 f"could not remove the stack record of ended run {stack} ({left}); it costs nothing, "
+                 "`chronos-train verify-cleanup --fix` retries")
+
+
+class LeaseKeeper:
+    """Writes the lock every `interval` while the launch provisions (a context manager).
+
+    A lock S3 says nobody wrote for the stale limit, with no live instance, may be released by
+    verify-cleanup --fix, and a lock in initialization has no instance id until `up` returns,
+    which can take longer than the limit. The keeper's writes are compare-and-swaps pinned to the
+    status: once the agent moves the run on (or a kill does), it stops, and the agent's own
+    heartbeat takes over. `lease` is the latest the keeper knows.
+    """
+
+    def __init__(self, store, lease, interval: timedelta):
+        self.store = store
+        self.lease = lease
+        self.interval = max(interval.total_seconds(), 0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        from instance.protocol.state import LockError
+
+        while not self._stop.wait(self.interval):
+            try:
+                self.lease = self.store.update(self.lease, lambda s: s)
+            except LockError:
+                return  # the agent (or a kill) moved the run on: its writes keep the lock fresh now
+            except Exception as exc:  # noqa: BLE001 - try again at the next beat
+                log.warning("could not refresh the lock while provisioning: %s", exc)
+
+
+def _record_launch_failure(target: Target, store, lease, run_id: str, exc: BaseException) -> None:
+    """The run's record says why it never started (conditional: an agent's record stays), then
+    the lock goes; a lock someone else already moved on is theirs."""
+    from instance.protocol.state import LockError
+
+    from .runs import record_end_from_cli, step
+
+    kind = getattr(exc, "kind", None)
+    reason = (f"provision_{kind}" if isinstance(exc, ProvisionError) else
+              "interrupted" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__)
+    state = {**lease.state, "error": {"class": type(exc).__name__, "message": str(exc) or reason, "phase": "launch"}}
+    record_end_from_cli(target, run_id, "failed", reason, state,
+                        [step("launch", "undo", "done", "the executor removed what it had made")])
     try:
         store.release(lease)
     except LockError:
         pass  # someone else already moved the lock on (kill, verify-cleanup): nothing to release
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What `launch --dry-run` found: the plan, the doctor's checks and the stack's preview."""
+
+    plan: LaunchPlan
+    zones: list[str]
+    checks: list
+    preview: object | None  # run_stacks.Preview, or None when there is none to show
+    preview_note: str  # why there is no preview, or how it was made
+
+    @property
+    def ready(self) -> bool:
+        from .doctor import failed
+
+        return not failed(self.checks)
+
+    def to_json(self) -> dict:
+        cfg = self.plan.config
+        steps = [{"op": s.op, "type": s.type, "name": s.name} for s in getattr(self.preview, "steps", [])]
+        return {
+            "ready": self.ready, "config": str(self.plan.config_path), "instance_type": cfg.instance.type,
+            "spot": cfg.instance.spot, "zones": self.zones, "dataset": cfg.dataset,
+            "estimate": {"hourly_usd": self.plan.estimate.hourly_usd, "worst_case_usd": self.plan.estimate.worst_case_usd,
+                         "max_runtime_minutes": cfg.instance.max_runtime_minutes},
+            "checks": [c.to_json() for c in self.checks],
+            "preview": {"steps": steps, "changes": getattr(self.preview, "changes", {}), "note": self.preview_note},
+        }
+
+
+def dry_run(target: Target, config_path: str | Path, executor: Executor) -> DryRun:
+    """Everything launch checks (config, dataset, infra), the doctor's checks for this config,
+    and a Pulumi preview of the run stack in a throwaway local backend: no lock is taken and
+    nothing is written to the bucket."""
+    from .doctor import FAIL, Check, doctor, failed
+
+    lp = plan(target, config_path)
+    checks = doctor(target, lp.config)
+    req = ProvisionRequest(new_run_id(), target.env, lp.config, lp.infra)
+    zones = sorted(lp.infra.subnets)
+    if any(c.name == "Pulumi CLI" for c in failed(checks)):
+        return DryRun(lp, zones, checks, None, "skipped: no usable Pulumi CLI (see the check above)")
+    try:
+        preview = executor.preview(req)
+    except ProvisionError as exc:
+        checks = [*checks, Check("stack preview", FAIL, str(exc), "fix what the preview says, then try again")]
+        return DryRun(lp, zones, checks, None, "the preview failed")
+    if preview is None:
+        return DryRun(lp, zones[:1], checks, None,
+                      f"nothing to preview: the {executor.name} executor starts the agent as a process, no Pulumi stack")
+    return DryRun(lp, zones, checks, preview, "pulumi preview of the run stack, in a throwaway local backend")

@@ -1,5 +1,13 @@
-"""How runs look in a terminal (rich). Imported only by commands that print for people."""
+"""How runs look for people (rich). Imported only by commands that print for people.
+
+In a terminal: a live panel while following, panels and tables after. Anywhere else (a pipe, a
+log, CI): one line per change while following, and nothing is ever cut to fit a width, so run
+ids and S3 URIs can be copied from the output.
+"""
 from __future__ import annotations
+
+import time
+from typing import Callable
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -7,20 +15,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from instance.protocol.pricing import PRICES
 from instance.protocol.status import MAIN_CHAIN
 
-from .runs import RunView
+from .runs import RunView, duration
 
 STATUS_STYLE = {"completed": "bold green", "failed": "bold red", "killed": "bold yellow", "training": "bold cyan"}
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def money(usd: float | None) -> str:
@@ -72,7 +72,8 @@ def run_panel(v: RunView) -> Panel:
         head.add_row("reason", v.reason)
     if v.error:
         head.add_row("error", Text(f"{v.error.get('class')}: {v.error.get('message')} (in {v.error.get('phase')})", style="red"))
-    return Panel(head, title=f"[bold]{v.run_id}", border_style=STATUS_STYLE.get(status, "blue").replace("bold ", ""))
+    return Panel(head, title=f"[bold]{v.run_id}", border_style=STATUS_STYLE.get(status, "blue").replace("bold ", ""),
+                 expand=False)
 
 
 def metrics_table(metrics: dict) -> Table | None:
@@ -102,7 +103,7 @@ def final_report(v: RunView) -> Group:
         for k, uri in v.artifacts.items():
             if uri:
                 art.add_row(k.replace("_uri", ""), str(uri))
-        parts.append(Panel(art, title="artifacts", border_style="dim"))
+        parts.append(Panel(art, title="artifacts", border_style="dim", expand=False))
     return Group(*parts)
 
 
@@ -122,5 +123,90 @@ def runs_table(views: list[RunView]) -> Table:
     return table
 
 
+# Wide enough for any run id, URI or table row: output that is not a terminal is never cut.
+UNCUT_WIDTH = 1000
+
+
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False)
+    out = Console(stderr=stderr, highlight=False)
+    return out if out.is_terminal else Console(stderr=stderr, highlight=False, width=UNCUT_WIDTH)
+
+
+def progress_line(v: RunView) -> str:
+    p = v.progress or {}
+    step = f" step {p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else ""
+    loss = f" loss {p['loss']:.4f}" if p.get("loss") is not None else ""
+    return f"{v.run_id}: {v.status}{step}{loss}"
+
+
+class LinePrinter:
+    """Following without a terminal: one line per change. A new status prints at once; progress
+    within a status at most every `every` seconds; the same line never twice."""
+
+    def __init__(self, emit: Callable[[str], None], every: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.emit, self.every, self.clock = emit, every, clock
+        self._last_line: str | None = None
+        self._last_status: str | None = None
+        self._last_at = float("-inf")
+
+    def __call__(self, v: RunView) -> None:
+        if not v.active:
+            return  # the final report follows
+        line, now = progress_line(v), self.clock()
+        if line == self._last_line:
+            return
+        if v.status == self._last_status and now - self._last_at < self.every:
+            return
+        self.emit(line)
+        self._last_line, self._last_status, self._last_at = line, v.status, now
+
+
+def verify_lines(report) -> list[str]:
+    """verify-cleanup for people: what was fixed, what bills, what is only a record."""
+    lines = [f"fixed: {f.kind} {f.id} ({f.detail})" for f in report.fixed]
+    lines += [f"LEFT: {f.kind} {f.id} ({f.detail})" for f in report.leftovers]
+    lines += [f"record: {f.kind} {f.id} ({f.detail}; `--fix` removes it)" for f in report.records]
+    lines += [f"not fixed: {key} ({why})" for key, why in report.not_fixed.items()]
+    lines += [f"starting (inside the launch grace window): instance {i}" for i in report.starting]
+    if report.active_run:
+        lines.append(f"active run: {report.active_run}")
+    st = report.storage
+    lines.append(f"S3 at rest: runs and logs ${st['runs_and_logs_usd_per_month']:.4f}/month, "
+                 f"datasets ${st['datasets_usd_per_month']:.4f}/month")
+    if report.clean:
+        lines.append("clean" + (f" of anything that bills ({len(report.records)} record(s) that cost nothing)"
+                                if report.records else ""))
+    else:
+        lines.append(f"{len(report.leftovers)} leftover(s) that bill; run with --fix")
+    return lines
+
+
+def dry_run_lines(result) -> list[str]:
+    """launch --dry-run for people: the run it would start, the checks, the preview, the verdict."""
+    cfg, est = result.plan.config, result.plan.estimate
+    market = "spot" if cfg.instance.spot else "on-demand"
+    lines = [
+        "dry run: no lock taken, nothing written to the bucket, nothing started",
+        f"run       {result.plan.config_path}: {cfg.instance.type} ({PRICES[cfg.instance.type].gpu}) {market}, "
+        f"{cfg.instance.max_runtime_minutes}-minute limit, model {cfg.model.base} ({cfg.model.finetune_mode}), "
+        f"{cfg.training.num_steps} steps",
+        f"dataset   {cfg.dataset}" + (f" ({len(result.plan.local_files)} local file(s), uploaded at launch)"
+                                      if result.plan.local_files else ""),
+        f"price     {est.sentence()}",
+        f"zones     {', '.join(result.zones)} (tried in this order when one has no capacity)",
+        "checks",
+    ]
+    lines += [f"  {c.line()}" for c in result.checks]
+    lines.append(f"preview   {result.preview_note}")
+    for step in getattr(result.preview, "steps", []):
+        inputs = step.inputs or {}
+        where = ", ".join(f"{k} {inputs[k]}" for k in ("instanceType", "availabilityZone", "subnetId", "ami")
+                          if inputs.get(k))
+        lines.append(f"  {step.op:8} {step.type}  {step.name}" + (f"  ({where})" if where else ""))
+    changes = getattr(result.preview, "changes", None)
+    if changes:
+        lines.append("  changes: " + ", ".join(f"{n} to {op}" for op, n in sorted(changes.items())))
+    lines.append(f"ready: `chronos-train launch {result.plan.config_path}` would start this run" if result.ready
+                 else "not ready: fix the failed check(s) above first (nothing was changed)")
+    return lines
+

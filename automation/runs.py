@@ -5,13 +5,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from instance.protocol.artifacts import get_json, put_json
+from instance.protocol.artifacts import get_json
 from instance.protocol.layout import run_started_at, s3_uri
 from instance.protocol.pricing import PRICES, cost
 from instance.protocol.timeutil import iso, parse_iso, utcnow
 
 from .context import Target
-from .errors import NoSuchRun
+from .errors import ChronosError, NoSuchRun
 
 
 @dataclass
@@ -38,6 +38,15 @@ class RunView:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def _elapsed(start: str | None, end: str | None = None) -> float | None:
@@ -122,18 +131,58 @@ def history(target: Target, limit: int = 50) -> list[RunView]:
     return sorted(views.values(), key=lambda v: v.run_id, reverse=True)
 
 
+# A record the CLI closes is re-read after every refused write; each refusal means someone
+# (the agent, another cleaner) wrote it meanwhile, and a few are all a run ever sees.
+RECORD_WRITE_TRIES = 5
+
+
 def record_end_from_cli(target: Target, run_id: str, final_status: str, reason: str, state: dict | None,
                         steps: list[dict]) -> dict:
-    """When the agent cannot (it was killed hard or died): write the run's record ourselves.
+    """When the agent cannot (it was killed hard or died): close the run's records ourselves.
 
-    Keeps whatever the agent already recorded (interim training.json) and only closes it.
+    Both writes are conditional (create if absent, else replace only the version read), and a
+    record the agent already finished is never replaced: its training.json with a final status
+    and its cleanup_status.json stay as the agent wrote them. Returns the training record that
+    stands.
     """
     layout = target.layout
-    record = get_json(target.s3, target.bucket, layout.training_record(run_id)) or {}
-    if record.get("final_status"):
-        return record
-    state = state or {}
     ended = iso()
+    record = _close_conditionally(
+        target, layout.training_record(run_id),
+        lambda current: None if (current or {}).get("final_status") else
+        _closed_record(target, run_id, final_status, reason, state or {}, current or {}, ended))
+    _close_conditionally(
+        target, layout.cleanup_status(run_id),
+        lambda current: None if (current or {}).get("by") == "agent" else {
+            "run_id": run_id,
+            "final_status": record.get("final_status"),
+            "steps": list((current or {}).get("steps") or []) + steps,
+            "completed_at": ended,
+            "by": "cli",
+        })
+    return record
+
+
+def _close_conditionally(target: Target, key: str, build) -> dict:
+    """Read `key`, let `build` make its new body (None: leave it as it is), write it back only if
+    nobody wrote in between; on a refusal read again. Returns the body that stands."""
+    from instance.protocol.artifacts import dumps, get_json_versioned, put_if
+
+    for _ in range(RECORD_WRITE_TRIES):
+        current, etag = get_json_versioned(target.s3, target.bucket, key)
+        doc = build(current)
+        if doc is None:
+            return current
+        if put_if(target.s3, target.bucket, key, dumps(doc), etag) is not None:
+            return doc
+    raise ChronosError(f"{s3_uri(target.bucket, key)} kept changing while it was being closed; "
+                       "run `chronos-train verify-cleanup --fix` again")
+
+
+def _closed_record(target: Target, run_id: str, final_status: str, reason: str, state: dict, record: dict,
+                   ended: str) -> dict:
+    """The run's training.json closed by the CLI, keeping whatever the agent recorded so far."""
+    record = dict(record)
     started = record.get("started_at") or state.get("started_at") or iso(run_started_at(run_id))
     seconds = _elapsed(started, ended)
     record.update(
@@ -146,15 +195,7 @@ def record_end_from_cli(target: Target, run_id: str, final_status: str, reason: 
     est = _cost(state.get("executor"), state.get("instance_type"), bool(state.get("spot")), seconds)
     record.setdefault("cost", {"instance_type": state.get("instance_type"), "spot": bool(state.get("spot")),
                                "estimated_usd": est})
-    record.setdefault("artifacts", {"log_uri": s3_uri(target.bucket, layout.agent_log(run_id))})
-    put_json(target.s3, target.bucket, layout.training_record(run_id), record)
-    agent_cleanup = get_json(target.s3, target.bucket, layout.cleanup_status(run_id)) or {}
-    put_json(target.s3, target.bucket, layout.cleanup_status(run_id), {
-        "run_id": run_id,
-        "steps": (agent_cleanup.get("steps") or []) + steps,
-        "completed_at": ended,
-        "by": "agent+cli" if agent_cleanup else "cli",
-    })
+    record.setdefault("artifacts", {"log_uri": s3_uri(target.bucket, target.layout.agent_log(run_id))})
     return record
 
 

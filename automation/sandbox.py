@@ -198,7 +198,7 @@ def seed(info: SandboxInfo, env: str) -> InfraRecord:
     role_arn, profile_arn = put_instance_role(target, env, instance_policy(bucket_arn, env, info.region, info.account))
     ssm.put_parameter(Name=SANDBOX_AMI_PARAMETER, Value=SANDBOX_AMI, Type="String", Overwrite=True)
     operator_arn = _operator(target, env, operator_policy(bucket_arn, env, info.region, info.account, vpc, role_arn,
-                                           SANDBOX_AMI_PARAMETER))
+                                                          profile_arn, SANDBOX_AMI_PARAMETER))
     record = InfraRecord(
         env=env, region=info.region, account=info.account, bucket=bucket, vpc_id=vpc, subnets=subnets,
         security_group_id=sg, instance_profile=instance_role_name(env), instance_profile_arn=profile_arn,

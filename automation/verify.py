@@ -1,108 +1,148 @@
-"""verify-cleanup: find anything that could bill the user, found by tag and by listing, not
-only from records; `--fix` removes it (idempotent)."""
+"""verify-cleanup: find anything that could bill the user, by tag and by listing, not only from
+records; `--fix` removes it (idempotent).
+
+One way through: scan (ask S3 and EC2 what is there), decide (which of it is a leftover, and
+whether it bills), act (`--fix`), report (scan again: what remains is what the user sees).
+Billable leftovers (an instance, a detached volume, a stale lock that blocks every launch, an
+incomplete upload's parts) make the exit code 6; a run stack whose machine is gone costs nothing
+and is only listed (exit 0), and `--fix` removes it once the Pulumi CLI is at hand.
+"""
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 
-from instance.protocol.ec2 import tags_of
+from instance.protocol.ec2 import instances_by_tag, tags_of
 from instance.protocol.layout import DATASETS_PREFIX, PROJECT_TAG
-from instance.protocol.state import DEFAULT_STALE_AFTER, is_stale
+from instance.protocol.state import Lease, is_stale
 from instance.protocol.timeutil import utcnow
 
 from .context import Target
 from .ending import force_end, instance_state
+from .runs import duration
+from .settings import settings
 
 S3_STANDARD_PER_GB_MONTH = 0.023
-LIVE_STATES = ["pending", "running", "stopping", "stopped"]
-
-
-def grace() -> timedelta:
-    return timedelta(seconds=float(os.environ.get("CHRONOS_LAUNCH_GRACE_SECONDS", "120")))
-
-
-def stale_after() -> timedelta:
-    value = os.environ.get("CHRONOS_STALE_SECONDS")
-    return timedelta(seconds=float(value)) if value else DEFAULT_STALE_AFTER
+BILLABLE = ("instance", "volume", "stale_lock", "multipart_upload")
 
 
 @dataclass
 class Finding:
-    kind: str  # instance | volume | stack | stale_lock | multipart_upload
+    kind: str  # instance | volume | stale_lock | multipart_upload (billable) | stack (a record)
     id: str
     detail: str
     run_id: str | None = None
     key: str | None = None  # the object key, for multipart uploads
+
+    @property
+    def billable(self) -> bool:
+        return self.kind in BILLABLE
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "billable": self.billable}
 
 
 @dataclass
 class Report:
     findings: list[Finding] = field(default_factory=list)
     fixed: list[Finding] = field(default_factory=list)
+    not_fixed: dict[str, str] = field(default_factory=dict)  # finding id -> why --fix left it
     starting: list[str] = field(default_factory=list)  # instances inside the launch grace window
     active_run: str | None = None
     storage: dict = field(default_factory=dict)
 
     @property
+    def leftovers(self) -> list[Finding]:
+        return [f for f in self.findings if f.billable]
+
+    @property
+    def records(self) -> list[Finding]:
+        return [f for f in self.findings if not f.billable]
+
+    @property
     def clean(self) -> bool:
-        return not self.findings
+        """Nothing left that bills (records that cost nothing may remain)."""
+        return not self.leftovers
 
     def to_json(self) -> dict:
         return {"clean": self.clean, "active_run": self.active_run, "starting": self.starting,
-                "findings": [asdict(f) for f in self.findings], "fixed": [asdict(f) for f in self.fixed],
-                "storage": self.storage}
+                "findings": [f.to_json() for f in self.findings], "fixed": [f.to_json() for f in self.fixed],
+                "not_fixed": self.not_fixed, "storage": self.storage}
 
 
-def scan(target: Target, executor) -> Report:
-    if hasattr(executor, "reconcile"):
-        executor.reconcile()
-    report = Report()
-    now = utcnow()
+@dataclass(frozen=True)
+class Scan:
+    """What S3 and EC2 hold right now, before any decision."""
+
+    lease: Lease | None
+    lease_instance: str | None  # EC2's state of the instance the lock names
+    instances: list[dict]
+    volumes: list[dict]
+    stacks: list[str]
+    uploads: list[dict]
+
+
+def scan(target: Target, executor) -> Scan:
+    executor.reconcile()
     lease = target.state_store().read()
+    return Scan(
+        lease=lease,
+        lease_instance=instance_state(target, lease.state.get("instance_id")) if lease else None,
+        instances=instances_by_tag(target.ec2, {"Project": PROJECT_TAG}),
+        volumes=_pages(target.ec2.get_paginator("describe_volumes").paginate(Filters=[
+            {"Name": "tag:Project", "Values": [PROJECT_TAG]}, {"Name": "status", "Values": ["available"]}]), "Volumes"),
+        stacks=executor.leftover_stacks(),
+        uploads=_pages(target.s3.get_paginator("list_multipart_uploads").paginate(Bucket=target.bucket), "Uploads"),
+    )
+
+
+def decide(target: Target, seen: Scan) -> Report:
+    knobs = settings()
+    stale_after, launch_grace = knobs.stale_after, knobs.launch_grace
+    report = Report()
     live_run = None
-    if lease:
-        state = dict(lease.state)
-        ec2_state = instance_state(target, state.get("instance_id"))
-        if is_stale(state, now, ec2_state, stale_after()):
+    if seen.lease:
+        lease = seen.lease
+        if is_stale(lease, seen.lease_instance, stale_after):
             report.findings.append(Finding(
                 "stale_lock", target.layout.state,
-                f"run {lease.run_id} ({lease.status.value}) last heartbeat {state.get('heartbeat_at')}, "
-                f"instance {state.get('instance_id') or 'none'} is {ec2_state or 'gone'}", lease.run_id))
+                f"run {lease.run_id} ({lease.status.value}) last written {_ago(lease)} ago by S3's clock, "
+                f"instance {lease.state.get('instance_id') or 'none'} is {seen.lease_instance or 'gone'}",
+                lease.run_id))
         else:
             live_run = report.active_run = lease.run_id
 
-    for inst in _described(target.ec2.get_paginator("describe_instances").paginate(Filters=[
-        {"Name": "tag:Project", "Values": [PROJECT_TAG]}, {"Name": "instance-state-name", "Values": LIVE_STATES}])):
+    now = utcnow()
+    machines: set[str] = set()  # run ids with a machine that may bill
+    for inst in seen.instances:
         run_id = tags_of(inst).get("RunId")
+        if run_id:
+            machines.add(run_id)
         if run_id and run_id == live_run:
             continue
-        if now - inst["LaunchTime"] < grace():
+        if now - inst["LaunchTime"] < launch_grace:
             report.starting.append(inst["InstanceId"])
             continue
         report.findings.append(Finding("instance", inst["InstanceId"],
                                        f"{inst['InstanceType']} {inst['State']['Name']} with no active run", run_id))
-
-    for vol in _pages(target.ec2.get_paginator("describe_volumes").paginate(Filters=[
-        {"Name": "tag:Project", "Values": [PROJECT_TAG]}, {"Name": "status", "Values": ["available"]}]), "Volumes"):
+    for vol in seen.volumes:
         report.findings.append(Finding("volume", vol["VolumeId"], f"{vol['Size']} GB {vol['VolumeType']} detached",
                                        tags_of(vol).get("RunId")))
-
-    for run_id in executor.leftover_stacks():
-        if run_id != live_run:
-            report.findings.append(Finding("stack", run_id, "run stack still in the Pulumi backend", run_id))
-
-    for upload in _pages(target.s3.get_paginator("list_multipart_uploads").paginate(Bucket=target.bucket), "Uploads"):
+    for run_id in seen.stacks:
+        if run_id == live_run:
+            continue
+        machine = "its instance is still listed above" if run_id in machines else "its instance is gone"
+        report.findings.append(Finding("stack", run_id, f"run stack record in the Pulumi backend; {machine}, "
+                                       "so it costs nothing", run_id))
+    for upload in seen.uploads:
         report.findings.append(Finding("multipart_upload", upload["UploadId"], f"incomplete upload of {upload['Key']}",
                                        key=upload["Key"]))
-
     report.storage = storage(target)
     return report
 
 
-def _described(pages) -> list[dict]:
-    return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+def _ago(lease: Lease) -> str:
+    return duration(lease.age.total_seconds()) if lease.age is not None else "an unknown time"
 
 
 def _pages(pages, key: str) -> list[dict]:
@@ -126,26 +166,39 @@ def storage(target: Target) -> dict:
     }
 
 
-def fix(target: Target, executor, findings: list[Finding]) -> None:
+def act(target: Target, executor, findings: list[Finding]) -> dict[str, str]:
+    """Fix what was found; returns why a finding could not be fixed, by its id."""
+    not_fixed: dict[str, str] = {}
+    ended: set[str] = set()
     for f in findings:
         if f.kind == "stale_lock" or (f.kind == "instance" and f.run_id):
-            force_end(target, executor, f.run_id, "failed", "lost")
-        if f.kind == "instance":
+            if f.run_id not in ended:  # ends every machine of the run, by tag
+                ended.add(f.run_id)
+                left = force_end(target, executor, f.run_id, "failed", "lost").stack_left
+                if left:
+                    not_fixed[f.run_id] = left
+        if f.kind == "instance" and not f.run_id:
             target.ec2.terminate_instances(InstanceIds=[f.id])
         elif f.kind == "volume":
             target.ec2.delete_volume(VolumeId=f.id)
-        elif f.kind == "stack":
-            executor.finalize(f.id)
+        elif f.kind == "stack" and f.run_id not in ended:
+            try:
+                executor.finalize(f.id)
+            except Exception as exc:  # noqa: BLE001 - a record costs nothing; say why it stays
+                not_fixed[f.id] = str(exc)
         elif f.kind == "multipart_upload":
             target.s3.abort_multipart_upload(Bucket=target.bucket, Key=f.key, UploadId=f.id)
+    return not_fixed
 
 
 def verify(target: Target, executor, do_fix: bool) -> Report:
-    """Scan; with do_fix, fix what was found and scan again (what remains is reported)."""
-    report = scan(target, executor)
+    """Scan and decide; with do_fix, act on what was found, then scan again (what remains is
+    reported, with why --fix could not remove it)."""
+    report = decide(target, scan(target, executor))
     if not (do_fix and report.findings):
         return report
-    fix(target, executor, report.findings)
-    after = scan(target, executor)
-    after.fixed = report.findings
+    not_fixed = act(target, executor, report.findings)
+    after = decide(target, scan(target, executor))
+    after.fixed = [f for f in report.findings if f.id not in not_fixed and f not in after.findings]
+    after.not_fixed = not_fixed
     return after

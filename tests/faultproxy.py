@@ -7,11 +7,19 @@ Faults, each at `rate` (0..1) per request, split evenly among the enabled kinds:
 - lost:     forwarded to moto, then the connection is closed: the write happened but its reply
             was lost (the case that makes a retried conditional PUT see 412)
 - latency:  `latency_s` added, then forwarded normally
+- conflict: 409 ConditionalRequestConflict before forwarding, only on conditional writes
+            (PUT, POST or DELETE with If-Match or If-None-Match): what real S3 answers when
+            conditional requests on one key race. Not part of ALL_FAULTS; ask for it by name.
+            botocore does not retry it, so the caller sees it at once.
 Which requests may be hit: `paths` (substrings of the URL path, query string excluded; all when
 empty) and `methods` (all when empty). moto's own control API (/moto-api/) is never hit: it is
 not AWS, and the CLI probes it to find the sandbox. `configure()` changes all of this while
 requests flow (a test can start failing everything mid-run, then heal the proxy), and
 `max_faults` caps how many faults are injected from then on.
+
+`answer(target, respond)` answers JSON-protocol requests whose `X-Amz-Target` is `target`
+itself, without moto: `respond(body)` returns (status, document). It stands in for services moto
+does not play, e.g. Service Quotas' EC2 vCPU quotas.
 
 `gate()` holds a number of matching requests until all have arrived (a start line for races).
 Counts of what it did are kept in `stats` (and every (method, path) seen in `seen`):
@@ -19,6 +27,8 @@ Counts of what it did are kept in `stats` (and every (method, path) seen in `see
 - from botocore's `amz-sdk-request: attempt=N; max=M` header: `calls` (first attempts, i.e. API
   calls made), `retries` (attempts after the first: exactly the retries botocore made) and
   `exhausted` (a faulted last attempt: the call failed after its whole retry budget);
+- `conditional_writes`: conditional PUT/POST/DELETE requests that passed the path and method
+  filters (what a 409 could meet);
 - `failed_calls` (a property): calls whose latest attempt was faulted, from the
   `amz-sdk-invocation-id` header: those the caller saw fail, whether the attempts ran out or
   botocore's retry quota did.
@@ -35,6 +45,12 @@ from urllib.parse import urlsplit
 
 ALL_FAULTS = ("slowdown", "error500", "reset", "lost", "latency")
 FAILING_FAULTS = ("slowdown", "error500", "reset", "lost")  # every one of these costs a retry
+CONFLICT = "conflict"  # 409 on a conditional write: never retried by botocore, so no retry cost
+CONDITIONAL_HEADERS = ("If-Match", "If-None-Match")
+# S3's own wording for the 409 (S3 API reference, "Error codes").
+CONFLICT_MESSAGE = ("A conflicting operation occurred. If using PutObject you can retry the request. If using "
+                    "multipart upload you should initiate another CreateMultipartUpload request and re-upload each part.")
+WRITE_METHODS = ("PUT", "POST", "DELETE")
 NEVER_FAULTED = "/moto-api/"
 _S3_ERROR = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{msg}</Message>'
              "<RequestId>faultproxy</RequestId></Error>")
@@ -71,16 +87,20 @@ class FaultProxy:
         self._last_attempt_failed: dict[str, bool] = {}  # invocation id -> its latest attempt faulted
         self._lock = threading.Lock()
         self._gate: dict | None = None
+        self._answers: dict[str, object] = {}
         self.max_faults = None
         self.configure(rate=rate, faults=faults, paths=paths, methods=methods, max_faults=max_faults)
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def configure(self, rate: float | None = None, faults=None, paths=None, methods=None,
-                  max_faults: int | None = None) -> None:
+                  max_faults: int | None = None, seed: int | None = None) -> None:
         """Change what is injected from the next request on (None leaves a setting as it is).
-        `max_faults`: inject at most that many more faults (e.g. 1: lose exactly one reply)."""
+        `max_faults`: inject at most that many more faults (e.g. 1: lose exactly one reply);
+        `seed`: restart the fault sequence from this seed."""
         with self._lock:
+            if seed is not None:
+                self.rng = random.Random(seed)
             if max_faults is not None:
                 self.max_faults = self.injected + max_faults
             if rate is not None:
@@ -91,6 +111,11 @@ class FaultProxy:
                 self.paths = tuple(paths)
             if methods is not None:
                 self.methods = tuple(m.upper() for m in methods)
+
+    def answer(self, target: str, respond) -> None:
+        """Answer requests with `X-Amz-Target: target` by `respond(json body) -> (status, doc)`."""
+        with self._lock:
+            self._answers[target] = respond
 
     def gate(self, parties: int, timeout: float, path: str, method: str, header: str | None = None) -> None:
         """Hold the next `parties` requests that match (path substring, method, and `header`
@@ -136,7 +161,7 @@ class FaultProxy:
 
     @property
     def injected(self) -> int:
-        return sum(self.stats[f] for f in ALL_FAULTS)
+        return sum(self.stats[f] for f in (*ALL_FAULTS, CONFLICT))
 
     def __enter__(self) -> "FaultProxy":
         self._thread.start()
@@ -147,16 +172,17 @@ class FaultProxy:
         self._server.server_close()
 
     def pick(self, path: str, method: str = "GET", sdk_request: str | None = None,
-             invocation: str | None = None) -> str | None:
+             invocation: str | None = None, conditional: bool = False) -> str | None:
         url_path = urlsplit(path).path
         attempt = sdk_attempt(sdk_request)
         with self._lock:
-            fault = self._pick(url_path, method, attempt)
+            fault = self._pick(url_path, method, attempt, conditional)
             if invocation:
-                self._last_attempt_failed[invocation] = fault in FAILING_FAULTS
+                self._last_attempt_failed[invocation] = fault in (*FAILING_FAULTS, CONFLICT)
             return fault
 
-    def _pick(self, url_path: str, method: str, attempt: tuple[int, int] | None) -> str | None:
+    def _pick(self, url_path: str, method: str, attempt: tuple[int, int] | None,
+              conditional: bool = False) -> str | None:
         """One request's fault (or None); the caller holds self._lock."""
         self.stats["requests"] += 1
         self.seen[(method.upper(), url_path)] += 1
@@ -170,9 +196,13 @@ class FaultProxy:
             return None
         if self.max_faults is not None and self.injected >= self.max_faults:
             return None
-        if not (self.rate and self.rng.random() < self.rate):
+        if conditional and method.upper() in WRITE_METHODS:
+            self.stats["conditional_writes"] += 1  # the requests a 409 could meet
+        # A 409 only exists for conditional writes: other requests are no candidates for it.
+        kinds = [f for f in self.faults if f != CONFLICT or (conditional and method.upper() in WRITE_METHODS)]
+        if not kinds or not (self.rate and self.rng.random() < self.rate):
             return None
-        fault = self.rng.choice(self.faults)
+        fault = self.rng.choice(kinds)
         self.stats[fault] += 1
         if attempt and fault in FAILING_FAULTS and attempt[0] >= attempt[1]:
             self.stats["exhausted"] += 1
@@ -207,8 +237,8 @@ class FaultProxy:
                 except OSError:
                     pass
 
-            def _error(self, status: int, code: str) -> None:
-                body = _S3_ERROR.format(code=code, msg="injected by faultproxy").encode()
+            def _error(self, status: int, code: str, message: str = "injected by faultproxy") -> None:
+                body = _S3_ERROR.format(code=code, msg=message).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(body)))
@@ -216,11 +246,32 @@ class FaultProxy:
                 if self.command != "HEAD":  # a body after a HEAD reply would garble the next one
                     self.wfile.write(body)
 
+            def _canned(self, body: bytes) -> bool:
+                respond = proxy._answers.get(self.headers.get("X-Amz-Target", ""))
+                if respond is None:
+                    return False
+                import json
+
+                status, doc = respond(json.loads(body or b"{}"))
+                data = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-amz-json-1.1")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                proxy.count("answered")
+                return True
+
             def _any(self) -> None:
                 body = self._body()
+                if self._canned(body):
+                    return
                 proxy._wait_at_gate(self.command, urlsplit(self.path).path, self.headers)
                 fault = proxy.pick(self.path, self.command, self.headers.get("amz-sdk-request"),
-                                   self.headers.get("amz-sdk-invocation-id"))
+                                   self.headers.get("amz-sdk-invocation-id"),
+                                   conditional=any(h in self.headers for h in CONDITIONAL_HEADERS))
+                if fault == CONFLICT:
+                    return self._error(409, "ConditionalRequestConflict", CONFLICT_MESSAGE)
                 if fault == "slowdown":
                     return self._error(503, "SlowDown")
                 if fault == "error500":

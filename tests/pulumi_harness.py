@@ -31,6 +31,7 @@ class Recorded:
     parent: str
     provider: str
     custom: bool
+    timeouts: dict[str, str] = field(default_factory=dict)  # customTimeouts the engine would apply
 
     def fail(self, message: str) -> str:
         """Assertion message that names the resource, as a policy violation would."""
@@ -91,6 +92,9 @@ class _Monitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request):
         self.current.urn = self.make_urn(request.parent, request.type, request.name)
         self.current.parent = request.parent
+        timeouts = request.customTimeouts
+        self.current.timeouts = {k: getattr(timeouts, k) for k in ("create", "update", "delete")
+                                 if getattr(timeouts, k, "")}
         return super().RegisterResource(request)
 
 
@@ -126,6 +130,7 @@ class HarnessMocks(pulumi.runtime.Mocks):
             typ=args.typ, name=args.name, inputs=dict(args.inputs),
             urn=self.monitor.current.urn, parent=self.monitor.current.parent,
             provider=args.provider or "", custom=bool(args.custom),
+            timeouts=dict(getattr(self.monitor.current, "timeouts", {})),
         ))
         return f"{args.name}-id", {**args.inputs, **self._computed(args)}
 

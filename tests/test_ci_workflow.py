@@ -1,6 +1,7 @@
 """The user's GitHub workflow cannot run here; check its structure and its promises instead."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -76,3 +77,43 @@ def test_preview_installs_the_pinned_pulumi_sdks(workflow):
     pattern = re.search(r"grep -E '([^']+)' requirements.txt", install).group(1)
     pins = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if re.match(pattern, line)]
     assert sorted(p.split("==")[0] for p in pins) == ["pulumi", "pulumi-aws"]
+
+
+def _dry_run_step(workflow: dict) -> tuple[int, dict]:
+    found = [(i, s) for i, s in enumerate(steps(workflow, "preview")) if "--dry-run" in s.get("run", "")]
+    assert len(found) == 1, "the preview job runs `chronos-train launch --dry-run` once"
+    return found[0]
+
+
+def test_the_dry_run_runs_after_pulumi_preview_in_the_same_job(workflow):
+    index, step = _dry_run_step(workflow)
+    preview = next(i for i, s in enumerate(steps(workflow, "preview")) if uses(s) == "pulumi/actions")
+    assert preview < index, "after `pulumi preview`, which also leaves the Pulumi CLI on PATH"
+    assert re.search(r"chronos-train (--env \S+ )?launch \S+ --dry-run$", step["run"].strip())
+    assert "--local" not in step["run"], "the dry run meets the real account and the real Pulumi CLI"
+
+
+def test_the_dry_run_config_exists_and_is_a_valid_run_config(workflow):
+    from instance.protocol.runconfig import load_config
+
+    _, step = _dry_run_step(workflow)
+    config = step["env"]["RUN_CONFIG"]
+    assert "$RUN_CONFIG" in step["run"]
+    cfg = load_config(ROOT / config)
+    assert cfg.dataset_in_bucket, "CI has no local dataset to upload: the config names a bucket prefix"
+
+
+def test_the_dry_run_gets_no_pulumi_secret(workflow):
+    """It pins its own backend (a throwaway local one) and an empty passphrase."""
+    _, step = _dry_run_step(workflow)
+    assert "secrets." not in json.dumps(step)
+
+
+def test_the_cli_is_installed_before_the_dry_run_from_the_pins(workflow):
+    index, _ = _dry_run_step(workflow)
+    before = [s.get("run", "") for s in steps(workflow, "preview")[:index]]
+    install = next(r for r in before if "-e ." in r)
+    pattern = re.search(r"grep -E '([^']+)' requirements.txt", install).group(1)
+    pins = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if re.match(pattern, line)]
+    assert sorted(p.split("==")[0] for p in pins) == sorted(
+        ["boto3", "botocore", "s3transfer", "click", "rich", "pydantic", "PyYAML"])

@@ -27,7 +27,7 @@ def test_every_command_has_help_with_an_example(path):
 
 def test_contract_commands_exist():
     names = {" ".join(p) for p, _ in _commands(cli)}
-    for expected in ("launch", "monitor", "status", "logs", "kill", "verify-cleanup", "runs",
+    for expected in ("launch", "monitor", "status", "logs", "kill", "verify-cleanup", "runs", "doctor",
                      "data upload", "data ls", "data validate", "sandbox start", "sandbox stop", "sandbox status",
                      "sandbox env"):
         assert expected in names
@@ -43,3 +43,8 @@ def test_unknown_env_is_bad_usage():
 def test_bad_run_id_is_bad_usage():
     result = CliRunner().invoke(cli, ["logs", "nope"])
     assert result.exit_code == 2 and "not a run id" in result.output
+
+
+def test_launch_help_shows_the_dry_run_example():
+    result = CliRunner().invoke(cli, ["launch", "--help"])
+    assert "chronos-train launch run.yaml --dry-run" in result.output.split("Example:", 1)[1]

@@ -11,23 +11,31 @@ import pytest
 
 from automation.executors.base import ProvisionError, ProvisionRequest
 from automation.executors.ec2 import Ec2Executor, classify
-from automation.executors.run_stacks import PulumiStackOps, StackMissing
+from automation.executors.run_stacks import Diagnostic, PulumiStackOps, StackCommandFailed, StackMissing
 from automation.infra_record import InfraRecord
 from instance.protocol.aws import client
+from instance.protocol.ec2 import instance_state
 from instance.protocol.runconfig import parse_config
 
 RUN_ID = "run-20261128-203700-1a2b"
 INSTANCE_ID = "i-0123456789abcdef0"
 
 
-def cli_error(code: str, message: str) -> str:
-    """What the Pulumi CLI prints when RunInstances fails, as the Automation API passes it on."""
-    return (
-        " code: 255\n stdout: Updating (run-20261128-203700-1a2b):\n"
-        f"    aws:ec2:Instance {RUN_ID} creating (0s) error: creating EC2 Instance: operation error EC2: "
-        f"RunInstances, https response error StatusCode: 400, RequestID: 5f1c, api error {code}: {message}\n"
-        " stderr: "
-    )
+INSTANCE_URN = f"urn:pulumi:{RUN_ID}::chronos-run::aws:ec2/instance:Instance::{RUN_ID}"
+STACK_URN = f"urn:pulumi:{RUN_ID}::chronos-run::pulumi:pulumi:Stack::chronos-run-{RUN_ID}"
+STATUS = {"InsufficientInstanceCapacity": 500, "InsufficientCapacity": 500, "UnauthorizedOperation": 403}
+
+
+def up_failed(code: str, message: str) -> StackCommandFailed:
+    """A failed `up` as the seam reports it: the engine's error diagnostics, as pulumi-aws emits
+    them for a refused RunInstances (the AWS SDK for Go v2's error text inside the provider's
+    "1 error occurred" list), then the engine's own summary diagnostic on the stack."""
+    sdk = (f"operation error EC2: RunInstances, https response error StatusCode: {STATUS.get(code, 400)}, "
+           f"RequestID: 5f1c2e4a-0b7d-4c8e-9f61-2a3b4c5d6e7f, api error {code}: {message}")
+    return StackCommandFailed("error: update failed", [
+        Diagnostic("error", f"1 error occurred:\n\t* creating EC2 Instance: {sdk}\n\n", INSTANCE_URN),
+        Diagnostic("error", "update failed", STACK_URN),
+    ])
 
 
 class FakeOps:
@@ -69,10 +77,6 @@ class FakeOps:
         return [op for op, _ in self.calls]
 
 
-class CommandError(Exception):
-    """Stands in for pulumi.automation.CommandError: its str() is the CLI's output."""
-
-
 INFRA = InfraRecord(
     env="dev", region="us-east-1", account="123456789012", bucket="chronos-training-dev-123456789012-us-east-1",
     vpc_id="vpc-1", subnets={"us-east-1b": "subnet-b", "us-east-1a": "subnet-a"}, security_group_id="sg-1",
@@ -102,7 +106,7 @@ def executor(ops: FakeOps, renderer: Renderer | None = None) -> Ec2Executor:
 def test_provision_brings_the_stack_up_and_returns_the_instance():
     ops, renderer = FakeOps(), Renderer()
     result = executor(ops, renderer).provision(request())
-    assert (result.instance_id, result.zone, result.stack_name) == (INSTANCE_ID, "us-east-1a", RUN_ID)
+    assert (result.instance_id, result.zone) == (INSTANCE_ID, "us-east-1a")
     assert ops.calls == [("up", "us-east-1a")]
     assert renderer.kwargs == {"env": "dev", "bucket": INFRA.bucket, "run_id": RUN_ID, "region": "us-east-1",
                                "max_runtime_minutes": 90}
@@ -123,7 +127,7 @@ def test_the_run_stack_gets_everything_from_infra_and_config():
 
 @pytest.mark.parametrize("code", ["VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded"])
 def test_quota_error_cleans_up_and_says_quota(code):
-    ops = FakeOps({"us-east-1a": CommandError(cli_error(code, "You have requested more vCPU capacity"))})
+    ops = FakeOps({"us-east-1a": up_failed(code, "You have requested more vCPU capacity")})
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request(spot=code.startswith("MaxSpot")))
     assert err.value.kind == "quota"
@@ -136,7 +140,7 @@ def test_quota_error_cleans_up_and_says_quota(code):
 
 
 def test_capacity_error_in_one_zone_falls_back_to_the_next():
-    ops = FakeOps({"us-east-1a": CommandError(cli_error("InsufficientInstanceCapacity", "no g5.xlarge"))})
+    ops = FakeOps({"us-east-1a": up_failed("InsufficientInstanceCapacity", "no g5.xlarge")})
     result = executor(ops).provision(request())
     assert result.zone == "us-east-1b" and result.instance_id == INSTANCE_ID
     assert ops.calls == [("up", "us-east-1a"), ("up", "us-east-1b")]
@@ -144,14 +148,15 @@ def test_capacity_error_in_one_zone_falls_back_to_the_next():
 
 
 def test_unsupported_in_that_zone_also_moves_on():
-    text = cli_error("Unsupported", "Your requested instance type (g5.xlarge) is not supported in us-east-1a")
-    ops = FakeOps({"us-east-1a": CommandError(text)})
+    ops = FakeOps({"us-east-1a": up_failed(
+        "Unsupported", "Your requested instance type (g5.xlarge) is not supported in your requested Availability "
+        "Zone (us-east-1a). Please retry your request by not specifying an Availability Zone or choosing us-east-1b.")})
     assert executor(ops).provision(request()).zone == "us-east-1b"
 
 
 @pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow"])
 def test_capacity_error_everywhere_cleans_up_and_says_capacity(code):
-    failure = CommandError(cli_error(code, "try later"))
+    failure = up_failed(code, "try later")
     ops = FakeOps({"us-east-1a": failure, "us-east-1b": failure})
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request())
@@ -163,7 +168,7 @@ def test_capacity_error_everywhere_cleans_up_and_says_capacity(code):
 
 @pytest.mark.parametrize("code", ["UnauthorizedOperation", "AccessDenied", "AccessDeniedException"])
 def test_permission_error_cleans_up_and_says_permissions(code):
-    ops = FakeOps({"us-east-1a": CommandError(cli_error(code, "You are not authorized to perform this operation"))})
+    ops = FakeOps({"us-east-1a": up_failed(code, "You are not authorized to perform this operation")})
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request())
     assert err.value.kind == "permissions"
@@ -172,7 +177,7 @@ def test_permission_error_cleans_up_and_says_permissions(code):
 
 
 def test_other_errors_show_the_cli_error_line():
-    ops = FakeOps({"us-east-1a": CommandError(cli_error("InvalidParameterValue", "bad user data"))})
+    ops = FakeOps({"us-east-1a": up_failed("InvalidParameterValue", "bad user data")})
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request())
     assert err.value.kind == "other"
@@ -180,18 +185,70 @@ def test_other_errors_show_the_cli_error_line():
     assert ops.stacks == set()
 
 
-def test_quota_wins_over_capacity_words_in_the_same_output():
-    assert classify("api error VcpuLimitExceeded: ... InsufficientInstanceCapacity") == ("quota",
-                                                                                         "VcpuLimitExceeded")
-    assert classify("UnsupportedOperation: nope") == ("other", "")
+def test_quota_wins_over_capacity_codes_in_the_same_failure():
+    assert classify(["InsufficientInstanceCapacity", "VcpuLimitExceeded"]) == ("quota", "VcpuLimitExceeded")
+    assert classify([]) == ("other", "")
+    assert classify(["UnsupportedOperation"]) == ("other", "UnsupportedOperation")
+
+
+REAL_LOOKING = {
+    # (code, HTTP status, message) as AWS words them for RunInstances
+    "InsufficientInstanceCapacity": "We currently do not have sufficient g5.xlarge capacity in the Availability "
+                                    "Zone you requested (us-east-1a). Our system will be working on provisioning "
+                                    "additional capacity.",
+    "Unsupported": "Your requested instance type (g5.xlarge) is not supported in your requested Availability Zone "
+                   "(us-east-1e).",
+    "VcpuLimitExceeded": "You have requested more vCPU capacity than your current vCPU limit of 0 allows for the "
+                         "instance bucket that the specified instance type belongs to. Please visit "
+                         "http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this limit.",
+    "MaxSpotInstanceCountExceeded": "Max spot instance count exceeded",
+    "UnauthorizedOperation": "You are not authorized to perform this operation. User: arn:aws:iam::123456789012:"
+                             "user/ci is not authorized to perform: ec2:RunInstances on resource: arn:aws:ec2:"
+                             "us-east-1:123456789012:instance/* because no identity-based policy allows the "
+                             "ec2:RunInstances action. Encoded authorization failure message: 3kq9...",
+}
+KIND = {"InsufficientInstanceCapacity": "capacity", "Unsupported": "capacity", "VcpuLimitExceeded": "quota",
+        "MaxSpotInstanceCountExceeded": "quota", "UnauthorizedOperation": "permissions"}
+
+
+@pytest.mark.parametrize("code", list(REAL_LOOKING))
+def test_the_kind_comes_from_the_code_in_the_resources_error_diagnostic(code):
+    failure = up_failed(code, REAL_LOOKING[code])
+    assert failure.aws_error_codes == [code]
+    assert classify(failure.aws_error_codes) == (KIND[code], code)
+
+
+@pytest.mark.parametrize("diagnostics", [
+    pytest.param([Diagnostic("warning", "api error InsufficientInstanceCapacity: We currently do not have "
+                             "sufficient capacity", INSTANCE_URN)], id="a warning, not an error"),
+    pytest.param([Diagnostic("error", "update failed", STACK_URN),
+                  Diagnostic("info", "Unsupported VcpuLimitExceeded MaxSpotInstanceCountExceeded", INSTANCE_URN)],
+                 id="the words in an info line"),
+    pytest.param([Diagnostic("error", "1 error occurred:\n\t* creating EC2 Instance: operation error EC2: "
+                             "RunInstances, https response error StatusCode: 400, RequestID: 1, api error "
+                             "InvalidParameterValue: Unsupported value for UserData; not InsufficientInstanceCapacity "
+                             "nor UnauthorizedOperation", INSTANCE_URN)], id="the words inside another code's message"),
+    pytest.param([Diagnostic("error", "Unsupported: the engine refused the plan (VcpuLimitExceeded)", "")],
+                 id="an error with no resource"),
+    pytest.param([Diagnostic("error", "creating EC2 Instance: Unsupported instance type", INSTANCE_URN)],
+                 id="the word Unsupported without an api error code"),
+])
+def test_text_that_merely_contains_the_words_is_not_classified(diagnostics):
+    failure = StackCommandFailed("error: update failed (InsufficientInstanceCapacity Unsupported)", diagnostics)
+    kind, _ = classify(failure.aws_error_codes)
+    assert kind == "other"
+    ops = FakeOps({"us-east-1a": failure})
+    with pytest.raises(ProvisionError) as err:
+        executor(ops).provision(request())
+    assert err.value.kind == "other" and ops.ops() == ["up", "destroy", "remove_stack"], "no zone fallback"
 
 
 def test_a_failed_cleanup_keeps_the_original_error():
     class StuckOps(FakeOps):
         def destroy(self, stack):
-            raise CommandError("error: the stack is currently locked by 1 lock(s)")
+            raise StackCommandFailed("error: the stack is currently locked by 1 lock(s)")
 
-    ops = StuckOps({"us-east-1a": CommandError(cli_error("VcpuLimitExceeded", "quota"))})
+    ops = StuckOps({"us-east-1a": up_failed("VcpuLimitExceeded", "quota")})
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request())
     assert err.value.kind == "quota"
@@ -233,8 +290,9 @@ def test_a_too_old_pulumi_cli_is_a_tooling_error(monkeypatch, tmp_path):
 
 
 def test_the_sandbox_is_not_a_place_for_ec2_runs():
+    sandbox = InfraRecord(**{**INFRA.__dict__, "extra": {"sandbox": True}})
     with pytest.raises(ProvisionError, match="--local"):
-        executor(FakeOps()).provision(request(endpoint_url="http://127.0.0.1:5000"))
+        executor(FakeOps()).provision(request(infra=sandbox))
 
 
 def test_an_infra_record_without_subnets_asks_for_pulumi_up():
@@ -264,7 +322,10 @@ def test_finalize_tolerates_a_stack_removed_meanwhile():
 def test_finalize_failure_names_the_stack_and_keeps_it():
     class Denied(FakeOps):
         def destroy(self, stack):
-            raise CommandError("error: deleting EC2 Instance: api error UnauthorizedOperation: no")
+            raise StackCommandFailed("error: update failed", [Diagnostic(
+                "error", "deleting EC2 Instance (i-0123): operation error EC2: TerminateInstances, https response "
+                "error StatusCode: 403, RequestID: 9, api error UnauthorizedOperation: You are not authorized",
+                INSTANCE_URN)])
 
     ops = Denied()
     ops.stacks.add(RUN_ID)
@@ -282,24 +343,22 @@ def test_leftover_stacks_are_the_backends_stacks():
 
 # --- against the moto server: EC2 termination and the backend listing --------------------------
 
-def test_terminate_ends_the_instance_then_finalizes(aws):
+def test_terminate_ends_the_instance_through_ec2_and_never_calls_pulumi(aws, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no Pulumi CLI anywhere
     ec2 = client("ec2", aws)
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    iid = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="g5.xlarge")["Instances"][0][
-        "InstanceId"]
+    tags = [{"ResourceType": "instance", "Tags": [{"Key": "RunId", "Value": RUN_ID}]}]
+    named, tagged = (ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="g5.xlarge",
+                                       TagSpecifications=tags)["Instances"][0]["InstanceId"] for _ in range(2))
     ops = FakeOps()
     ops.stacks.add(RUN_ID)
-    Ec2Executor("dev", INFRA.bucket, INFRA.region, ops=ops, target=aws).terminate(RUN_ID, iid)
-    state = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
-    assert state in ("shutting-down", "terminated")
-    assert ops.ops() == ["refresh", "destroy", "remove_stack"]
-
-
-def test_terminate_an_instance_already_gone(aws):
-    ops = FakeOps()
-    Ec2Executor("dev", INFRA.bucket, INFRA.region, ops=ops, target=aws).terminate(RUN_ID, "i-00000000000000000")
-    Ec2Executor("dev", INFRA.bucket, INFRA.region, ops=ops, target=aws).terminate(RUN_ID, None)
-    assert ops.calls == []
+    ex = Ec2Executor("dev", INFRA.bucket, INFRA.region, ops=ops, target=aws)
+    ex.terminate(RUN_ID, named)
+    assert instance_state(ec2, named) in ("shutting-down", "terminated")
+    assert instance_state(ec2, tagged) == "running", "an id given: only that one"
+    ex.terminate(RUN_ID, None)  # no id: every instance tagged with the run
+    assert instance_state(ec2, tagged) in ("shutting-down", "terminated")
+    assert ops.calls == [] and ops.stacks == {RUN_ID}, "the stack record is finalize's, later"
 
 
 def _backend(s3, bucket: str, keys: list[str]) -> None:

@@ -1,20 +1,26 @@
-"""The lock protocol through injected S3 faults: retries are botocore's, and a lost reply to a
-conditional write is recognised as our own write (write_id), never as someone else's."""
+"""The lock protocol through injected S3 faults: retries are botocore's, a lost reply to a
+conditional write is recognised as our own write (write_id), never as someone else's, and a 409
+ConditionalRequestConflict is re-read and written again (see tests/test_conflicts.py)."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from instance.protocol.aws import AwsTarget, client
+import pytest
+
+from instance.protocol.aws import AwsTarget, ConflictBackoff, client
 from instance.protocol.state import StateStore
 from instance.protocol.status import Status
 from tests.conftest import ENV
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import ALL_FAULTS, CONFLICT, FaultProxy
+
+FAST = ConflictBackoff(attempts=8, base_s=0.01, cap_s=0.05)
 
 
-def test_lock_protocol_survives_20_percent_faults(aws, bucket):
-    with FaultProxy(aws.endpoint_url, rate=0.2, seed=7, paths=("system-state.json",)) as proxy:
-        s3 = client("s3", AwsTarget(aws.region, proxy.url))
-        store = StateStore(s3, bucket, ENV)
+@pytest.mark.parametrize("faults,seed", [(ALL_FAULTS, 7), ((CONFLICT,), 11)], ids=["errors-resets-replies", "409s"])
+def test_lock_protocol_survives_20_percent_faults(aws, bucket, faults, seed):
+    """4 writers bump a counter 5 times each: no bump is lost or applied twice."""
+    with FaultProxy(aws.endpoint_url, rate=0.2, faults=faults, seed=seed, paths=("system-state.json",)) as proxy:
+        store = StateStore(client("s3", AwsTarget(aws.region, proxy.url)), bucket, ENV, backoff=FAST)
         lease = store.acquire("run-20261128-100000-aaaa", counter=0)
         for status in (Status.DATA_SYNC, Status.TRAINING):
             lease = store.move(lease, status)
@@ -30,5 +36,7 @@ def test_lock_protocol_survives_20_percent_faults(aws, bucket):
         assert final.status is Status.TRAINING
         store.release(final)  # True, or False when the reply to our own delete was the lost one
         assert store.read() is None
-    injected = sum(proxy.stats[f] for f in ("slowdown", "error500", "reset", "lost", "latency"))
-    assert injected > 0 and proxy.stats["lost"] + proxy.stats["reset"] > 0
+    if CONFLICT in faults:
+        assert proxy.stats[CONFLICT] > 0 and proxy.stats["retries"] == 0, "botocore never retries a 409"
+    else:
+        assert proxy.injected > 0 and proxy.stats["lost"] + proxy.stats["reset"] > 0

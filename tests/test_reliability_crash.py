@@ -30,7 +30,7 @@ import pytest
 
 from instance.protocol.aws import client
 from instance.protocol.layout import Layout, bucket_name
-from instance.protocol.timeutil import parse_iso, utcnow
+from instance.protocol.state import StateStore
 from tests.cli_helpers import (
     RUN_PHASES,
     agent_pid,
@@ -62,12 +62,15 @@ def env(aws, home):
 
 
 def wait_stale(s3, run_id: str) -> None:
-    """Until the dead agent's last heartbeat is older than the stale limit verify-cleanup uses."""
+    """Until S3 says the dead agent's lock is older than the stale limit verify-cleanup uses
+    (the lock's age by S3's clock, as verify-cleanup reads it)."""
+    store = StateStore(s3, BUCKET, "dev")
+
     def old_enough():
-        state = live_state(s3, BUCKET)
-        assert state and state["run_id"] == run_id, state
-        return (utcnow() - parse_iso(state["heartbeat_at"])).total_seconds() > STALE_SECONDS + 0.5
-    wait_until(old_enough, timeout=30, what="the heartbeat to go stale")
+        lease = store.read()
+        assert lease and lease.run_id == run_id, lease
+        return lease.age is not None and lease.age.total_seconds() >= STALE_SECONDS
+    wait_until(old_enough, timeout=30, what="the lock to go stale")
 
 
 def sigkill_agent(env, home, s3, tmp_path, phase: str) -> str:
@@ -92,7 +95,7 @@ def test_sigkilled_agent_is_found_fixed_and_the_next_run_completes(phase, env, h
     found = run_cli(check, "--local", "verify-cleanup")
     assert found.returncode == 6, found.stdout + found.stderr
     assert f"LEFT: stale_lock {LAYOUT.state} (run {run_id} ({phase})" in found.stdout, found.stdout
-    assert "1 leftover(s); run with --fix" in found.stdout
+    assert "1 leftover(s) that bill; run with --fix" in found.stdout
     doc = json.loads(run_cli(check, "--local", "verify-cleanup", "--json").stdout)
     assert [(f["kind"], f["run_id"]) for f in doc["findings"]] == [("stale_lock", run_id)], doc
     # The dead machine's instance record is already terminated: EC2 itself reports nothing live.

@@ -27,7 +27,7 @@ from tests.agent_fixtures import (DATA_PREFIX, instance_state, keys_under, parqu
                                   write_parquet)
 from tests.cli_helpers import (agent_pid, cli_env, launched_run_id, live_state, pid_running, run_cli, start_cli,
                                wait_until)
-from tests.faultproxy import FAILING_FAULTS, FaultProxy
+from tests.faultproxy import CONFLICT, FAILING_FAULTS, FaultProxy
 
 ENV = "dev"
 BUCKET = bucket_name(ENV, motoserver.SANDBOX_ACCOUNT, REGION)
@@ -86,12 +86,14 @@ def completed_run_through(aws, sandbox, tmp_path, **faults) -> dict:
         stats = {**proxy.stats, "failed_calls": proxy.failed_calls}
     assert_completed_intact(sandbox, run_id, tmp_path)
     figures = {"run_id": run_id, **{k: stats.get(k, 0) for k in (
-        "requests", "calls", "retries", "failed_calls", "exhausted", *FAILING_FAULTS, "latency", "upstream_5xx")}}
+        "requests", "calls", "retries", "failed_calls", "exhausted", *FAILING_FAULTS, "latency", "upstream_5xx",
+        CONFLICT, "conditional_writes")}}
     print("FAULTS", json.dumps({"seed": faults.get("seed"), **figures}))
     # Every failed attempt (injected, or moto's own 5xx) cost botocore exactly one retry, except
-    # the last attempt of a call that failed outright.
+    # the last attempt of a call that failed outright. A 409 is never retried by botocore: each
+    # one is a call the code saw fail (and answered by re-reading and writing again).
     failed_attempts = sum(figures[f] for f in FAILING_FAULTS) + figures["upstream_5xx"]
-    assert figures["retries"] == failed_attempts - figures["failed_calls"], figures
+    assert figures["retries"] == failed_attempts - (figures["failed_calls"] - figures[CONFLICT]), figures
     return figures
 
 
@@ -104,6 +106,22 @@ def test_run_completes_through_20_percent_faults(aws, sandbox, tmp_path):
 @pytest.mark.parametrize("seed", range(101, 111))
 def test_ten_runs_complete_through_20_percent_faults(aws, sandbox, tmp_path, seed):
     completed_run_through(aws, sandbox, tmp_path, rate=0.2, seed=seed)
+
+
+def test_run_completes_through_20_percent_409s_on_its_state_writes(aws, sandbox, tmp_path):
+    """Real S3 answers 409 ConditionalRequestConflict when conditional writes on one key race;
+    every write of the lock (launch, agent, follower) meets one 20 % of the time here."""
+    figures = completed_run_through(aws, sandbox, tmp_path, rate=0.2, faults=(CONFLICT,), seed=5,
+                                    paths=(LAYOUT.state,))
+    assert figures[CONFLICT] > 0 and figures["retries"] == 0
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("seed", range(201, 211))
+def test_ten_runs_complete_through_20_percent_409s_on_every_conditional_write(aws, sandbox, tmp_path, seed):
+    """The lock and the records (training.json, cleanup_status.json) alike."""
+    figures = completed_run_through(aws, sandbox, tmp_path, rate=0.2, faults=(CONFLICT,), seed=seed)
+    assert figures[CONFLICT] > 0
 
 
 def test_lost_reply_to_the_lock_release_still_completes_every_record(aws, sandbox, tmp_path):

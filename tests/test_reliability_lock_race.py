@@ -21,7 +21,7 @@ from instance.protocol.aws import client
 from instance.protocol.layout import DATASETS_PREFIX, PROJECT_TAG, Layout, bucket_name
 from tests.agent_fixtures import DATA_PREFIX, get_json, keys_under, parquet_bytes, run_config, synthetic_frame, write_parquet
 from tests.cli_helpers import cli_env, run_cli, start_cli
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import CONFLICT, FaultProxy
 
 ENV = "dev"
 BUCKET = bucket_name(ENV, motoserver.SANDBOX_ACCOUNT, REGION)
@@ -144,3 +144,21 @@ def test_sixteen_launches_over_rounds_bucket_and_local_dataset(race, tmp_path):
         print(f"RACE round {n + 6} (local dataset): winner {outcome['winner']}, 15 x exit 3, "
               f"dataset PUTs {outcome['dataset_puts']}")
     assert len(winners) == 7
+
+
+@pytest.mark.parametrize("rounds", [pytest.param(1, id="1-round"),
+                                    pytest.param(5, id="5-rounds", marks=pytest.mark.reliability)])
+def test_sixteen_launches_one_winner_through_20_percent_409s(race, tmp_path, rounds):
+    """Real S3 answers 409 when conditional writes on one key race (moto never does): every
+    conditional write of the lock, the 16 creates included, meets one 20 % of the time. Still one
+    winner and 15 exit 3; the winner's run then lives, is killed and cleaned through 409s too."""
+    proxy = race[0]
+    proxy.configure(rate=0.2, faults=(CONFLICT,), paths=(LAYOUT.state,), seed=409)
+    config = write_config(tmp_path / "run.yaml", DATA_PREFIX)
+    for n in range(rounds):
+        before, writes = proxy.stats[CONFLICT], proxy.stats["conditional_writes"]
+        outcome = race_round(race, tmp_path, config)
+        print(f"RACE409 round {n + 1}: winner {outcome['winner']}, 15 x exit 3, 409s injected "
+              f"{proxy.stats[CONFLICT] - before} of {proxy.stats['conditional_writes'] - writes} conditional writes "
+              "(the lock's creates, moves, heartbeats, kill and release)")
+    assert proxy.stats[CONFLICT] > 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from automation.infra_record import DEFAULT_AMI_PARAMETER
-from automation.stacks.run import RunStackConfig, build_run_stack
+from automation.stacks.run import INSTANCE_CREATE_TIMEOUT, PROVIDER_MAX_RETRIES, RunStackConfig, build_run_stack
 from tests.pulumi_harness import AMI_ID, run_program
 
 INSTANCE = "aws:ec2/instance:Instance"
@@ -120,6 +120,19 @@ def test_region_is_the_configured_one(on_demand):
 def test_exports_instance_id_and_zone(on_demand):
     run, _ = on_demand
     assert run.outputs == {"instance_id": f"{RUN_ID}-id", "zone": "us-east-1b"}
+
+
+def test_provider_retries_are_bounded_so_a_capacity_error_comes_back_in_minutes(on_demand):
+    """The provider's default (25 tries with backoff) retries InsufficientInstanceCapacity for
+    about 50 minutes; bounded, the error returns and the executor tries the next zone."""
+    run, instance = on_demand
+    provider = run.one("pulumi:providers:aws")
+    # Provider inputs reach the engine as strings, as every provider config value does.
+    assert int(provider.inputs["maxRetries"]) == PROVIDER_MAX_RETRIES <= 5, provider.fail("unbounded provider retries")
+    assert instance.timeouts.get("create") == INSTANCE_CREATE_TIMEOUT, instance.fail(f"timeouts {instance.timeouts}")
+    minutes = int(INSTANCE_CREATE_TIMEOUT.rstrip("m"))
+    assert 3 <= minutes <= 10, instance.fail("a create timeout shorter than a GPU instance's start, or unbounded")
+    assert instance.timeouts.get("delete"), instance.fail("no delete timeout")
 
 
 def test_no_public_ingress_path_is_declared_here(on_demand):

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from instance.protocol.aws import client
-from instance.protocol.state import Fenced, LockBusy, NotHolder, RunKilled, StateStore, is_stale
+from instance.protocol.state import Fenced, Lease, LockBusy, NotHolder, RunKilled, StateStore, is_stale
 from instance.protocol.status import IllegalTransition, Status
 from instance.protocol.timeutil import parse_iso, utcnow
 from tests import _race_worker
@@ -117,19 +117,40 @@ def test_kill_of_other_or_finished_run_writes_nothing(store):
 
 
 def test_staleness_is_a_pure_decision():
-    now = utcnow()
-    fresh = {"heartbeat_at": (now - timedelta(seconds=30)).isoformat()}
-    old = {"heartbeat_at": (now - timedelta(minutes=30)).isoformat()}
-    assert not is_stale(fresh, now, None)
-    assert not is_stale(fresh, now, "terminated")
-    assert not is_stale(old, now, "running")
-    assert not is_stale(old, now, "pending")
-    assert is_stale(old, now, "terminated")
-    assert is_stale(old, now, "shutting-down")
-    assert is_stale(old, now, "stopped")
-    assert is_stale(old, now, None)
-    assert not is_stale(old, now, None, stale_after=timedelta(hours=1))
-    assert parse_iso(old["heartbeat_at"]) < now
+    written = utcnow() - timedelta(minutes=30)
+    fresh = Lease("e1", {}, last_modified=written, seen_at=written + timedelta(seconds=30))
+    old = Lease("e2", {}, last_modified=written, seen_at=written + timedelta(minutes=30, seconds=1))
+    unknown = Lease("e3", {})  # S3 did not say when: never stale
+    assert not is_stale(fresh, None)
+    assert not is_stale(fresh, "terminated")
+    assert not is_stale(old, "running")
+    assert not is_stale(old, "pending")
+    assert is_stale(old, "terminated")
+    assert is_stale(old, "shutting-down")
+    assert is_stale(old, "stopped")
+    assert is_stale(old, None)
+    assert not is_stale(old, None, stale_after=timedelta(hours=1))
+    assert not is_stale(unknown, None) and unknown.age is None
+    assert old.age == timedelta(minutes=30)
+
+
+@pytest.mark.parametrize("skew", [timedelta(minutes=10), -timedelta(minutes=10)], ids=["writer+10min", "writer-10min"])
+def test_staleness_reads_s3s_clock_not_the_writers(store, skew):
+    """A writer whose clock is 10 minutes off (either way) writes heartbeat_at 10 minutes off;
+    the lock's age still comes from S3 (Date - LastModified), so it is fresh right after the
+    write and stale only once S3 says nobody wrote it for the limit."""
+    skewed = lambda: utcnow() + skew  # noqa: E731
+    lease = store.acquire(RID_A, now=skewed())
+    store.update(lease, lambda s: {**s, "progress": {"step": 1}}, now=skewed)
+    current = store.read()
+    assert abs(parse_iso(current.state["heartbeat_at"]) - utcnow() - skew) < timedelta(seconds=5)
+    assert current.age < timedelta(seconds=3)
+    assert not is_stale(current, None), "a lock written a moment ago is never stale"
+    time.sleep(3.1)  # LastModified and Date have one-second resolution: the age is at least 2 s now
+    aged = store.read()
+    assert aged.age >= timedelta(seconds=2)
+    assert is_stale(aged, None, stale_after=timedelta(seconds=2))
+    assert not is_stale(aged, "running", stale_after=timedelta(seconds=2))
 
 
 def test_race_16_acquirers_threads_and_processes_20_rounds(aws, bucket, store):

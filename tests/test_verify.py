@@ -1,7 +1,7 @@
 """verify-cleanup finds billable leftovers by tag and by listing, and --fix is idempotent."""
 from __future__ import annotations
 
-from datetime import timedelta
+import time
 
 import pytest
 
@@ -13,7 +13,6 @@ from instance.protocol.artifacts import get_json
 from instance.protocol.ec2 import run_tags
 from instance.protocol.layout import Layout
 from instance.protocol.state import StateStore
-from instance.protocol.timeutil import iso, utcnow
 
 RUN = "run-20261128-080000-dead"
 
@@ -78,9 +77,10 @@ def test_just_created_instance_gets_a_grace_window(target, executor, monkeypatch
 def test_stale_lock_is_released_and_recorded_lost(target, executor, monkeypatch):
     monkeypatch.setenv("CHRONOS_STALE_SECONDS", "1")
     store = StateStore(target.s3, target.bucket, "dev")
-    old = iso(utcnow() - timedelta(minutes=10))
     lease = store.acquire(RUN, executor="local", instance_id=None)
-    store.update(lease, lambda s: {**s, "heartbeat_at": old, "status": "training"}, heartbeat=False)
+    store.update(lease, lambda s: {**s, "status": "training"}, heartbeat=False)
+    assert verify(target, executor, do_fix=False).clean, "written a moment ago by S3's clock: not stale yet"
+    time.sleep(2.1)  # S3's LastModified and Date have one-second resolution: at least 1 s old now
     report = verify(target, executor, do_fix=False)
     assert [f.kind for f in report.findings] == ["stale_lock"] and RUN in report.findings[0].detail
     fixed = verify(target, executor, do_fix=True)

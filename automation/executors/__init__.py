@@ -1,12 +1,15 @@
 """Pick the executor for a target: the local process runner, or EC2 through Pulumi."""
 from __future__ import annotations
 
+from typing import Callable
 
-def for_target(target):
+
+def for_target(target, progress: Callable[[str], None] | None = None):
+    """`progress` hears what Pulumi does while an EC2 launch provisions (one line a step)."""
     if target.local:
         from .local import LocalExecutor
 
         return LocalExecutor(target.aws, target.env, target.bucket)
     from .ec2 import Ec2Executor
 
-    return Ec2Executor.for_target(target)
+    return Ec2Executor.for_target(target, progress=progress)

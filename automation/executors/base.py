@@ -1,7 +1,7 @@
 """The one small interface every executor implements (local process, EC2 through Pulumi)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from instance.protocol.runconfig import RunConfig
@@ -15,15 +15,12 @@ class ProvisionRequest:
     env: str
     config: RunConfig
     infra: InfraRecord
-    endpoint_url: str | None = None  # None on real AWS
 
 
 @dataclass(frozen=True)
 class Provisioned:
     instance_id: str
     zone: str | None = None
-    stack_name: str | None = None
-    detail: dict = field(default_factory=dict)
 
 
 class ProvisionError(Exception):
@@ -44,10 +41,19 @@ class Executor(Protocol):
         """Start the machine that runs the agent. Undo anything half-made before raising."""
 
     def terminate(self, run_id: str, instance_id: str | None) -> None:
-        """Force-stop the run's machine (idempotent)."""
+        """Force-stop the run's machine (idempotent). Never needs the Pulumi CLI."""
+
+    def reconcile(self) -> list[str]:
+        """Bring EC2's view up to date with machines that died unseen; the instance ids marked
+        gone. A no-op where EC2 itself is the machine (ec2)."""
 
     def finalize(self, run_id: str) -> None:
-        """Remove what the run left in the executor (stack, process record). Idempotent."""
+        """Remove what the run left in the executor (stack, process record). Idempotent; the only
+        step that may need the Pulumi CLI, so callers that end runs do it last."""
 
     def leftover_stacks(self) -> list[str]:
         """Run stacks (or equivalents) still present, by run id."""
+
+    def preview(self, req: ProvisionRequest):
+        """What provision would make, without making it (a Pulumi preview); None when the
+        executor makes nothing to preview."""

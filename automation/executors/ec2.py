@@ -2,49 +2,45 @@
 
 The orchestration lives here and talks to Pulumi only through `StackOps` (run_stacks.py), so
 nothing in this module imports pulumi; the stack program itself is imported only by the seam.
+Ending a machine goes straight to EC2 (by the run's tag), never through Pulumi.
 """
 from __future__ import annotations
 
 import logging
-import re
 from typing import Callable
 
 from instance.protocol.aws import AwsTarget, client, error_code
+from instance.protocol.ec2 import instances_by_tag
 
+from ..interrupts import sigint_deferred
 from .base import ProvisionError, ProvisionRequest, Provisioned
-from .run_stacks import PulumiStackOps, StackMissing, StackOps, ToolingMissing
+from .run_stacks import PulumiStackOps, StackCommandFailed, StackMissing, StackOps, ToolingMissing
 
 log = logging.getLogger(__name__)
 
-# EC2 error codes, as they appear in the Pulumi CLI's output ("api error <Code>: ...").
-QUOTA_CODES = ("VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded")
-CAPACITY_CODES = ("InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported", "SpotMaxPriceTooLow")
-PERMISSION_CODES = ("UnauthorizedOperation", "AccessDeniedException", "AccessDenied")
+# AWS error codes of a failed RunInstances, compared whole (never searched for in text).
+QUOTA_CODES = frozenset({"VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded"})
+CAPACITY_CODES = frozenset({"InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported",
+                            "SpotMaxPriceTooLow"})
+PERMISSION_CODES = frozenset({"UnauthorizedOperation", "AccessDeniedException", "AccessDenied"})
+# Quota first: it decides what the user must do (ask for vCPUs), whatever else went wrong.
 _KINDS = (("quota", QUOTA_CODES), ("capacity", CAPACITY_CODES), ("permissions", PERMISSION_CODES))
 _GONE = ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed")
 
 
-def classify(text: str) -> tuple[str, str]:
-    """(kind, code) of a failed `up`; quota first, since a quota error also says "capacity"."""
-    for kind, codes in _KINDS:
+def classify(codes: list[str]) -> tuple[str, str]:
+    """(kind, code) from the AWS error codes of a failed command's error diagnostics."""
+    for kind, known in _KINDS:
         for code in codes:
-            if re.search(rf"\b{re.escape(code)}\b", text):
+            if code in known:
                 return kind, code
-    return "other", ""
+    return "other", (codes[0] if codes else "")
 
 
-def _quota_name(instance_type: str, spot: bool) -> str:
+def quota_name(instance_type: str, spot: bool) -> str:
     family = instance_type[:1].upper()
     group = "G and VT" if family == "G" else family
     return f"All {group} Spot Instance Requests" if spot else f"Running On-Demand {group} instances"
-
-
-def _first_error_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
-        if "error:" in line.lower():
-            return line[:300]
-    return (lines[-1] if lines else "no output")[:300]
 
 
 class Ec2Executor:
@@ -58,10 +54,11 @@ class Ec2Executor:
     name = "ec2"
 
     def __init__(self, env: str, bucket: str, region: str, *, target: AwsTarget | None = None,
-                 ops: StackOps | None = None, render_user_data: Callable[..., str] | None = None):
+                 ops: StackOps | None = None, render_user_data: Callable[..., str] | None = None,
+                 progress: Callable[[str], None] | None = None):
         self.env, self.bucket, self.region = env, bucket, region
         self.target = target or AwsTarget(region=region)
-        self.ops = ops or PulumiStackOps(bucket, env, region, self.target)
+        self.ops = ops or PulumiStackOps(bucket, env, region, self.target, progress=progress)
         self._render = render_user_data
 
     @classmethod
@@ -76,7 +73,7 @@ class Ec2Executor:
         return render(env=req.env, bucket=req.infra.bucket, run_id=req.run_id, region=req.infra.region,
                       max_runtime_minutes=req.config.instance.max_runtime_minutes)
 
-    def _stack_config(self, req: ProvisionRequest, zone: str, user_data: str):
+    def stack_config(self, req: ProvisionRequest, zone: str, user_data: str | None = None):
         from ..stacks.run import RunStackConfig
 
         return RunStackConfig(
@@ -90,26 +87,40 @@ class Ec2Executor:
             security_group_id=req.infra.security_group_id,
             instance_profile=req.infra.instance_profile,
             ami_ssm_parameter=req.infra.ami_ssm_parameter,
-            user_data=user_data,
+            user_data=user_data if user_data is not None else self._user_data(req),
             tags={"Name": f"chronos-{req.run_id}"},
         )
 
-    def provision(self, req: ProvisionRequest) -> Provisioned:
-        if req.endpoint_url:
-            raise ProvisionError("the EC2 executor launches on AWS only; use --local for the sandbox", "other")
+    @staticmethod
+    def zones(req: ProvisionRequest) -> list[str]:
+        """The zones a launch tries, in order (the next one on a capacity error)."""
+        if req.infra.extra.get("sandbox"):
+            raise ProvisionError("the sandbox's infrastructure is no place for an EC2 run; use --local", "other")
         zones = sorted(req.infra.subnets)
         if not zones:
             raise ProvisionError(f"{req.env}/infra.json lists no subnet; run `pulumi up` for the {req.env} stack")
+        return zones
+
+    def provision(self, req: ProvisionRequest) -> Provisioned:
+        zones = self.zones(req)
         user_data = self._user_data(req)
+        try:
+            return self._up_in_some_zone(req, zones, user_data)
+        except KeyboardInterrupt:
+            with sigint_deferred("still removing what this launch made; one moment"):
+                self._undo_interrupted(req.run_id)
+            raise
+
+    def _up_in_some_zone(self, req: ProvisionRequest, zones: list[str], user_data: str) -> Provisioned:
         tried: list[str] = []
         for zone in zones:
             tried.append(zone)
             try:
-                outputs = self.ops.up(req.run_id, self._stack_config(req, zone, user_data))
+                outputs = self.ops.up(req.run_id, self.stack_config(req, zone, user_data))
             except ToolingMissing as exc:
                 raise ProvisionError(str(exc), "tooling") from None
-            except Exception as exc:  # noqa: BLE001 - the CLI's failures are all CommandError text
-                kind, code = classify(str(exc))
+            except StackCommandFailed as exc:
+                kind, code = classify(exc.aws_error_codes)
                 if kind == "capacity" and len(tried) < len(zones):
                     # Nothing was created in this zone; the next `up` moves the same stack on.
                     log.warning("no %s capacity in %s (%s); trying the next zone", req.config.instance.type,
@@ -121,8 +132,7 @@ class Ec2Executor:
             if not instance_id:
                 self._discard(req.run_id)
                 raise ProvisionError(f"the run stack {req.run_id} came up without an instance id; launch again")
-            return Provisioned(instance_id=str(instance_id), zone=str(outputs.get("zone") or zone),
-                               stack_name=req.run_id)
+            return Provisioned(instance_id=str(instance_id), zone=str(outputs.get("zone") or zone))
         raise AssertionError("unreachable: the last zone either returns or raises")
 
     @staticmethod
@@ -131,7 +141,7 @@ class Ec2Executor:
         market = "spot" if spot else "on-demand"
         if kind == "quota":
             return (f"AWS refused {itype} ({market}) because the account's EC2 quota is too low ({code}); "
-                    f"ask for more vCPUs of \"{_quota_name(itype, spot)}\" in Service Quotas for "
+                    f"ask for more vCPUs of \"{quota_name(itype, spot)}\" in Service Quotas for "
                     f"{req.infra.region}, or choose a smaller instance type")
         if kind == "capacity":
             other = "on-demand (spot: false)" if spot else "spot (spot: true)"
@@ -141,7 +151,7 @@ class Ec2Executor:
             return (f"AWS denied the launch ({code}); these credentials need ec2:RunInstances, "
                     "ec2:TerminateInstances, iam:PassRole on the instance role, ssm:GetParameter and "
                     "access to the bucket, so fix the IAM policy and launch again")
-        return f"provisioning {req.run_id} failed: {_first_error_line(text)}"
+        return f"provisioning {req.run_id} failed: {text}"
 
     def _discard(self, run_id: str) -> None:
         """Undo a failed launch; a stack that cannot be destroyed stays for verify-cleanup."""
@@ -152,17 +162,32 @@ class Ec2Executor:
             pass
         except Exception as exc:  # noqa: BLE001 - the original failure is what the user must see
             log.error("could not remove the run stack %s (%s); `chronos-train verify-cleanup --fix` will",
-                      run_id, _first_error_line(str(exc)))
+                      run_id, exc)
+
+    def _undo_interrupted(self, run_id: str) -> None:
+        """After Ctrl-C in `up`: end any machine of the run through EC2 (a create still pending
+        is in no state file), clear a lock the CLI may have left, then destroy and remove."""
+        self.terminate(run_id, None)
+        try:
+            self.ops.cancel(run_id)
+        except Exception as exc:  # noqa: BLE001 - no lock left is the usual case
+            log.info("pulumi cancel %s: %s", run_id, exc)
+        self._discard(run_id)
 
     def terminate(self, run_id: str, instance_id: str | None) -> None:
-        if instance_id:
-            # Straight to EC2 first: this works even when the Pulumi CLI or its state does not.
+        """Terminate the instance (or, without an id, every instance tagged with the run) through
+        EC2; works without the Pulumi CLI or its state. The stack record is finalize's."""
+        ec2 = client("ec2", self.target)
+        ids = [instance_id] if instance_id else [i["InstanceId"] for i in instances_by_tag(ec2, {"RunId": run_id})]
+        for iid in ids:
             try:
-                client("ec2", self.target).terminate_instances(InstanceIds=[instance_id])
+                ec2.terminate_instances(InstanceIds=[iid])
             except Exception as exc:
                 if error_code(exc) not in _GONE:
                     raise
-        self.finalize(run_id)
+
+    def reconcile(self) -> list[str]:
+        return []  # EC2 itself knows when a machine is gone
 
     def finalize(self, run_id: str) -> None:
         if run_id not in self.leftover_stacks():
@@ -175,12 +200,22 @@ class Ec2Executor:
             return
         except ToolingMissing as exc:
             raise ProvisionError(str(exc), "tooling") from None
-        except Exception as exc:  # noqa: BLE001 - CommandError text, told apart like a launch's
-            kind, _ = classify(str(exc))
+        except StackCommandFailed as exc:
+            kind, _ = classify(exc.aws_error_codes)
             raise ProvisionError(
-                f"could not remove the run stack {run_id} ({_first_error_line(str(exc))}); "
+                f"could not remove the run stack {run_id} ({exc}); "
                 "run `chronos-train verify-cleanup --fix` again once that is fixed", kind
             ) from exc
 
     def leftover_stacks(self) -> list[str]:
         return sorted(self.ops.list_stacks())
+
+    def preview(self, req: ProvisionRequest):
+        """The run stack as `up` would make it in the first zone, previewed by the real CLI."""
+        try:
+            return self.ops.preview(self.stack_config(req, self.zones(req)[0]))
+        except ToolingMissing as exc:
+            raise ProvisionError(str(exc), "tooling") from None
+        except StackCommandFailed as exc:
+            kind, code = classify(exc.aws_error_codes)
+            raise ProvisionError(f"the preview of the run stack failed ({code or exc})", kind) from exc

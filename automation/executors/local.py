@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from instance.protocol.aws import AwsTarget, client
-from instance.protocol.ec2 import run_tags, tags_of
+from instance.protocol.ec2 import LIVE_STATES, instances_by_tag, run_tags, tags_of
 from instance.protocol.layout import PROJECT_TAG, Layout
 
 from ..bundle import unpack_bundle
@@ -63,11 +63,11 @@ class LocalExecutor:
         )
         instance_id = resp["Instances"][0]["InstanceId"]
         try:
-            pid = self._start_agent(req, instance_id)
+            self._start_agent(req, instance_id)
         except Exception as exc:
             self.ec2.terminate_instances(InstanceIds=[instance_id])
             raise ProvisionError(f"the local agent could not start: {exc}") from exc
-        return Provisioned(instance_id=instance_id, zone=zone, detail={"pid": pid})
+        return Provisioned(instance_id=instance_id, zone=zone)
 
     def _ami(self, parameter: str) -> str:
         return client("ssm", self.target).get_parameter(Name=parameter)["Parameter"]["Value"]
@@ -124,12 +124,8 @@ class LocalExecutor:
                 ended.append(inst["InstanceId"])
         return ended
 
-    def instances(self, states=("pending", "running", "stopping", "stopped")) -> list[dict]:
-        pages = self.ec2.get_paginator("describe_instances").paginate(
-            Filters=[{"Name": "tag:Project", "Values": [PROJECT_TAG]},
-                     {"Name": "instance-state-name", "Values": list(states)}]
-        )
-        return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+    def instances(self, states=LIVE_STATES) -> list[dict]:
+        return instances_by_tag(self.ec2, {"Project": PROJECT_TAG}, states)
 
     def terminate(self, run_id: str, instance_id: str | None) -> None:
         pid = self._pid(run_id)
@@ -167,3 +163,6 @@ class LocalExecutor:
 
     def leftover_stacks(self) -> list[str]:
         return []
+
+    def preview(self, req: ProvisionRequest) -> None:
+        return None  # no stack to preview: the agent runs as a local process

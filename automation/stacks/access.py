@@ -41,9 +41,9 @@ class Access(pulumi.ComponentResource):
         operator = aws.iam.Policy(
             f"{name}-operator",
             description=f"Launch, watch, kill and verify chronos-train runs ({cfg.environment})",
-            policy=pulumi.Output.all(bucket_arn, account, vpc_id, role.arn).apply(
+            policy=pulumi.Output.all(bucket_arn, account, vpc_id, role.arn, profile.arn).apply(
                 lambda args: json.dumps(operator_policy(args[0], cfg.environment, cfg.region, args[1], args[2],
-                                                        args[3], cfg.ami_ssm_parameter))
+                                                        args[3], args[4], cfg.ami_ssm_parameter))
             ),
             opts=child,
         )

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from instance.protocol.layout import KNOWN_ENVS
+from instance.protocol.layout import KNOWN_ENVS, is_region_name
 
 from ..infra_record import DEFAULT_AMI_PARAMETER
 
@@ -27,7 +26,6 @@ MULTIPART_ABORT_DAYS = 1
 VPC_PREFIX_RANGE = (16, 24)
 SUBNET_EXTRA_BITS = 4
 MAX_ZONES = 2**SUBNET_EXTRA_BITS
-_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 
 
 class StackConfigError(ValueError):
@@ -127,7 +125,7 @@ def _cidr(value: Any) -> str:
 def parse_config(raw: Mapping[str, Any], region: str | None) -> PersistentConfig:
     """Turn the stack's config (camelCase keys, string or native values) into a checked config."""
     region = (region or "").strip()
-    if not _REGION_RE.match(region):
+    if not is_region_name(region):
         raise StackConfigError(
             f"aws:region {region!r} is not an AWS region; set it with `pulumi config set aws:region us-east-1`"
         )
@@ -180,3 +178,31 @@ def config_from_pulumi() -> PersistentConfig:
     project = pulumi.Config()
     raw = {key: project.get(key) for key in CONFIG_KEYS}
     return parse_config(raw, pulumi.Config("aws").get("region"))
+
+
+def lifecycle_rules(cfg: PersistentConfig) -> list[dict]:
+    """Rules by prefix; `cached-datasets/` has none, so datasets stay until deleted by hand."""
+    env = cfg.environment
+    return [
+        {
+            "id": "expire-logs",
+            "status": "Enabled",
+            "filter": {"prefix": f"{env}/logs/"},
+            "expiration": {"days": cfg.log_retention_days},
+        },
+        {
+            "id": "age-run-outputs",
+            "status": "Enabled",
+            "filter": {"prefix": f"{env}/run-"},
+            # 30 days is S3's minimum before STANDARD_IA: the seed's 7 days is refused by S3.
+            "transitions": [{"days": cfg.run_transition_days, "storage_class": "STANDARD_IA"}],
+            "expiration": {"days": cfg.run_expiration_days},
+        },
+        {
+            # Parts of an interrupted upload are billed but invisible in a listing; whole bucket.
+            "id": "abort-incomplete-uploads",
+            "status": "Enabled",
+            "filter": {},
+            "abort_incomplete_multipart_upload": {"days_after_initiation": MULTIPART_ABORT_DAYS},
+        },
+    ]

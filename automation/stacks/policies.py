@@ -111,11 +111,14 @@ OPERATOR_DESCRIBE_ACTIONS = (
     "ec2:DescribeVolumes",
     "ec2:DescribeVpcs",
     "ec2:DescribeSpotInstanceRequests",
+    # `chronos-train doctor` checks that the infrastructure infra.json names exists.
+    "ec2:DescribeSubnets",
+    "ec2:DescribeSecurityGroups",
 )
 
 
 def operator_policy(bucket_arn: str, env: str, region: str, account: str, vpc_id: str,
-                    instance_role_arn: str, ami_parameter: str) -> dict:
+                    instance_role_arn: str, instance_profile_arn: str, ami_parameter: str) -> dict:
     """What a person (or their CI role) needs to launch, watch, kill and verify runs, including
     the calls the run stack's Automation API makes. Attach it to that user or role."""
     ec2 = f"arn:aws:ec2:{region}:{account}"
@@ -131,6 +134,18 @@ def operator_policy(bucket_arn: str, env: str, region: str, account: str, vpc_id
                 "Effect": "Allow",
                 "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
                 "Resource": [bucket_arn],
+            },
+            {
+                "Sid": "DoctorReadsBucketSettings",
+                "Effect": "Allow",
+                "Action": ["s3:GetEncryptionConfiguration", "s3:GetLifecycleConfiguration"],
+                "Resource": [bucket_arn],
+            },
+            {
+                "Sid": "DoctorReadsQuotasAndProfile",
+                "Effect": "Allow",
+                "Action": ["servicequotas:GetServiceQuota", "iam:GetInstanceProfile"],
+                "Resource": [f"arn:aws:servicequotas:{region}:{account}:ec2/*", instance_profile_arn],
             },
             {
                 "Sid": "ReadEnvironmentAndDatasets",

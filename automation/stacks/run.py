@@ -14,6 +14,16 @@ from instance.protocol.layout import PROJECT_TAG
 
 ROOT_VOLUME_GB = 100
 RUN_COST_CENTER = "train"
+# The provider retries a throttled or failed AWS call up to this many times in all. Its default
+# (25, terraform-provider-aws) also applies to InsufficientInstanceCapacity, which it marks
+# retryable for RunInstances: with backoff that is ~50 minutes before a capacity error comes
+# back (hashicorp/terraform-provider-aws#43193, #37568), and the zone fallback never gets its
+# turn. 5 tries give up within a minute or so; throttling on one RunInstances is rare enough.
+PROVIDER_MAX_RETRIES = 5
+# An instance is created and running in 1-3 minutes; past this the create fails rather than
+# holding the launch for the provider's default 10 minutes (aws_instance `timeouts`).
+INSTANCE_CREATE_TIMEOUT = "8m"
+INSTANCE_DELETE_TIMEOUT = "20m"
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,7 @@ def _market_options(spot: bool) -> dict | None:
 
 def build_run_stack(cfg: RunStackConfig) -> None:
     """Declare the run's instance and export its id and zone."""
-    provider = aws.Provider(f"{cfg.run_id}-aws", region=cfg.region)
+    provider = aws.Provider(f"{cfg.run_id}-aws", region=cfg.region, max_retries=PROVIDER_MAX_RETRIES)
     ami = aws.ssm.get_parameter_output(
         name=cfg.ami_ssm_parameter, opts=pulumi.InvokeOutputOptions(provider=provider)
     ).value
@@ -83,7 +93,10 @@ def build_run_stack(cfg: RunStackConfig) -> None:
         },
         tags=tags,
         volume_tags=tags,  # so verify-cleanup can find a volume that outlived its instance
-        opts=pulumi.ResourceOptions(provider=provider),
+        opts=pulumi.ResourceOptions(
+            provider=provider,
+            custom_timeouts=pulumi.CustomTimeouts(create=INSTANCE_CREATE_TIMEOUT, delete=INSTANCE_DELETE_TIMEOUT),
+        ),
     )
     pulumi.export("instance_id", instance.id)
     pulumi.export("zone", instance.availability_zone)

@@ -8,36 +8,8 @@ import pulumi_aws as aws
 
 from instance.protocol.layout import bucket_name
 
-from .persistent_config import MULTIPART_ABORT_DAYS, PersistentConfig
+from .persistent_config import PersistentConfig, lifecycle_rules
 from .policies import tls_only_bucket_policy
-
-
-def lifecycle_rules(cfg: PersistentConfig) -> list[dict]:
-    """Rules by prefix; `cached-datasets/` has none, so datasets stay until deleted by hand."""
-    env = cfg.environment
-    return [
-        {
-            "id": "expire-logs",
-            "status": "Enabled",
-            "filter": {"prefix": f"{env}/logs/"},
-            "expiration": {"days": cfg.log_retention_days},
-        },
-        {
-            "id": "age-run-outputs",
-            "status": "Enabled",
-            "filter": {"prefix": f"{env}/run-"},
-            # 30 days is S3's minimum before STANDARD_IA: the seed's 7 days is refused by S3.
-            "transitions": [{"days": cfg.run_transition_days, "storage_class": "STANDARD_IA"}],
-            "expiration": {"days": cfg.run_expiration_days},
-        },
-        {
-            # Parts of an interrupted upload are billed but invisible in a listing; whole bucket.
-            "id": "abort-incomplete-uploads",
-            "status": "Enabled",
-            "filter": {},
-            "abort_incomplete_multipart_upload": {"days_after_initiation": MULTIPART_ABORT_DAYS},
-        },
-    ]
 
 
 class Storage(pulumi.ComponentResource):

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..protocol.artifacts import dumps
-from ..protocol.aws import AwsTarget, is_not_found, is_precondition_failed
+from ..protocol.artifacts import dumps, put_if
+from ..protocol.aws import AwsTarget, is_not_found
 from ..protocol.layout import Layout, s3_uri
 from ..protocol.record import RunRecord
 from ..protocol.state import Fenced
@@ -96,20 +96,15 @@ class AgentContext:
         if key not in self._etags:
             self.remember_etag(key)
         body = dumps(doc)
-        expected = self._etags[key]
-        condition = {"IfMatch": expected} if expected else {"IfNoneMatch": "*"}
-        try:
-            resp = self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **condition)
-        except Exception as exc:
-            if not is_precondition_failed(exc):
-                raise
+        etag = put_if(self.s3, self.bucket, key, body, self._etags[key])
+        if etag is None:
             # A retried request whose first attempt landed reads back as our own bytes.
             current = self.s3.get_object(Bucket=self.bucket, Key=key)
             if hashlib.sha256(current["Body"].read()).digest() != hashlib.sha256(body).digest():
                 self.holder.fenced = Fenced(f"{key} was written by someone else; this agent stops writing")
-                raise self.holder.fenced from None
-            resp = current
-        self._etags[key] = resp["ETag"]
+                raise self.holder.fenced
+            etag = current["ETag"]
+        self._etags[key] = etag
 
     def upload_file(self, path: Path, key: str) -> None:
         self.s3.upload_file(str(path), self.bucket, key)

@@ -70,9 +70,6 @@ class LockHolder:
     def killed(self) -> bool:
         return self._lease.status == Status.KILLED
 
-    def seconds_left(self) -> float | None:
-        return None if self.deadline is None else self.deadline - self._clock()
-
     def pending_stop(self) -> BaseException | None:
         """What should stop the run now, without any I/O (cheap enough for every training step)."""
         if self.fenced is not None:

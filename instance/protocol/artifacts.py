@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .aws import is_not_found
+from .aws import CONFLICT_BACKOFF, ConflictBackoff, is_conditional_conflict, is_not_found, is_precondition_failed
 
 
 def dumps(doc: Any) -> bytes:
@@ -27,13 +27,40 @@ def put_json(s3, bucket: str, key: str, doc: Any) -> str:
 
 def get_json(s3, bucket: str, key: str) -> Any | None:
     """The parsed object, or None when it does not exist."""
+    return get_json_versioned(s3, bucket, key)[0]
+
+
+def get_json_versioned(s3, bucket: str, key: str) -> tuple[Any | None, str | None]:
+    """(parsed object, its ETag), or (None, None) when it does not exist."""
     try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        resp = s3.get_object(Bucket=bucket, Key=key)
     except Exception as exc:  # botocore ClientError; kept generic to avoid importing botocore
         if is_not_found(exc):
-            return None
+            return None, None
         raise
-    return json.loads(body)
+    return json.loads(resp["Body"].read()), resp["ETag"]
+
+
+def put_if(s3, bucket: str, key: str, body: bytes, etag: str | None,
+           backoff: ConflictBackoff = CONFLICT_BACKOFF) -> str | None:
+    """One conditional PutObject: create when `etag` is None, else replace only that version.
+
+    Returns the new ETag, or None when the condition does not hold (412: someone else's version
+    is there now; the caller re-reads and decides). A 409 (a concurrent request on the key) is
+    tried again after a jittered wait, as S3's API reference says to.
+    """
+    condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+    for attempt in range(1, backoff.attempts + 1):
+        try:
+            return s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
+                                 **condition)["ETag"]
+        except Exception as exc:
+            if is_precondition_failed(exc):
+                return None
+            if not is_conditional_conflict(exc) or attempt == backoff.attempts:
+                raise
+        backoff.wait(attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:

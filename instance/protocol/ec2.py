@@ -33,3 +33,16 @@ def instance_state(ec2, instance_id: str) -> str | None:
             if inst["InstanceId"] == instance_id:
                 return inst["State"]["Name"]
     return None
+
+
+# The states in which an instance bills (or its volume does: stopped). EC2 stops charging once
+# an instance is shutting-down, so a terminating machine is no leftover.
+LIVE_STATES = ("pending", "running", "stopping", "stopped")
+
+
+def instances_by_tag(ec2, tags: dict[str, str], states=LIVE_STATES) -> list[dict]:
+    """Every instance carrying all of `tags` (key -> value) in one of `states`, across pages."""
+    filters = [{"Name": f"tag:{key}", "Values": [value]} for key, value in tags.items()]
+    filters.append({"Name": "instance-state-name", "Values": list(states)})
+    pages = ec2.get_paginator("describe_instances").paginate(Filters=filters)
+    return [inst for page in pages for res in page.get("Reservations", []) for inst in res.get("Instances", [])]

@@ -12,6 +12,7 @@ DATASETS_PREFIX = "cached-datasets/"
 PYTHON_ENV_PREFIX = "cached-datasets/python-env/"
 
 RUN_ID_RE = re.compile(r"^run-\d{8}-\d{6}-[0-9a-f]{4}$")
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")  # us-east-1, ap-southeast-2, us-gov-west-1
 _MONTH_RE = re.compile(r"^\d{4}/(0[1-9]|1[0-2])$")
 
 
@@ -28,6 +29,10 @@ def check_env(env: str) -> str:
     if env not in KNOWN_ENVS:
         raise LayoutError(f"unknown environment {env!r}; use one of: {', '.join(KNOWN_ENVS)}")
     return env
+
+
+def is_region_name(region: str | None) -> bool:
+    return bool(REGION_RE.match(region or ""))
 
 
 def new_run_id(now: datetime | None = None) -> str:

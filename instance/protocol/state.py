@@ -6,6 +6,12 @@
 - release: delete with If-Match: <etag>
 - fencing: a writer whose CAS fails re-reads; if the lock now belongs to another run, or the
            run was moved on (killed, failed) by someone else, it raises and never overwrites.
+- conflicts: S3 answers 412 when the condition no longer holds and 409
+           ConditionalRequestConflict when a concurrent request on the key won; both mean
+           "re-read, then decide" (write again after a jittered wait, busy, or fenced).
+- staleness: the lock's age is S3's own: the response's `Date` minus the object's
+           `LastModified`, both from S3's clock. No writer's timestamp is compared with the
+           reader's clock, so a skewed laptop or instance clock cannot make a live run look dead.
 
 The pure rules (transitions, staleness) live beside this; S3 calls stay at this edge.
 """
@@ -19,12 +25,13 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
 
 from .artifacts import dumps
-from .aws import is_not_found, is_precondition_failed
+from .aws import CONFLICT_BACKOFF, ConflictBackoff, is_conditional_conflict, is_not_found, is_write_conflict, server_time
 from .layout import Layout
 from .status import Status, check_move
-from .timeutil import iso, parse_iso, utcnow
+from .timeutil import iso, utcnow
 
 DEFAULT_STALE_AFTER = timedelta(minutes=5)
+HTTP_DATE_RESOLUTION = timedelta(seconds=1)  # Last-Modified and Date are whole seconds
 # Each body remembers the ids of its last writes. A writer whose reply was lost (botocore then
 # retries and gets 412) finds its id here even if others wrote after it: never applied twice.
 RECENT_WRITES = 32
@@ -34,10 +41,21 @@ ALIVE_INSTANCE_STATES = frozenset({"pending", "running"})
 
 @dataclass(frozen=True)
 class Lease:
-    """A state body together with the ETag it was read or written with."""
+    """A state body together with the ETag it was read or written with, and when S3 last
+    changed it and answered, both on S3's clock (None when the response did not say)."""
 
     etag: str
     state: Mapping[str, Any] = field(repr=False)
+    last_modified: datetime | None = None
+    seen_at: datetime | None = None
+
+    @property
+    def age(self) -> timedelta | None:
+        """How long ago the lock was last written, at least, by S3's clock; None when unknown.
+        Both headers have one-second resolution, so a second is taken off: the lower bound."""
+        if self.last_modified is None or self.seen_at is None:
+            return None
+        return max(self.seen_at - self.last_modified - HTTP_DATE_RESOLUTION, timedelta(0))
 
     @property
     def run_id(self) -> str:
@@ -89,10 +107,11 @@ Mutation = Callable[[dict], "dict | None"]
 
 
 class StateStore:
-    def __init__(self, s3, bucket: str, env: str):
+    def __init__(self, s3, bucket: str, env: str, backoff: ConflictBackoff = CONFLICT_BACKOFF):
         self.s3 = s3
         self.bucket = bucket
         self.key = Layout(env).state
+        self.backoff = backoff
 
     # -- reads -----------------------------------------------------------------------------
     def read(self) -> Lease | None:
@@ -102,7 +121,8 @@ class StateStore:
             if is_not_found(exc):
                 return None
             raise
-        return Lease(etag=resp["ETag"], state=json.loads(resp["Body"].read()))
+        return Lease(etag=resp["ETag"], state=json.loads(resp["Body"].read()),
+                     last_modified=resp.get("LastModified"), seen_at=server_time(resp))
 
     # -- acquire ---------------------------------------------------------------------------
     def acquire(self, run_id: str, now: datetime | None = None, **fields: Any) -> Lease:
@@ -119,20 +139,20 @@ class StateStore:
             "history": [{"status": Status.INITIALIZATION.value, "at": now_s}],
             "recent_writes": [write_id],
         }
-        # Two attempts: the holder may release between our refused create and our read.
-        for _ in range(2):
+        # A refused create is re-read: a holder makes us busy; no holder (it released between
+        # our create and our read, or a 409 raced a delete) means try again, a few times.
+        for attempt in range(1, self.backoff.attempts + 1):
             try:
-                etag = self._put(body, IfNoneMatch="*")
-                return Lease(etag=etag, state=body)
+                return self._put(body, IfNoneMatch="*")
             except Exception as exc:
-                if not is_precondition_failed(exc):
+                if not is_write_conflict(exc):
                     raise
             current = self.read()
-            if current is None:
-                continue
-            if _wrote(current, write_id):
-                return current  # our create landed; only its reply was lost (retried request)
-            raise LockBusy(current.state)
+            if current is not None:
+                if _wrote(current, write_id):
+                    return current  # our create landed; only its reply was lost (retried request)
+                raise LockBusy(current.state)
+            self.backoff.wait(attempt)
         raise LockBusy(None)
 
     # -- compare-and-swap ------------------------------------------------------------------
@@ -153,6 +173,7 @@ class StateStore:
         """
         write_id = uuid.uuid4().hex
         base = lease
+        conflicts = 0
         while True:
             body = mutate(copy.deepcopy(dict(base.state)))
             if body is None:
@@ -163,11 +184,12 @@ class StateStore:
             if heartbeat:
                 body["heartbeat_at"] = now_s
             try:
-                return Lease(etag=self._put(body, IfMatch=base.etag), state=body)
+                return self._put(body, IfMatch=base.etag)
             except Exception as exc:
                 # S3 answers a CAS on a deleted object with 404 rather than 412: same conflict.
-                if not (is_precondition_failed(exc) or is_not_found(exc)):
+                if not (is_write_conflict(exc) or is_not_found(exc)):
                     raise
+                conflicts = self._wait_if_409(exc, conflicts)
             base = self._after_conflict(lease, base, write_id, pin_status)
             if _wrote(base, write_id):
                 return base
@@ -196,13 +218,15 @@ class StateStore:
     def release(self, lease: Lease) -> bool:
         """Conditional delete. True if this call deleted it, False if it was already gone."""
         base = lease
+        conflicts = 0
         while True:
             try:
                 self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=base.etag)
                 return True
             except Exception as exc:
-                if not (is_precondition_failed(exc) or is_not_found(exc)):
+                if not (is_write_conflict(exc) or is_not_found(exc)):
                     raise
+                conflicts = self._wait_if_409(exc, conflicts)
             current = self.read()
             if current is None:
                 return False
@@ -221,11 +245,24 @@ class StateStore:
             base = current
 
     # -- internals -------------------------------------------------------------------------
-    def _put(self, body: dict, **condition: str) -> str:
+    def _put(self, body: dict, **condition: str) -> Lease:
         resp = self.s3.put_object(
             Bucket=self.bucket, Key=self.key, Body=dumps(body), ContentType="application/json", **condition
         )
-        return resp["ETag"]
+        written = server_time(resp)
+        return Lease(etag=resp["ETag"], state=body, last_modified=written, seen_at=written)
+
+    def _wait_if_409(self, exc: BaseException, conflicts: int) -> int:
+        """After a 409 the object may be unchanged: wait (jittered) before trying again; give the
+        error up once the conflicts in a row exceed the backoff's budget. 412s do not count:
+        each one means another write landed, so the next try works from newer state."""
+        if not is_conditional_conflict(exc):
+            return conflicts
+        conflicts += 1
+        if conflicts >= self.backoff.attempts:
+            raise exc
+        self.backoff.wait(conflicts)
+        return conflicts
 
     def _after_conflict(self, lease: Lease, base: Lease, write_id: str, pin_status: bool) -> Lease:
         current = self.read()
@@ -260,22 +297,16 @@ def _moved(state: dict, target: Status, **fields: Any) -> dict:
     return state
 
 
-def heartbeat_age(state: Mapping[str, Any], now: datetime) -> timedelta:
-    beat = parse_iso(state.get("heartbeat_at") or state.get("updated_at") or state.get("started_at"))
-    return now - beat if beat else timedelta.max
-
-
-def is_stale(
-    state: Mapping[str, Any],
-    now: datetime,
-    instance_state: str | None,
-    stale_after: timedelta = DEFAULT_STALE_AFTER,
-) -> bool:
-    """A lock is stale when its heartbeat is old AND EC2 says the instance is not alive.
+def is_stale(lease: Lease, instance_state: str | None, stale_after: timedelta = DEFAULT_STALE_AFTER) -> bool:
+    """A lock is stale when S3 says nobody wrote it for `stale_after` AND EC2 says its instance
+    is not alive.
 
     `instance_state` is EC2's state name for the run's instance, or None when EC2 has no such
-    instance. A fresh heartbeat is never stale, whatever EC2 says (EC2 is eventually consistent).
+    instance. A recently written lock is never stale, whatever EC2 says (EC2 is eventually
+    consistent, and a launch still provisioning has no instance id yet); neither is one whose
+    age S3 did not tell.
     """
-    if heartbeat_age(state, now) < stale_after:
+    age = lease.age
+    if age is None or age < stale_after:
         return False
     return instance_state not in ALIVE_INSTANCE_STATES

@@ -1,0 +1,24 @@
+"""A second Ctrl-C during the teardown after a first one is noted, not obeyed; a third abandons."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from automation.interrupts import PRESSES_TO_ABANDON, sigint_deferred
+
+
+def test_presses_during_the_teardown_are_noted_until_the_third(capsys):
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_deferred("still cleaning up"):
+            for _ in range(PRESSES_TO_ABANDON - 1):
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("survived")
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("never")
+    assert done == ["survived"] * (PRESSES_TO_ABANDON - 1)
+    err = capsys.readouterr().err
+    assert err.count("still cleaning up") == PRESSES_TO_ABANDON - 1 and "verify-cleanup --fix" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is put back"
