@@ -197,7 +197,7 @@ def seed(info: SandboxInfo, env: str) -> InfraRecord:
     sg = ec2.create_security_group(GroupName=f"chronos-training-{env}", Description="egress 443 only", VpcId=vpc)["GroupId"]
     role_arn, profile_arn = put_instance_role(target, env, instance_policy(bucket_arn, env, info.region, info.account))
     ssm.put_parameter(Name=SANDBOX_AMI_PARAMETER, Value=SANDBOX_AMI, Type="String", Overwrite=True)
-    operator_arn = _operator(target, env, operator_policy(bucket_arn, env, info.region, info.account, vpc, role_arn,
+    operator_arn = put_operator_policy(target, env, operator_policy(bucket_arn, env, info.region, info.account, vpc, role_arn,
                                                           profile_arn, SANDBOX_AMI_PARAMETER))
     record = InfraRecord(
         env=env, region=info.region, account=info.account, bucket=bucket, vpc_id=vpc, subnets=subnets,
@@ -222,7 +222,7 @@ def put_instance_role(target: AwsTarget, env: str, policy: dict) -> tuple[str, s
     return role["Arn"], profile["Arn"]
 
 
-def _operator(target: AwsTarget, env: str, policy: dict) -> str:
+def put_operator_policy(target: AwsTarget, env: str, policy: dict) -> str:
     """The env's operator user holds exactly the operator policy, as docs/deploy.md asks of a person."""
     iam = client("iam", target)
     name = f"chronos-training-{env}-operator"

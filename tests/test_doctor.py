@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from automation import motoserver
-from automation.sandbox import REGION, SandboxInfo, seed
+from automation.sandbox import REGION, SandboxInfo, instance_role_name, put_operator_policy, seed
 from automation.stacks.persistent_config import PersistentConfig, lifecycle_rules
+from automation.stacks.policies import operator_policy
+from automation.strictmoto import OPERATORS
 from instance.protocol.aws import client
 from instance.protocol.layout import Layout, bucket_name
 from tests.agent_fixtures import DATA_PREFIX, parquet_bytes, run_config, synthetic_frame
@@ -94,7 +96,9 @@ def on_aws(aws, sandbox, tmp_path):
     bin_dir = install_fake_pulumi(tmp_path / "bin")
     with FaultProxy(aws.endpoint_url) as proxy:
         proxy.answer(QUOTA_TARGET, quota_response(8))
+        # As a person holding the operator policy: doctor must need nothing more (docs/deploy.md).
         env = cli_env(aws.endpoint_url, tmp_path / "home", AWS_ENDPOINT_URL=proxy.url, CHRONOS_BUCKET=BUCKET,
+                      **OPERATORS[ENV].env(),
                       PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_PULUMI_LOG=str(tmp_path / "calls.jsonl"),
                       FAKE_PULUMI_INPUTS=json.dumps({"instanceType": "g4dn.xlarge", "availabilityZone": "us-east-1a"}))
         env.pop("CHRONOS_SANDBOX_URL")
@@ -186,8 +190,14 @@ def test_doctor_names_each_missing_piece_of_infrastructure(on_aws, aws):
     env, _, s3 = on_aws
     infra = json.loads(s3.get_object(Bucket=BUCKET, Key=Layout(ENV).infra)["Body"].read())
     client("ec2", aws).delete_subnet(SubnetId=infra["subnets"]["us-east-1b"])
-    s3.put_object(Bucket=BUCKET, Key=Layout(ENV).infra, Body=json.dumps(
-        {**infra, "ami_ssm_parameter": "/aws/service/deeplearning/ami/x86_64/nothing-here/latest/ami-id"}).encode())
+    # A parameter that exists nowhere, set as `pulumi config set ...amiSsmParameter` + `pulumi up`
+    # would: in infra.json and in the operator policy alike.
+    missing = "/aws/service/deeplearning/ami/x86_64/nothing-here/latest/ami-id"
+    s3.put_object(Bucket=BUCKET, Key=Layout(ENV).infra, Body=json.dumps({**infra, "ami_ssm_parameter": missing}).encode())
+    role = client("iam", aws).get_role(RoleName=instance_role_name(ENV))["Role"]["Arn"]
+    put_operator_policy(aws, ENV, operator_policy(
+        f"arn:aws:s3:::{BUCKET}", ENV, REGION, motoserver.SANDBOX_ACCOUNT, infra["vpc_id"], role,
+        infra["instance_profile_arn"], missing))
     s3.delete_bucket_lifecycle(Bucket=BUCKET)
     checks = checks_of(run_cli(env, "doctor", "--json"))
     assert checks["subnets"]["status"] == "fail" and "pulumi up" in checks["subnets"]["fix"]

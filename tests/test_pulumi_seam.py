@@ -25,6 +25,7 @@ from automation.executors.ec2 import Ec2Executor
 from automation.executors.run_stacks import PulumiStackOps, StackCommandFailed
 from automation.sandbox import REGION, SandboxInfo, seed
 from automation.stacks.run import RunStackConfig
+from automation.strictmoto import OPERATORS
 from instance.protocol.artifacts import get_json
 from instance.protocol.aws import client
 from instance.protocol.ec2 import instance_state
@@ -161,9 +162,10 @@ def aws_target_env(aws, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(run_config()))
     bin_dir = install_fake_pulumi(tmp_path / "bin")
+    # The AWS path as a person holding the operator policy (docs/deploy.md) runs it.
     env = cli_env(aws.endpoint_url, tmp_path / "home", AWS_ENDPOINT_URL=aws.endpoint_url, CHRONOS_BUCKET=BUCKET,
                   PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_PULUMI_LOG=str(tmp_path / "calls.jsonl"),
-                  **WRONG_SHELL)
+                  **OPERATORS[ENV].env(), **WRONG_SHELL)
     env.pop("CHRONOS_SANDBOX_URL")
     return env, config, s3
 
