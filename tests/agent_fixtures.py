@@ -118,6 +118,7 @@ def agent_env(run: LaunchedRun, tmp: Path, **extra: str) -> dict[str, str]:
         CHRONOS_HEARTBEAT_SECONDS="1",
         CHRONOS_LOG_UPLOAD_SECONDS="1",
         PYTHONPATH=str(ROOT),
+        CHRONOS_AGENT_HOOKS="tests.agent_hooks:EnvFaults",
     )
     env.update(extra)
     return env

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+AGENT_HOOKS = "tests.agent_hooks:EnvFaults"
 
 
 def cli_env(moto_endpoint: str, home: Path, **extra: str) -> dict:
@@ -17,6 +18,9 @@ def cli_env(moto_endpoint: str, home: Path, **extra: str) -> dict:
         CHRONOS_SANDBOX_URL=moto_endpoint,
         AWS_DEFAULT_REGION="us-east-1",
         COLUMNS="120",
+        # The agents it starts take CHRONOS_FAULT / CHRONOS_PAUSE through their test seam.
+        CHRONOS_AGENT_HOOKS=AGENT_HOOKS,
+        PYTHONPATH=str(REPO),
     )
     env.update(extra)
     return env

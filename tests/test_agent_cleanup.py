@@ -8,20 +8,20 @@ import pytest
 
 from instance.agent.cleanup import Cleanup, Outcome
 from instance.agent.context import AgentContext
-from instance.agent.faults import Faults
 from instance.agent.lockholder import LockHolder
 from instance.protocol.aws import client
 from instance.protocol.record import RunRecord
 from instance.protocol.state import Fenced, StateStore
 from instance.protocol.status import Status
 from tests.agent_fixtures import get_json, instance_state
+from tests.agent_hooks import EnvFaults
 from tests.conftest import ENV
 
 RID = "run-20261128-120000-abcd"
 FAILED = Outcome("failed", "InjectedFault", {"class": "InjectedFault", "message": "boom", "phase": "training"})
 
 
-def _context(s3, bucket, aws, tmp_path: Path, run_id: str = RID, faults: Faults | None = None) -> AgentContext:
+def _context(s3, bucket, aws, tmp_path: Path, run_id: str = RID, hooks: EnvFaults | None = None) -> AgentContext:
     instance_id = client("ec2", aws).run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     store = StateStore(s3, bucket, ENV)
     lease = store.acquire(run_id, instance_id=instance_id, instance_type="g4dn.xlarge", spot=False)
@@ -38,7 +38,7 @@ def _context(s3, bucket, aws, tmp_path: Path, run_id: str = RID, faults: Faults 
     (work / "agent.log").write_text("log line\n")
     return AgentContext(
         env=ENV, bucket=bucket, run_id=run_id, target=aws, local=True, instance_id=instance_id,
-        work_dir=work, owns_work_dir=True, s3=s3, holder=holder, record=record, faults=faults or Faults(),
+        work_dir=work, owns_work_dir=True, s3=s3, holder=holder, record=record, hooks=hooks or EnvFaults({}),
     )
 
 
@@ -72,7 +72,7 @@ def test_partial_cleanup_then_again_equals_one_clean_pass(s3, bucket, aws, tmp_p
     assert Cleanup(clean, upload_log=_upload_log(clean)).run(FAILED).ok
     reference = _end_state(clean)
 
-    ctx = _context(s3, bucket, aws, tmp_path / "partial", faults=Faults(raise_at={"cleanup:lock", "cleanup:log"}))
+    ctx = _context(s3, bucket, aws, tmp_path / "partial", hooks=EnvFaults({"CHRONOS_FAULT": "cleanup:lock,cleanup:log"}))
     cleanup = Cleanup(ctx, upload_log=_upload_log(ctx))
     first = cleanup.run(FAILED)
     assert not first.ok

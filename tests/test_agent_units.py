@@ -10,13 +10,13 @@ from datetime import timedelta
 
 import pytest
 
-from instance.agent.faults import Faults, InjectedFault
 from instance.agent.lockholder import Heartbeat, KilledByUser, LockHolder, MaxRuntimeExceeded, SpotInterrupted
 from instance.agent.main import deadline_margin_seconds, soft_deadline
 from instance.protocol.record import estimate_cost
 from instance.protocol.state import Fenced, RunKilled, StateStore
 from instance.protocol.status import Status
 from instance.protocol.timeutil import iso, utcnow
+from tests.agent_hooks import EnvFaults, InjectedFault
 from tests.conftest import ENV
 
 RID = "run-20261128-140000-1111"
@@ -114,19 +114,28 @@ def test_soft_deadline_counts_from_the_lock_and_keeps_a_margin(monkeypatch):
     assert soft_deadline(started, 60, clock=lambda: 100.0) == 103.0
 
 
-def test_faults_parse_fire_and_pause():
-    faults = Faults.from_env({"CHRONOS_FAULT": "training, cleanup:lock", "CHRONOS_PAUSE": "data_sync:0.2"})
-    assert faults.wants("training") and not faults.wants("data_sync")
+def test_the_tests_fault_hooks_parse_fire_and_pause():
+    hooks = EnvFaults({"CHRONOS_FAULT": "training, cleanup:lock, results_sync", "CHRONOS_PAUSE": "data_sync:0.2"})
     with pytest.raises(InjectedFault):
-        faults.fire("training")
+        hooks.first_training_step()
+    hooks.phase_started("training", check=lambda: None)  # training fails at its first step, not here
     with pytest.raises(InjectedFault):
-        faults.fire_once("cleanup:lock")
-    faults.fire_once("cleanup:lock")  # only once
+        hooks.phase_started("results_sync", check=lambda: None)
+    with pytest.raises(InjectedFault):
+        hooks.cleanup_step("lock")
+    hooks.cleanup_step("lock")  # only once
     started = time.monotonic()
-    faults.pause("data_sync", check=lambda: None)
+    hooks.phase_started("data_sync", check=lambda: None)
     assert 0.15 < time.monotonic() - started < 2
     with pytest.raises(KilledByUser):
-        faults.pause("data_sync", check=lambda: (_ for _ in ()).throw(KilledByUser("killed")))
+        hooks.phase_started("data_sync", check=lambda: (_ for _ in ()).throw(KilledByUser("killed")))
+
+
+def test_an_ec2_agent_has_no_hooks_and_a_local_one_loads_what_it_is_told():
+    from instance.agent.hooks import Hooks, load
+
+    assert type(load(None)) is Hooks
+    assert isinstance(load("tests.agent_hooks:EnvFaults"), EnvFaults)
 
 
 def test_cost_estimates():

@@ -82,7 +82,9 @@ class LocalExecutor:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
             **instance_credentials(self.target, req.env, instance_id),
-            "PYTHONPATH": str(code_dir),
+            # The bundle first: it must carry every module the agent imports. What follows only
+            # offers what CHRONOS_AGENT_HOOKS may name (the tests' seam).
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(code_dir), os.environ.get("PYTHONPATH")])),
             "AWS_ENDPOINT_URL": self.target.endpoint_url or "",
             "AWS_DEFAULT_REGION": self.target.region or "",
             "XDG_CACHE_HOME": str(run_dir / "cache"),

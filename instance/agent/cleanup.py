@@ -87,7 +87,7 @@ class Cleanup:
         report = CleanupReport(self.outcome)
         try:
             self._step("state", f"move to {Status.CLEANUP.value}", "state", self._move_to_cleanup)
-            ctx.faults.pause("cleanup", check=lambda: None)  # a kill is refused from here on
+            ctx.hooks.phase_started("cleanup", check=lambda: None)  # a kill is refused from here on
             self._finish_record()
             self._step("training record", "write final", "record", self._write_training_record)
             self._step("work dir", "delete", "workdir", self._delete_work_dir)
@@ -128,7 +128,7 @@ class Cleanup:
         if earlier is not None and earlier.result != ERROR:
             return earlier
         try:
-            self.ctx.faults.fire_once(f"cleanup:{fault}")
+            self.ctx.hooks.cleanup_step(fault)
             result, detail = fn()
         except Fenced:
             raise

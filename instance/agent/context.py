@@ -23,7 +23,7 @@ from ..protocol.aws import AwsTarget, is_not_found
 from ..protocol.layout import Layout, s3_uri
 from ..protocol.record import RunRecord
 from ..protocol.state import Fenced
-from .faults import Faults
+from .hooks import Hooks
 from .lockholder import LockHolder
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class AgentContext:
     s3: Any
     holder: LockHolder
     record: RunRecord
-    faults: Faults = field(default_factory=Faults)
+    hooks: Hooks = field(default_factory=Hooks)
     expect_gpu: str = "auto"  # auto | yes | no (gpucheck.py)
     shutdown_at: float | None = None  # the dead-man switch, epoch seconds on this machine's clock
     config: Any = None  # RunConfig once initialization has read it

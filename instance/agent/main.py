@@ -14,8 +14,8 @@ fenced (nothing written); 1 cleanup itself could not finish.
 Environment: CHRONOS_HEARTBEAT_SECONDS (10), CHRONOS_LOG_UPLOAD_SECONDS (60),
 CHRONOS_DEADLINE_SECONDS (remaining time before the soft deadline; default: a safety margin
 before --shutdown-at, the dead-man switch's time on this machine's clock, or without it
-max_runtime_minutes from the lock's start), and with --local only CHRONOS_FAULT/CHRONOS_PAUSE
-(see faults.py).
+max_runtime_minutes from the lock's start), and with --local only CHRONOS_AGENT_HOOKS (the tests' seam, see
+hooks.py).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from ..protocol.status import Status
 from ..protocol.timeutil import parse_iso, utcnow
 from .cleanup import Cleanup, CleanupReport, Outcome
 from .context import AgentContext
-from .faults import Faults
+from . import hooks
 from .lockholder import Heartbeat, KilledByUser, LockHolder, StopRun
 from .logshipper import LogShipper, setup_logging
 
@@ -161,9 +161,7 @@ class Agent:
         log.info("phase %s", phase.status.value)
         ctx.record.phase_started(phase.status.value)
         ctx.write_record(ctx.layout.training_record(ctx.run_id), ctx.record.snapshot())
-        ctx.faults.pause(phase.status.value, ctx.holder.check)
-        if phase.status != Status.TRAINING:
-            ctx.faults.fire(phase.status.value)
+        ctx.hooks.phase_started(phase.status.value, ctx.holder.check)
         if phase.status == Status.DATA_SYNC and ctx.holder.deadline is None:
             ctx.holder.deadline = soft_deadline(ctx.holder.lease.state.get("started_at"),
                                                 ctx.config.instance.max_runtime_minutes, shutdown_at=ctx.shutdown_at)
@@ -282,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = AgentContext(
         env=args.env, bucket=args.bucket, run_id=args.run_id, target=target, local=args.local,
         instance_id=instance_id, work_dir=work_dir, owns_work_dir=owns, s3=s3, holder=holder, record=record,
-        faults=Faults.from_env() if args.local else Faults(), expect_gpu=args.expect_gpu,
+        hooks=hooks.load(os.environ.get("CHRONOS_AGENT_HOOKS")) if args.local else hooks.Hooks(), expect_gpu=args.expect_gpu,
         shutdown_at=args.shutdown_at,
     )
     signal.signal(signal.SIGTERM, lambda *_: setattr(holder, "terminated", True))

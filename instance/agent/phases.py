@@ -178,10 +178,10 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
     ctx.holder.check()
 
     uploader = CheckpointUploader(ctx)
-    fault = (lambda: ctx.faults.fire("training")) if ctx.faults.wants("training") else None
     try:
         with TrainingWatch(ctx.holder) as watch:
-            hooks = training_hooks(ctx.holder, watch, on_checkpoint=uploader.submit, fault=fault)
+            hooks = training_hooks(ctx.holder, watch, on_checkpoint=uploader.submit,
+                                   fault=ctx.hooks.first_training_step)
             outcome = train_model(base, inputs, settings, inp.output_dir, hooks)
     finally:
         uploader.flush()
