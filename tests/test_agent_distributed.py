@@ -9,6 +9,7 @@ The ranks drawing different batches is shown in test_distributed.py, closer to t
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -86,18 +87,25 @@ def _training_step(s3, bucket) -> int:
     return (lease.state.get("progress") or {}).get("step", 0)
 
 
-def test_kill_stops_both_ranks_at_the_same_step(s3, bucket, aws, data, tmp_path):
-    run = launch(s3, bucket, aws, ENV, two_rank_config(num_steps=20000))
-    proc = start_agent(run, tmp_path)
+def _act_during_training(s3, bucket, run, tmp_path, act, **start) -> tuple[int, str, float]:
+    """Start the agent, `act()` once rank 0 reported a step; (exit code, output, seconds after `act`)."""
+    proc = start_agent(run, tmp_path, **start)
     try:
         wait_for(lambda: _training_step(s3, bucket) >= 1, timeout=120)
-        StateStore(s3, bucket, ENV).request_kill(run.run_id, requested_by="test")
-        killed_at = time.monotonic()
+        act()
+        acted_at = time.monotonic()
         out, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == EXIT_KILLED, out[-4000:]
-    assert time.monotonic() - killed_at < 30
+    return proc.returncode, out, time.monotonic() - acted_at
+
+
+def test_kill_stops_both_ranks_at_the_same_step(s3, bucket, aws, data, tmp_path):
+    run = launch(s3, bucket, aws, ENV, two_rank_config(num_steps=20000))
+    code, out, seconds = _act_during_training(
+        s3, bucket, run, tmp_path, lambda: StateStore(s3, bucket, ENV).request_kill(run.run_id, requested_by="test"))
+    assert code == EXIT_KILLED, out[-4000:]
+    assert seconds < 30
     record = _record(s3, bucket, run)
     assert record["final_status"] == "killed" and record["reason"] == "killed_by_user"
     training = record["training"]
@@ -132,17 +140,36 @@ def test_a_rank_killed_by_a_signal_fails_the_run_within_a_minute(s3, bucket, aws
 
     run = launch(s3, bucket, aws, ENV, two_rank_config(num_steps=20000))
     work = tmp_path / "work"
-    proc = start_agent(run, tmp_path, work_dir=work)
-    try:
-        wait_for(lambda: _training_step(s3, bucket) >= 1, timeout=120)
-        os.kill(int((work / "ranks" / "rank1.pid").read_text()), signal.SIGKILL)
-        killed_at = time.monotonic()
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == EXIT_FAILED, out[-4000:]
-    assert time.monotonic() - killed_at < 60
+    code, out, seconds = _act_during_training(
+        s3, bucket, run, tmp_path, lambda: os.kill(int((work / "ranks" / "rank1.pid").read_text()), signal.SIGKILL),
+        work_dir=work)
+    assert code == EXIT_FAILED, out[-4000:]
+    assert seconds < 60
     error = _record(s3, bucket, run)["error"]
     assert error["class"] == "RankFailed", error
     assert error["message"].startswith("rank 1 of 2 was killed by SIGKILL without an error of its own"), error
     assert _state(s3, bucket) is None and instance_state(aws, run.instance_id) == "terminated"
+
+
+@pytest.mark.reliability
+def test_ranks_left_behind_by_a_dead_agent_stop_on_their_own(s3, bucket, aws, data, tmp_path):
+    """The agent SIGKILLed (nothing relays a stop any more): rank 0 sees it gone, every rank stops
+    at the same step and exits, and torchrun with them."""
+    import psutil
+
+    run = launch(s3, bucket, aws, ENV, two_rank_config(num_steps=20000))
+    proc = start_agent(run, tmp_path)
+    left: list = []
+    try:
+        wait_for(lambda: _training_step(s3, bucket) >= 1, timeout=120)
+        left = psutil.Process(proc.pid).children(recursive=True)  # torchrun and its two ranks
+        assert len(left) >= 3
+        proc.kill()  # not reaped until the end: the ranks must see a zombie as gone
+        _, alive = psutil.wait_procs(left, timeout=60)
+    finally:
+        for p in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        proc.kill()
+        proc.communicate()
+    assert not alive, [p.pid for p in alive]

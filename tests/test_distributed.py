@@ -69,6 +69,20 @@ def test_root_cause_is_the_first_rank_to_fail():
     assert root_cause([], [ended], 2) is None
 
 
+def test_a_dead_agent_reads_as_gone_before_it_is_reaped():
+    from instance.protocol.processes import pid_alive
+
+    child = subprocess.Popen(["sleep", "30"])
+    assert pid_alive(child.pid)
+    child.kill()
+    deadline = time.monotonic() + 5
+    while pid_alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(child.pid)  # a zombie still answers signal 0
+    child.wait()
+    assert not pid_alive(child.pid) and pid_alive(os.getpid()) and not pid_alive(None)
+
+
 def test_outcome_travels_as_json(tmp_path):
     out = TrainingOutcome(pipeline=object(), model_dir=tmp_path / "m", steps_done=3, total_steps=9, final_loss=0.5,
                           samples_per_second=10.0, train_seconds=1.0, stopped_by="x", checkpoints=[tmp_path / "c"],

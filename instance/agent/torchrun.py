@@ -7,7 +7,7 @@ agent's main thread relays every `RELAY_SECONDS`:
 - rank 0's events (progress → the training watch, staged checkpoints → the uploader);
 - a pending stop (kill, soft deadline, spot notice, SIGTERM, fenced) → stop.json, which the
   ranks turn into one common stopping step; ranks still running `STOP_GRACE_SECONDS` later are
-  ended (SIGTERM to torchrun, which ends its workers; SIGKILL after `KILL_AFTER_SECONDS`);
+  ended (SIGTERM to torchrun, which ends its ranks; SIGKILL after `KILL_AFTER_SECONDS`);
 - torchrun's output (every rank's log) → agent.log, line by line, from a reader thread.
 A rank that fails makes torchrun end the others (SIGTERM) and exit non-zero within seconds; the
 run then fails with the cause (RankFailed, see `root_cause`), unless a stop was pending, which wins.
@@ -118,8 +118,11 @@ def train_on_ranks(job: RankJob, folder: Path, *, stop_reason: Callable[[], str 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])))
     cmd = torchrun_command(channel.job_path, job.world_size, failures)
     log.info("starting %d ranks: %s", job.world_size, " ".join(cmd))
+    # In the agent's process group: whatever ends the agent's group (kill --force of a local run,
+    # Ctrl-C) ends torchrun, which ends its ranks; ranks left behind stop on their own once they
+    # see the agent gone (distributed.rank_hooks).
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", start_new_session=True)
+                            text=True, errors="replace")
     output = _OutputCopier(proc)
     outcome: dict[str, Any] = {}
     stop_sent: float | None = None
@@ -171,19 +174,14 @@ def _failure(channel: RankChannel, failures: Path, world_size: int, code: int) -
 
 
 def _end(proc: subprocess.Popen) -> None:
-    """SIGTERM torchrun (it ends its workers), then SIGKILL its whole session."""
+    """SIGTERM torchrun (it ends its ranks, SIGKILL after 30 s), then SIGKILL torchrun itself."""
+    proc.terminate()
     try:
-        proc.send_signal(signal.SIGTERM)
         proc.wait(KILL_AFTER_SECONDS)
     except subprocess.TimeoutExpired:
         log.error("torchrun did not end within %.0f s of SIGTERM; killing it", KILL_AFTER_SECONDS)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        proc.kill()
         proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 class _OutputCopier:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..protocol.artifacts import write_json_atomic
+from ..protocol.processes import pid_alive
 from .training import TrainingHooks, TrainingOutcome, TrainingSettings, stage_checkpoint
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ def rank_hooks(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingHo
 
     def stop_flag() -> str | None:
         reason = channel.stop_reason()
-        if reason is None and not _alive(job.agent_pid):
+        if reason is None and not pid_alive(job.agent_pid):
             reason = f"the agent (pid {job.agent_pid}) is gone"
         return reason
 
@@ -273,16 +274,6 @@ def rank_hooks(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingHo
         fault=fault,
         report_every=job.report_every,
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_rank(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingOutcome:
