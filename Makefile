@@ -21,7 +21,7 @@ test: $(STAMP)
 
 # The full fault/crash/kill matrices (docs/reliability.md); make test runs a representative subset.
 reliability: $(STAMP)
-	$(PY) -m pytest -q tests/test_reliability_*.py tests/test_faultproxy_lock.py $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/test_reliability_*.py tests/test_faultproxy_lock.py tests/test_agent_distributed.py $(PYTEST_ARGS)
 
 # A complete local training run: embedded sandbox (moto) + the agent as a local process.
 demo: $(STAMP)
