@@ -197,7 +197,7 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
         ctx.record.set_artifact("checkpoints_uri", ctx.uri(uploader.prefix))
     ctx.holder.check()  # a stop requested during training ends the run here, checkpoint uploaded
 
-    finetuned = outcome.pipeline or load_trained(outcome.model_dir)
+    finetuned = outcome.pipeline if outcome.pipeline is not None else load_trained(outcome.model_dir)
     zero_shot_base = None
     if not cfg.model.is_scratch:
         base.model.to(device())  # kept on the CPU while ranks trained

@@ -48,9 +48,8 @@ from ..protocol.artifacts import write_json_atomic
 from ..protocol.processes import pid_alive
 from .training import TrainingHooks, TrainingOutcome, TrainingSettings, stage_checkpoint
 
-log = logging.getLogger(__name__)
-
-MODULE = "instance.model.distributed"
+MODULE = "instance.model.distributed"  # what torchrun runs (`-m`), where it is also `__main__`
+log = logging.getLogger(MODULE)
 
 
 class InjectedRankFault(RuntimeError):
@@ -284,18 +283,18 @@ def run_rank(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingOutc
     settings = job.training
     on, backend = rank_device(info)
     ranks = ProcessGroupRanks(info, backend)
-    try:
-        _, inputs = training_data([Path(f) for f in job.files], settings.prediction_length)
-        base = load_base(job.base_dir, context_length=settings.context_length, seed=settings.seed, on=on)
-        log.info("rank %d of %d on %s (%s), %d series per step of %d", info.rank, info.world_size, on, backend,
-                 settings.batch_size // info.world_size, settings.batch_size)
-        outcome = train_model(base, inputs, settings, Path(job.output_dir), rank_hooks(job, info, channel), ranks)
-        if info.is_main:
-            channel.emit("outcome", outcome=outcome.to_json())
-        ranks.barrier()  # no rank leaves before rank 0 has written the model and the outcome
-        return outcome
-    finally:
-        ranks.close()
+    _, inputs = training_data([Path(f) for f in job.files], settings.prediction_length)
+    base = load_base(job.base_dir, context_length=settings.context_length, seed=settings.seed, on=on)
+    log.info("rank %d of %d on %s (%s), %d series per step of %d", info.rank, info.world_size, on, backend,
+             settings.batch_size // info.world_size, settings.batch_size)
+    outcome = train_model(base, inputs, settings, Path(job.output_dir), rank_hooks(job, info, channel), ranks)
+    if info.is_main:
+        channel.emit("outcome", outcome=outcome.to_json())
+    ranks.barrier()  # no rank leaves before rank 0 has written the model and the outcome
+    # Only on success: after a failure, others may still wait in a collective (NCCL's teardown
+    # would wait with them); the process exits and torchrun ends the rest.
+    ranks.close()
+    return outcome
 
 
 def main(argv: list[str] | None = None) -> int:
