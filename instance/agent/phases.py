@@ -295,7 +295,7 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
         "metrics": inp.training.metrics,
         "evaluation": inp.training.evaluation,
         "training": inp.training.training,
-        "trained_on": trained_on(cfg, inp.training.training, ctx.local),
+        "trained_on": trained_on(cfg, inp.training.training, ctx.local, ctx.record.doc["versions"].get("gpu")),
         "artifacts": dict(ctx.record.doc["artifacts"], files=sorted(names)),
         "load_with": f'Chronos2Pipeline.from_pretrained("{ctx.uri(models)}")',
     }
@@ -306,15 +306,14 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
     return ResultsOutput(ctx.uri(models), ctx.uri(layout.model_metadata(ctx.run_id)), sorted(keys))
 
 
-def trained_on(cfg, training: dict[str, Any], local: bool) -> dict[str, Any]:
-    """What trained the model: machine, how many GPUs (one rank each), at what precision."""
-    from ..protocol.pricing import PRICES
-
+def trained_on(cfg, training: dict[str, Any], local: bool, gpu_name: str | None) -> dict[str, Any]:
+    """What trained the model: machine, how many GPUs (one rank each), at what precision.
+    `gpu_name`: what torch calls GPU 0 of this machine."""
     on_gpu = training.get("device") == "cuda"
     return {
         "executor": "local" if local else "ec2",
         "instance_type": None if local else cfg.instance.type,
-        "gpu": PRICES[cfg.instance.type].gpu_model if on_gpu else None,
+        "gpu": gpu_name if on_gpu else None,
         "gpus": training.get("world_size", 1) if on_gpu else 0,
         "processes": training.get("world_size", 1),
         "precision": training.get("precision"),
