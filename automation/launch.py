@@ -34,13 +34,22 @@ class Estimate:
     worst_case_usd: float
     max_runtime_minutes: int
     local: bool
+    gpus: int = 1  # how many of the type's GPUs train (the whole machine is billed)
 
     def sentence(self) -> str:
         kind = "spot" if self.spot else "on-demand"
-        gpu = PRICES[self.instance_type].gpu
-        aws = (f"{self.instance_type} ({gpu}) {kind}: ~${self.hourly_usd:.3f}/h incl. 100 GB gp3, "
-               f"worst case ${self.worst_case_usd:.2f} at the {self.max_runtime_minutes}-minute limit")
+        price = PRICES[self.instance_type]
+        aws = (f"{self.instance_type} ({price.gpu}{self._gpus_used(price.gpus)}) {kind}: ~${self.hourly_usd:.3f}/h "
+               f"incl. 100 GB gp3, worst case ${self.worst_case_usd:.2f} at the {self.max_runtime_minutes}-minute limit")
         return f"local run: $0.00 (on AWS, {aws})" if self.local else f"estimated cost: {aws}"
+
+    def _gpus_used(self, has: int) -> str:
+        if has == 1:
+            return ""
+        per_gpu = f"${self.hourly_usd / self.gpus:.3f} per training GPU-hour"
+        if self.gpus == has:
+            return f", training on all {has}: {per_gpu}"
+        return f", training on {self.gpus} of {has}, all billed: {per_gpu}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,8 @@ class Launched:
 def estimate(cfg: RunConfig, local: bool) -> Estimate:
     rate = hourly(cfg.instance.type, cfg.instance.spot)
     return Estimate(cfg.instance.type, cfg.instance.spot, round(rate, 4),
-                    round(rate * cfg.instance.max_runtime_minutes / 60, 2), cfg.instance.max_runtime_minutes, local)
+                    round(rate * cfg.instance.max_runtime_minutes / 60, 2), cfg.instance.max_runtime_minutes, local,
+                    cfg.instance.gpu_count)
 
 
 def plan(target: Target, config_path: str | Path) -> LaunchPlan:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from instance.protocol.aws import AwsTarget, client, is_not_found
 from instance.protocol.layout import KNOWN_ENVS, Layout, bucket_name
+from instance.protocol.processes import pid_alive
 
 from . import motoserver
 from .context import home
@@ -75,18 +76,6 @@ def _external() -> SandboxInfo | None:
     return SandboxInfo(url.rstrip("/"), REGION, motoserver.SANDBOX_ACCOUNT, None) if url else None
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def status() -> SandboxInfo | None:
     external = _external()
     if external:
@@ -95,7 +84,7 @@ def status() -> SandboxInfo | None:
         info = SandboxInfo(**json.loads(_record_path().read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    if _pid_alive(info.pid) and motoserver.is_up(info.endpoint_url):
+    if pid_alive(info.pid) and motoserver.is_up(info.endpoint_url):
         return info
     return None
 
@@ -144,9 +133,9 @@ def stop() -> bool:
         return False
     os.kill(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
-    while _pid_alive(info.pid) and time.monotonic() < deadline:
+    while pid_alive(info.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _pid_alive(info.pid):
+    if pid_alive(info.pid):
         os.kill(info.pid, signal.SIGKILL)
     _record_path().unlink(missing_ok=True)
     return True

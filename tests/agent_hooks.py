@@ -4,8 +4,9 @@ tests/agent_fixtures.py set it; the agent process finds this module on PYTHONPAT
 
 - CHRONOS_FAULT=<where>[,<where>...] raises InjectedFault there. <where> is a phase name
   (`initialization`, `data_sync`, `results_sync`: at the start of the phase's work; `training`:
-  inside Chronos2Pipeline.fit, at the first step) or `cleanup:<step>` (that cleanup step fails
-  once, so the agent's retry of the cleanup is exercised).
+  inside Chronos2Pipeline.fit, at the first step, on rank 0 of a multi-GPU run), `training:rank<r>`
+  (that rank of a multi-GPU run fails at its first step) or `cleanup:<step>` (that cleanup step
+  fails once, so the agent's retry of the cleanup is exercised).
 - CHRONOS_PAUSE=<phase>:<seconds>[,...] waits that long at the start of the phase (after the
   state moved to it; for `cleanup`, once the state is in cleanup), still answering kills, so a
   test can act (kill, SIGKILL, SIGSTOP) while the run is in that phase.
@@ -51,3 +52,7 @@ class EnvFaults(Hooks):
 
     def first_training_step(self) -> None:
         self._fire("training")
+
+    def failing_ranks(self, world: int) -> list[int]:
+        ranks = [r for r in range(world) if f"training:rank{r}" in self.raise_at]
+        return sorted(set(ranks + [0])) if "training" in self.raise_at else ranks

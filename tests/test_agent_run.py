@@ -83,6 +83,7 @@ def test_training_record_is_complete(completed):
     assert doc["phases"]["data_sync"]["detail"]["files"] == 2
     training = doc["training"]
     assert training["steps_done"] == training["total_steps"] == 20
+    assert training["world_size"] == 1 and training["steps_by_rank"] == [20]
     assert math.isfinite(training["final_loss"]) and training["samples_per_second"] > 0
     assert doc["duration_seconds"] > 0 and doc["ended_at"] > doc["started_at"]
     assert {"python", "torch", "chronos", "transformers", "cuda"} <= set(doc["versions"])
@@ -110,6 +111,10 @@ def test_model_metadata(completed):
     assert meta["config"]["training"]["num_steps"] == 20
     assert meta["artifacts"]["model_uri"].endswith("/models/")
     assert meta["dataset"]["uri"].endswith(DATA_PREFIX)
+    assert meta["trained_on"] == {  # one process on this CPU: no torchrun, fit's own precision choice
+        "executor": "local", "instance_type": None, "gpu": None, "gpus": 0, "processes": 1,
+        "precision": "fp32", "tf32": False, "batch_size": 16, "batch_size_per_rank": 16,
+    }
 
 
 def test_cleanup_status_lists_every_step_done(completed):
@@ -131,6 +136,7 @@ def test_agent_log_reached_s3(completed):
     key = completed["run"].layout.agent_log(completed["run"].run_id)
     text = completed["s3"].get_object(Bucket=completed["bucket"], Key=key)["Body"].read().decode()
     assert "phase training" in text and "cleanup: release lock: done" in text
+    assert "torchrun" not in text  # one GPU (or none): training stays in the agent process
 
 
 def test_model_loads_from_s3_and_forecasts(completed, monkeypatch, tmp_path):

@@ -217,3 +217,29 @@ def test_gpu_check_names_what_failed():
     with pytest.raises(GpuUnavailable, match="torch cannot use CUDA"):  # this machine's torch is a CPU build
         check_gpu("g4dn.xlarge", run=driver_up)
     assert GpuUnavailable.reason == "gpu_unavailable"
+
+
+def test_gpu_check_counts_the_gpus_the_run_trains_on():
+    import subprocess
+
+    from instance.agent.gpucheck import GpuUnavailable, check_gpu
+
+    def four(*args, **kwargs):
+        lines = "".join(f"GPU {i}: NVIDIA A10G (UUID: GPU-{i})\n" for i in range(4))
+        return subprocess.CompletedProcess(args, 0, lines, "")
+
+    assert check_gpu("g5.12xlarge", 4, run=four, cuda_devices=lambda: 4).count("A10G") == 4
+    with pytest.raises(GpuUnavailable, match="trains on 4 GPUs of g5.12xlarge, but torch sees 2"):
+        check_gpu("g5.12xlarge", 4, run=four, cuda_devices=lambda: 2)
+    with pytest.raises(GpuUnavailable, match="trains on 8 GPUs of g5.48xlarge, but the driver lists 4"):
+        check_gpu("g5.48xlarge", 8, run=four, cuda_devices=lambda: 8)
+
+
+def test_price_table_knows_the_multi_gpu_types():
+    from instance.protocol.pricing import PRICES
+
+    for name, gpus, memory in (("g5.12xlarge", 4, 24), ("g5.48xlarge", 8, 24), ("g6.12xlarge", 4, 24),
+                               ("p4d.24xlarge", 8, 40), ("p5.48xlarge", 8, 80)):
+        assert (PRICES[name].gpus, PRICES[name].gpu_memory_gb) == (gpus, memory)
+        assert PRICES[name].gpu.startswith(f"{gpus}x ")
+    assert all(p.spot < p.on_demand for p in PRICES.values())

@@ -70,6 +70,15 @@ def test_estimate_names_hourly_and_worst_case():
     assert est.spot and 0.4 < est.hourly_usd < 0.5 and est.worst_case_usd == round(est.hourly_usd * 2, 2)
     assert "spot" in est.sentence() and "worst case" in est.sentence() and "120-minute" in est.sentence()
     assert estimate(cfg, local=True).sentence().startswith("local run: $0.00")
+    assert "training on" not in est.sentence()  # one GPU: nothing more to say
+
+
+def test_estimate_of_a_multi_gpu_type_bills_the_whole_machine():
+    every = estimate(parse_config(run_config() | {"instance": {"type": "p4d.24xlarge"}}), local=False)
+    assert every.gpus == 8 and every.hourly_usd > 32 and "(8x A100 40 GB, training on all 8: $4.098 per training GPU-hour)" in every.sentence()
+    some = estimate(parse_config(run_config() | {"instance": {"type": "g5.12xlarge", "gpus": 2}}), local=False)
+    assert some.hourly_usd == round(5.672 + 100 * 0.08 / 730, 4)  # the machine, whatever trains on it
+    assert "training on 2 of 4, all billed: $2.841 per training GPU-hour" in some.sentence()
 
 
 class InstantExecutor(RefusingExecutor):

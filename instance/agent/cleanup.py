@@ -173,7 +173,7 @@ class Cleanup:
 
     def _delete_work_dir(self) -> tuple[str, str]:
         ctx = self.ctx
-        targets = [ctx.train_dir, ctx.staging_dir]
+        targets = [ctx.train_dir, ctx.staging_dir, ctx.ranks_dir, ctx.base_model_dir]
         if ctx.owns_work_dir:
             targets.append(ctx.data_dir)
         present = [p for p in targets if p.exists()]

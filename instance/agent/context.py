@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -67,6 +66,16 @@ class AgentContext:
     @property
     def staging_dir(self) -> Path:
         return self.work_dir / "staging"
+
+    @property
+    def ranks_dir(self) -> Path:
+        """What the agent and the ranks of a data-parallel run share (model/distributed.py)."""
+        return self.work_dir / "ranks"
+
+    @property
+    def base_model_dir(self) -> Path:
+        """The base model, saved once for the ranks to load."""
+        return self.work_dir / "base-model"
 
     def uri(self, key: str) -> str:
         return s3_uri(self.bucket, key)
@@ -132,7 +141,8 @@ class CheckpointUploader:
     """Uploads each checkpoint under {run_id}/checkpoints/ in the background, as it is written.
 
     The Trainer deletes older checkpoint folders as it saves new ones, so each checkpoint is
-    first hard-linked into a staging folder (instant, no copy) that only this uploader removes.
+    first hard-linked into a staging folder (training.stage_checkpoint) that only this uploader
+    removes.
     After a checkpoint is complete in S3, older ones there are deleted: S3 mirrors the Trainer's
     save_total_limit=1 and a partial upload never replaces a complete one.
     """
@@ -147,10 +157,12 @@ class CheckpointUploader:
         self._thread.start()
 
     def submit(self, checkpoint_dir: Path, step: int) -> None:
-        staged = self.ctx.staging_dir / checkpoint_dir.name
-        if staged.exists():
-            shutil.rmtree(staged)
-        shutil.copytree(checkpoint_dir, staged, copy_function=_link_or_copy)
+        from ..model.training import stage_checkpoint
+
+        self.submit_staged(stage_checkpoint(checkpoint_dir, self.ctx.staging_dir), step)
+
+    def submit_staged(self, staged: Path, step: int) -> None:
+        """A checkpoint already staged (by rank 0 of a data-parallel run); this uploader removes it."""
         self._queue.put((staged, step))
 
     def flush(self, timeout: float | None = None) -> None:
@@ -180,10 +192,3 @@ class CheckpointUploader:
             finally:
                 shutil.rmtree(staged, ignore_errors=True)
 
-
-def _link_or_copy(src: str, dst: str) -> str:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst

@@ -24,11 +24,13 @@ def gpu_expected(mode: str, instance_type: str | None, local: bool) -> bool:
     this machine has."""
     if mode in ("yes", "no"):
         return mode == "yes"
-    return not local and bool(instance_type and PRICES.get(instance_type) and PRICES[instance_type].gpu)
+    return not local and bool(instance_type and PRICES.get(instance_type) and PRICES[instance_type].gpus)
 
 
-def check_gpu(instance_type: str | None, run: Callable = subprocess.run) -> str:
-    """The GPUs the driver lists; raises GpuUnavailable naming what failed."""
+def check_gpu(instance_type: str | None, gpus: int = 1, run: Callable = subprocess.run,
+              cuda_devices: Callable[[], int] | None = None) -> str:
+    """The GPUs the driver lists; raises GpuUnavailable naming what failed. `gpus`: how many the
+    run trains on (one rank each), all of which the driver and torch must see."""
     try:
         proc = run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -36,11 +38,23 @@ def check_gpu(instance_type: str | None, run: Callable = subprocess.run) -> str:
     if proc.returncode != 0 or "GPU" not in proc.stdout:
         detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         raise GpuUnavailable(f"{instance_type} should have a GPU, but nvidia-smi failed: {detail[0]}")
-    import torch
+    listed = [line for line in proc.stdout.splitlines() if line.startswith("GPU ")]
+    if len(listed) < gpus:
+        raise GpuUnavailable(f"the run trains on {gpus} GPUs of {instance_type}, but the driver lists {len(listed)}")
+    seen = (cuda_devices or _torch_cuda_devices)()
+    if seen == 0:
+        import torch
 
-    if not torch.cuda.is_available():
         raise GpuUnavailable(f"{instance_type} should have a GPU and the driver sees one, but torch cannot use CUDA "
                              f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
-    gpus = proc.stdout.strip()
-    log.info("GPU check: %s; torch sees %d CUDA device(s)", gpus.replace("\n", "; "), torch.cuda.device_count())
-    return gpus
+    if seen < gpus:
+        raise GpuUnavailable(f"the run trains on {gpus} GPUs of {instance_type}, but torch sees {seen}")
+    gpus_text = proc.stdout.strip()
+    log.info("GPU check: %s; torch sees %d CUDA device(s)", gpus_text.replace("\n", "; "), seen)
+    return gpus_text
+
+
+def _torch_cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

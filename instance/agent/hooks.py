@@ -20,6 +20,11 @@ class Hooks:
     def first_training_step(self) -> None:
         """Training reached its first step, inside Chronos2Pipeline.fit."""
 
+    def failing_ranks(self, world: int) -> list[int]:
+        """Of a training on `world` processes, the ranks that fail at their first step (the
+        processes are torchrun's, so the answer travels in their job description)."""
+        return []
+
 
 def load(spec: str | None) -> Hooks:
     if not spec:

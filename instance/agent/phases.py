@@ -6,6 +6,7 @@ Heavy packages (torch, chronos, pandas) are imported inside the phases that need
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def initialization(ctx: AgentContext, inp: InitInput) -> InitOutput:
     from .gpucheck import check_gpu, gpu_expected
 
     if gpu_expected(ctx.expect_gpu, cfg.instance.type, ctx.local):
-        ctx.record.doc["host"]["gpus"] = check_gpu(cfg.instance.type)
+        ctx.record.doc["host"]["gpus"] = check_gpu(cfg.instance.type, cfg.instance.gpu_count)
     on = device()
     ctx.record.refresh_versions()
     log.info("config: %s", cfg.model_dump(mode="json"))
@@ -163,26 +164,31 @@ class TrainingOutput:
 
 
 def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
-    from ..model.basemodel import load_base
-    from ..model.dataset import load_long_frame
-    from ..model.evaluation import evaluate, holdout_split, to_chronos_inputs
+    """Train in this process on one GPU (or the CPU); on N > 1 GPUs, one rank per GPU started
+    with torchrun (torchrun.py), this process keeping the lock and the uploads. Then score."""
+    from ..model.basemodel import device, load_base, load_trained
+    from ..model.evaluation import evaluate, training_data
     from ..model.training import TrainingSettings, train_model
 
     cfg = inp.config
     settings = TrainingSettings.from_config(cfg)
-    frame = load_long_frame(inp.files)
-    split = holdout_split(frame, settings.prediction_length)
+    world = cfg.instance.gpu_count
+    split, inputs = training_data(inp.files, settings.prediction_length)
     log.info("training on %d series, %d rows (last %d points of each held out)", len(split.items), len(split.context), settings.prediction_length)
-    inputs = to_chronos_inputs(split.context, settings.prediction_length)
-    base = load_base(cfg.model.base, context_length=settings.context_length, seed=settings.seed)
+    # With several ranks the GPUs are theirs: this process keeps the base model on the CPU.
+    base = load_base(cfg.model.base, context_length=settings.context_length, seed=settings.seed,
+                     on="cpu" if world > 1 else None)
     ctx.holder.check()
 
     uploader = CheckpointUploader(ctx)
     try:
         with TrainingWatch(ctx.holder) as watch:
-            hooks = training_hooks(ctx.holder, watch, on_checkpoint=uploader.submit,
-                                   fault=ctx.hooks.first_training_step)
-            outcome = train_model(base, inputs, settings, inp.output_dir, hooks)
+            if world > 1:
+                outcome = _train_on_ranks(ctx, base, inp, settings, world, watch, uploader)
+            else:
+                hooks = training_hooks(ctx.holder, watch, on_checkpoint=uploader.submit,
+                                       fault=ctx.hooks.first_training_step)
+                outcome = train_model(base, inputs, settings, inp.output_dir, hooks)
     finally:
         uploader.flush()
     stats = outcome.summary()
@@ -191,10 +197,43 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
         ctx.record.set_artifact("checkpoints_uri", ctx.uri(uploader.prefix))
     ctx.holder.check()  # a stop requested during training ends the run here, checkpoint uploaded
 
-    zero_shot_base = None if cfg.model.is_scratch else base
-    metrics, info = evaluate(outcome.pipeline, zero_shot_base, split, settings.prediction_length, settings.batch_size, settings.context_length)
+    finetuned = outcome.pipeline if outcome.pipeline is not None else load_trained(outcome.model_dir)
+    zero_shot_base = None
+    if not cfg.model.is_scratch:
+        base.model.to(device())  # kept on the CPU while ranks trained
+        zero_shot_base = base
+    metrics, info = evaluate(finetuned, zero_shot_base, split, settings.prediction_length, settings.batch_size, settings.context_length)
     ctx.record.update(metrics=metrics, evaluation=info)
     return TrainingOutput(outcome.model_dir, stats, metrics, info, list(uploader.uploaded))
+
+
+def _train_on_ranks(ctx: AgentContext, base, inp: TrainingInput, settings, world: int, watch, uploader):
+    """The base model saved once for the ranks to load, the job written, torchrun run."""
+    import shutil
+    from dataclasses import asdict
+
+    from ..model.distributed import RankJob
+    from .torchrun import RankFailed, train_on_ranks
+
+    shutil.rmtree(ctx.ranks_dir, ignore_errors=True)
+    base.save_pretrained(ctx.base_model_dir)
+    job = RankJob(
+        files=[str(f) for f in inp.files], settings=asdict(settings), base_dir=str(ctx.base_model_dir),
+        output_dir=str(inp.output_dir), staging_dir=str(ctx.staging_dir), agent_pid=os.getpid(),
+        world_size=world, fault_ranks=ctx.hooks.failing_ranks(world),
+    )
+    try:
+        return train_on_ranks(job, ctx.ranks_dir, stop_reason=lambda: stop_reason(ctx.holder),
+                              on_progress=watch.offer, on_checkpoint=uploader.submit_staged)
+    except RankFailed:
+        ctx.holder.check()  # a stop that ended the ranks is the run's outcome, not their failure
+        raise
+
+
+def stop_reason(holder) -> str | None:
+    """Why training must stop now (kill, deadline, spot notice, SIGTERM, fenced), or None; no I/O."""
+    stop = holder.pending_stop()
+    return None if stop is None else f"{type(stop).__name__}: {stop}"
 
 
 def training_hooks(holder, watch, *, on_checkpoint=None, fault=None):
@@ -202,13 +241,9 @@ def training_hooks(holder, watch, *, on_checkpoint=None, fault=None):
     the kill check and writes the progress it is handed."""
     from ..model.training import TrainingHooks
 
-    def stop_flag() -> str | None:
-        stop = holder.pending_stop()
-        return None if stop is None else f"{type(stop).__name__}: {stop}"
-
     return TrainingHooks(
         report=lambda progress: watch.offer(progress.to_dict()),
-        stop_flag=stop_flag,
+        stop_flag=lambda: stop_reason(holder),
         on_checkpoint=on_checkpoint,
         fault=fault,
     )
@@ -257,6 +292,7 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
         "metrics": inp.training.metrics,
         "evaluation": inp.training.evaluation,
         "training": inp.training.training,
+        "trained_on": trained_on(cfg, inp.training.training, ctx.local, ctx.record.doc["versions"].get("gpu")),
         "artifacts": dict(ctx.record.doc["artifacts"], files=sorted(names)),
         "load_with": f'Chronos2Pipeline.from_pretrained("{ctx.uri(models)}")',
     }
@@ -265,3 +301,20 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
 
     put_json(ctx.s3, ctx.bucket, layout.model_metadata(ctx.run_id), metadata)
     return ResultsOutput(ctx.uri(models), ctx.uri(layout.model_metadata(ctx.run_id)), sorted(keys))
+
+
+def trained_on(cfg, training: dict[str, Any], local: bool, gpu_name: str | None) -> dict[str, Any]:
+    """What trained the model: machine, how many GPUs (one rank each), at what precision.
+    `gpu_name`: what torch calls GPU 0 of this machine."""
+    on_gpu = training.get("device") == "cuda"
+    return {
+        "executor": "local" if local else "ec2",
+        "instance_type": None if local else cfg.instance.type,
+        "gpu": gpu_name if on_gpu else None,
+        "gpus": training.get("world_size", 1) if on_gpu else 0,
+        "processes": training.get("world_size", 1),
+        "precision": training.get("precision"),
+        "tf32": training.get("tf32"),
+        "batch_size": cfg.training.batch_size,
+        "batch_size_per_rank": training.get("batch_size_per_rank"),
+    }

@@ -75,3 +75,12 @@ def load_base(base: str, *, context_length: int, seed: int = 0, on: str | None =
         raise TypeError(f"{base} is a {type(pipeline).__name__}, not a Chronos-2 model; only Chronos-2 can be fine-tuned here")
     pipeline.model.to(on)
     return pipeline
+
+
+def load_trained(folder, on: str | None = None):
+    """A model that training saved on this machine (another process's, in a data-parallel run)."""
+    from chronos.chronos2 import Chronos2Pipeline
+
+    pipeline = Chronos2Pipeline.from_pretrained(folder)
+    pipeline.model.to(on or device())
+    return pipeline

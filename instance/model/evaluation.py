@@ -70,6 +70,14 @@ def holdout_split(df, prediction_length: int) -> HoldoutSplit:
     return HoldoutSplit(context, np.asarray(actuals), items, freq, seasonality_of(freq))
 
 
+def training_data(files, prediction_length: int):
+    """(hold-out split, Chronos inputs of its context): what training and scoring start from."""
+    from .dataset import load_long_frame
+
+    split = holdout_split(load_long_frame(files), prediction_length)
+    return split, to_chronos_inputs(split.context, prediction_length)
+
+
 def to_chronos_inputs(context_df, prediction_length: int):
     """Long frame → Chronos prepared inputs; extra numeric columns become past covariates."""
     from chronos.chronos2.preprocess import from_data_frame

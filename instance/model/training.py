@@ -5,6 +5,10 @@ every step, none of them I/O: hand over progress (at most every `report_every` s
 reason to stop (a flag that the agent's threads set: kill, deadline, spot notice), and hand each
 saved checkpoint to the uploader. Stopping sets `should_training_stop` and `should_save`, so the
 Trainer ends cleanly at the next step with a checkpoint on disk.
+
+The same function trains one rank of a data-parallel run (distributed.py): `Ranks` is how the
+callback meets the other ranks (agree on a stop, wait at a checkpoint); alone, it is `ONE_PROCESS`,
+whose every answer is immediate.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,7 @@ class TrainingHooks:
 
 @dataclass
 class TrainingOutcome:
-    pipeline: Any
+    pipeline: Any  # None where another process trained (the model is in model_dir)
     model_dir: Path
     steps_done: int
     total_steps: int
@@ -84,7 +88,16 @@ class TrainingOutcome:
     train_seconds: float
     stopped_by: str | None = None
     checkpoints: list[Path] = field(default_factory=list)
-    bf16: bool = False
+    precision: str | None = None  # what fit chose: bf16 on Ampere or newer GPUs, else fp32
+    tf32: bool = False
+    device: str = "cpu"  # cuda or cpu, for each rank
+    world_size: int = 1  # processes (one per GPU) that trained together
+    batch_size_per_rank: int | None = None
+    steps_by_rank: list[int] = field(default_factory=list)
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -95,27 +108,87 @@ class TrainingOutcome:
             "train_seconds": round(self.train_seconds, 3),
             "stopped_by": self.stopped_by,
             "bf16": self.bf16,
+            "precision": self.precision,
+            "tf32": self.tf32,
+            "device": self.device,
+            "world_size": self.world_size,
+            "batch_size_per_rank": self.batch_size_per_rank,
+            "steps_by_rank": self.steps_by_rank,
         }
+
+    def to_json(self) -> dict[str, Any]:
+        """What rank 0 hands the agent: everything but the pipeline."""
+        return {**self.summary(), "model_dir": str(self.model_dir), "checkpoints": [str(c) for c in self.checkpoints]}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "TrainingOutcome":
+        fields = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        return cls(pipeline=None, **{**fields, "model_dir": Path(doc["model_dir"]),
+                                     "checkpoints": [Path(c) for c in doc.get("checkpoints", [])]})
+
+
+class Ranks(Protocol):
+    """The other processes of a data-parallel run, as the training callback needs them."""
+
+    rank: int
+    world_size: int
+
+    def agree(self, wish: bool) -> bool:
+        """Called at every step by every rank with this rank's wish to stop; True on every rank at
+        the same step once any rank wished it (ranks that part ways hang in the next all-reduce)."""
+
+    def barrier(self) -> None:
+        """Wait until every rank is here (a checkpoint is complete only when all have saved)."""
+
+    def end(self, step: int) -> list[int]:
+        """At the end of training, on every rank: the last step of each rank, by rank."""
+
+
+class OneProcess:
+    rank = 0
+    world_size = 1
+
+    def agree(self, wish: bool) -> bool:
+        return wish
+
+    def barrier(self) -> None:
+        pass
+
+    def end(self, step: int) -> list[int]:
+        return [step]
+
+
+ONE_PROCESS = OneProcess()
 
 
 class RunMonitor:
     """The callback's logic, free of transformers so it can be reasoned about (and tested) alone."""
 
-    def __init__(self, hooks: TrainingHooks, total_steps: int, batch_size: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, hooks: TrainingHooks, total_steps: int, batch_size: int, clock: Callable[[], float] = time.monotonic,
+                 ranks: Ranks = ONE_PROCESS):
         self.hooks = hooks
         self.total_steps = total_steps
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # of one optimizer step, all ranks together
         self.clock = clock
+        self.ranks = ranks
         self.started: float | None = None
         self.ended: float | None = None
         self.step = 0
         self.loss: float | None = None
         self.stopped_by: str | None = None
+        self.precision: str | None = None
+        self.tf32: bool = False
+        self.steps_by_rank: list[int] = []
         self.checkpoints: list[Path] = []
+        self._wish: str | None = None
         self._last_report = -math.inf
         self._faulted = False
 
-    def begin(self) -> None:
+    def begin(self, args: Any = None) -> None:
+        """`args`: the TrainingArguments fit built; they say what precision it chose."""
+        if args is not None:
+            self.precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+            self.tf32 = bool(args.tf32)
         self.started = self.clock()
 
     def progress(self) -> Progress:
@@ -140,25 +213,29 @@ class RunMonitor:
         if self.hooks.report is not None and (step == 1 or now - self._last_report >= self.hooks.report_every):
             self._last_report = now
             self.hooks.report(self.progress())
-        if self.stopped_by is None and self.hooks.stop_flag is not None:
-            reason = self.hooks.stop_flag()
-            if reason is not None:
-                log.warning("stopping training at step %d: %s", step, reason)
-                self.stopped_by = reason
-                return True
-        return False
+        if self.stopped_by is not None:
+            return False  # asked once; the Trainer is already stopping
+        if self._wish is None and self.hooks.stop_flag is not None:
+            self._wish = self.hooks.stop_flag()
+        if not self.ranks.agree(self._wish is not None):
+            return False
+        self.stopped_by = self._wish or "another rank was asked to stop"
+        log.warning("stopping training at step %d: %s", step, self.stopped_by)
+        return True
 
     def logged(self, logs: dict[str, Any]) -> None:
         if "loss" in logs:
             self.loss = float(logs["loss"])
 
     def saved(self, checkpoint_dir: Path, step: int) -> None:
+        self.ranks.barrier()  # each rank writes its part of a checkpoint (its RNG state)
         self.checkpoints.append(checkpoint_dir)
         if self.hooks.on_checkpoint is not None:
             self.hooks.on_checkpoint(checkpoint_dir, step)
 
     def end(self) -> None:
         self.ended = self.clock()
+        self.steps_by_rank = self.ranks.end(self.step)
         if self.hooks.report is not None:
             self.hooks.report(self.progress())
 
@@ -168,7 +245,7 @@ def _callback(monitor: RunMonitor):
 
     class AgentCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            monitor.begin()
+            monitor.begin(args)
 
         def on_step_end(self, args, state, control, **kwargs):
             if monitor.step_end(state.global_step):
@@ -189,18 +266,31 @@ def _callback(monitor: RunMonitor):
     return AgentCallback()
 
 
-def train_model(pipeline, inputs, settings: TrainingSettings, output_dir: Path, hooks: TrainingHooks | None = None) -> TrainingOutcome:
+def train_model(pipeline, inputs, settings: TrainingSettings, output_dir: Path, hooks: TrainingHooks | None = None,
+                ranks: Ranks = ONE_PROCESS) -> TrainingOutcome:
     """Fine-tune `pipeline` on `inputs` (Chronos prepared inputs). The returned folder holds a
-    complete model (LoRA adapters merged) that Chronos2Pipeline.from_pretrained loads."""
+    complete model (LoRA adapters merged) that Chronos2Pipeline.from_pretrained loads.
+
+    With several ranks, every rank calls this: `settings.batch_size` is split evenly among them
+    and each draws its own batches (its own seed); only rank 0 writes the model (transformers'
+    save_pretrained writes on rank 0 alone once a process group exists)."""
     hooks = hooks or TrainingHooks()
-    monitor = RunMonitor(hooks, settings.num_steps, settings.batch_size)
+    monitor = RunMonitor(hooks, settings.num_steps, settings.batch_size, ranks=ranks)
+    per_rank = settings.batch_size // ranks.world_size
     extra: dict[str, Any] = dict(
         disable_tqdm=True,
         report_to=[],
         logging_steps=settings.logging_steps,
-        seed=settings.seed,
-        data_seed=settings.seed,
+        # Chronos's dataset samples from numpy's global RNG, which the Trainer seeds with `seed`:
+        # the same seed on every rank would draw the same batches N times over.
+        seed=settings.seed + ranks.rank,
+        data_seed=settings.seed + ranks.rank,
     )
+    if ranks.world_size > 1:
+        # transformers asks DDP to look for unused parameters by default, an extra pass over the
+        # autograd graph at every step; every Chronos-2 parameter takes part in every forward
+        # (checked with and without covariates, full and LoRA).
+        extra.update(ddp_find_unused_parameters=False)
     if settings.save_steps:
         extra.update(save_strategy="steps", save_steps=settings.save_steps)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +302,7 @@ def train_model(pipeline, inputs, settings: TrainingSettings, output_dir: Path, 
         finetune_mode=settings.finetune_mode,
         learning_rate=settings.learning_rate,
         num_steps=settings.num_steps,
-        batch_size=settings.batch_size,
+        batch_size=per_rank,
         output_dir=output_dir,
         min_past=_min_past(settings),
         callbacks=[_callback(monitor)],
@@ -234,7 +324,12 @@ def train_model(pipeline, inputs, settings: TrainingSettings, output_dir: Path, 
         train_seconds=elapsed,
         stopped_by=monitor.stopped_by,
         checkpoints=monitor.checkpoints,
-        bf16=_uses_bf16(finetuned),
+        precision=monitor.precision,
+        tf32=monitor.tf32,
+        device=finetuned.model.device.type,
+        world_size=ranks.world_size,
+        batch_size_per_rank=per_rank,
+        steps_by_rank=monitor.steps_by_rank,
     )
 
 
@@ -253,8 +348,26 @@ def _merge_lora(finetuned, target: Path):
     return merged, target
 
 
-def _uses_bf16(pipeline) -> bool:
-    import torch
+def stage_checkpoint(checkpoint_dir: Path, staging_dir: Path) -> Path:
+    """Hard-link a checkpoint folder into `staging_dir` (instant, no copy) and return the copy.
 
-    # Chronos's fit turns bf16 on by itself on Ampere or newer GPUs.
-    return bool(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8 and str(pipeline.model.device) != "cpu")
+    The Trainer deletes the previous checkpoint as it saves the next one; the staged copy lives
+    until whoever uploads it removes it."""
+    import shutil
+
+    staged = staging_dir / checkpoint_dir.name
+    if staged.exists():
+        shutil.rmtree(staged)
+    shutil.copytree(checkpoint_dir, staged, copy_function=_link_or_copy)
+    return staged
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    import os
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst

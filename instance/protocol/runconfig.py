@@ -74,6 +74,9 @@ class InstanceSpec(_Strict):
     type: str = "g4dn.2xlarge"
     spot: bool = False
     max_runtime_minutes: int = Field(240, ge=10, le=MAX_RUNTIME_MINUTES)
+    # auto: every GPU of the type (price table); a number trains on that many. More than one
+    # GPU is data-parallel training, one process per GPU (instance/model/distributed.py).
+    gpus: Literal["auto"] | int = "auto"
 
     @field_validator("type")
     @classmethod
@@ -81,6 +84,28 @@ class InstanceSpec(_Strict):
         if v not in PRICES:
             raise ValueError(f"unknown instance type {v!r}; known: {', '.join(PRICES)}")
         return v
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("must be auto or a whole number of GPUs, at least 1")
+
+    @model_validator(mode="after")
+    def _gpus_of_the_type(self) -> "InstanceSpec":
+        have = PRICES[self.type].gpus
+        if self.gpus != "auto" and self.gpus > have:
+            raise ValueError(
+                f"{self.type} has {have} GPU{'s' if have > 1 else ''} ({PRICES[self.type].gpu}), so gpus must be "
+                f"auto or at most {have} (got {self.gpus})"
+            )
+        return self
+
+    @property
+    def gpu_count(self) -> int:
+        """How many GPUs (one training process each) the run trains on."""
+        return PRICES[self.type].gpus if self.gpus == "auto" else self.gpus
 
 
 class RunConfig(_Strict):
@@ -95,6 +120,21 @@ class RunConfig(_Strict):
         if not v.strip():
             raise ValueError("must name a prefix in the bucket (cached-datasets/YYYY/MM/) or a local parquet path")
         return v
+
+    @model_validator(mode="after")
+    def _batch_splits_over_the_gpus(self) -> "RunConfig":
+        # training.batch_size is the batch of one optimizer step, whatever the machine: each of
+        # the N GPUs draws batch_size / N series, so the same config trains the same way on 1 or 8.
+        n, batch = self.instance.gpu_count, self.training.batch_size
+        if batch % n:
+            lower, upper = batch - batch % n, batch - batch % n + n
+            choices = f"{lower} or {upper}" if lower else f"{upper}"
+            raise ValueError(
+                f"training.batch_size ({batch}) must be a multiple of the {n} GPUs the run trains on "
+                f"(instance.gpus on {self.instance.type}), as each GPU takes an equal share of every batch; "
+                f"use {choices}, or set instance.gpus"
+            )
+        return self
 
     @property
     def dataset_in_bucket(self) -> bool:
@@ -117,6 +157,8 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{field}: must be one of {ctx.get('expected', '')}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return f"{field}: {msg.lower()} (got {err.get('input')!r})"
+    if isinstance(err.get("input"), dict):  # a check across fields: the sentence names them
+        return f"{field}: {msg.removeprefix('Value error, ')}" if err["loc"] else msg.removeprefix("Value error, ")
     return f"{field}: {msg.removeprefix('Value error, ')} (got {err.get('input')!r})"
 
 
