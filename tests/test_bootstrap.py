@@ -116,47 +116,51 @@ def env_tarballs(s3, bucket: str) -> list[str]:
     return keys_under(s3, bucket, "cached-datasets/python-env/")
 
 
-def test_boots_from_nothing_builds_and_saves_the_environment_then_trains(machine, bucket):
-    """Cache miss: uv installs the standalone CPython and the venv, the tarball is saved, the agent
-    runs as the instance role (instance id from IMDS) and the run completes."""
+def test_boot_from_nothing_builds_and_saves_the_environment_and_the_next_machine_restores_it(machine, bucket, s3, aws):
+    """First machine, cache miss: the boot log is in S3 before the agent starts; uv installs the
+    standalone CPython and the venv, the tarball is saved, the agent runs as the instance role
+    (instance id from IMDS) and the run completes. Second machine: the cache is restored."""
     m = machine
-    proc = boot(m, CHRONOS_EXPECT_GPU="no")
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     layout = m.run.layout
-    record = json.loads(text(m.s3, bucket, layout.training_record(RID)))
+    proc = subprocess.Popen(["bash", str(m.script)], env=m.env(CHRONOS_EXPECT_GPU="no"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not keys_under(s3, bucket, layout.bootstrap_log(RID)):
+        assert time.monotonic() < deadline and proc.poll() is None, "no bootstrap.log within a minute"
+        time.sleep(0.1)
+    assert not json.loads(text(s3, bucket, layout.state)).get("agent"), "the agent started before the boot log showed"
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+
+    record = json.loads(text(s3, bucket, layout.training_record(RID)))
     assert record["final_status"] == "completed", record.get("error")
     assert record["host"]["instance_id"] == m.run.instance_id and record["host"]["executor"] == "ec2"
-    cleanup = json.loads(text(m.s3, bucket, layout.cleanup_status(RID)))
+    cleanup = json.loads(text(s3, bucket, layout.cleanup_status(RID)))
     assert [s for s in cleanup["steps"] if s["result"] == "error"] == [], cleanup["steps"]
-    boot_log = text(m.s3, bucket, layout.bootstrap_log(RID))
+    boot_log = text(s3, bucket, layout.bootstrap_log(RID))
     assert "building it with uv" in boot_log and "saved the environment" in boot_log
     assert "bootstrap: agent exited with 0" in boot_log
-    agent_log = text(m.s3, bucket, layout.agent_log(RID))
+    agent_log = text(s3, bucket, layout.agent_log(RID))
     assert "instance.agent: agent for " + RID in agent_log, agent_log[:500]
     assert not [line for line in agent_log.splitlines() if line.startswith("bootstrap: ")]  # two logs, never one
-    (tarball,) = env_tarballs(m.s3, bucket)
+    (tarball,) = env_tarballs(s3, bucket)
     assert tarball == python_env_key(PYTHON_BUILD, platform.machine(), hashlib.sha256(SITE.encode()).hexdigest()[:16])
     assert m.calls.read_text().splitlines() == ["-h +45", "-h now"]
     # `chronos-train logs` shows the boot, then the agent, each headed by its name.
-    shown = "".join(stream(Target(ENV, False, REGION, bucket, m.aws.endpoint_url), RID, follow=False))
+    shown = "".join(stream(Target(ENV, False, REGION, bucket, aws.endpoint_url), RID, follow=False))
     assert shown.startswith("==> bootstrap.log <==\nbootstrap: " + RID)
     assert shown.index("\n==> agent.log <==\n") > shown.index("building it with uv")
 
-
-def test_second_machine_restores_the_cached_environment(machine, bucket, s3, aws):
-    m = machine
-    first = boot(m, CHRONOS_EXPECT_GPU="no")
-    assert first.returncode == 0, first.stdout[-3000:]
     shutil.rmtree(m.tmp / "root")  # a new machine: nothing on disk
     second_id = "run-20261128-203800-3c4d"
     run = launch(s3, bucket, aws, ENV, run_config(), run_id=second_id)
     s3.put_object(Bucket=bucket, Key=run.layout.bundle(second_id), Body=bundle(SITE))
     m.imds.instance_id = run.instance_id
     m.script.write_text(render_bootstrap(env=ENV, bucket=bucket, run_id=second_id, region=REGION, max_runtime_minutes=45))
-    proc = subprocess.run(["bash", str(m.script)], capture_output=True, text=True, timeout=300,
-                          env=boot_env(m.path, m.tmp, aws.endpoint_url, instance_credentials(aws, ENV, run.instance_id),
-                                       m.imds, CHRONOS_EXPECT_GPU="no"))
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    second = subprocess.run(["bash", str(m.script)], capture_output=True, text=True, timeout=300,
+                            env=boot_env(m.path, m.tmp, aws.endpoint_url, instance_credentials(aws, ENV, run.instance_id),
+                                         m.imds, CHRONOS_EXPECT_GPU="no"))
+    assert second.returncode == 0, second.stdout[-3000:]
     boot_log = text(s3, bucket, run.layout.bootstrap_log(second_id))
     assert "environment restored from s3://" in boot_log and "building it with uv" not in boot_log
     assert json.loads(text(s3, bucket, run.layout.training_record(second_id)))["final_status"] == "completed"
@@ -188,23 +192,6 @@ def test_a_gpu_type_without_a_working_gpu_fails_at_once(machine, bucket):
     assert "training" not in record["phases"]
     assert time.monotonic() - started < 120
     assert m.calls.read_text().splitlines() == ["-h +45", "-h now"]
-
-
-def test_the_boot_log_is_in_s3_before_the_agent_starts(machine, bucket):
-    m = machine
-    proc = subprocess.Popen(["bash", str(m.script)], env=m.env(CHRONOS_EXPECT_GPU="no"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        key = m.run.layout.bootstrap_log(RID)
-        deadline = time.monotonic() + 60
-        while not keys_under(m.s3, bucket, key):
-            assert time.monotonic() < deadline, "no bootstrap.log within a minute"
-            time.sleep(0.1)
-        state = json.loads(text(m.s3, bucket, m.run.layout.state))
-        assert not state.get("agent"), "the agent had started before the boot log was visible"
-        assert "bootstrap: run-" in text(m.s3, bucket, key)
-    finally:
-        assert proc.wait(timeout=300) == 0
 
 
 def test_an_agent_that_cannot_start_leaves_the_boot_log_and_powers_off(machine, bucket):
