@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from instance.protocol.ec2 import instance_state as ec2_instance_state
 from instance.protocol.ec2 import instances_by_tag
-from instance.protocol.state import Fenced, Lease, LockError
+from instance.protocol.state import Fenced, LockError
 from instance.protocol.status import Status
 
 from .context import Target
@@ -80,7 +80,7 @@ def force_end(target: Target, executor, run_id: str, final_status: str, reason: 
     held = lease if lease is not None and lease.run_id == run_id else None
     state = dict(held.state) if held else {}
     steps = end_machines(target, executor, run_id, state.get("instance_id"))
-    steps.append(_release(store, held, Status(final_status), reason))
+    steps.append(_release(store, run_id, Status(final_status), reason))
     record_end_from_cli(target, run_id, final_status, reason, state, steps)
     return Ended(run_id, steps, tidy_stack(executor, run_id))
 
@@ -100,19 +100,24 @@ def end_machines(target: Target, executor, run_id: str, known: str | None) -> li
     return steps
 
 
-def _release(store, held: Lease | None, outcome: Status, reason: str) -> dict:
-    if held is None:
-        return step("state file", "delete", "not_found", "already released")
-    try:
-        lease = held
-        if not lease.status.is_terminal:
-            lease = store.move(lease, outcome, reason=reason)
-        if lease.status is not Status.CLEANUP:
-            lease = store.move(lease, Status.CLEANUP)
-        store.release(lease)
-        return step("state file", "delete", "done")
-    except Fenced as exc:
-        return step("state file", "delete", "not_found", str(exc))
+def _release(store, run_id: str, outcome: Status, reason: str, attempts: int = 5) -> dict:
+    """Move the run to `outcome`, then cleanup, and delete its lock. Read after the machines
+    ended: until then the agent may still have moved it (to cleanup, say), and a lease read
+    before would be fenced by that last write of a now dead writer."""
+    for _ in range(attempts):
+        lease = store.read()
+        if lease is None or lease.run_id != run_id:
+            return step("state file", "delete", "not_found", "already released")
+        try:
+            if not lease.status.is_terminal:
+                lease = store.move(lease, outcome, reason=reason)
+            if lease.status is not Status.CLEANUP:
+                lease = store.move(lease, Status.CLEANUP)
+            store.release(lease)
+            return step("state file", "delete", "done")
+        except Fenced as exc:
+            last = str(exc)
+    return step("state file", "delete", "error", last)
 
 
 def tidy_stack(executor, run_id: str) -> str | None:

@@ -104,6 +104,26 @@ def test_kill_force_without_a_pulumi_cli_ends_the_machines_releases_and_records_
     assert stack_records(target) == [RUN], "only the record is left, and it costs nothing"
 
 
+def test_kill_force_releases_a_lock_the_dying_agent_moved_on_meanwhile(target, no_pulumi):
+    """The agent saw the kill and moved its run to cleanup just before its machine ended: the
+    forced end must release the lock from what S3 holds then, not from what it read first."""
+    running_run(target)
+    executor = ec2_executor(target)
+    store = target.state_store()
+    terminate = executor.terminate
+
+    def agent_writes_last_then_dies(run_id, instance_id):
+        lease = store.read()
+        if lease is not None and lease.status is Status.KILLED:
+            store.move(lease, Status.CLEANUP)
+        terminate(run_id, instance_id)
+
+    executor.terminate = agent_writes_last_then_dies
+    result = kill(target, executor, RUN, force=True, wait=False)
+    assert result.forced and result.final_status == "killed"
+    assert target.state_store().read() is None, "the lock is released, not left to go stale"
+
+
 def test_verify_lists_a_stack_record_without_a_machine_as_costing_nothing(target, no_pulumi):
     running_run(target)
     force_end(target, ec2_executor(target), RUN, "failed", "lost")
