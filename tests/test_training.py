@@ -117,3 +117,66 @@ def test_s3_base_model_loads_through_chronos(s3, bucket, aws, tmp_path, monkeypa
     assert isinstance(pipeline, Chronos2Pipeline)
     assert pipeline.model.config.chronos_pipeline_class == "Chronos2Pipeline"
     assert pipeline.model.config.architectures == ["Chronos2Model"]
+
+
+def _weights(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_a_resumed_training_continues_where_its_checkpoint_left_off(tiny_inputs, tmp_path):
+    """Stopped at step 6 with a full checkpoint, then resumed from it on a 'new machine' (a fresh
+    pipeline, a fresh folder): it goes on from step 6 to 12, its losses continue the curve, and
+    it ends with the very weights an uninterrupted training reaches with the same seed."""
+    import shutil
+
+    from instance.model.basemodel import build_scratch
+
+    settings = _settings(num_steps=12, seed=7)
+    whole_losses, part_losses = [], []
+
+    def logger(into):
+        return TrainingHooks(report=lambda p: into.append((p.step, p.loss)), report_every=0)
+
+    whole = train_model(build_scratch("tiny", 64, on="cpu", seed=7), tiny_inputs[1], _settings(num_steps=12, seed=7),
+                        tmp_path / "whole", logger(whole_losses))
+
+    saved = []
+    calls = {"n": 0}
+
+    def stop_at_six():
+        calls["n"] += 1
+        return "SpotInterrupted: notice" if calls["n"] >= 6 else None
+
+    first = train_model(build_scratch("tiny", 64, on="cpu", seed=7), tiny_inputs[1], settings, tmp_path / "first",
+                        TrainingHooks(stop_flag=stop_at_six, on_checkpoint=lambda p, s: saved.append(p)))
+    assert first.steps_done == 6 and saved[-1].name == "checkpoint-6"
+    checkpoint = tmp_path / "downloaded" / "checkpoint-6"
+    shutil.copytree(saved[-1], checkpoint)
+    assert {"optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {p.name for p in checkpoint.iterdir()}
+
+    resumed = train_model(build_scratch("tiny", 64, on="cpu", seed=123), tiny_inputs[1], settings, tmp_path / "second",
+                          logger(part_losses), resume_from=checkpoint)
+    assert resumed.resumed_from_step == 6 and resumed.steps_done == 12 and resumed.stopped_by is None
+    assert part_losses[0][0] == 7, "the first step after the resume is step 7"
+    # Same batches in the same order after the resume (no replay, no skip): the losses follow the
+    # uninterrupted curve step for step. Not bit for bit: the restored optimizer state goes
+    # through a save and a load (measured: losses within 0.1 %, weights within 2e-3 at lr 1e-3).
+    uninterrupted = dict(whole_losses[:-1])
+    for step, loss in part_losses[1:-1]:
+        assert loss == pytest.approx(uninterrupted[step], rel=0.01), (step, loss, uninterrupted[step])
+    a, b = _weights(whole.model_dir), _weights(resumed.model_dir)
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-2, f"resumed weights differ from the uninterrupted ones by {worst}"
+
+
+def test_periodic_full_checkpoints_by_time(tiny_inputs, tmp_path):
+    from instance.model.basemodel import build_scratch
+
+    saved = []
+    hooks = TrainingHooks(on_checkpoint=lambda path, step: saved.append(step), checkpoint_every=0.0)
+    out = train_model(build_scratch("tiny", 64, on="cpu"), tiny_inputs[1], _settings(num_steps=4), tmp_path, hooks)
+    assert out.steps_done == 4 and saved == [1, 2, 3], "every step is due at 0 s; the last is the model itself"
+    assert (tmp_path / "checkpoint-3" / "optimizer.pt").exists(), "full checkpoints, not the weights alone"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -32,6 +33,8 @@ class TrainingSettings:
     finetune_mode: str = "full"
     save_steps: int | None = None
     seed: int = 0
+    # A full checkpoint this often (the agent uploads it): what a machine lost without notice costs.
+    checkpoint_seconds: float | None = None
 
     @classmethod
     def from_config(cls, cfg) -> "TrainingSettings":
@@ -45,6 +48,7 @@ class TrainingSettings:
             finetune_mode=cfg.model.finetune_mode,
             save_steps=t.save_steps,
             seed=t.seed,
+            checkpoint_seconds=t.checkpoint_minutes * 60,
         )
 
     @property
@@ -75,6 +79,7 @@ class TrainingHooks:
     on_checkpoint: Callable[[Path, int], None] | None = None
     fault: Callable[[], None] | None = None  # test hook, called at the first step
     report_every: float = 15.0
+    checkpoint_every: float | None = None  # seconds between full checkpoints (None: only on a stop)
 
 
 @dataclass
@@ -88,6 +93,7 @@ class TrainingOutcome:
     train_seconds: float
     stopped_by: str | None = None
     checkpoints: list[Path] = field(default_factory=list)
+    resumed_from_step: int | None = None  # the checkpoint's step this training went on from
     precision: str | None = None  # what fit chose: bf16 on Ampere or newer GPUs, else fp32
     tf32: bool = False
     device: str = "cpu"  # cuda or cpu, for each rank
@@ -107,6 +113,7 @@ class TrainingOutcome:
             "samples_per_second": self.samples_per_second,
             "train_seconds": round(self.train_seconds, 3),
             "stopped_by": self.stopped_by,
+            "resumed_from_step": self.resumed_from_step,
             "bf16": self.bf16,
             "precision": self.precision,
             "tf32": self.tf32,
@@ -173,6 +180,7 @@ class RunMonitor:
         self.ranks = ranks
         self.started: float | None = None
         self.ended: float | None = None
+        self.first_step = 0  # where this process began: a resumed training starts at its checkpoint
         self.step = 0
         self.loss: float | None = None
         self.stopped_by: str | None = None
@@ -182,18 +190,22 @@ class RunMonitor:
         self.checkpoints: list[Path] = []
         self._wish: str | None = None
         self._last_report = -math.inf
+        self._last_save: float | None = None
         self._faulted = False
 
-    def begin(self, args: Any = None) -> None:
-        """`args`: the TrainingArguments fit built; they say what precision it chose."""
+    def begin(self, args: Any = None, step: int = 0) -> None:
+        """`args`: the TrainingArguments fit built; they say what precision it chose. `step`: the
+        global step training starts from (past 0 when resumed from a checkpoint)."""
         if args is not None:
             self.precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
             self.tf32 = bool(args.tf32)
-        self.started = self.clock()
+        self.started = self._last_save = self.clock()
+        self.first_step = self.step = step
 
     def progress(self) -> Progress:
         elapsed = (self.clock() - self.started) if self.started is not None else 0.0
-        rate = self.step / elapsed if elapsed > 0 and self.step else None
+        done = self.step - self.first_step
+        rate = done / elapsed if elapsed > 0 and done else None
         eta = (self.total_steps - self.step) / rate if rate else None
         return Progress(
             step=self.step,
@@ -223,11 +235,18 @@ class RunMonitor:
         log.warning("stopping training at step %d: %s", step, self.stopped_by)
         return True
 
+    def save_due(self) -> bool:
+        """A periodic full checkpoint is due (the same answer on every rank: rank 0 decides)."""
+        every = self.hooks.checkpoint_every
+        due = every is not None and self._last_save is not None and self.clock() - self._last_save >= every
+        return self.ranks.agree(due) if self.ranks.world_size > 1 else due
+
     def logged(self, logs: dict[str, Any]) -> None:
         if "loss" in logs:
             self.loss = float(logs["loss"])
 
     def saved(self, checkpoint_dir: Path, step: int) -> None:
+        self._last_save = self.clock()
         self.ranks.barrier()  # each rank writes its part of a checkpoint (its RNG state)
         self.checkpoints.append(checkpoint_dir)
         if self.hooks.on_checkpoint is not None:
@@ -245,13 +264,15 @@ def _callback(monitor: RunMonitor):
 
     class AgentCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            monitor.begin(args)
+            monitor.begin(args, state.global_step)
 
         def on_step_end(self, args, state, control, **kwargs):
             if monitor.step_end(state.global_step):
                 control.should_training_stop = True
                 control.should_save = True
                 control.should_log = True
+            elif state.global_step < state.max_steps and monitor.save_due():
+                control.should_save = True
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -267,13 +288,18 @@ def _callback(monitor: RunMonitor):
 
 
 def train_model(pipeline, inputs, settings: TrainingSettings, output_dir: Path, hooks: TrainingHooks | None = None,
-                ranks: Ranks = ONE_PROCESS) -> TrainingOutcome:
+                ranks: Ranks = ONE_PROCESS, resume_from: Path | None = None) -> TrainingOutcome:
     """Fine-tune `pipeline` on `inputs` (Chronos prepared inputs). The returned folder holds a
     complete model (LoRA adapters merged) that Chronos2Pipeline.from_pretrained loads.
 
     With several ranks, every rank calls this: `settings.batch_size` is split evenly among them
     and each draws its own batches (its own seed); only rank 0 writes the model (transformers'
-    save_pretrained writes on rank 0 alone once a process group exists)."""
+    save_pretrained writes on rank 0 alone once a process group exists).
+
+    Every checkpoint is a full one (weights, optimizer, scheduler, RNG: what resuming needs;
+    fit's own default keeps only the weights). `resume_from`: such a checkpoint, which training
+    goes on from: same optimizer and learning-rate schedule, same data stream (the RNG the dataset
+    draws from is restored, so no batch is replayed), up to the same num_steps."""
     hooks = hooks or TrainingHooks()
     monitor = RunMonitor(hooks, settings.num_steps, settings.batch_size, ranks=ranks)
     per_rank = settings.batch_size // ranks.world_size
@@ -285,7 +311,14 @@ def train_model(pipeline, inputs, settings: TrainingSettings, output_dir: Path, 
         # the same seed on every rank would draw the same batches N times over.
         seed=settings.seed + ranks.rank,
         data_seed=settings.seed + ranks.rank,
+        save_only_model=False,
+        # Chronos2Dataset is an endless stream drawn from numpy's global RNG: skipping the
+        # batches already trained on would draw (and throw away) all of them again, while the
+        # restored RNG state continues the stream where the checkpoint left it.
+        ignore_data_skip=True,
     )
+    if hooks.checkpoint_every is None and settings.checkpoint_seconds:
+        hooks.checkpoint_every = settings.checkpoint_seconds
     if ranks.world_size > 1:
         # transformers asks DDP to look for unused parameters by default, an extra pass over the
         # autograd graph at every step; every Chronos-2 parameter takes part in every forward
@@ -295,20 +328,21 @@ def train_model(pipeline, inputs, settings: TrainingSettings, output_dir: Path, 
         extra.update(save_strategy="steps", save_steps=settings.save_steps)
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    finetuned = pipeline.fit(
-        inputs,
-        prediction_length=settings.prediction_length,
-        context_length=settings.context_length,
-        finetune_mode=settings.finetune_mode,
-        learning_rate=settings.learning_rate,
-        num_steps=settings.num_steps,
-        batch_size=per_rank,
-        output_dir=output_dir,
-        min_past=_min_past(settings),
-        callbacks=[_callback(monitor)],
-        remove_printer_callback=True,
-        **extra,
-    )
+    with _resuming(resume_from):
+        finetuned = pipeline.fit(
+            inputs,
+            prediction_length=settings.prediction_length,
+            context_length=settings.context_length,
+            finetune_mode=settings.finetune_mode,
+            learning_rate=settings.learning_rate,
+            num_steps=settings.num_steps,
+            batch_size=per_rank,
+            output_dir=output_dir,
+            min_past=_min_past(settings),
+            callbacks=[_callback(monitor)],
+            remove_printer_callback=True,
+            **extra,
+        )
     model_dir = output_dir / "finetuned-ckpt"
     if settings.finetune_mode == "lora":
         finetuned, model_dir = _merge_lora(finetuned, output_dir / "merged")
@@ -324,6 +358,7 @@ def train_model(pipeline, inputs, settings: TrainingSettings, output_dir: Path, 
         train_seconds=elapsed,
         stopped_by=monitor.stopped_by,
         checkpoints=monitor.checkpoints,
+        resumed_from_step=monitor.first_step if resume_from is not None else None,
         precision=monitor.precision,
         tf32=monitor.tf32,
         device=finetuned.model.device.type,
@@ -331,6 +366,30 @@ def train_model(pipeline, inputs, settings: TrainingSettings, output_dir: Path, 
         batch_size_per_rank=per_rank,
         steps_by_rank=monitor.steps_by_rank,
     )
+
+
+@contextmanager
+def _resuming(checkpoint: Path | None):
+    """Make fit's trainer resume from `checkpoint`. fit builds its Chronos2Trainer itself and
+    calls train() without arguments, importing the class when called; for the length of the
+    call, that import finds a subclass whose train() resumes."""
+    if checkpoint is None:
+        yield
+        return
+    from chronos.chronos2 import trainer as module
+
+    original = module.Chronos2Trainer
+
+    class ResumingTrainer(original):
+        def train(self, *args, **kwargs):
+            kwargs.setdefault("resume_from_checkpoint", str(checkpoint))
+            return super().train(*args, **kwargs)
+
+    module.Chronos2Trainer = ResumingTrainer
+    try:
+        yield
+    finally:
+        module.Chronos2Trainer = original
 
 
 def _min_past(settings: TrainingSettings) -> int:

@@ -59,6 +59,9 @@ class TrainingSpec(_Strict):
     learning_rate: float = Field(1.0e-5, gt=0, lt=1)
     save_steps: int | None = Field(None, gt=0)
     seed: int = 0
+    # A full checkpoint (weights, optimizer, scheduler, RNG) goes to S3 this often, so a machine
+    # lost without notice costs at most this much training; a notice checkpoints at once.
+    checkpoint_minutes: float = Field(15, gt=0, le=24 * 60)
 
     @model_validator(mode="after")
     def _lengths(self) -> "TrainingSpec":
@@ -72,8 +75,16 @@ class TrainingSpec(_Strict):
 
 class InstanceSpec(_Strict):
     type: str = "g4dn.2xlarge"
+    # In order of preference: the Auto Scaling group takes whichever has capacity, in any zone.
+    # `type` is the one-type form; a config names one or the other.
+    types: list[str] | None = Field(None, min_length=1, max_length=20)
     spot: bool = False
     max_runtime_minutes: int = Field(240, ge=10, le=MAX_RUNTIME_MINUTES)
+    # Machines lost (spot reclaimed, hardware) after which the run ends failed; the run has at
+    # most max_interruptions + 1 machines in all.
+    max_interruptions: int = Field(5, ge=0, le=50)
+    # How long the group may find no capacity for any listed type before the run ends no_capacity.
+    capacity_wait_minutes: int = Field(30, ge=1, le=24 * 60)
     # auto: every GPU of the type (price table); a number trains on that many. More than one
     # GPU is data-parallel training, one process per GPU (instance/model/distributed.py).
     gpus: Literal["auto"] | int = "auto"
@@ -85,12 +96,37 @@ class InstanceSpec(_Strict):
             raise ValueError(f"unknown instance type {v!r}; known: {', '.join(PRICES)}")
         return v
 
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        unknown = [t for t in v if t not in PRICES]
+        if unknown:
+            raise ValueError(f"unknown instance type {unknown[0]!r}; known: {', '.join(PRICES)}")
+        if len(set(v)) != len(v):
+            raise ValueError("lists an instance type twice")
+        counts = {t: PRICES[t].gpus for t in v}
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"{t} ({n})" for t, n in counts.items())
+            raise ValueError(f"all types must have the same number of GPUs, as the run's batch splits over them: {listed}")
+        return v
+
     @field_validator("gpus", mode="before")
     @classmethod
     def _gpus(cls, v: Any) -> Any:
         if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             return v
         raise ValueError("must be auto or a whole number of GPUs, at least 1")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "InstanceSpec":
+        if self.types is not None and "type" in self.model_fields_set and self.type != self.types[0]:
+            raise ValueError(f"instance.type ({self.type}) and instance.types both given; keep types (the list, "
+                             "preferred first) and remove type")
+        if self.types is not None:
+            object.__setattr__(self, "type", self.types[0])  # the preferred type stands for the list
+        return self
 
     @model_validator(mode="after")
     def _gpus_of_the_type(self) -> "InstanceSpec":
@@ -101,6 +137,15 @@ class InstanceSpec(_Strict):
                 f"auto or at most {have} (got {self.gpus})"
             )
         return self
+
+    @property
+    def instance_types(self) -> list[str]:
+        """Every type the run may get, the preferred first."""
+        return list(self.types) if self.types else [self.type]
+
+    @property
+    def max_machines(self) -> int:
+        return self.max_interruptions + 1
 
     @property
     def gpu_count(self) -> int:

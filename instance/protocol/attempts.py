@@ -1,0 +1,102 @@
+"""A run's machines, one after another: what a booting agent does with the run it finds (pure).
+
+The run stack's Auto Scaling group replaces a machine that goes away (spot reclaimed, hardware
+lost) for as long as its desired capacity is 1. Every machine's agent decides at boot, from the
+lock alone, whether the run goes on here:
+
+- the lock is gone or belongs to another run: this machine has no run; it ends the group;
+- the run was killed, failed, or is in cleanup: finish its cleanup here, then end the group;
+- the run has used every machine it may have, or is past its deadline: end it failed;
+- otherwise: this is attempt n + 1; resume (or start, for the first machine).
+
+The bound: attempt n is written to the lock by machine n before it does any work, and a machine
+that finds n = max_machines ends the run. A machine that boots when n = max_machines - 1 is the
+last; it takes itself out of the group with the desired capacity going to 0 (DetachInstances,
+ShouldDecrementDesiredCapacity) before training, so even if it then dies without a word, no
+further machine is launched: max_machines in all, never more.
+
+`deadline_at` is absolute and on S3's clock (the launch's first write); a machine whose clock is
+off cannot stretch it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Mapping
+
+from .status import Status
+from .timeutil import iso, parse_iso
+
+START, RESUME, END, NOT_HOLDER = "start", "resume", "end", "not_holder"
+TOO_MANY_INTERRUPTIONS = "too_many_interruptions"
+MAX_RUNTIME_EXCEEDED = "max_runtime_exceeded"
+NO_CAPACITY = "no_capacity"
+
+
+@dataclass(frozen=True)
+class Boot:
+    action: str  # start | resume | end | not_holder
+    attempt: int  # the attempt this machine is (for end: the attempts used so far)
+    reason: str | None = None  # why the run ends (end only)
+    final_status: str | None = None  # the outcome cleanup records (end only)
+    last_machine: bool = False  # no replacement may follow this one
+
+    @property
+    def works(self) -> bool:
+        return self.action in (START, RESUME)
+
+
+def deadline(state: Mapping[str, Any]) -> datetime | None:
+    """The run's deadline: `deadline_at`, or else its start plus max_runtime_minutes."""
+    at = parse_iso(state.get("deadline_at"))
+    if at is not None:
+        return at
+    start, minutes = parse_iso(state.get("started_at")), state.get("max_runtime_minutes")
+    return start + timedelta(minutes=int(minutes)) if start and minutes else None
+
+
+def decide_boot(state: Mapping[str, Any] | None, run_id: str, now: datetime) -> Boot:
+    """What the agent booting for `run_id` does, from the lock `state` and S3's time `now`."""
+    if state is None or state.get("run_id") != run_id:
+        return Boot(NOT_HOLDER, 0)
+    used = int(state.get("attempt", 0))
+    status = Status(state["status"])
+    if status is Status.KILLED:
+        return Boot(END, used, "killed_by_user", "killed")
+    if status is Status.FAILED:
+        return Boot(END, used, (state.get("error") or {}).get("class") or state.get("reason"), "failed")
+    if status is Status.CLEANUP:
+        return Boot(END, used, state.get("reason"), state.get("outcome") or "failed")
+    allowed = int(state.get("max_machines", 1))
+    if used >= allowed:
+        return Boot(END, used, TOO_MANY_INTERRUPTIONS, "failed")
+    due = deadline(state)
+    if due is not None and now >= due:
+        return Boot(END, used, MAX_RUNTIME_EXCEEDED, "failed")
+    action = START if used == 0 and status is Status.INITIALIZATION else RESUME
+    return Boot(action, used + 1, last_machine=used + 1 >= allowed)
+
+
+def machine_entry(instance_id: str | None, instance_type: str | None, zone: str | None, market: str,
+                  attempt: int, now: datetime) -> dict[str, Any]:
+    """One machine of the run, as the lock's `machines` list keeps it (for cost and monitor)."""
+    return {"attempt": attempt, "instance_id": instance_id, "instance_type": instance_type, "zone": zone,
+            "market": market, "started_at": iso(now), "ended_at": None}
+
+
+def interruption_entry(step: int | None, instance_id: str | None, instance_type: str | None, zone: str | None,
+                       notice: str | None, now: datetime) -> dict[str, Any]:
+    return {"at": iso(now), "step": step, "instance_id": instance_id, "instance_type": instance_type, "zone": zone,
+            "notice": notice}
+
+
+def waiting_line(state: Mapping[str, Any]) -> str | None:
+    """What `monitor` says while a replacement machine is coming, or None when none is awaited:
+    'interrupted at step 4200, waiting for a machine (attempt 2 of 6)'."""
+    interruptions = state.get("interruptions") or []
+    if not interruptions or not state.get("awaiting_machine"):
+        return None
+    last = interruptions[-1]
+    step = f" at step {last['step']}" if last.get("step") is not None else ""
+    nxt = int(state.get("attempt", 0)) + 1
+    return f"interrupted{step}, waiting for a machine (attempt {nxt} of {state.get('max_machines', nxt)})"
