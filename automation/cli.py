@@ -557,6 +557,29 @@ def sandbox_status(opts: Options, as_json: bool) -> None:
         raise SystemExit(ERROR)
 
 
+@sandbox.command(name="interrupt")
+@click.argument("run_id", required=False)
+@pass_opts
+def sandbox_interrupt(opts: Options, run_id: str | None) -> None:
+    """Give the active local run's machine a spot interruption notice, as EC2 does: the machine
+    is taken after CHRONOS_SPOT_NOTICE_SECONDS (120); a replacement resumes the run from its
+    last checkpoint. Watch it with `monitor --follow`.
+
+    \b
+    Example:
+      chronos-train --local sandbox interrupt
+      chronos-train --local sandbox interrupt run-20261129-091500-ab12
+    """
+    from .executors.local import request_spot_notice
+
+    if not opts.local:
+        raise CliError("only a --local run can be interrupted this way; use `chronos-train --local sandbox interrupt`",
+                       BAD_INPUT)
+    run, seconds = request_spot_notice(opts.target(), run_id)
+    click.echo(f"spot notice given to run {run}: its machine is taken in {seconds:.0f} s; "
+               f"follow it with `chronos-train --local monitor {run} --follow`")
+
+
 @sandbox.command(name="env")
 @pass_opts
 def sandbox_env(opts: Options) -> None:

@@ -49,6 +49,10 @@ class Target:
     def ec2(self):
         return client("ec2", self.aws)
 
+    @cached_property
+    def autoscaling(self):
+        return client("autoscaling", self.aws)
+
     def state_store(self):
         from instance.protocol.state import StateStore
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from instance.protocol.ec2 import instance_state as ec2_instance_state
 from instance.protocol.ec2 import instances_by_tag
+from instance.protocol.group import end_group
 from instance.protocol.state import Fenced, LockError
 from instance.protocol.status import Status
 
@@ -86,12 +87,14 @@ def force_end(target: Target, executor, run_id: str, final_status: str, reason: 
 
 
 def end_machines(target: Target, executor, run_id: str, known: str | None) -> list[dict]:
-    """Terminate every machine of the run through the executor (EC2, no Pulumi) and confirm."""
+    """Set the run's group to 0 machines (else it would replace what ends here), then terminate
+    every machine of the run through the executor (EC2, no Pulumi) and confirm."""
+    result, detail = end_group(target.autoscaling, run_id)
+    steps = [step("group", "set to 0 machines", result, detail)] if result != "not_found" else []
     ids = run_instances(target, run_id, known)
     if not ids:
         executor.terminate(run_id, None)  # a local agent may live without an instance record
-        return [step("instance", "terminate", "not_found", "EC2 has no live instance tagged with this run")]
-    steps = []
+        return [*steps, step("instance", "terminate", "not_found", "EC2 has no live instance tagged with this run")]
     for instance_id in ids:
         executor.terminate(run_id, instance_id)
         seen = confirm_terminated(target, instance_id)
@@ -144,7 +147,8 @@ def kill(target: Target, executor, run_id: str | None, force: bool, wait: bool) 
     except LockError:
         killed = None
     requested = killed is not None and killed.status is Status.KILLED
-    if force:
+    if force or lease.state.get("awaiting_machine"):
+        # No machine runs the run while it waits for a replacement: nobody else would end it.
         ended = force_end(target, executor, run_id, "killed", "killed_by_user")
         return KillResult(run_id, requested, True, True, "killed", ended.stack_left)
     if not wait:

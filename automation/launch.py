@@ -11,10 +11,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
+from instance.protocol.group import group_name
 from instance.protocol.layout import DATASETS_PREFIX, new_run_id, s3_uri
 from instance.protocol.pricing import PRICES, hourly
 from instance.protocol.runconfig import ConfigError, RunConfig, check_runtime_support, load_config
-from instance.protocol.timeutil import utcnow
+from instance.protocol.timeutil import iso, utcnow
 
 from .context import Target, translate_aws_error
 from .errors import BadInput, Busy, ChronosError, Interrupted
@@ -192,9 +193,17 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor,
             run_id,
             executor=executor.name,
             instance_type=cfg.instance.type,
+            instance_types=cfg.instance.instance_types,
             spot=cfg.instance.spot,
             max_runtime_minutes=cfg.instance.max_runtime_minutes,
             launched_by=f"{getpass.getuser()}@{socket.gethostname()}",
+            # The run's machines come from its Auto Scaling group; each one's agent counts itself
+            # in `attempt` and ends the run past max_machines (instance/protocol/attempts.py).
+            group=group_name(run_id),
+            attempt=0,
+            max_machines=cfg.instance.max_machines,
+            capacity_wait_minutes=cfg.instance.capacity_wait_minutes,
+            interruptions=[],
         )
     except LockBusy as exc:
         raise Busy(f"{exc}; follow it with `chronos-train monitor {exc.holder.get('run_id')} --follow` "
@@ -224,9 +233,14 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor,
         raise
 
     try:
+        # The deadline on S3's clock (when the lock was created), so no machine's clock moves it.
+        due = iso(lease.last_modified + timedelta(minutes=cfg.instance.max_runtime_minutes)) \
+            if lease.last_modified else None
         store.update(
             keeper.lease,
-            lambda s: {**s, "instance_id": done.instance_id, "zone": done.zone},
+            # The first machine's agent may have written its own instance id already: it wins.
+            lambda s: {**s, "instance_id": s.get("instance_id") or done.instance_id, "zone": s.get("zone") or done.zone,
+                       **({"deadline_at": due} if due and not s.get("deadline_at") else {})},
             pin_status=False,
             heartbeat=False,
         )

@@ -67,7 +67,17 @@ def run_panel(v: RunView) -> Panel:
     if v.instance_id:
         where += f" · {v.instance_id}"
     head.add_row("machine", where)
-    head.add_row("cost so far" if v.active else "cost", money(v.cost_usd) + (" (local)" if v.executor == "local" else " (estimated)"))
+    if v.max_machines and v.max_machines > 1 or v.interruptions:
+        n = len(v.interruptions)
+        head.add_row("machines", f"attempt {v.attempt or 1} of {v.max_machines or '?'} · "
+                                 f"{n} interruption{'s' if n != 1 else ''}")
+    if v.waiting:
+        head.add_row("now", Text(v.waiting, style="yellow"))
+    saving = ""
+    if v.on_demand_usd and v.cost_usd is not None and v.on_demand_usd > v.cost_usd:
+        saving = f", {money(v.on_demand_usd - v.cost_usd)} less than on-demand"
+    head.add_row("cost so far" if v.active else "cost",
+                 money(v.cost_usd) + (" (local)" if v.executor == "local" else f" (estimated{saving})"))
     if v.reason:
         head.add_row("reason", v.reason)
     if v.error:
@@ -136,6 +146,8 @@ def progress_line(v: RunView) -> str:
     p = v.progress or {}
     step = f" step {p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else ""
     loss = f" loss {p['loss']:.4f}" if p.get("loss") is not None else ""
+    if v.waiting:
+        return f"{v.run_id}: {v.status}: {v.waiting}"
     return f"{v.run_id}: {v.status}{step}{loss}"
 
 

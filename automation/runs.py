@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from instance.protocol.artifacts import get_json
+from instance.protocol.attempts import waiting_line
+from instance.protocol.record import machines_cost
 from instance.protocol.layout import run_started_at, s3_uri
 from instance.protocol.pricing import PRICES, cost
 from instance.protocol.timeutil import iso, parse_iso, utcnow
@@ -35,6 +37,11 @@ class RunView:
     artifacts: dict = field(default_factory=dict)
     error: dict | None = None
     heartbeat_at: str | None = None
+    attempt: int | None = None  # which of the run's machines runs it now
+    max_machines: int | None = None
+    interruptions: list = field(default_factory=list)
+    waiting: str | None = None  # "interrupted at step 420, waiting for a machine (attempt 2 of 6)"
+    on_demand_usd: float | None = None  # what the same hours would cost on-demand (spot runs)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -66,11 +73,16 @@ def _cost(executor: str | None, instance_type: str | None, spot: bool, seconds: 
 
 def from_state(state: dict) -> RunView:
     elapsed = _elapsed(state.get("started_at"))
+    by_machine = machines_cost(state.get("machines") or [], state.get("executor"))
     return RunView(
+        attempt=state.get("attempt"), max_machines=state.get("max_machines"),
+        interruptions=state.get("interruptions") or [], waiting=waiting_line(state),
+        on_demand_usd=by_machine[1] if by_machine else None,
         run_id=state["run_id"], active=True, status=state["status"], started_at=state.get("started_at"),
         elapsed_seconds=elapsed, executor=state.get("executor"), instance_type=state.get("instance_type"),
         instance_id=state.get("instance_id"), spot=bool(state.get("spot")),
-        cost_usd=_cost(state.get("executor"), state.get("instance_type"), bool(state.get("spot")), elapsed),
+        cost_usd=by_machine[0] if by_machine else _cost(state.get("executor"), state.get("instance_type"),
+                                                        bool(state.get("spot")), elapsed),
         progress=state.get("progress") or {}, history=state.get("history") or [], error=state.get("error"),
         heartbeat_at=state.get("heartbeat_at"),
     )
@@ -88,6 +100,8 @@ def from_record(record: dict) -> RunView:
         cost_usd=cost_doc.get("estimated_usd"), progress=record.get("training") or {},
         history=[{"status": k, "at": v.get("started_at")} for k, v in (record.get("phases") or {}).items()],
         metrics=record.get("metrics") or {}, artifacts=record.get("artifacts") or {}, error=record.get("error"),
+        attempt=record.get("attempt"), interruptions=record.get("interruptions") or [],
+        on_demand_usd=cost_doc.get("on_demand_usd"),
     )
 
 

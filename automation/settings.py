@@ -65,6 +65,18 @@ class Settings:
         return timedelta(seconds=self._seconds("CHRONOS_STALE_SECONDS", DEFAULT_STALE_AFTER.total_seconds()))
 
     @property
+    def spot_notice(self) -> timedelta:
+        """CHRONOS_SPOT_NOTICE_SECONDS (120): --local: how long after `sandbox interrupt` the
+        machine is taken (EC2 gives two minutes)."""
+        return timedelta(seconds=self._seconds("CHRONOS_SPOT_NOTICE_SECONDS", 120.0))
+
+    @property
+    def sandbox_boot(self) -> timedelta:
+        """CHRONOS_SANDBOX_BOOT_SECONDS (0): --local: how long a new machine of a group takes to
+        boot (EC2 takes a minute or more), so one can watch a run wait for its replacement."""
+        return timedelta(seconds=self._seconds("CHRONOS_SANDBOX_BOOT_SECONDS", 0.0))
+
+    @property
     def region(self) -> str | None:
         """AWS_REGION, else AWS_DEFAULT_REGION (else the AWS config's region, looked up by boto3)."""
         return self.environ.get("AWS_REGION") or self.environ.get("AWS_DEFAULT_REGION") or None

@@ -67,6 +67,11 @@ _EC2_SERVICE_POLICY = {
         {"Effect": "Allow", "Action": ["sts:AssumeRole"], "Resource": [f"arn:aws:iam::{SANDBOX_ACCOUNT}:role/*"]},
         {"Effect": "Allow", "Action": ["iam:GetInstanceProfile"],
          "Resource": [f"arn:aws:iam::{SANDBOX_ACCOUNT}:instance-profile/*"]},
+        # Auto Scaling, as the service (its service-linked role on AWS): replaces and ends the
+        # machines of a group (--local's group player, automation/executors/localgroup.py).
+        {"Effect": "Allow", "Action": ["autoscaling:DescribeAutoScalingGroups",
+                                       "autoscaling:TerminateInstanceInAutoScalingGroup",
+                                       "ec2:TerminateInstances", "ec2:DescribeInstances"], "Resource": "*"},
     ],
 }
 
@@ -76,6 +81,7 @@ def glob_to_regex(pattern: str) -> str:
     return "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + "$"
 
 
+GROUP_ID = "00000000-0000-4000-8000-000000000000"
 _INSTANCE_ACTIONS = {"TerminateInstances", "StopInstances", "StartInstances", "RebootInstances",
                      "ModifyInstanceAttribute"}
 
@@ -91,6 +97,12 @@ def resource_of(service: str, action: str, params: dict[str, list[str]], region:
     if service == "ec2" and action == "CreateTags":
         ids = [values[0] for key, values in sorted(params.items()) if key.startswith("ResourceId.")]
         return [f"arn:aws:ec2:{region}:{account}:{_ec2_kind(i)}/{i}" for i in ids] or ["*"]
+    if service == "autoscaling" and "AutoScalingGroupName" in params:
+        # The group's id in its ARN is a UUID no request carries; policies match it with `*`.
+        name = params["AutoScalingGroupName"][0]
+        return [f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:{GROUP_ID}:autoScalingGroupName/{name}"]
+    if service == "ec2" and action in ("CreateLaunchTemplate", "DeleteLaunchTemplate"):
+        return [f"arn:aws:ec2:{region}:{account}:launch-template/*"]
     if service == "iam" and action == "GetInstanceProfile":
         return [f"arn:aws:iam::{account}:instance-profile/{params['InstanceProfileName'][0]}"]
     return ["*"]

@@ -10,7 +10,8 @@ from datetime import timedelta
 
 import pytest
 
-from instance.agent.lockholder import Heartbeat, KilledByUser, LockHolder, MaxRuntimeExceeded, SpotInterrupted
+from instance.agent.lockholder import (Heartbeat, KilledByUser, LockHolder, MaxRuntimeExceeded, NoticeWatch,
+                                       SpotInterrupted)
 from instance.agent.main import deadline_margin_seconds, soft_deadline
 from instance.protocol.record import estimate_cost
 from instance.protocol.state import Fenced, RunKilled, StateStore
@@ -88,7 +89,8 @@ def test_stop_reasons_in_priority():
 def test_heartbeat_thread_beats_notices_spot_and_stops_when_fenced(store):
     holder = LockHolder(store, store.acquire(RID))
     probes = iter([None, '{"action": "terminate"}'])
-    beat = Heartbeat(holder, 0.05, lambda: {"agent": {"pid": 1}}, probe=lambda: next(probes, None)).start()
+    beat = Heartbeat(holder, 0.05, lambda: {"agent": {"pid": 1}}).start()
+    watch = NoticeWatch(holder, 0.05, probe=lambda: next(probes, None)).start()
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (store.read().seq < 3 or holder.spot_notice is None):
@@ -102,6 +104,7 @@ def test_heartbeat_thread_beats_notices_spot_and_stops_when_fenced(store):
         assert not beat._thread.is_alive() and holder.fenced is not None
     finally:
         beat.stop()
+        watch.stop()
 
 
 def test_soft_deadline_counts_from_the_lock_and_keeps_a_margin(monkeypatch):

@@ -11,14 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from instance.protocol.aws import AwsTarget, client
+from instance.protocol.aws import AwsTarget, client, error_code
 from instance.protocol.ec2 import LIVE_STATES, instances_by_tag, run_tags, tags_of
+from instance.protocol.group import describe_group, end_group, group_name, mixed_instances_policy, wants_machine
 from instance.protocol.layout import PROJECT_TAG, Layout
 
 from ..bundle import unpack_bundle
 from ..context import home
-from ..sandbox import instance_credentials
+from ..settings import settings
 from .base import ProvisionError, Provisioned, ProvisionRequest
+from .localgroup import AGENT_PID, PLAYER_PID, GroupSpec, start_player
 
 def work_root() -> Path:
     return home() / "work"
@@ -46,72 +48,87 @@ class LocalExecutor:
         self.bucket = bucket
         self.ec2 = client("ec2", target)
         self.s3 = client("s3", target)
+        self.autoscaling = client("autoscaling", target)
 
     def provision(self, req: ProvisionRequest) -> Provisioned:
-        zone, subnet = next(iter(req.infra.subnets.items()))
-        resp = self.ec2.run_instances(
-            ImageId=self._ami(req.infra.ami_ssm_parameter),
-            InstanceType=req.config.instance.type,
-            MinCount=1,
-            MaxCount=1,
-            SubnetId=subnet,
-            SecurityGroupIds=[req.infra.security_group_id],
-            IamInstanceProfile={"Name": req.infra.instance_profile},
-            InstanceInitiatedShutdownBehavior="terminate",
-            MetadataOptions={"HttpTokens": "required"},
-            TagSpecifications=[{"ResourceType": "instance", "Tags": run_tags(req.run_id, req.env, self.name)}],
+        """The run's launch template and Auto Scaling group in the sandbox, as the run stack
+        declares them on AWS, and the process that plays EC2 for the group's machines."""
+        run_dir = work_root() / req.run_id
+        # Run from the uploaded bundle, as the instance's bootstrap would: proves the bundle
+        # carries everything the agent imports.
+        bundle = self.s3.get_object(Bucket=self.bucket, Key=Layout(req.env).bundle(req.run_id))["Body"].read()
+        code_dir = unpack_bundle(bundle, run_dir / "code")
+        spec = GroupSpec(
+            run_id=req.run_id, env=req.env, bucket=self.bucket, region=self.target.region or "",
+            endpoint_url=self.target.endpoint_url or "", code_dir=str(code_dir),
+            max_runtime_minutes=req.config.instance.max_runtime_minutes,
+            notice_seconds=settings().spot_notice.total_seconds(),
+            boot_seconds=settings().sandbox_boot.total_seconds(),
+            # As on EC2, the agent holds the instance role's credentials and no other AWS setting.
+            # The bundle first on the path: it must carry every module the agent imports; what
+            # follows only offers what CHRONOS_AGENT_HOOKS may name (the tests' seam).
+            inherited_env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+                           "PYTHONPATH": os.pathsep.join(filter(None, [str(code_dir), os.environ.get("PYTHONPATH")]))},
         )
-        instance_id = resp["Instances"][0]["InstanceId"]
+        spec.save(run_dir)
+        self._create_group(req)
         try:
-            self._start_agent(req, instance_id)
+            start_player(run_dir, {**os.environ, "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))})
+            instance_id = self._first_machine(req.run_id)
         except Exception as exc:
-            self.ec2.terminate_instances(InstanceIds=[instance_id])
+            end_group(self.autoscaling, req.run_id)
             raise ProvisionError(f"the local agent could not start: {exc}") from exc
+        zone = next(iter(req.infra.subnets), None)
         return Provisioned(instance_id=instance_id, zone=zone)
+
+    def _create_group(self, req: ProvisionRequest) -> None:
+        cfg = req.config.instance
+        tags = run_tags(req.run_id, req.env, self.name)
+        self.ec2.create_launch_template(
+            LaunchTemplateName=req.run_id,
+            LaunchTemplateData={
+                "ImageId": self._ami(req.infra.ami_ssm_parameter),
+                "InstanceType": cfg.instance_types[0],
+                "IamInstanceProfile": {"Name": req.infra.instance_profile},
+                "SecurityGroupIds": [req.infra.security_group_id],
+                "InstanceInitiatedShutdownBehavior": "terminate",
+                "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+                "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}],
+            },
+            TagSpecifications=[{"ResourceType": "launch-template", "Tags": tags}],
+        )
+        self.autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName=group_name(req.run_id), MinSize=0, MaxSize=1, DesiredCapacity=1,
+            VPCZoneIdentifier=",".join(req.infra.subnets.values()),
+            MixedInstancesPolicy=mixed_instances_policy(req.run_id, cfg.instance_types, cfg.spot),
+            CapacityRebalance=cfg.spot,
+            Tags=[{**t, "PropagateAtLaunch": True, "ResourceId": group_name(req.run_id),
+                   "ResourceType": "auto-scaling-group"} for t in tags],
+        )
+
+    def _first_machine(self, run_id: str, timeout_s: float = 60.0) -> str:
+        """The group's first instance, once the player has booted its agent."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            group = describe_group(self.autoscaling, run_id) or {}
+            ids = [i["InstanceId"] for i in group.get("Instances", [])]
+            if ids and process_alive(self._pid(run_id), run_id):
+                return ids[0]
+            if not process_alive(self._player_pid(run_id), run_id):
+                raise RuntimeError(f"the group's player exited; see {work_root() / run_id / 'group.stdout'}")
+            time.sleep(0.1)
+        raise RuntimeError(f"no machine came up in {timeout_s:.0f} s")
 
     def _ami(self, parameter: str) -> str:
         return client("ssm", self.target).get_parameter(Name=parameter)["Parameter"]["Value"]
 
-    def _start_agent(self, req: ProvisionRequest, instance_id: str) -> int:
-        # Run from the uploaded bundle, as the instance's bootstrap would: proves the bundle
-        # carries everything the agent imports.
-        run_dir = work_root() / req.run_id
-        bundle = self.s3.get_object(Bucket=self.bucket, Key=Layout(req.env).bundle(req.run_id))["Body"].read()
-        code_dir = unpack_bundle(bundle, run_dir / "code")
-        # As on EC2, the agent holds the instance role's credentials and no other AWS setting.
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-            **instance_credentials(self.target, req.env, instance_id),
-            # The bundle first: it must carry every module the agent imports. What follows only
-            # offers what CHRONOS_AGENT_HOOKS may name (the tests' seam).
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(code_dir), os.environ.get("PYTHONPATH")])),
-            "AWS_ENDPOINT_URL": self.target.endpoint_url or "",
-            "AWS_DEFAULT_REGION": self.target.region or "",
-            "XDG_CACHE_HOME": str(run_dir / "cache"),
-            "PYTHONUNBUFFERED": "1",
-        }
-        cmd = [
-            sys.executable, "-m", "instance.agent",
-            "--env", req.env, "--bucket", self.bucket, "--run-id", req.run_id,
-            "--region", self.target.region or "", "--endpoint-url", self.target.endpoint_url or "",
-            "--instance-id", instance_id, "--local", "--work-dir", str(run_dir / "agent"),
-            # What the bootstrap hands over on EC2: the dead-man switch's time, on this clock.
-            "--shutdown-at", str(int(time.time()) + req.config.instance.max_runtime_minutes * 60),
-        ]
-        with open(run_dir / "agent.stdout", "ab") as out:
-            proc = subprocess.Popen(
-                cmd, cwd=code_dir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        (run_dir / "agent.pid").write_text(str(proc.pid))
-        return proc.pid
-
     # -- the machine's life, seen through EC2 --------------------------------------------------
-    def _pid(self, run_id: str) -> int | None:
-        try:
-            return int((work_root() / run_id / "agent.pid").read_text())
-        except (OSError, ValueError):
-            return None
+    def _pid(self, run_id: str, name: str = AGENT_PID) -> int | None:
+        return _read_pid(work_root() / run_id / name)
+
+    def _player_pid(self, run_id: str) -> int | None:
+        return self._pid(run_id, PLAYER_PID)
 
     def reconcile(self) -> list[str]:
         """Mark instance records whose agent process is gone as terminated (the machine died)."""
@@ -121,6 +138,8 @@ class LocalExecutor:
             if tags.get("Executor") != self.name:
                 continue
             run_id = tags.get("RunId", "")
+            if process_alive(self._player_pid(run_id), run_id):
+                continue  # the group's player ends its machines itself
             if not process_alive(self._pid(run_id), run_id):
                 self.ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
                 ended.append(inst["InstanceId"])
@@ -130,6 +149,11 @@ class LocalExecutor:
         return instances_by_tag(self.ec2, {"Project": PROJECT_TAG}, states)
 
     def terminate(self, run_id: str, instance_id: str | None) -> None:
+        """Kill the run's agent (and the player, once its group wants nothing) and end the
+        instance. The caller has set the group to 0 machines first (ending.end_machines)."""
+        group = describe_group(self.autoscaling, run_id)
+        if group is None or not wants_machine(group):
+            self._stop_player(run_id)
         pid = self._pid(run_id)
         if process_alive(pid, run_id):
             try:
@@ -153,6 +177,7 @@ class LocalExecutor:
             tags = tags_of(inst)
             if tags.get("RunId") == run_id:
                 self.terminate(run_id, inst["InstanceId"])
+        self._delete_group(run_id)
         run_dir = work_root() / run_id
         if process_alive(self._pid(run_id), run_id) or not run_dir.exists():
             return
@@ -163,8 +188,56 @@ class LocalExecutor:
                                Body=stdout.read_bytes())
         shutil.rmtree(run_dir, ignore_errors=True)
 
+    def _stop_player(self, run_id: str) -> None:
+        pid = self._player_pid(run_id)
+        if process_alive(pid, run_id):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _delete_group(self, run_id: str) -> None:
+        """What the run stack's destroy removes on AWS: the group and its launch template."""
+        self._stop_player(run_id)
+        try:
+            self.autoscaling.delete_auto_scaling_group(AutoScalingGroupName=group_name(run_id), ForceDelete=True)
+        except Exception as exc:
+            if error_code(exc) != "ValidationError":
+                raise
+        try:
+            self.ec2.delete_launch_template(LaunchTemplateName=run_id)
+        except Exception as exc:
+            if not error_code(exc).startswith("InvalidLaunchTemplateName"):
+                raise
+
     def leftover_stacks(self) -> list[str]:
         return []
 
     def preview(self, req: ProvisionRequest) -> None:
         return None  # no stack to preview: the agent runs as a local process
+
+
+def request_spot_notice(target, run_id: str | None) -> tuple[str, float]:
+    """`sandbox interrupt`: EC2's spot notice for the active local run's machine. (run id,
+    seconds until the machine is taken)."""
+    from ..errors import BadInput, NoSuchRun
+    from .localgroup import request_interrupt
+
+    lease = target.state_store().read()
+    if lease is None:
+        raise NoSuchRun(f"no run is active in env {target.env}; launch one with `chronos-train --local launch`")
+    if run_id and lease.run_id != run_id:
+        raise NoSuchRun(f"run {run_id} is not active; the active run is {lease.run_id}")
+    run_dir = work_root() / lease.run_id
+    if lease.state.get("executor") != "local" or not process_alive(_read_pid(run_dir / PLAYER_PID), lease.run_id):
+        raise BadInput(f"run {lease.run_id} has no local machine group on this computer to interrupt "
+                       "(only a --local run launched here can be)")
+    request_interrupt(run_dir)
+    return lease.run_id, GroupSpec.load(run_dir).notice_seconds
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -14,6 +14,11 @@ from instance.protocol.layout import DATASETS_PREFIX, PYTHON_ENV_PREFIX, PROJECT
 SELF_INSTANCE_ARN = "arn:aws:ec2:*:*:instance/${ec2:InstanceID}"
 
 
+def group_arn(region: str, account: str, name: str) -> str:
+    """An Auto Scaling group's ARN; the group's UUID in it is matched by `*`."""
+    return f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/{name}"
+
+
 def assume_role_policy() -> dict:
     return {
         "Version": "2012-10-17",
@@ -71,6 +76,15 @@ def instance_policy(bucket_arn: str, env: str, region: str, account: str) -> dic
                 "Condition": {"StringLike": {"s3:prefix": [f"{DATASETS_PREFIX}*", f"{env}/*"]}},
             },
             {
+                # Ending a run takes its group's desired capacity to 0 first (the machine leaves
+                # its group), or the group would replace the machine. Only project groups.
+                "Sid": "EndOwnRunGroup",
+                "Effect": "Allow",
+                "Action": ["autoscaling:DetachInstances", "autoscaling:UpdateAutoScalingGroup"],
+                "Resource": [group_arn(region, account, "run-*")],
+                "Condition": {"StringEquals": {"aws:ResourceTag/Project": PROJECT_TAG}},
+            },
+            {
                 "Sid": "TerminateItselfOnly",
                 "Effect": "Allow",
                 "Action": ["ec2:TerminateInstances"],
@@ -114,6 +128,12 @@ OPERATOR_DESCRIBE_ACTIONS = (
     # `chronos-train doctor` checks that the infrastructure infra.json names exists.
     "ec2:DescribeSubnets",
     "ec2:DescribeSecurityGroups",
+    # The run's launch template and Auto Scaling group (create, refresh, destroy; monitor reads
+    # the group's scaling activities to tell capacity from quota).
+    "ec2:DescribeLaunchTemplates",
+    "ec2:DescribeLaunchTemplateVersions",
+    "autoscaling:DescribeAutoScalingGroups",
+    "autoscaling:DescribeScalingActivities",
 )
 
 
@@ -211,6 +231,48 @@ def operator_policy(bucket_arn: str, env: str, region: str, account: str, vpc_id
                 "Action": ["ec2:ModifyInstanceAttribute", "ec2:TerminateInstances", "ec2:DeleteVolume"],
                 "Resource": [f"{ec2}:instance/*", f"{ec2}:volume/*"],
                 "Condition": project_resource,
+            },
+            {
+                "Sid": "CreateTaggedLaunchTemplates",
+                "Effect": "Allow",
+                "Action": ["ec2:CreateLaunchTemplate", "ec2:CreateTags"],
+                "Resource": [f"{ec2}:launch-template/*"],
+                "Condition": {"StringEquals": {"aws:RequestTag/Project": PROJECT_TAG}},
+            },
+            {
+                # The group launches from the template with the caller's permissions checked
+                # (RunInstances on the template); destroy removes it.
+                "Sid": "UseAndDeleteProjectLaunchTemplates",
+                "Effect": "Allow",
+                "Action": ["ec2:RunInstances", "ec2:DeleteLaunchTemplate", "ec2:CreateLaunchTemplateVersion",
+                           "ec2:ModifyLaunchTemplate"],
+                "Resource": [f"{ec2}:launch-template/*"],
+                "Condition": project_resource,
+            },
+            {
+                "Sid": "CreateTaggedRunGroups",
+                "Effect": "Allow",
+                "Action": ["autoscaling:CreateAutoScalingGroup", "autoscaling:CreateOrUpdateTags"],
+                "Resource": [group_arn(region, account, "run-*")],
+                "Condition": {"StringEquals": {"aws:RequestTag/Project": PROJECT_TAG}},
+            },
+            {
+                # kill and verify-cleanup --fix set a run's group to 0 machines before ending them.
+                "Sid": "ManageProjectRunGroups",
+                "Effect": "Allow",
+                "Action": ["autoscaling:UpdateAutoScalingGroup", "autoscaling:DeleteAutoScalingGroup",
+                           "autoscaling:SetDesiredCapacity", "autoscaling:DetachInstances",
+                           "autoscaling:TerminateInstanceInAutoScalingGroup"],
+                "Resource": [group_arn(region, account, "run-*")],
+                "Condition": {"StringEquals": {"aws:ResourceTag/Project": PROJECT_TAG}},
+            },
+            {
+                # The first group of an account creates Auto Scaling's service-linked role.
+                "Sid": "CreateAutoScalingServiceRole",
+                "Effect": "Allow",
+                "Action": ["iam:CreateServiceLinkedRole"],
+                "Resource": [f"arn:aws:iam::{account}:role/aws-service-role/autoscaling.amazonaws.com/*"],
+                "Condition": {"StringEquals": {"iam:AWSServiceName": "autoscaling.amazonaws.com"}},
             },
             {
                 "Sid": "PassInstanceRoleToEc2",

@@ -18,6 +18,7 @@ from ..protocol.state import Fenced, RunKilled
 from ..protocol.status import Status
 from ..protocol.timeutil import iso
 from .context import AgentContext
+from ..protocol.group import leave_group
 from .selfterminate import os_shutdown, terminate_instance
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ class Cleanup:
         except Fenced as exc:
             log.error("fenced during cleanup: %s; writing nothing more", exc)
             report.fenced = True
+        if ctx.in_group and not self._superseded():
+            # Before the machine ends: a group that still wants a machine would replace it.
+            self._step("group", "leave (desired capacity 0)", "group", self._leave_group)
         terminate = self._step(f"instance {ctx.instance_id or '(none)'}", "terminate", "instance", self._terminate)
         if not report.fenced:
             if self.upload_log is not None:
@@ -163,6 +167,14 @@ class Cleanup:
         kill = self.ctx.holder.lease.state.get("kill")
         if kill and outcome.final_status == "killed":
             self.ctx.record.update(kill=kill)
+        state = self.ctx.holder.lease.state
+        machines = [dict(m) for m in state.get("machines") or []]
+        if machines and not machines[-1].get("ended_at"):
+            machines[-1]["ended_at"] = iso()
+        if machines or state.get("interruptions"):
+            # Every machine the run had, for its cost; the interruptions it went through.
+            self.ctx.record.update(machines=machines, interruptions=state.get("interruptions") or [],
+                                   attempt=state.get("attempt"))
         self.ctx.record.finish(outcome.final_status, outcome.reason, outcome.error)
 
     def _write_training_record(self) -> tuple[str, str]:
@@ -173,7 +185,7 @@ class Cleanup:
 
     def _delete_work_dir(self) -> tuple[str, str]:
         ctx = self.ctx
-        targets = [ctx.train_dir, ctx.staging_dir, ctx.ranks_dir, ctx.base_model_dir]
+        targets = [ctx.train_dir, ctx.staging_dir, ctx.ranks_dir, ctx.base_model_dir, ctx.resume_dir]
         if ctx.owns_work_dir:
             targets.append(ctx.data_dir)
         present = [p for p in targets if p.exists()]
@@ -188,6 +200,16 @@ class Cleanup:
             return NOT_FOUND, "already released by this agent"
         self.ctx.holder.release()
         return DONE, f"deleted {self.ctx.uri(self.ctx.layout.state)} (If-Match)"
+
+    def _superseded(self) -> bool:
+        """Fenced by a newer machine of this same run: the group is that machine's now."""
+        fenced = self.ctx.holder.fenced
+        current = getattr(fenced, "current", None)
+        return bool(current is not None and current.run_id == self.ctx.run_id
+                    and current.state.get("instance_id") not in (None, self.ctx.instance_id))
+
+    def _leave_group(self) -> tuple[str, str]:
+        return leave_group(self.ctx.autoscaling(), self.ctx.run_id, self.ctx.instance_id)
 
     def _terminate(self) -> tuple[str, str]:
         ctx = self.ctx

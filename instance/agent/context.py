@@ -21,11 +21,14 @@ from ..protocol.artifacts import dumps, put_if
 from ..protocol.aws import AwsTarget, is_not_found
 from ..protocol.layout import Layout, s3_uri
 from ..protocol.record import RunRecord
+from ..protocol.timeutil import iso
 from ..protocol.state import Fenced
 from .hooks import Hooks
 from .lockholder import LockHolder
 
 log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "_COMPLETE"
 
 
 @dataclass
@@ -45,6 +48,11 @@ class AgentContext:
     expect_gpu: str = "auto"  # auto | yes | no (gpucheck.py)
     shutdown_at: float | None = None  # the dead-man switch, epoch seconds on this machine's clock
     config: Any = None  # RunConfig once initialization has read it
+    attempt: int = 1  # which machine of the run this is (attempts.py)
+    replaceable: bool = False  # a lost machine is replaced (the group still wants one after this)
+    in_group: bool = False  # the run's machines come from its Auto Scaling group
+    run_left_s: float | None = None  # until the run's deadline_at, by S3's clock at boot
+    last_checkpoint_step: int | None = None  # of the newest checkpoint complete in S3
     _etags: dict[str, str | None] = field(default_factory=dict)
 
     @property
@@ -77,6 +85,11 @@ class AgentContext:
         """The base model, saved once for the ranks to load."""
         return self.work_dir / "base-model"
 
+    @property
+    def resume_dir(self) -> Path:
+        """The checkpoint a replacement machine goes on from, downloaded."""
+        return self.work_dir / "resume"
+
     def uri(self, key: str) -> str:
         return s3_uri(self.bucket, key)
 
@@ -84,6 +97,11 @@ class AgentContext:
         from ..protocol.aws import client
 
         return client("ec2", self.target)
+
+    def autoscaling(self):
+        from ..protocol.aws import client
+
+        return client("autoscaling", self.target)
 
     # -- fenced writes ---------------------------------------------------------------------------
     def guard(self) -> None:
@@ -97,6 +115,14 @@ class AgentContext:
             if not is_not_found(exc):
                 raise
             self._etags[key] = None
+
+    def read_record(self, key: str) -> Any | None:
+        """A record as S3 holds it now (an earlier machine's), remembering its ETag for our write."""
+        from ..protocol.artifacts import get_json_versioned
+
+        doc, etag = get_json_versioned(self.s3, self.bucket, key)
+        self._etags[key] = etag
+        return doc
 
     def write_record(self, key: str, doc: Any) -> None:
         """One conditional PutObject: create if absent, else replace only the version we wrote."""
@@ -151,6 +177,7 @@ class CheckpointUploader:
         self.ctx = ctx
         self.prefix = ctx.layout.checkpoints(ctx.run_id)
         self.uploaded: list[str] = []
+        self.last_step: int | None = None  # of the newest checkpoint complete in S3
         self.errors: list[str] = []
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="checkpoint-upload", daemon=True)
@@ -179,6 +206,10 @@ class CheckpointUploader:
             name = staged.name
             try:
                 self.ctx.upload_dir(staged, f"{self.prefix}{name}/")
+                # Written last: a checkpoint counts (for a resume) only once all of it is in S3.
+                self.ctx.s3.put_object(Bucket=self.ctx.bucket, Key=f"{self.prefix}{name}/{COMPLETE_MARKER}",
+                                       Body=dumps({"step": step, "at": iso()}))
+                self.last_step = self.ctx.last_checkpoint_step = step
                 for old in self.uploaded:
                     self.ctx.delete_prefix(f"{self.prefix}{old}/")
                 self.uploaded = [name]
@@ -192,3 +223,34 @@ class CheckpointUploader:
             finally:
                 shutil.rmtree(staged, ignore_errors=True)
 
+
+
+def latest_checkpoint(ctx: AgentContext) -> tuple[str, int] | None:
+    """(prefix, step) of the newest checkpoint complete in S3 (its marker written), or None."""
+    import json
+
+    prefix = ctx.layout.checkpoints(ctx.run_id)
+    best: tuple[str, int] | None = None
+    for page in ctx.s3.get_paginator("list_objects_v2").paginate(Bucket=ctx.bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith("/" + COMPLETE_MARKER):
+                continue
+            body = ctx.s3.get_object(Bucket=ctx.bucket, Key=obj["Key"])["Body"].read()
+            step = int(json.loads(body)["step"])
+            if best is None or step > best[1]:
+                best = (obj["Key"][: -len(COMPLETE_MARKER)], step)
+    return best
+
+
+def download_prefix(ctx: AgentContext, prefix: str, dest: Path) -> Path:
+    """Every object under `prefix` into `dest` (a checkpoint to resume from), markers aside."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for page in ctx.s3.get_paginator("list_objects_v2").paginate(Bucket=ctx.bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix):]
+            if not rel or rel == COMPLETE_MARKER:
+                continue
+            path = dest / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ctx.s3.download_file(ctx.bucket, obj["Key"], str(path))
+    return dest

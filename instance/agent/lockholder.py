@@ -37,12 +37,14 @@ class MaxRuntimeExceeded(StopRun):
 
 class SpotInterrupted(StopRun):
     reason = "spot_interrupted"
+    interruption = True  # the machine goes away: a replacement may resume the run
 
 
 class AgentTerminated(StopRun):
     """SIGTERM from outside (an OS shutdown) that is neither the deadline nor a spot notice."""
 
     reason = "AgentTerminated"
+    interruption = True
 
 
 class LockHolder:
@@ -114,6 +116,10 @@ class LockHolder:
     def move(self, status: Status, **fields: Any) -> Lease:
         return self._write(lambda lease: self.store.move(lease, status, phase=status.value, **fields))
 
+    def amend(self, mutate: Callable[[dict], dict | None]) -> Lease:
+        """Any change to the state that is not a move (pinned to the current status)."""
+        return self._write(lambda lease: self.store.update(lease, mutate))
+
     def beat(self, **fields: Any) -> Lease:
         """Heartbeat (and progress). A kill found this way is remembered, not raised."""
         try:
@@ -178,34 +184,41 @@ class LockHolder:
 
 
 class Heartbeat(Periodic):
-    """heartbeat_at every `interval` seconds in every phase, plus a probe (EC2 spot notice)
-    whose answer, when not None, stops the run."""
+    """heartbeat_at every `interval` seconds in every phase."""
 
     name = "heartbeat"
 
-    def __init__(
-        self,
-        holder: LockHolder,
-        interval: float,
-        fields: Callable[[], dict] = dict,
-        probe: Callable[[], str | None] | None = None,
-    ):
+    def __init__(self, holder: LockHolder, interval: float, fields: Callable[[], dict] = dict):
         super().__init__(interval)
         self.holder = holder
         self.fields = fields
+
+    def tick(self) -> None:
+        self.holder.beat(**self.fields())
+
+
+class NoticeWatch(Periodic):
+    """Asks the instance metadata every `interval` seconds whether EC2 is taking the machine back
+    (a spot notice: two minutes left); the answer stops the run at its next step, checkpointed."""
+
+    name = "spot-notice"
+
+    def __init__(self, holder: LockHolder, interval: float, probe: Callable[[], str | None]):
+        super().__init__(interval)
+        self.holder = holder
         self.probe = probe
 
     def tick(self) -> None:
-        if self.probe is not None:
-            try:
-                notice = self.probe()
-            except Exception as exc:  # the probe is best effort; the dead-man switch backs it
-                log.debug("spot probe failed: %s", exc)
-                notice = None
-            if notice:
-                log.warning("spot interruption notice: %s", notice)
-                self.holder.spot_notice = notice
-        self.holder.beat(**self.fields())
+        if self.holder.spot_notice:
+            return
+        try:
+            notice = self.probe()
+        except Exception as exc:  # best effort: a machine lost unwarned resumes from the last checkpoint
+            log.debug("spot probe failed: %s", exc)
+            return
+        if notice:
+            log.warning("spot interruption notice: %s", notice)
+            self.holder.spot_notice = notice
 
 
 class TrainingWatch(Periodic):

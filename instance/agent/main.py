@@ -9,8 +9,15 @@ initialization → data_sync → training → results_sync → cleanup. Any fail
 cleanup, which always runs. An agent that finds it is fenced (the lock was released by someone
 else or belongs to another run) writes nothing more and exits 3.
 
+Every machine of a run (the run stack's Auto Scaling group replaces a lost one) first decides
+from the lock whether the run goes on here (protocol/attempts.py): start, resume from the newest
+checkpoint as attempt n + 1, or end it. A machine that gets a spot notice (or SIGTERM from a
+shutdown it did not ask for) while a replacement may still come checkpoints, records the
+interruption, keeps the lock and ends itself: the group brings the next machine.
+
 Exit codes: 0 completed, 4 failed, 5 killed (cleanup done in all three); 3 not the holder or
-fenced (nothing written); 1 cleanup itself could not finish.
+fenced (nothing written); 7 interrupted, the run left to a replacement machine; 1 cleanup itself
+could not finish.
 Environment: CHRONOS_HEARTBEAT_SECONDS (10), CHRONOS_LOG_UPLOAD_SECONDS (60),
 CHRONOS_DEADLINE_SECONDS (remaining time before the soft deadline; default: a safety margin
 before --shutdown-at, the dead-man switch's time on this machine's clock, or without it
@@ -32,19 +39,29 @@ from typing import Any, Callable
 
 from ..protocol.aws import AwsTarget, client
 from ..protocol.layout import check_env, check_run_id
+from ..protocol.attempts import (END, NOT_HOLDER, RESUME, TOO_MANY_INTERRUPTIONS, MAX_RUNTIME_EXCEEDED, Boot,
+                                 deadline, decide_boot, interruption_entry, machine_entry)
+from ..protocol.group import leave_group
 from ..protocol.record import RunRecord
-from ..protocol.state import Fenced, RunKilled, StateStore
-from ..protocol.status import Status
-from ..protocol.timeutil import parse_iso, utcnow
+from ..protocol.state import Fenced, Lease, RunKilled, StateStore
+from ..protocol.status import MAIN_CHAIN, Status
+from ..protocol.timeutil import iso, parse_iso, utcnow
 from .cleanup import Cleanup, CleanupReport, Outcome
 from .context import AgentContext
 from . import hooks
-from .lockholder import Heartbeat, KilledByUser, LockHolder, StopRun
+from .lockholder import Heartbeat, KilledByUser, LockHolder, NoticeWatch, StopRun
+from .selfterminate import terminate_instance
 from .logshipper import LogShipper, setup_logging
 
 log = logging.getLogger("instance.agent")
+INTERRUPTED = "interrupted"  # an outcome that is no ending: the run goes on on another machine
 
-EXIT_COMPLETED, EXIT_CLEANUP_FAILED, EXIT_NOT_HOLDER, EXIT_FAILED, EXIT_KILLED = 0, 1, 3, 4, 5
+EXIT_COMPLETED, EXIT_CLEANUP_FAILED, EXIT_NOT_HOLDER, EXIT_FAILED, EXIT_KILLED, EXIT_INTERRUPTED = 0, 1, 3, 4, 5, 7
+# A lock another machine's agent wrote within this many of its heartbeats belongs to a live
+# machine: a replacement that boots beside it (capacity rebalancing launches the new one first)
+# waits for it to go, at most HOLDER_WAIT_S.
+HOLDER_FRESH_BEATS = 4
+HOLDER_WAIT_S = 6 * 60.0
 EC2_WORK_DIR = Path("/opt/chronos/work")
 
 
@@ -59,7 +76,7 @@ def deadline_margin_seconds(max_runtime_minutes: int) -> float:
 
 
 def soft_deadline(started_at: str | None, max_runtime_minutes: int, clock: Callable[[], float] = time.monotonic,
-                  shutdown_at: float | None = None) -> float:
+                  shutdown_at: float | None = None, run_left_s: float | None = None) -> float:
     """The deadline on `clock`. With `shutdown_at` (the dead-man switch, in epoch seconds read
     from this machine's clock when it was set), one clock decides: the agent stops a margin
     before the machine powers off. Without it, counted from the lock's creation (before the
@@ -69,7 +86,13 @@ def soft_deadline(started_at: str | None, max_runtime_minutes: int, clock: Calla
         return clock() + float(override)
     margin = deadline_margin_seconds(max_runtime_minutes)
     if shutdown_at is not None:
-        return clock() + (shutdown_at - time.time()) - margin
+        # A replacement machine's switch counts from its own boot; the run's deadline may be sooner.
+        left = shutdown_at - time.time()
+        if run_left_s is not None:
+            left = min(left, run_left_s)
+        return clock() + left - margin
+    if run_left_s is not None:
+        return clock() + run_left_s - margin
     start = parse_iso(started_at) or utcnow()
     budget = max_runtime_minutes * 60 - margin
     return clock() + budget - (utcnow() - start).total_seconds()
@@ -82,9 +105,11 @@ class Phase:
 
 
 class Agent:
-    def __init__(self, ctx: AgentContext, *, heartbeat_seconds: float, log_seconds: float, spot_probe=None):
+    def __init__(self, ctx: AgentContext, *, heartbeat_seconds: float, log_seconds: float, spot_probe=None,
+                 notice_seconds: float = 5.0):
         self.ctx = ctx
-        self.heartbeat = Heartbeat(ctx.holder, heartbeat_seconds, self._beat_fields, spot_probe)
+        self.heartbeat = Heartbeat(ctx.holder, heartbeat_seconds, self._beat_fields)
+        self.notices = NoticeWatch(ctx.holder, notice_seconds, spot_probe) if spot_probe else None
         self.shipper = LogShipper(
             ctx.s3, ctx.bucket, ctx.layout.agent_log(ctx.run_id), ctx.log_path, log_seconds, ctx.guard
         )
@@ -97,14 +122,28 @@ class Agent:
 
     def _stop_background(self) -> None:
         self.heartbeat.stop()
+        if self.notices is not None:
+            self.notices.stop()
         self.shipper.stop()
 
     def run(self) -> int:
         self.heartbeat.start()
+        if self.notices is not None:
+            self.notices.start()
         self.shipper.start()
         outcome, fenced = self._run_phases()
         if fenced:
             return self._fenced_exit()
+        if outcome.final_status == INTERRUPTED:
+            outcome = self._hand_over(outcome)
+            if outcome is None:
+                return EXIT_INTERRUPTED
+            if outcome.final_status == "fenced":
+                return self._fenced_exit()
+        return self.end(outcome)
+
+    def end(self, outcome: Outcome) -> int:
+        """Cleanup (always), once more if a step failed, and the exit code."""
         report = self.cleanup.run(outcome)
         if not report.ok and not report.fenced:
             log.warning("cleanup had errors; trying the failed steps once more")
@@ -143,6 +182,11 @@ class Agent:
         except StopRun as stop:
             if stop.final_status == "killed":
                 outcome = Outcome.killed()
+            elif getattr(stop, "interruption", False) and ctx.replaceable:
+                log.warning("interrupted in %s: %s; a replacement machine goes on", current.value, stop)
+                return Outcome(INTERRUPTED, stop.reason, _error(stop, current)), False
+            elif getattr(stop, "interruption", False) and int(ctx.holder.lease.state.get("max_machines", 1)) > 1:
+                outcome = Outcome("failed", TOO_MANY_INTERRUPTIONS, _error(stop, current))
             else:
                 outcome = Outcome("failed", stop.reason, _error(stop, current))
         except Exception as exc:
@@ -154,9 +198,9 @@ class Agent:
     def _run_phase(self, phase: Phase) -> Any:
         ctx = self.ctx
         ctx.holder.check()
-        if phase.status != Status.INITIALIZATION:
+        if phase.status != Status.INITIALIZATION and is_ahead(phase.status, ctx.holder.status):
             ctx.holder.move(phase.status)
-        else:
+        else:  # the first phase, or one a replacement machine does again: the status stays
             ctx.holder.beat(**self._beat_fields())
         log.info("phase %s", phase.status.value)
         ctx.record.phase_started(phase.status.value)
@@ -164,7 +208,8 @@ class Agent:
         ctx.hooks.phase_started(phase.status.value, ctx.holder.check)
         if phase.status == Status.DATA_SYNC and ctx.holder.deadline is None:
             ctx.holder.deadline = soft_deadline(ctx.holder.lease.state.get("started_at"),
-                                                ctx.config.instance.max_runtime_minutes, shutdown_at=ctx.shutdown_at)
+                                                ctx.config.instance.max_runtime_minutes, shutdown_at=ctx.shutdown_at,
+                                                run_left_s=ctx.run_left_s)
         out = phase.run()
         ctx.record.phase_ended(phase.status.value, "ok", out.summary())
         return out
@@ -191,6 +236,48 @@ class Agent:
         return outcome, False
 
     # -- endings -----------------------------------------------------------------------------
+    def _hand_over(self, outcome: Outcome) -> Outcome | None:
+        """Leave the run to the next machine: the interruption recorded in the lock (which stays
+        held), the records and log uploaded, this machine ended; the group replaces it. None when
+        handed over; else the outcome to end the run with (a kill that came first, or fenced)."""
+        ctx = self.ctx
+        self._stop_background()
+        now = utcnow()
+        progress = ctx.holder.lease.state.get("progress") or {}
+        entry = interruption_entry(progress.get("step"), ctx.instance_id, ctx.record.doc["host"].get("instance_type"),
+                                   ctx.record.doc["host"].get("zone"), ctx.holder.spot_notice or outcome.reason, now)
+        entry["checkpoint_step"] = ctx.last_checkpoint_step
+
+        def note(state: dict) -> dict:
+            machines = list(state.get("machines") or [])
+            if machines:
+                machines[-1] = {**machines[-1], "ended_at": iso(now)}
+            return {**state, "interruptions": [*(state.get("interruptions") or []), entry],
+                    "awaiting_machine": True, "machines": machines}
+
+        try:
+            ctx.holder.amend(note)
+        except RunKilled:
+            return Outcome.killed()  # killed meanwhile: this machine ends the run after all
+        except Fenced as exc:
+            log.error("fenced: %s", exc)
+            return Outcome("fenced")
+        name = ctx.record.running_phase()
+        if name:
+            ctx.record.phase_ended(name, "interrupted")
+        ctx.record.update(interruptions=ctx.holder.lease.state["interruptions"])
+        for what, action in (("training record", lambda: ctx.write_record(ctx.layout.training_record(ctx.run_id),
+                                                                           ctx.record.snapshot())),
+                             ("agent log", lambda: self.shipper.upload(force=True))):
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - the lock holds what the next machine needs
+                log.warning("interrupted: could not upload the %s: %s", what, exc)
+        result, detail = terminate_instance(ctx.ec2(), ctx.instance_id) if ctx.instance_id else ("not_found", "")
+        log.warning("interrupted at step %s (checkpoint %s); this machine ends (%s: %s), the group replaces it",
+                    entry["step"], entry["checkpoint_step"], result, detail)
+        return None
+
     def _fenced_exit(self) -> int:
         self._stop_background()
         report = self.cleanup.run(Outcome("failed", "fenced"))  # only terminates: nothing is written
@@ -205,11 +292,89 @@ class Agent:
         return {"completed": EXIT_COMPLETED, "killed": EXIT_KILLED}.get(report.outcome.final_status, EXIT_FAILED)
 
 
+def is_ahead(target: Status, current: Status) -> bool:
+    return target in MAIN_CHAIN and current in MAIN_CHAIN and MAIN_CHAIN.index(target) > MAIN_CHAIN.index(current)
+
+
 def _error(exc: BaseException, phase: Status) -> dict[str, str]:
     return {"class": type(exc).__name__, "message": str(exc) or type(exc).__name__, "phase": phase.value}
 
 
 # -- entry ---------------------------------------------------------------------------------------
+def await_machine_gone(store: StateStore, lease: Lease | None, instance_id: str | None, fresh_s: float,
+                       clock: Callable[[], float] = time.monotonic) -> Lease | None:
+    """While another machine's agent still writes the run's lock (the group launched this one
+    before the old one went, as capacity rebalancing does), wait for it to stop, at most
+    HOLDER_WAIT_S; its next heartbeat would otherwise be the last word."""
+    waited = clock()
+    while lease is not None and not lease.state.get("awaiting_machine") and lease.state.get("instance_id") \
+            and lease.state.get("instance_id") != instance_id and lease.age is not None \
+            and lease.age.total_seconds() < fresh_s and clock() - waited < HOLDER_WAIT_S \
+            and not Status(lease.state["status"]).is_terminal and lease.state.get("group"):
+        log.info("machine %s still writes the lock (%.0f s ago); waiting for it to go",
+                 lease.state["instance_id"], lease.age.total_seconds())
+        time.sleep(min(5.0, fresh_s / 4))
+        lease = store.read()
+    return lease
+
+
+def begin(agent: Agent, boot: Boot, now) -> int | None:
+    """Act on the boot decision before any phase: end the run here (an exit code), or record this
+    machine in the lock (None: go on with the phases, from the start or resumed)."""
+    ctx = agent.ctx
+    holder = ctx.holder
+    if boot.action == END:
+        if boot.final_status == "killed":
+            return None  # the phases stop at their first check; cleanup records the kill
+        if not holder.status.is_terminal:
+            error = {"class": boot.reason, "message": _END_MESSAGES.get(boot.reason, boot.reason), "phase": None}
+            try:
+                holder.move(Status.FAILED, error=error, reason=boot.reason)
+            except RunKilled:
+                return None
+            except Fenced as exc:
+                log.error("fenced: %s", exc)
+                return agent._fenced_exit()
+        return agent.end(Outcome(boot.final_status, boot.reason,
+                                 holder.lease.state.get("error") if boot.final_status == "failed" else None))
+    machine = machine_entry(ctx.instance_id, ctx.record.doc["host"].get("instance_type"),
+                            ctx.record.doc["host"].get("zone"), "spot" if holder.lease.state.get("spot") else "on-demand",
+                            boot.attempt, now)
+    earlier = ctx.read_record(ctx.layout.training_record(ctx.run_id)) if boot.action == RESUME else None
+    if earlier:
+        ctx.record.update(earlier_machines=[*(earlier.get("earlier_machines") or []),
+                                            {k: earlier.get(k) for k in ("host", "phases", "training")}])
+
+    def enter(state: dict) -> dict:
+        return {**state, "attempt": boot.attempt, "instance_id": ctx.instance_id, "awaiting_machine": False,
+                "machines": [*(state.get("machines") or []), machine]}
+
+    try:
+        holder.amend(enter)
+    except RunKilled:
+        return None
+    except Fenced as exc:
+        log.error("fenced: %s", exc)
+        return EXIT_NOT_HOLDER
+    ctx.record.update(attempt=boot.attempt, interruptions=holder.lease.state.get("interruptions") or [])
+    if boot.last_machine and ctx.in_group:
+        # The last machine the run may have: out of the group now, so that nothing replaces it,
+        # whatever happens to it (attempts.py: the bound on machines).
+        result, detail = leave_group(ctx.autoscaling(), ctx.run_id, ctx.instance_id)
+        log.info("last machine of the run (attempt %d of %d): %s (%s)", boot.attempt,
+                 holder.lease.state.get("max_machines", 1), result, detail)
+    if boot.action == RESUME:
+        log.warning("attempt %d: resuming run %s after %d interruption(s)", boot.attempt, ctx.run_id,
+                    len(holder.lease.state.get("interruptions") or []))
+    return None
+
+
+_END_MESSAGES = {
+    TOO_MANY_INTERRUPTIONS: "the run lost every machine it may have (instance.max_interruptions)",
+    MAX_RUNTIME_EXCEEDED: "the run reached instance.max_runtime_minutes while waiting for a machine",
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m instance.agent", description="Run one chronos-train run on this machine.")
     p.add_argument("--env", required=True)
@@ -253,44 +418,58 @@ def main(argv: list[str] | None = None) -> int:
     target = AwsTarget.from_env(args.region, args.endpoint_url)
     s3 = client("s3", target)
     store = StateStore(s3, args.bucket, args.env)
-    lease = store.read()
-    if lease is None or lease.run_id != args.run_id:
-        holder = lease.run_id if lease else "nobody"
-        log.error("run %s does not hold the lock (%s does); writing nothing", args.run_id, holder)
-        return EXIT_NOT_HOLDER
-    if lease.status not in (Status.INITIALIZATION, Status.KILLED):
-        log.error("run %s is already in %s: another agent runs it; writing nothing", args.run_id, lease.status.value)
-        return EXIT_NOT_HOLDER
 
-    instance_id = args.instance_id or lease.state.get("instance_id")
+    instance_id = args.instance_id
     spot_probe = None
-    if not args.local:
+    imds_here = not args.local or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+    if imds_here:
         from .selfterminate import instance_id_from_imds, spot_interruption_notice
 
-        instance_id = args.instance_id or instance_id_from_imds()
-        if lease.state.get("spot"):
-            spot_probe = spot_interruption_notice
+        instance_id = instance_id or instance_id_from_imds()
+    heartbeat_s = _seconds("CHRONOS_HEARTBEAT_SECONDS", 10.0)
+    lease = await_machine_gone(store, store.read(), instance_id, HOLDER_FRESH_BEATS * heartbeat_s)
+    now = (lease.seen_at if lease is not None and lease.seen_at else None) or utcnow()
+    boot = decide_boot(lease.state if lease is not None else None, args.run_id, now)
+    log.info("boot: %s (attempt %d%s)", boot.action, boot.attempt, f", {boot.reason}" if boot.reason else "")
+    if boot.action == NOT_HOLDER:
+        holder_id = lease.run_id if lease else "nobody"
+        log.error("run %s does not hold the lock (%s does); writing nothing", args.run_id, holder_id)
+        if lease is None or lease.run_id != args.run_id:
+            # No run for this machine: a group that would replace it must want nothing more.
+            result, detail = leave_group(client("autoscaling", target), args.run_id, instance_id)
+            log.info("group: %s (%s)", result, detail)
+        return EXIT_NOT_HOLDER
+    state = lease.state
+    instance_id = instance_id or state.get("instance_id")
+    if state.get("spot") and imds_here:
+        spot_probe = spot_interruption_notice
     host = {
         "instance_id": instance_id,
         "executor": "local" if args.local else "ec2",
-        **{k: lease.state[k] for k in ("instance_type", "spot") if k in lease.state},
+        **{k: state[k] for k in ("instance_type", "spot") if k in state},
     }
     holder = LockHolder(store, lease)
-    record = RunRecord(run_id=args.run_id, env=args.env, started_at=lease.state.get("started_at"), host=host)
+    record = RunRecord(run_id=args.run_id, env=args.env, started_at=state.get("started_at"), host=host)
+    due = deadline(state)
     ctx = AgentContext(
         env=args.env, bucket=args.bucket, run_id=args.run_id, target=target, local=args.local,
         instance_id=instance_id, work_dir=work_dir, owns_work_dir=owns, s3=s3, holder=holder, record=record,
         hooks=hooks.load(os.environ.get("CHRONOS_AGENT_HOOKS")) if args.local else hooks.Hooks(), expect_gpu=args.expect_gpu,
-        shutdown_at=args.shutdown_at,
+        shutdown_at=args.shutdown_at, attempt=max(boot.attempt, 1), in_group=bool(state.get("group")),
+        replaceable=bool(state.get("group")) and boot.works and not boot.last_machine,
+        run_left_s=(due - now).total_seconds() if due is not None and state.get("group") else None,
     )
     signal.signal(signal.SIGTERM, lambda *_: setattr(holder, "terminated", True))
     agent = Agent(
         ctx,
-        heartbeat_seconds=_seconds("CHRONOS_HEARTBEAT_SECONDS", 10.0),
+        heartbeat_seconds=heartbeat_s,
         log_seconds=_seconds("CHRONOS_LOG_UPLOAD_SECONDS", 60.0),
         spot_probe=spot_probe,
+        notice_seconds=_seconds("CHRONOS_NOTICE_SECONDS", 5.0),
     )
-    code = agent.run()
+    code = begin(agent, boot, now)
+    if code is None:
+        code = agent.run()
     log.info("agent exits with %d", code)
     if owns:
         import shutil

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from ..model.dataset import (
 )
 from ..protocol.runconfig import ConfigError, check_runtime_support, parse_config
 from ..protocol.timeutil import iso
-from .context import AgentContext, CheckpointUploader
+from .context import AgentContext, CheckpointUploader, download_prefix, latest_checkpoint
 from .lockholder import TrainingWatch
 
 log = logging.getLogger(__name__)
@@ -179,16 +180,17 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
     base = load_base(cfg.model.base, context_length=settings.context_length, seed=settings.seed,
                      on="cpu" if world > 1 else None)
     ctx.holder.check()
+    resume_from = checkpoint_to_resume(ctx)
 
     uploader = CheckpointUploader(ctx)
     try:
         with TrainingWatch(ctx.holder) as watch:
             if world > 1:
-                outcome = _train_on_ranks(ctx, base, inp, settings, world, watch, uploader)
+                outcome = _train_on_ranks(ctx, base, inp, settings, world, watch, uploader, resume_from)
             else:
                 hooks = training_hooks(ctx.holder, watch, on_checkpoint=uploader.submit,
                                        fault=ctx.hooks.first_training_step)
-                outcome = train_model(base, inputs, settings, inp.output_dir, hooks)
+                outcome = train_model(base, inputs, settings, inp.output_dir, hooks, resume_from=resume_from)
     finally:
         uploader.flush()
     stats = outcome.summary()
@@ -207,7 +209,26 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
     return TrainingOutput(outcome.model_dir, stats, metrics, info, list(uploader.uploaded))
 
 
-def _train_on_ranks(ctx: AgentContext, base, inp: TrainingInput, settings, world: int, watch, uploader):
+def checkpoint_to_resume(ctx: AgentContext) -> Path | None:
+    """On a machine that replaces a lost one: the newest checkpoint complete in S3, downloaded.
+    None on the first machine, or when the lost one saved none (training starts over)."""
+    if ctx.attempt <= 1:
+        return None
+    found = latest_checkpoint(ctx)
+    if found is None:
+        log.warning("attempt %d: no complete checkpoint in S3; training starts from the base model", ctx.attempt)
+        return None
+    prefix, step = found
+    started = time.monotonic()
+    folder = download_prefix(ctx, prefix, ctx.resume_dir / f"checkpoint-{step}")
+    log.info("attempt %d: resuming from %s (step %d, downloaded in %.1f s)", ctx.attempt, ctx.uri(prefix), step,
+             time.monotonic() - started)
+    ctx.record.update(resumed_from={"uri": ctx.uri(prefix), "step": step, "attempt": ctx.attempt})
+    return folder
+
+
+def _train_on_ranks(ctx: AgentContext, base, inp: TrainingInput, settings, world: int, watch, uploader,
+                    resume_from: Path | None = None):
     """The base model saved once for the ranks to load, the job written, torchrun run."""
     import shutil
     from dataclasses import asdict
@@ -221,6 +242,7 @@ def _train_on_ranks(ctx: AgentContext, base, inp: TrainingInput, settings, world
         files=[str(f) for f in inp.files], settings=asdict(settings), base_dir=str(ctx.base_model_dir),
         output_dir=str(inp.output_dir), staging_dir=str(ctx.staging_dir), agent_pid=os.getpid(),
         world_size=world, fault_ranks=ctx.hooks.failing_ranks(world),
+        resume_from=str(resume_from) if resume_from else None,
     )
     try:
         return train_on_ranks(job, ctx.ranks_dir, stop_reason=lambda: stop_reason(ctx.holder),
@@ -246,6 +268,8 @@ def training_hooks(holder, watch, *, on_checkpoint=None, fault=None):
         stop_flag=lambda: stop_reason(holder),
         on_checkpoint=on_checkpoint,
         fault=fault,
+        # Handing over is no I/O; `watch` writes what it holds at its own pace (every 2 s).
+        report_every=2.0,
     )
 
 

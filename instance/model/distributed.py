@@ -67,6 +67,7 @@ class RankJob:
     world_size: int
     report_every: float = 15.0
     fault_ranks: list[int] = field(default_factory=list)
+    resume_from: str | None = None  # a full checkpoint every rank goes on from (its own RNG state in it)
 
     @property
     def training(self) -> TrainingSettings:
@@ -287,7 +288,8 @@ def run_rank(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingOutc
     base = load_base(job.base_dir, context_length=settings.context_length, seed=settings.seed, on=on)
     log.info("rank %d of %d on %s (%s), %d series per step of %d", info.rank, info.world_size, on, backend,
              settings.batch_size // info.world_size, settings.batch_size)
-    outcome = train_model(base, inputs, settings, Path(job.output_dir), rank_hooks(job, info, channel), ranks)
+    outcome = train_model(base, inputs, settings, Path(job.output_dir), rank_hooks(job, info, channel), ranks,
+                          resume_from=Path(job.resume_from) if job.resume_from else None)
     if info.is_main:
         channel.emit("outcome", outcome=outcome.to_json())
     ranks.barrier()  # no rank leaves before rank 0 has written the model and the outcome

@@ -73,6 +73,10 @@ def decide_boot(state: Mapping[str, Any] | None, run_id: str, now: datetime) -> 
     due = deadline(state)
     if due is not None and now >= due:
         return Boot(END, used, MAX_RUNTIME_EXCEEDED, "failed")
+    interrupted = parse_iso(((state.get("interruptions") or [{}])[-1]).get("at"))
+    wait = timedelta(minutes=int(state.get("capacity_wait_minutes", 30)))
+    if state.get("awaiting_machine") and interrupted is not None and now >= interrupted + wait:
+        return Boot(END, used, NO_CAPACITY, "failed")
     action = START if used == 0 and status is Status.INITIALIZATION else RESUME
     return Boot(action, used + 1, last_machine=used + 1 >= allowed)
 

@@ -58,7 +58,8 @@ def leave_group(autoscaling, run_id: str, instance_id: str | None) -> tuple[str,
 
 
 def end_group(autoscaling, run_id: str) -> tuple[str, str]:
-    """The CLI's end: no machine wanted, none allowed. Any machine still in the group ends."""
+    """The CLI's end: no machine wanted, none allowed. Any machine still in the group ends.
+    Never raises: (result, detail)."""
     name = group_name(run_id)
     try:
         autoscaling.update_auto_scaling_group(AutoScalingGroupName=name, MinSize=0, MaxSize=0, DesiredCapacity=0)
@@ -66,7 +67,7 @@ def end_group(autoscaling, run_id: str) -> tuple[str, str]:
     except Exception as exc:
         if error_code(exc) in GONE_CODES:
             return "not_found", f"no group {name}"
-        raise
+        return "error", f"{type(exc).__name__}: {exc}"
 
 
 def failed_launches(autoscaling, run_id: str, limit: int = 10) -> list[str]:
@@ -78,3 +79,26 @@ def failed_launches(autoscaling, run_id: str, limit: int = 10) -> list[str]:
         log.debug("scaling activities of %s: %s", run_id, exc)
         return []
     return [a.get("StatusMessage") or a.get("Description", "") for a in acts if a.get("StatusCode") == "Failed"]
+
+
+# The group's shape, one source for the run stack (Pulumi) and the sandbox's group (boto3).
+# price-capacity-optimized: the deepest spot pools at the lowest price, fewest interruptions
+# (AWS's recommendation for spot groups); on-demand follows the listed order.
+SPOT_ALLOCATION = "price-capacity-optimized"
+ON_DEMAND_ALLOCATION = "prioritized"
+
+
+def mixed_instances_policy(launch_template: str, types: list[str], spot: bool) -> dict[str, Any]:
+    """The group's MixedInstancesPolicy (Auto Scaling API form): every listed type, spot or not."""
+    return {
+        "LaunchTemplate": {
+            "LaunchTemplateSpecification": {"LaunchTemplateName": launch_template, "Version": "$Latest"},
+            "Overrides": [{"InstanceType": t} for t in types],
+        },
+        "InstancesDistribution": {
+            "OnDemandAllocationStrategy": ON_DEMAND_ALLOCATION,
+            "OnDemandBaseCapacity": 0,
+            "OnDemandPercentageAboveBaseCapacity": 0 if spot else 100,
+            "SpotAllocationStrategy": SPOT_ALLOCATION,
+        },
+    }

@@ -97,13 +97,30 @@ class RunRecord:
         self.doc.update(final_status=final_status, reason=reason, error=error, ended_at=iso(end))
         start = parse_iso(self.doc["started_at"]) or end
         self.doc["duration_seconds"] = round((end - start).total_seconds(), 3)
-        self.doc["cost"] = estimate_cost(self.doc["host"], self.doc["duration_seconds"])
+        self.doc["cost"] = estimate_cost(self.doc["host"], self.doc["duration_seconds"], self.doc.get("machines"))
 
     def snapshot(self) -> dict[str, Any]:
         return copy.deepcopy(self.doc)
 
 
-def estimate_cost(host: dict[str, Any], seconds: float) -> dict[str, Any]:
+def machines_cost(machines: list[dict], executor: str | None, now: datetime | None = None) -> tuple[float, float] | None:
+    """(cost, on-demand cost of the same hours) of a run's machines, each at its own type and
+    market, from the lock's `machines` list; None when none is known or a type has no price."""
+    if executor == "local":
+        return 0.0, 0.0
+    if not machines or any(m.get("instance_type") not in PRICES for m in machines):
+        return None
+    end_default = now or utcnow()
+    paid = demand = 0.0
+    for m in machines:
+        start, end = parse_iso(m.get("started_at")), parse_iso(m.get("ended_at")) or end_default
+        seconds = (end - start).total_seconds() if start else 0.0
+        paid += cost(m["instance_type"], m.get("market") == "spot", seconds)
+        demand += cost(m["instance_type"], False, seconds)
+    return round(paid, 4), round(demand, 4)
+
+
+def estimate_cost(host: dict[str, Any], seconds: float, machines: list[dict] | None = None) -> dict[str, Any]:
     instance_type, spot = host.get("instance_type"), bool(host.get("spot"))
     if host.get("executor") == "local":
         return {
@@ -113,6 +130,11 @@ def estimate_cost(host: dict[str, Any], seconds: float) -> dict[str, Any]:
             "estimated_usd": 0.0,
             "note": "local executor: the run used this machine, no AWS instance was billed",
         }
+    by_machine = machines_cost(machines or [], host.get("executor"))
+    if by_machine and len(machines) > 1:
+        return {"instance_type": instance_type, "spot": spot, "hourly_usd": None, "estimated_usd": by_machine[0],
+                "on_demand_usd": by_machine[1], "machines": len(machines),
+                "note": "estimate from the built-in price table, each machine at its own type, market and hours"}
     if instance_type not in PRICES:
         return {"instance_type": instance_type, "spot": spot, "hourly_usd": None, "estimated_usd": None,
                 "note": f"no price known for {instance_type}"}
@@ -121,5 +143,6 @@ def estimate_cost(host: dict[str, Any], seconds: float) -> dict[str, Any]:
         "spot": spot,
         "hourly_usd": round(hourly(instance_type, spot), 4),
         "estimated_usd": cost(instance_type, spot, seconds),
+        "on_demand_usd": cost(instance_type, False, seconds),
         "note": "estimate from the built-in price table (instance + 100 GB gp3), not the AWS bill",
     }

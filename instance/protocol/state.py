@@ -299,7 +299,8 @@ def _moved(state: dict, target: Status, **fields: Any) -> dict:
 
 def is_stale(lease: Lease, instance_state: str | None, stale_after: timedelta = DEFAULT_STALE_AFTER) -> bool:
     """A lock is stale when S3 says nobody wrote it for `stale_after` AND EC2 says its instance
-    is not alive.
+    is not alive (while a replacement machine is awaited: that long plus the run's
+    capacity_wait_minutes, as nobody writes the lock meanwhile).
 
     `instance_state` is EC2's state name for the run's instance, or None when EC2 has no such
     instance. A recently written lock is never stale, whatever EC2 says (EC2 is eventually
@@ -307,6 +308,10 @@ def is_stale(lease: Lease, instance_state: str | None, stale_after: timedelta = 
     age S3 did not tell.
     """
     age = lease.age
+    if lease.state.get("awaiting_machine"):
+        # Nobody writes the lock while the group looks for the next machine: that search has
+        # capacity_wait_minutes before the run counts as lost.
+        stale_after += timedelta(minutes=int(lease.state.get("capacity_wait_minutes", 30)))
     if age is None or age < stale_after:
         return False
     return instance_state not in ALIVE_INSTANCE_STATES

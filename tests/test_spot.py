@@ -1,0 +1,145 @@
+"""Spot runs through the real CLI against the sandbox, its Auto Scaling group played by the local
+executor: a notice (`sandbox interrupt`) checkpoints and hands the run to a replacement machine,
+which resumes it from the checkpoint; the run's machines are bounded; a run waiting for its
+next machine can be killed. verify-cleanup after each."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from instance.protocol.aws import client
+from instance.protocol.ec2 import instances_by_tag
+from instance.protocol.group import describe_group
+from instance.protocol.layout import Layout, bucket_name
+from tests.agent_fixtures import run_config, synthetic_frame, write_parquet
+from tests.cli_helpers import cli_env, launched_run_id, run_cli, wait_until
+
+BUCKET = bucket_name("dev", "123456789012", "us-east-1")
+LAYOUT = Layout("dev")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(aws, tmp_path):
+    # EC2 gives two minutes' notice and boots in one or two; the sandbox, seconds.
+    return cli_env(aws.endpoint_url, tmp_path / "home", CHRONOS_HEARTBEAT_SECONDS="0.5",
+                   CHRONOS_NOTICE_SECONDS="0.2", CHRONOS_SPOT_NOTICE_SECONDS="30", CHRONOS_KILL_GRACE_SECONDS="60")
+
+
+def spot_config(tmp_path, max_interruptions: int = 5, **training) -> str:
+    data = write_parquet(tmp_path / "data" / "train.parquet", synthetic_frame(n_items=6, length=96))
+    doc = run_config(dataset=str(data), **training)
+    doc["instance"].update(spot=True, types=["g6.xlarge", "g5.xlarge", "g4dn.xlarge"], max_interruptions=max_interruptions)
+    del doc["instance"]["type"]
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def lock(s3) -> dict | None:
+    try:
+        return json.loads(s3.get_object(Bucket=BUCKET, Key=LAYOUT.state)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def record(s3, run_id: str) -> dict | None:
+    try:
+        return json.loads(s3.get_object(Bucket=BUCKET, Key=LAYOUT.training_record(run_id))["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def training_at(s3, run_id: str, step: int, attempt: int):
+    state = lock(s3)
+    return bool(state and state["run_id"] == run_id and state.get("attempt") == attempt
+                and state["status"] == "training" and (state.get("progress") or {}).get("step", 0) >= step)
+
+
+def ended(s3, run_id: str):
+    doc = record(s3, run_id)
+    return doc if doc and doc.get("final_status") and lock(s3) is None else None
+
+
+def machines_of(aws, run_id: str) -> list[str]:
+    return [i["InstanceId"] for i in instances_by_tag(client("ec2", aws), {"RunId": run_id},
+                                                      states=("pending", "running", "shutting-down", "terminated"))]
+
+
+def interrupt(env, run_id: str) -> None:
+    result = run_cli(env, "--local", "sandbox", "interrupt", run_id)
+    assert result.returncode == 0, result.stderr
+    assert "spot notice" in result.stdout
+
+
+def test_an_interrupted_spot_run_resumes_on_a_new_machine_and_completes(env, aws, tmp_path):
+    s3 = client("s3", aws)
+    num_steps = 400
+    run_id = launched_run_id(run_cli(env, "--local", "launch", spot_config(tmp_path, num_steps=num_steps), cwd=tmp_path))
+    wait_until(lambda: training_at(s3, run_id, 10, attempt=1), 180, what="training on the first machine")
+    interrupt(env, run_id)
+
+    waiting = wait_until(lambda: (lock(s3) or {}).get("interruptions"), 60, 0.1, what="the interruption recorded")
+    assert waiting[0]["checkpoint_step"] >= 10, waiting
+    doc = wait_until(lambda: ended(s3, run_id), 300, what="the run to end")
+    assert doc["final_status"] == "completed", doc.get("error")
+    [gone] = doc["interruptions"]
+    assert gone["step"] >= 10 and gone["checkpoint_step"] >= gone["step"] - 1
+    # The second machine went on from the checkpoint: it did only the steps left, not all of them.
+    assert doc["attempt"] == 2 and doc["resumed_from"]["step"] == gone["checkpoint_step"]
+    assert doc["training"]["steps_done"] == num_steps and doc["training"]["resumed_from_step"] == gone["checkpoint_step"]
+    assert [m["attempt"] for m in doc["machines"]] == [1, 2] and all(m["market"] == "spot" for m in doc["machines"])
+    assert len(machines_of(aws, run_id)) == 2, "one machine per attempt, no more"
+    assert describe_group(client("autoscaling", aws), run_id) is None or \
+        describe_group(client("autoscaling", aws), run_id)["DesiredCapacity"] == 0
+
+    shown = json.loads(run_cli(env, "--local", "monitor", run_id, "--json").stdout)
+    assert shown["final_status"] == "completed" and len(shown["interruptions"]) == 1
+    clean = run_cli(env, "--local", "verify-cleanup")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+
+
+def test_a_run_past_its_interruptions_ends_failed_with_no_machine_left(env, aws, tmp_path):
+    """max_interruptions 1: two machines in all. The second is the last: it leaves the group when
+    it boots, so its interruption ends the run and nothing replaces it."""
+    s3 = client("s3", aws)
+    config = spot_config(tmp_path, max_interruptions=1, num_steps=100_000)
+    run_id = launched_run_id(run_cli(env, "--local", "launch", config, cwd=tmp_path))
+    wait_until(lambda: training_at(s3, run_id, 3, attempt=1), 180, what="training on the first machine")
+    interrupt(env, run_id)
+    wait_until(lambda: training_at(s3, run_id, 3, attempt=2), 180, what="training on the second machine")
+    assert describe_group(client("autoscaling", aws), run_id)["DesiredCapacity"] == 0, "the last machine left"
+    interrupt(env, run_id)
+
+    doc = wait_until(lambda: ended(s3, run_id), 180, what="the run to end")
+    assert (doc["final_status"], doc["reason"]) == ("failed", "too_many_interruptions")
+    time.sleep(2)  # a third machine would have been launched by now
+    assert len(machines_of(aws, run_id)) == 2
+    clean = run_cli(env, "--local", "verify-cleanup")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+
+
+def test_killed_while_waiting_for_its_next_machine(env, aws, tmp_path):
+    s3 = client("s3", aws)
+    slow_boot = {**env, "CHRONOS_SANDBOX_BOOT_SECONDS": "25"}
+    run_id = launched_run_id(run_cli(slow_boot, "--local", "launch", spot_config(tmp_path, num_steps=100_000),
+                                     cwd=tmp_path, timeout=120))
+    wait_until(lambda: training_at(s3, run_id, 3, attempt=1), 180, what="training on the first machine")
+    interrupt(slow_boot, run_id)
+    wait_until(lambda: (lock(s3) or {}).get("awaiting_machine"), 60, 0.1, what="the run to wait for a machine")
+    shown = run_cli(env, "--local", "monitor", run_id)
+    assert "waiting for a machine (attempt 2 of 6)" in shown.stdout, shown.stdout
+
+    killed = run_cli(env, "--local", "kill", run_id, timeout=120)
+    assert killed.returncode == 0, killed.stderr
+    doc = wait_until(lambda: ended(s3, run_id), 30, what="the record")
+    assert doc["final_status"] == "killed"
+    time.sleep(30)  # longer than the boot: no machine may start the run again
+    assert lock(s3) is None and len([i for i in machines_of(aws, run_id)]) <= 2
+    assert describe_group(client("autoscaling", aws), run_id) is None or \
+        describe_group(client("autoscaling", aws), run_id)["DesiredCapacity"] == 0
+    clean = run_cli(env, "--local", "verify-cleanup")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
