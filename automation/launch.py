@@ -240,13 +240,19 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor,
             keeper.lease,
             # The first machine's agent may have written its own instance id already: it wins.
             lambda s: {**s, "instance_id": s.get("instance_id") or done.instance_id, "zone": s.get("zone") or done.zone,
-                       **({"deadline_at": due} if due and not s.get("deadline_at") else {})},
+                       **({"deadline_at": due} if due and not s.get("deadline_at") else {}),
+                       # No machine yet: the group looks for capacity; nobody writes the lock meanwhile.
+                       **({"awaiting_machine": True} if not (s.get("instance_id") or done.instance_id) else {})},
             pin_status=False,
             heartbeat=False,
         )
     except LockError:
         pass  # the run already ended (and released the lock) before this note: its record tells how
-    progress(f"run {run_id}: instance {done.instance_id} started" + (f" in {done.zone}" if done.zone else ""))
+    if done.instance_id:
+        progress(f"run {run_id}: instance {done.instance_id} started" + (f" in {done.zone}" if done.zone else ""))
+    else:
+        progress(f"run {run_id}: no machine yet; its group keeps looking for capacity "
+                 f"(up to {cfg.instance.capacity_wait_minutes} minutes)")
     tidy_ended_stacks(executor, run_id, progress)
     return Launched(run_id, done.instance_id, prefix)
 

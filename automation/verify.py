@@ -23,12 +23,12 @@ from .runs import duration
 from .settings import settings
 
 S3_STANDARD_PER_GB_MONTH = 0.023
-BILLABLE = ("instance", "volume", "stale_lock", "multipart_upload")
+BILLABLE = ("instance", "volume", "stale_lock", "multipart_upload", "group")
 
 
 @dataclass
 class Finding:
-    kind: str  # instance | volume | stale_lock | multipart_upload (billable) | stack (a record)
+    kind: str  # instance | volume | stale_lock | multipart_upload | group (billable) | stack (a record)
     id: str
     detail: str
     run_id: str | None = None
@@ -80,6 +80,7 @@ class Scan:
     volumes: list[dict]
     stacks: list[str]
     uploads: list[dict]
+    groups: list[dict] = field(default_factory=list)  # the project's Auto Scaling groups
 
 
 def scan(target: Target, executor) -> Scan:
@@ -93,6 +94,8 @@ def scan(target: Target, executor) -> Scan:
             {"Name": "tag:Project", "Values": [PROJECT_TAG]}, {"Name": "status", "Values": ["available"]}]), "Volumes"),
         stacks=executor.leftover_stacks(),
         uploads=_pages(target.s3.get_paginator("list_multipart_uploads").paginate(Bucket=target.bucket), "Uploads"),
+        groups=[g for g in _pages(target.autoscaling.get_paginator("describe_auto_scaling_groups").paginate(
+            Filters=[{"Name": "tag:Project", "Values": [PROJECT_TAG]}]), "AutoScalingGroups")],
     )
 
 
@@ -125,6 +128,12 @@ def decide(target: Target, seen: Scan) -> Report:
             continue
         report.findings.append(Finding("instance", inst["InstanceId"],
                                        f"{inst['InstanceType']} {inst['State']['Name']} with no active run", run_id))
+    for group in seen.groups:
+        run_id = tags_of(group).get("RunId") or group["AutoScalingGroupName"]
+        if run_id != live_run and int(group.get("DesiredCapacity", 0)) > 0:
+            # It would launch (and relaunch) a machine for a run that has ended.
+            report.findings.append(Finding("group", group["AutoScalingGroupName"],
+                                           f"wants {group['DesiredCapacity']} machine with no active run", run_id))
     for vol in seen.volumes:
         report.findings.append(Finding("volume", vol["VolumeId"], f"{vol['Size']} GB {vol['VolumeType']} detached",
                                        tags_of(vol).get("RunId")))
@@ -171,7 +180,7 @@ def act(target: Target, executor, findings: list[Finding]) -> dict[str, str]:
     not_fixed: dict[str, str] = {}
     ended: set[str] = set()
     for f in findings:
-        if f.kind == "stale_lock" or (f.kind == "instance" and f.run_id):
+        if f.kind in ("stale_lock", "group") or (f.kind == "instance" and f.run_id):
             if f.run_id not in ended:  # ends every machine of the run, by tag
                 ended.add(f.run_id)
                 left = force_end(target, executor, f.run_id, "failed", "lost").stack_left

@@ -7,8 +7,8 @@ here). It speaks the CLI's side of the contract the SDK relies on, and no more:
 - state and locks in the DIY backend that PULUMI_BACKEND_URL names (s3:// through the moto
   server at AWS_ENDPOINT_URL, or file://), laid out as the CLI does
   (`.pulumi/stacks/<project>/<stack>.json`, `.pulumi/locks/organization/<project>/<stack>/…`);
-- the machine itself: `up` runs an instance in moto's EC2 tagged with the run, `destroy`
-  terminates it, so tests can see what a cancelled or failed `up` leaves.
+- the machine itself: `up` runs an instance in moto's EC2 tagged with the run (the group's
+  first machine), `destroy` terminates it, so tests can see what a cancelled or failed `up` leaves.
 It does not run the program (that is tested under Pulumi's mocks).
 
 Scenario (environment): FAKE_PULUMI_LOG (a JSON line per call: argv, cwd, the Pulumi variables
@@ -231,7 +231,8 @@ def up(stack: str, state: dict, backend: Backend, events: Events) -> int:
         backend.delete(lock)
         log_call(sys.argv[1:])
         return fail("update canceled")
-    outputs = {"instance_id": instance, "zone": "us-east-1a"}
+    # The run stack's outputs: its group (whose first machine is the instance made above).
+    outputs = {"group": stack, "launch_template": "lt-0fake"}
     backend.put(stack_file(stack), {**state, "instances": [instance], "outputs": outputs})
     backend.put(f".pulumi/history/{PROJECT}/{stack}/{stack}-1.history.json", {"kind": "update"})
     events.add(resOutputsEvent={"metadata": step("create", stack, "aws:ec2/instance:Instance", stack)})

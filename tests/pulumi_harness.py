@@ -20,6 +20,7 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 ZONES = tuple(f"{REGION}{letter}" for letter in "abcdef")
 AMI_ID = "ami-0123456789abcdef0"
+ROOT_DEVICE = "/dev/sda1"  # the DLAMI (Ubuntu) root device
 
 
 @dataclass
@@ -123,6 +124,10 @@ class HarnessMocks(pulumi.runtime.Mocks):
                 raise KeyError(f"no SSM parameter {name} in the mock")
             return {"name": name, "value": self.ssm[name], "insecureValue": self.ssm[name], "type": "String",
                     "arn": f"arn:aws:ssm:{self.region}::parameter{name}", "id": name, "version": 1}
+        if args.token == "aws:ec2/getAmi:getAmi":
+            image = next(f["values"][0] for f in args.args["filters"] if f["name"] == "image-id")
+            return {"id": image, "imageId": image, "rootDeviceName": ROOT_DEVICE, "architecture": "x86_64",
+                    "name": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)"}
         raise NotImplementedError(f"the harness does not answer {args.token}")
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
@@ -147,6 +152,8 @@ class HarnessMocks(pulumi.runtime.Mocks):
             return {"arn": f"arn:aws:iam::{self.account}:policy/{args.name}-1a2b3c"}
         if args.typ == "aws:ec2/instance:Instance":
             return {"availabilityZone": inputs.get("availabilityZone", self.zones[0])}
+        if args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            return {"latestVersion": 1, "arn": f"arn:aws:ec2:{self.region}:{self.account}:launch-template/{args.name}-id"}
         return {}
 
 

@@ -39,21 +39,30 @@ def up_failed(code: str, message: str) -> StackCommandFailed:
 
 
 class FakeOps:
-    """Remembers stacks and calls like a backend would; `failures` maps a zone to CLI output."""
+    """Remembers stacks and calls like a backend would; `failure` is what `up` raises. A
+    successful `up` makes the group's first machine in moto's EC2 (tagged with the run) unless
+    `capacity` is False (the group finds none yet)."""
 
-    def __init__(self, failures: dict[str, Exception] | None = None):
-        self.failures = failures or {}
+    def __init__(self, failure: Exception | None = None, capacity: bool = True):
+        self.failure = failure
+        self.capacity = capacity
         self.stacks: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         self.configs = []
 
     def up(self, stack, cfg):
-        self.calls.append(("up", cfg.zone))
+        self.calls.append(("up", stack))
         self.configs.append(cfg)
         self.stacks.add(stack)
-        if cfg.zone in self.failures:
-            raise self.failures[cfg.zone]
-        return {"instance_id": INSTANCE_ID, "zone": cfg.zone}
+        if self.failure is not None:
+            raise self.failure
+        if self.capacity:
+            ec2 = client("ec2", MOTO["target"])
+            image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+            ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType=cfg.instance_types[0],
+                              Placement={"AvailabilityZone": "us-east-1b"},
+                              TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "RunId", "Value": stack}]}])
+        return {"group": stack, "launch_template": "lt-1"}
 
     def _existing(self, op: str, stack: str) -> None:
         self.calls.append((op, stack))
@@ -99,15 +108,30 @@ class Renderer:
         return f"#!/bin/bash\n# bootstrap for {kwargs['run_id']}\n"
 
 
+MOTO: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _moto(aws, request):
+    """The executor looks for the group's machine in EC2: moto's, empty of this run's before each test."""
+    MOTO["target"] = aws
+    ec2 = client("ec2", aws)
+    old = [i["InstanceId"] for r in ec2.describe_instances(Filters=[{"Name": "tag:RunId", "Values": [RUN_ID]}])
+           ["Reservations"] for i in r["Instances"]]
+    if old:
+        ec2.terminate_instances(InstanceIds=old)
+
+
 def executor(ops: FakeOps, renderer: Renderer | None = None) -> Ec2Executor:
-    return Ec2Executor("dev", INFRA.bucket, INFRA.region, ops=ops, render_user_data=renderer or Renderer())
+    return Ec2Executor("dev", INFRA.bucket, INFRA.region, target=MOTO["target"], ops=ops,
+                       render_user_data=renderer or Renderer(), first_machine_wait=0)
 
 
-def test_provision_brings_the_stack_up_and_returns_the_instance():
+def test_provision_brings_the_stack_up_and_returns_the_groups_first_machine():
     ops, renderer = FakeOps(), Renderer()
     result = executor(ops, renderer).provision(request())
-    assert (result.instance_id, result.zone) == (INSTANCE_ID, "us-east-1a")
-    assert ops.calls == [("up", "us-east-1a")]
+    assert result.instance_id.startswith("i-") and result.zone == "us-east-1b"
+    assert ops.calls == [("up", RUN_ID)], "one up: the group spans every zone"
     assert renderer.kwargs == {"env": "dev", "bucket": INFRA.bucket, "run_id": RUN_ID, "region": "us-east-1",
                                "max_runtime_minutes": 90}
 
@@ -117,8 +141,8 @@ def test_the_run_stack_gets_everything_from_infra_and_config():
     executor(ops).provision(request(spot=True))
     cfg = ops.configs[0]
     assert (cfg.run_id, cfg.env, cfg.region) == (RUN_ID, "dev", "us-east-1")
-    assert (cfg.instance_type, cfg.spot) == ("g5.xlarge", True)
-    assert (cfg.subnet_id, cfg.zone) == ("subnet-a", "us-east-1a")
+    assert (cfg.instance_types, cfg.spot) == (("g5.xlarge",), True)
+    assert cfg.subnet_ids == ("subnet-a", "subnet-b"), "every zone's subnet"
     assert (cfg.security_group_id, cfg.instance_profile) == ("sg-1", INFRA.instance_profile)
     assert cfg.ami_ssm_parameter == INFRA.ami_ssm_parameter
     assert cfg.user_data.startswith("#!/bin/bash")
@@ -127,7 +151,7 @@ def test_the_run_stack_gets_everything_from_infra_and_config():
 
 @pytest.mark.parametrize("code", ["VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded"])
 def test_quota_error_cleans_up_and_says_quota(code):
-    ops = FakeOps({"us-east-1a": up_failed(code, "You have requested more vCPU capacity")})
+    ops = FakeOps(up_failed(code, "You have requested more vCPU capacity"))
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request(spot=code.startswith("MaxSpot")))
     assert err.value.kind == "quota"
@@ -139,36 +163,28 @@ def test_quota_error_cleans_up_and_says_quota(code):
     assert expected in message
 
 
-def test_capacity_error_in_one_zone_falls_back_to_the_next():
-    ops = FakeOps({"us-east-1a": up_failed("InsufficientInstanceCapacity", "no g5.xlarge")})
+def test_no_capacity_yet_is_a_started_run_waiting_for_its_machine():
+    """Capacity is the group's to find, in every zone and listed type: `up` succeeds, and the run
+    waits (the lock says so) rather than failing the launch."""
+    ops = FakeOps(capacity=False)
     result = executor(ops).provision(request())
-    assert result.zone == "us-east-1b" and result.instance_id == INSTANCE_ID
-    assert ops.calls == [("up", "us-east-1a"), ("up", "us-east-1b")]
-    assert ops.configs[1].subnet_id == "subnet-b"
-
-
-def test_unsupported_in_that_zone_also_moves_on():
-    ops = FakeOps({"us-east-1a": up_failed(
-        "Unsupported", "Your requested instance type (g5.xlarge) is not supported in your requested Availability "
-        "Zone (us-east-1a). Please retry your request by not specifying an Availability Zone or choosing us-east-1b.")})
-    assert executor(ops).provision(request()).zone == "us-east-1b"
+    assert result.instance_id is None and ops.stacks == {RUN_ID}
 
 
 @pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow"])
-def test_capacity_error_everywhere_cleans_up_and_says_capacity(code):
-    failure = up_failed(code, "try later")
-    ops = FakeOps({"us-east-1a": failure, "us-east-1b": failure})
+def test_a_capacity_error_from_up_itself_cleans_up_and_says_capacity(code):
+    ops = FakeOps(up_failed(code, "try later"))
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request())
     assert err.value.kind == "capacity"
-    assert ops.ops() == ["up", "up", "destroy", "remove_stack"] and ops.stacks == set()
+    assert ops.ops() == ["up", "destroy", "remove_stack"] and ops.stacks == set()
     message = str(err.value)
     assert "us-east-1a, us-east-1b" in message and "quota" not in message.lower() and "\n" not in message
 
 
 @pytest.mark.parametrize("code", ["UnauthorizedOperation", "AccessDenied", "AccessDeniedException"])
 def test_permission_error_cleans_up_and_says_permissions(code):
-    ops = FakeOps({"us-east-1a": up_failed(code, "You are not authorized to perform this operation")})
+    ops = FakeOps(up_failed(code, "You are not authorized to perform this operation"))
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request())
     assert err.value.kind == "permissions"
@@ -177,7 +193,7 @@ def test_permission_error_cleans_up_and_says_permissions(code):
 
 
 def test_other_errors_show_the_cli_error_line():
-    ops = FakeOps({"us-east-1a": up_failed("InvalidParameterValue", "bad user data")})
+    ops = FakeOps(up_failed("InvalidParameterValue", "bad user data"))
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request())
     assert err.value.kind == "other"
@@ -237,10 +253,10 @@ def test_text_that_merely_contains_the_words_is_not_classified(diagnostics):
     failure = StackCommandFailed("error: update failed (InsufficientInstanceCapacity Unsupported)", diagnostics)
     kind, _ = classify(failure.aws_error_codes)
     assert kind == "other"
-    ops = FakeOps({"us-east-1a": failure})
+    ops = FakeOps(failure)
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request())
-    assert err.value.kind == "other" and ops.ops() == ["up", "destroy", "remove_stack"], "no zone fallback"
+    assert err.value.kind == "other" and ops.ops() == ["up", "destroy", "remove_stack"]
 
 
 def test_a_failed_cleanup_keeps_the_original_error():
@@ -248,7 +264,7 @@ def test_a_failed_cleanup_keeps_the_original_error():
         def destroy(self, stack):
             raise StackCommandFailed("error: the stack is currently locked by 1 lock(s)")
 
-    ops = StuckOps({"us-east-1a": up_failed("VcpuLimitExceeded", "quota")})
+    ops = StuckOps(up_failed("VcpuLimitExceeded", "quota"))
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request())
     assert err.value.kind == "quota"

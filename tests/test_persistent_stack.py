@@ -383,7 +383,8 @@ def test_instance_terminates_itself_only(stack):
 
 def test_instance_policy_has_nothing_else(stack):
     assert set(_instance_statements(stack)) == {
-        "ReadDatasets", "SaveEnvironmentCache", "ReadWriteRuns", "ListOwnPrefixes", "TerminateItselfOnly"}
+        "ReadDatasets", "SaveEnvironmentCache", "ReadWriteRuns", "ListOwnPrefixes", "EndOwnRunGroup",
+        "TerminateItselfOnly"}
 
 
 # --- the operator's managed policy (moto ignores conditions: these read them) -------------------
@@ -568,3 +569,40 @@ def test_main_turns_a_bad_config_into_a_run_error(dev_config):
         run_main(config)
     assert "chronos-training:environment 'qa' is not a known environment" in str(err.value)
     assert one_sentence(str(err.value))
+
+
+GROUP_ARN = f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:5a1b-uuid:autoScalingGroupName/run-20261129-101500-ab12"
+PROJECT = {"aws:ResourceTag/Project": "Chronos-Training"}
+
+
+def test_the_agent_ends_only_project_run_groups(stack):
+    """The agent takes its machine out of its run's group (desired capacity 0) before it ends;
+    the condition on the group's tag is IAM's to check (moto does not)."""
+    policy, r = _instance_policy(stack), stack.one(ROLE_POLICY)
+    for action in ("autoscaling:DetachInstances", "autoscaling:UpdateAutoScalingGroup"):
+        assert allowed(policy, action, GROUP_ARN, PROJECT), r.fail(action)
+        assert not allowed(policy, action, GROUP_ARN, {"aws:ResourceTag/Project": "other"}), r.fail(f"{action}: any group")
+        other = GROUP_ARN.replace("autoScalingGroupName/run-", "autoScalingGroupName/web-")
+        assert not allowed(policy, action, other, PROJECT), r.fail(f"{action}: a group not named for a run")
+    for action in ("autoscaling:CreateAutoScalingGroup", "autoscaling:DeleteAutoScalingGroup",
+                   "autoscaling:SetDesiredCapacity", "ec2:CreateLaunchTemplate"):
+        assert not granting(policy, action, GROUP_ARN), r.fail(f"the agent may {action}")
+
+
+def test_operator_makes_and_ends_only_tagged_run_groups_and_templates(stack):
+    policy, r = _operator_policy(stack), stack.one(IAM_POLICY)
+    tagged = {"aws:RequestTag/Project": "Chronos-Training"}
+    assert allowed(policy, "autoscaling:CreateAutoScalingGroup", GROUP_ARN, tagged), r.fail("create group")
+    assert not allowed(policy, "autoscaling:CreateAutoScalingGroup", GROUP_ARN, {"aws:RequestTag/Project": "x"})
+    for action in ("autoscaling:UpdateAutoScalingGroup", "autoscaling:DeleteAutoScalingGroup"):
+        assert allowed(policy, action, GROUP_ARN, PROJECT), r.fail(action)
+        assert not allowed(policy, action, GROUP_ARN, {}), r.fail(f"{action} on any group")
+    template = f"{EC2}:launch-template/lt-0abc"
+    assert allowed(policy, "ec2:CreateLaunchTemplate", template, tagged), r.fail("create template")
+    assert not allowed(policy, "ec2:CreateLaunchTemplate", template, {}), r.fail("untagged template")
+    for action in ("ec2:RunInstances", "ec2:DeleteLaunchTemplate"):
+        assert allowed(policy, action, template, PROJECT), r.fail(action)
+        assert not allowed(policy, action, template, {}), r.fail(f"{action} on any template")
+    assert allowed(policy, "iam:CreateServiceLinkedRole",
+                   f"arn:aws:iam::{ACCOUNT}:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling",
+                   {"iam:AWSServiceName": "autoscaling.amazonaws.com"})

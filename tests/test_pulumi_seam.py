@@ -28,7 +28,7 @@ from automation.stacks.run import RunStackConfig
 from automation.strictmoto import OPERATORS
 from instance.protocol.artifacts import get_json
 from instance.protocol.aws import client
-from instance.protocol.ec2 import instance_state
+from instance.protocol.ec2 import instance_state, instances_by_tag
 from instance.protocol.layout import Layout, bucket_name
 from tests.agent_fixtures import DATA_PREFIX, parquet_bytes, run_config, synthetic_frame
 from tests.cli_helpers import REPO, cli_env, wait_until
@@ -75,9 +75,9 @@ def fake(aws, seeded, tmp_path, monkeypatch):
     return log, scratch
 
 
-def stack_config(zone: str = "us-east-1a") -> RunStackConfig:
-    return RunStackConfig(run_id=RUN_ID, env=ENV, region=REGION, instance_type="g4dn.xlarge", spot=False,
-                          subnet_id="subnet-0aaa", zone=zone, security_group_id="sg-0bbb",
+def stack_config() -> RunStackConfig:
+    return RunStackConfig(run_id=RUN_ID, env=ENV, region=REGION, instance_types=("g4dn.xlarge",), spot=False,
+                          subnet_ids=("subnet-0aaa", "subnet-0bbb"), security_group_id="sg-0bbb",
                           instance_profile="chronos-dev-access-instance", ami_ssm_parameter="/x/ami-id",
                           user_data="#!/bin/bash\n")
 
@@ -86,13 +86,14 @@ def test_every_call_gets_our_backend_passphrase_and_its_own_work_dir(aws, fake):
     log, scratch = fake
     ops = PulumiStackOps(BUCKET, ENV, REGION, target=aws)
     outputs = ops.up(RUN_ID, stack_config())
-    assert outputs["instance_id"].startswith("i-") and outputs["zone"] == "us-east-1a"
+    assert outputs["group"] == RUN_ID
+    [machine] = [i["InstanceId"] for i in instances_by_tag(client("ec2", aws), {"RunId": RUN_ID})]
     assert ops.list_stacks() == [RUN_ID], "the stack is in the bucket's backend, where list_stacks looks"
     ops.refresh(RUN_ID)
     ops.destroy(RUN_ID)
     ops.remove_stack(RUN_ID)
     assert ops.list_stacks() == []
-    assert instance_state(client("ec2", aws), outputs["instance_id"]) == "terminated"
+    assert instance_state(client("ec2", aws), machine) == "terminated"
     seen = calls(log)
     assert {c["argv"][1] for c in seen} >= {"stack", "up", "refresh", "destroy"}
     for call in seen:
@@ -116,8 +117,8 @@ def test_a_failed_up_carries_the_engines_error_diagnostics(aws, fake, monkeypatc
     assert [d.severity for d in failure.diagnostics] == ["error", "error"]
 
 
-@pytest.mark.reliability  # the fallback itself is tested through a fake seam in test_ec2_executor.py
-def test_capacity_in_every_zone_through_the_real_seam_cleans_up(aws, fake, monkeypatch):
+@pytest.mark.reliability  # the classification itself is tested through a fake seam in test_ec2_executor.py
+def test_a_capacity_error_from_up_through_the_real_seam_cleans_up(aws, fake, monkeypatch):
     from tests.test_ec2_executor import INFRA, Renderer, request
 
     monkeypatch.setenv("FAKE_PULUMI_UP", "fail:InsufficientInstanceCapacity")
@@ -126,7 +127,7 @@ def test_capacity_in_every_zone_through_the_real_seam_cleans_up(aws, fake, monke
         ex.provision(request(infra=INFRA.__class__(**{**INFRA.__dict__, "bucket": BUCKET})))
     assert err.value.kind == "capacity" and "us-east-1a, us-east-1b" in str(err.value)
     ups = [c for c in calls(fake[0]) if c["argv"][1] == "up"]
-    assert len(ups) == 2, "the zone fallback got its turn"
+    assert len(ups) == 1, "one up: the group spans the zones"
     assert ex.leftover_stacks() == []
 
 

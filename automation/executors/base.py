@@ -19,7 +19,7 @@ class ProvisionRequest:
 
 @dataclass(frozen=True)
 class Provisioned:
-    instance_id: str
+    instance_id: str | None  # None: the group is still looking for capacity for its first machine
     zone: str | None = None
 
 

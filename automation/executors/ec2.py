@@ -7,6 +7,7 @@ Ending a machine goes straight to EC2 (by the run's tag), never through Pulumi.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 from instance.protocol.aws import AwsTarget, client, error_code
@@ -55,8 +56,9 @@ class Ec2Executor:
 
     def __init__(self, env: str, bucket: str, region: str, *, target: AwsTarget | None = None,
                  ops: StackOps | None = None, render_user_data: Callable[..., str] | None = None,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, first_machine_wait: float = 120.0):
         self.env, self.bucket, self.region = env, bucket, region
+        self.first_machine_wait = first_machine_wait
         self.target = target or AwsTarget(region=region)
         self.ops = ops or PulumiStackOps(bucket, env, region, self.target, progress=progress)
         self._render = render_user_data
@@ -73,17 +75,16 @@ class Ec2Executor:
         return render(env=req.env, bucket=req.infra.bucket, run_id=req.run_id, region=req.infra.region,
                       max_runtime_minutes=req.config.instance.max_runtime_minutes)
 
-    def stack_config(self, req: ProvisionRequest, zone: str, user_data: str | None = None):
+    def stack_config(self, req: ProvisionRequest, user_data: str | None = None):
         from ..stacks.run import RunStackConfig
 
         return RunStackConfig(
             run_id=req.run_id,
             env=req.env,
             region=req.infra.region,
-            instance_type=req.config.instance.type,
+            instance_types=tuple(req.config.instance.instance_types),
             spot=req.config.instance.spot,
-            subnet_id=req.infra.subnets[zone],
-            zone=zone,
+            subnet_ids=tuple(req.infra.subnets[z] for z in self.zones(req)),
             security_group_id=req.infra.security_group_id,
             instance_profile=req.infra.instance_profile,
             ami_ssm_parameter=req.infra.ami_ssm_parameter,
@@ -93,7 +94,7 @@ class Ec2Executor:
 
     @staticmethod
     def zones(req: ProvisionRequest) -> list[str]:
-        """The zones a launch tries, in order (the next one on a capacity error)."""
+        """The zones the run's group may launch in: all of the environment's."""
         if req.infra.extra.get("sandbox"):
             raise ProvisionError("the sandbox's infrastructure is no place for an EC2 run; use --local", "other")
         zones = sorted(req.infra.subnets)
@@ -102,38 +103,44 @@ class Ec2Executor:
         return zones
 
     def provision(self, req: ProvisionRequest) -> Provisioned:
-        zones = self.zones(req)
+        """The run stack up (a launch template and a group of one machine over every zone and
+        listed type), then the group's first machine if it comes within `first_machine_wait`.
+        Capacity is the group's to find: a run whose machine has not come yet is waiting, not
+        failed (monitor says so; the agent ends a run that waited past capacity_wait_minutes)."""
+        self.zones(req)
         user_data = self._user_data(req)
         try:
-            return self._up_in_some_zone(req, zones, user_data)
+            self._up(req, user_data)
         except KeyboardInterrupt:
             with sigint_deferred("still removing what this launch made; one moment"):
                 self._undo_interrupted(req.run_id)
             raise
+        return self._first_machine(req.run_id)
 
-    def _up_in_some_zone(self, req: ProvisionRequest, zones: list[str], user_data: str) -> Provisioned:
-        tried: list[str] = []
-        for zone in zones:
-            tried.append(zone)
-            try:
-                outputs = self.ops.up(req.run_id, self.stack_config(req, zone, user_data))
-            except ToolingMissing as exc:
-                raise ProvisionError(str(exc), "tooling") from None
-            except StackCommandFailed as exc:
-                kind, code = classify(exc.aws_error_codes)
-                if kind == "capacity" and len(tried) < len(zones):
-                    # Nothing was created in this zone; the next `up` moves the same stack on.
-                    log.warning("no %s capacity in %s (%s); trying the next zone", req.config.instance.type,
-                                zone, code)
-                    continue
-                self._discard(req.run_id)
-                raise ProvisionError(self._message(req, kind, code, tried, str(exc)), kind) from exc
-            instance_id = outputs.get("instance_id")
-            if not instance_id:
-                self._discard(req.run_id)
-                raise ProvisionError(f"the run stack {req.run_id} came up without an instance id; launch again")
-            return Provisioned(instance_id=str(instance_id), zone=str(outputs.get("zone") or zone))
-        raise AssertionError("unreachable: the last zone either returns or raises")
+    def _up(self, req: ProvisionRequest, user_data: str) -> None:
+        try:
+            self.ops.up(req.run_id, self.stack_config(req, user_data))
+        except ToolingMissing as exc:
+            raise ProvisionError(str(exc), "tooling") from None
+        except StackCommandFailed as exc:
+            kind, code = classify(exc.aws_error_codes)
+            self._discard(req.run_id)
+            raise ProvisionError(self._message(req, kind, code, self.zones(req), str(exc)), kind) from exc
+
+    def _first_machine(self, run_id: str) -> Provisioned:
+        ec2 = client("ec2", self.target)
+        deadline = time.monotonic() + self.first_machine_wait
+        while True:
+            found = instances_by_tag(ec2, {"RunId": run_id})
+            if found:
+                first = found[0]
+                return Provisioned(instance_id=first["InstanceId"],
+                                   zone=(first.get("Placement") or {}).get("AvailabilityZone"))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("run %s: no machine yet; its group keeps looking for capacity", run_id)
+                return Provisioned(instance_id=None)
+            time.sleep(min(5.0, left))
 
     @staticmethod
     def _message(req: ProvisionRequest, kind: str, code: str, zones: list[str], text: str) -> str:
@@ -211,9 +218,9 @@ class Ec2Executor:
         return sorted(self.ops.list_stacks())
 
     def preview(self, req: ProvisionRequest):
-        """The run stack as `up` would make it in the first zone, previewed by the real CLI."""
+        """The run stack as `up` would make it, previewed by the real CLI."""
         try:
-            return self.ops.preview(self.stack_config(req, self.zones(req)[0]))
+            return self.ops.preview(self.stack_config(req))
         except ToolingMissing as exc:
             raise ProvisionError(str(exc), "tooling") from None
         except StackCommandFailed as exc:

@@ -1,29 +1,27 @@
-"""The per-run stack (Automation API, inline program): one GPU instance that ends itself.
+"""The per-run stack (Automation API, inline program): the run's GPU machines, one at a time.
 
-Everything the instance needs (subnet, security group, instance profile) already exists in the
-persistent stack; this program only adds the machine, so a destroy leaves nothing billable.
+Everything a machine needs (subnets, security group, instance profile) already exists in the
+persistent stack; this program only adds a launch template and an Auto Scaling group of at most
+one machine, so a destroy leaves nothing billable.
 """
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 
+from instance.protocol.group import group_name, mixed_instances_policy
 from instance.protocol.layout import PROJECT_TAG
 
 ROOT_VOLUME_GB = 100
 RUN_COST_CENTER = "train"
 # The provider retries a throttled or failed AWS call up to this many times in all. Its default
-# (25, terraform-provider-aws) also applies to InsufficientInstanceCapacity, which it marks
-# retryable for RunInstances: with backoff that is ~50 minutes before a capacity error comes
-# back (hashicorp/terraform-provider-aws#43193, #37568), and the zone fallback never gets its
-# turn. 5 tries give up within a minute or so; throttling on one RunInstances is rare enough.
+# (25, terraform-provider-aws) retries for many minutes with backoff (hashicorp/
+# terraform-provider-aws#43193, #37568); capacity is the group's to find now, so what reaches
+# the provider is a refusal (quota, permissions, a bad template) that should come back at once.
 PROVIDER_MAX_RETRIES = 5
-# An instance is created and running in 1-3 minutes; past this the create fails rather than
-# holding the launch for the provider's default 10 minutes (aws_instance `timeouts`).
-INSTANCE_CREATE_TIMEOUT = "8m"
-INSTANCE_DELETE_TIMEOUT = "20m"
 
 
 @dataclass(frozen=True)
@@ -31,10 +29,9 @@ class RunStackConfig:
     run_id: str
     env: str
     region: str
-    instance_type: str
+    instance_types: tuple[str, ...]  # in order of preference
     spot: bool
-    subnet_id: str
-    zone: str
+    subnet_ids: tuple[str, ...]  # every zone's: the group launches wherever there is capacity
     security_group_id: str
     instance_profile: str
     ami_ssm_parameter: str
@@ -52,51 +49,88 @@ class RunStackConfig:
         }
 
 
-def _market_options(spot: bool) -> dict | None:
-    if not spot:
-        return None
-    # One-time: an interrupted spot machine is gone, never restarted behind the agent's back;
-    # the agent's state file records the run as spot_interrupted.
-    return {
-        "market_type": "spot",
-        "spot_options": {"spot_instance_type": "one-time", "instance_interruption_behavior": "terminate"},
-    }
+class RunMachines(pulumi.ComponentResource):
+    """The run's machines: a launch template (everything one machine is) and an Auto Scaling
+    group of at most one machine that replaces a lost one (spot reclaimed, hardware) in any
+    zone, on any of the listed types. Both cost nothing at rest and leave with the stack.
+
+    Every ending of the run takes the group's desired capacity to 0 before the machine ends
+    (instance/protocol/group.py); the agent on each new machine decides from the lock whether
+    the run goes on (instance/protocol/attempts.py)."""
+
+    def __init__(self, name: str, cfg: RunStackConfig, ami: pulumi.Input[str], root_device: pulumi.Input[str],
+                 opts: pulumi.ResourceOptions):
+        super().__init__("chronos:run:Machines", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        tags = cfg.instance_tags()
+        self.template = aws.ec2.LaunchTemplate(
+            name,
+            name=cfg.run_id,
+            image_id=ami,
+            instance_type=cfg.instance_types[0],  # the group's overrides list them all
+            iam_instance_profile={"name": cfg.instance_profile},
+            vpc_security_group_ids=[cfg.security_group_id],
+            user_data=base64.b64encode(cfg.user_data.encode()).decode(),
+            # The bootstrap's dead-man switch and the agent's cleanup end the run with an OS
+            # shutdown; "terminate" makes that shutdown stop the billing instead of parking the
+            # instance (and its volume) in "stopped".
+            instance_initiated_shutdown_behavior="terminate",
+            metadata_options={"http_tokens": "required", "http_endpoint": "enabled", "http_put_response_hop_limit": 1},
+            block_device_mappings=[{
+                "device_name": root_device,
+                "ebs": {"volume_size": ROOT_VOLUME_GB, "volume_type": "gp3", "encrypted": "true",
+                        "delete_on_termination": "true"},
+            }],
+            # So verify-cleanup finds a machine, or a volume that outlived it, by the run's tag.
+            tag_specifications=[{"resource_type": kind, "tags": tags} for kind in ("instance", "volume")],
+            tags=tags,
+            opts=child,
+        )
+        policy = mixed_instances_policy(cfg.run_id, list(cfg.instance_types), cfg.spot)
+        distribution = policy["InstancesDistribution"]
+        self.group = aws.autoscaling.Group(
+            name,
+            name=group_name(cfg.run_id),
+            min_size=0,
+            max_size=1,
+            desired_capacity=1,
+            vpc_zone_identifiers=list(cfg.subnet_ids),
+            capacity_rebalance=cfg.spot,
+            mixed_instances_policy={
+                "launch_template": {
+                    "launch_template_specification": {"launch_template_id": self.template.id,
+                                                      "version": self.template.latest_version.apply(str)},
+                    "overrides": [{"instance_type": t} for t in cfg.instance_types],
+                },
+                "instances_distribution": {
+                    "on_demand_allocation_strategy": distribution["OnDemandAllocationStrategy"],
+                    "on_demand_base_capacity": distribution["OnDemandBaseCapacity"],
+                    "on_demand_percentage_above_base_capacity": distribution["OnDemandPercentageAboveBaseCapacity"],
+                    "spot_allocation_strategy": distribution["SpotAllocationStrategy"],
+                },
+            },
+            # `up` returns once the group exists: finding capacity is the group's job from then
+            # on (minutes, or longer for scarce types), watched through its scaling activities.
+            wait_for_capacity_timeout="0",
+            # A machine is replaced when EC2 reports it gone, never for a missed ELB check.
+            health_check_type="EC2",
+            health_check_grace_period=600,
+            # Destroy removes the group even while a machine is still in it (the run has ended).
+            force_delete=True,
+            tags=[{"key": k, "value": v, "propagate_at_launch": True} for k, v in tags.items()],
+            opts=child,
+        )
+        self.register_outputs({"group": self.group.name})
 
 
 def build_run_stack(cfg: RunStackConfig) -> None:
-    """Declare the run's instance and export its id and zone."""
+    """Declare the run's machines and export the group's name."""
     provider = aws.Provider(f"{cfg.run_id}-aws", region=cfg.region, max_retries=PROVIDER_MAX_RETRIES)
-    ami = aws.ssm.get_parameter_output(
-        name=cfg.ami_ssm_parameter, opts=pulumi.InvokeOutputOptions(provider=provider)
-    ).value
-    tags = cfg.instance_tags()
-    instance = aws.ec2.Instance(
-        cfg.run_id,
-        ami=ami,
-        instance_type=cfg.instance_type,
-        subnet_id=cfg.subnet_id,
-        availability_zone=cfg.zone,
-        vpc_security_group_ids=[cfg.security_group_id],
-        iam_instance_profile=cfg.instance_profile,
-        user_data=cfg.user_data,
-        # The bootstrap's dead-man switch and the agent's cleanup end the run with an OS
-        # shutdown; "terminate" makes that shutdown stop the billing instead of parking the
-        # instance (and its volume) in "stopped".
-        instance_initiated_shutdown_behavior="terminate",
-        instance_market_options=_market_options(cfg.spot),
-        metadata_options={"http_tokens": "required", "http_endpoint": "enabled", "http_put_response_hop_limit": 1},
-        root_block_device={
-            "volume_size": ROOT_VOLUME_GB,
-            "volume_type": "gp3",
-            "encrypted": True,
-            "delete_on_termination": True,
-        },
-        tags=tags,
-        volume_tags=tags,  # so verify-cleanup can find a volume that outlived its instance
-        opts=pulumi.ResourceOptions(
-            provider=provider,
-            custom_timeouts=pulumi.CustomTimeouts(create=INSTANCE_CREATE_TIMEOUT, delete=INSTANCE_DELETE_TIMEOUT),
-        ),
-    )
-    pulumi.export("instance_id", instance.id)
-    pulumi.export("zone", instance.availability_zone)
+    invoke = pulumi.InvokeOutputOptions(provider=provider)
+    ami = aws.ssm.get_parameter_output(name=cfg.ami_ssm_parameter, opts=invoke).value
+    # The root volume is the AMI's root device; a mapping under another name adds a second disk.
+    root_device = aws.ec2.get_ami_output(owners=["amazon"], most_recent=True,
+                                         filters=[{"name": "image-id", "values": [ami]}], opts=invoke).root_device_name
+    machines = RunMachines(cfg.run_id, cfg, ami, root_device, pulumi.ResourceOptions(provider=provider))
+    pulumi.export("group", machines.group.name)
+    pulumi.export("launch_template", machines.template.id)

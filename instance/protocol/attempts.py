@@ -55,6 +55,18 @@ def deadline(state: Mapping[str, Any]) -> datetime | None:
     return start + timedelta(minutes=int(minutes)) if start and minutes else None
 
 
+def waiting_since(state: Mapping[str, Any]) -> datetime | None:
+    """When the run began to wait for the machine it awaits: its last interruption, or (for the
+    first machine) its launch, on S3's clock where known."""
+    interruptions = state.get("interruptions") or []
+    if interruptions:
+        return parse_iso(interruptions[-1].get("at"))
+    due, minutes = parse_iso(state.get("deadline_at")), state.get("max_runtime_minutes")
+    if due is not None and minutes:
+        return due - timedelta(minutes=int(minutes))
+    return parse_iso(state.get("started_at"))
+
+
 def decide_boot(state: Mapping[str, Any] | None, run_id: str, now: datetime) -> Boot:
     """What the agent booting for `run_id` does, from the lock `state` and S3's time `now`."""
     if state is None or state.get("run_id") != run_id:
@@ -73,9 +85,9 @@ def decide_boot(state: Mapping[str, Any] | None, run_id: str, now: datetime) -> 
     due = deadline(state)
     if due is not None and now >= due:
         return Boot(END, used, MAX_RUNTIME_EXCEEDED, "failed")
-    interrupted = parse_iso(((state.get("interruptions") or [{}])[-1]).get("at"))
+    since = waiting_since(state)
     wait = timedelta(minutes=int(state.get("capacity_wait_minutes", 30)))
-    if state.get("awaiting_machine") and interrupted is not None and now >= interrupted + wait:
+    if state.get("awaiting_machine") and since is not None and now >= since + wait:
         return Boot(END, used, NO_CAPACITY, "failed")
     action = START if used == 0 and status is Status.INITIALIZATION else RESUME
     return Boot(action, used + 1, last_machine=used + 1 >= allowed)
@@ -98,8 +110,10 @@ def waiting_line(state: Mapping[str, Any]) -> str | None:
     """What `monitor` says while a replacement machine is coming, or None when none is awaited:
     'interrupted at step 4200, waiting for a machine (attempt 2 of 6)'."""
     interruptions = state.get("interruptions") or []
-    if not interruptions or not state.get("awaiting_machine"):
+    if not state.get("awaiting_machine"):
         return None
+    if not interruptions:
+        return "waiting for its first machine: the group looks for capacity"
     last = interruptions[-1]
     step = f" at step {last['step']}" if last.get("step") is not None else ""
     nxt = int(state.get("attempt", 0)) + 1
