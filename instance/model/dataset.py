@@ -267,38 +267,46 @@ def _is_text(schema, column: str) -> bool:
 
 
 def _read_columns(pf, name: str, codes: _SeriesCodes) -> _FileColumns:
+    """The three columns as flat arrays, one row group at a time into arrays sized once from the
+    footer's row count (no list of parts to concatenate: that would double the peak)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    parts_c, parts_t, parts_bad, no_time = [], [], [], []
-    null_ids = 0
+    total = pf.metadata.num_rows
+    c_all = np.empty(total, dtype=np.int32)
+    t_all = np.empty(total, dtype=np.int64)
+    bad_all = np.empty(total, dtype=bool)
+    no_time, null_ids, n = [], 0, 0
     for i in range(pf.num_row_groups):
         group = pf.read_row_group(i, columns=[ID, TIME, TARGET])
-        for ids, times, target in zip(*(group.column(c).chunks for c in (ID, TIME, TARGET))):
+        for ids, times, target in zip(*(group.column(col).chunks for col in (ID, TIME, TARGET))):
             if not pa.types.is_dictionary(ids.type):
                 ids = pc.dictionary_encode(ids)
             local = codes.of(ids.dictionary.to_pylist())
             idx = ids.indices.fill_null(-1).to_numpy(zero_copy_only=False)
             c = np.where(idx >= 0, local[np.maximum(idx, 0)] if len(local) else -1, -1).astype(np.int32)
-            kind = times.type
-            tz = getattr(kind, "tz", None)
             t_null = times.is_null().to_numpy(zero_copy_only=False)
-            t = times.cast(pa.timestamp("ns", tz=tz)).cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+            t = times.cast(pa.timestamp("ns", tz=getattr(times.type, "tz", None))).cast(pa.int64())
+            t = t.fill_null(0).to_numpy(zero_copy_only=False)
             bad = target.is_null()
             if pa.types.is_floating(target.type):
                 bad = pc.or_kleene(bad, pc.is_nan(target).fill_null(True))
             bad = bad.to_numpy(zero_copy_only=False)
             null_ids += int(np.count_nonzero(c < 0))
-            no_time.append(c[t_null & (c >= 0)])
+            if t_null.any():
+                no_time.append(c[t_null & (c >= 0)])
             keep = (c >= 0) & ~t_null
-            parts_c.append(c[keep])
-            parts_t.append(t[keep])
-            parts_bad.append(bad[keep])
+            k = int(np.count_nonzero(keep))
+            if k == len(c):
+                c_all[n:n + k], t_all[n:n + k], bad_all[n:n + k] = c, t, bad
+            else:
+                c_all[n:n + k], t_all[n:n + k], bad_all[n:n + k] = c[keep], t[keep], bad[keep]
+            n += k
         del group
-    cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.empty(0, dtype))
-    return _FileColumns(name, cat(parts_c, np.int32), cat(parts_t, np.int64), cat(parts_bad, bool), null_ids,
-                        cat(no_time, np.int32))
+    pa.default_memory_pool().release_unused()  # Arrow's pool would keep the row groups' pages
+    return _FileColumns(name, c_all[:n], t_all[:n], bad_all[:n], null_ids,
+                        np.concatenate(no_time) if no_time else np.empty(0, dtype=np.int32))
 
 
 class _Collector:
@@ -327,10 +335,13 @@ def _check_series(columns: list[_FileColumns], codes: _SeriesCodes, out: _Collec
     import numpy as np
 
     k = len(codes.names)
-    all_codes = np.concatenate([col.codes for col in columns])
-    lengths = np.bincount(all_codes, minlength=k)
-    good = np.bincount(all_codes, weights=~np.concatenate([col.bad_target for col in columns]), minlength=k)
-    del all_codes
+    if len(columns) < 64:  # a k-sized count per file
+        lengths = sum(np.bincount(col.codes, minlength=k) for col in columns)
+        bad = sum(np.bincount(col.codes[col.bad_target], minlength=k) for col in columns)
+    else:  # many small files: one pass over all rows rather than a k-sized array per file
+        lengths = np.bincount(np.concatenate([col.codes for col in columns]), minlength=k)
+        bad = np.bincount(np.concatenate([col.codes[col.bad_target] for col in columns]), minlength=k)
+    good = lengths - bad
     files_holding = np.bincount(np.concatenate([col.present for col in columns]), minlength=k)
     names_of: dict[int, list[str]] = {}
 
@@ -351,8 +362,10 @@ def _check_series(columns: list[_FileColumns], codes: _SeriesCodes, out: _Collec
         hard[list(col.unsorted)] = True
     for col in columns:
         c, t = col.grouped()
-        easy = ~hard[c]
-        _count_adjacent_duplicates(c[easy], t[easy], dup_count, dup_first)
+        if hard.any():
+            easy = ~hard[c]
+            c, t = c[easy], t[easy]
+        _count_adjacent_duplicates(c, t, dup_count, dup_first)
     if hard.any():
         c = np.concatenate([col.codes[hard[col.codes]] for col in columns])
         t = np.concatenate([col.times[hard[col.codes]] for col in columns])
@@ -398,10 +411,15 @@ def _count_adjacent_duplicates(c, t, count, first) -> None:
 
 # -- loading ------------------------------------------------------------------------------------
 def load_long_frame(paths: Sequence[Path]):
-    """All files as one frame sorted by (item_id, timestamp); item ids as strings.
+    """All files as one pandas frame sorted by (item_id, timestamp); item ids as strings."""
+    return load_long_table(paths).to_pandas(self_destruct=True, split_blocks=True)
 
-    Read with pyarrow: item ids cast to strings and the sort done in Arrow (and skipped when the
-    files are already in order, the usual case), then one conversion to pandas.
+
+def load_long_table(paths: Sequence[Path]):
+    """All files as one Arrow table sorted by (item_id, timestamp); item ids as strings.
+
+    Read with pyarrow, item ids cast to strings, and the sort done in Arrow, skipped when the
+    files are already in order (the usual case); no pandas copy on the way.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -411,7 +429,7 @@ def load_long_frame(paths: Sequence[Path]):
     for p in paths:
         t = pq.read_table(p)
         ids = t.column(ID)
-        if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        if not pa.types.is_string(ids.type):
             t = t.set_column(t.schema.get_field_index(ID), ID, pc.cast(ids, pa.string()))
         times = t.column(TIME)
         if not pa.types.is_timestamp(times.type):
@@ -421,9 +439,7 @@ def load_long_frame(paths: Sequence[Path]):
     del tables
     if not _in_order(table):
         table = table.sort_by([(ID, "ascending"), (TIME, "ascending")])
-    frame = table.to_pandas(self_destruct=True, split_blocks=True)
-    del table
-    return frame
+    return table
 
 
 def _in_order(table) -> bool:
@@ -436,4 +452,4 @@ def _in_order(table) -> bool:
     a, b = ids.slice(0, n - 1), ids.slice(1)
     ta, tb = times.slice(0, n - 1), times.slice(1)
     ok = pc.or_(pc.less(a, b), pc.and_(pc.equal(a, b), pc.less_equal(ta, tb)))
-    return bool(pc.all(ok.fill_null(False) if hasattr(ok, "fill_null") else ok).as_py())
+    return bool(pc.all(ok.fill_null(False)).as_py())
