@@ -121,16 +121,21 @@ class Bench:
         shutil.rmtree(dest)
         return took
 
-    def sync(self) -> list[dict]:
-        from tests.faultproxy import FaultProxy
+    def latency_proxy(self, first_byte_s: float) -> tuple[subprocess.Popen, str]:
+        """The fault proxy's latency mode in a process of its own (in this process it would share
+        the GIL with our client, and not with the AWS CLI's)."""
+        proc = subprocess.Popen([sys.executable, "-m", "tests.faultproxy", self.info.endpoint_url, str(first_byte_s)],
+                                cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return proc, proc.stdout.readline().strip()
 
+    def sync(self) -> list[dict]:
         rows = []
         for n, size in ((10_000, 10_000), (100, 1_000_000)):
             prefix = f"cached-datasets/2026/01/sync-{n}x{size}/"
             self.seed_objects(prefix, n, size)
             for latency in (0.0, LATENCY_S):
-                with FaultProxy(self.info.endpoint_url, first_byte_s=latency) as proxy:
-                    endpoint = proxy.url if latency else self.info.endpoint_url
+                proxy, endpoint = self.latency_proxy(latency) if latency else (None, self.info.endpoint_url)
+                try:
                     s3 = self.client(endpoint)
                     ours, theirs = [], []
                     for r in range(self.repeat):
@@ -138,6 +143,10 @@ class Bench:
                                 ("aws", lambda: theirs.append(self.aws_sync(endpoint, prefix)))]
                         for _, run in (pair if r % 2 == 0 else pair[::-1]):
                             run()
+                finally:
+                    if proxy:
+                        proxy.stdin.close()
+                        proxy.wait()
                 row = {"files": n, "bytes_each": size, "latency_ms": latency * 1000,
                        "ours_s": [round(x, 2) for x in ours], "aws_s": [round(x, 2) for x in theirs],
                        "speedup_median": round(statistics.median(theirs) / statistics.median(ours), 2),

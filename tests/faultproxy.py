@@ -324,3 +324,20 @@ class FaultProxy:
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
         return Handler
+
+
+def serve(upstream: str, first_byte_s: float) -> None:
+    """`python -m tests.faultproxy UPSTREAM FIRST_BYTE_S`: a latency-only proxy in a process of its
+    own (a benchmark's client then does not share a GIL with it); prints its URL, serves until
+    stdin closes."""
+    import sys
+
+    with FaultProxy(upstream, first_byte_s=first_byte_s) as proxy:
+        print(proxy.url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve(sys.argv[1], float(sys.argv[2]))
