@@ -131,7 +131,8 @@ class _KnownObject(BaseSubscriber):
 
     def on_queued(self, future, **kwargs):
         future.meta.provide_transfer_size(self.item.size)
-        future.meta.provide_object_etag(f'"{self.item.etag.strip(chr(34))}"')
+        etag = self.item.etag.strip('"')
+        future.meta.provide_object_etag(f'"{etag}"')  # quoted, as S3 sends it
 
 
 class _Finished(BaseSubscriber):
