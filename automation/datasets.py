@@ -91,16 +91,24 @@ def upload(target: Target, path: Path, month: str) -> Uploaded:
         dataset_prefix(month)
     except LayoutError as exc:
         raise BadInput(str(exc)) from None
-    return upload_dataset(target, check_local_dataset(path), month)
+    dataset = _local(path)
+    # The content hash (which names the folder) is read while the validator reads: both mostly
+    # outside the GIL, so on two cores the hash costs nothing.
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(content_hash, dataset)
+        check_local_dataset(path)
+        return upload_dataset(target, dataset, month, digest=digest.result())
 
 
 def upload_dataset(target: Target, dataset: LocalDataset, month: str | None = None,
-                   progress: Callable[[int, int], None] = lambda done, total: None) -> Uploaded:
-    """Upload a validated dataset to its content address; returns where it is."""
+                   progress: Callable[[int, int], None] = lambda done, total: None,
+                   digest: str | None = None) -> Uploaded:
+    """Upload a validated dataset to its content address (`digest`: its content_hash, if known);
+    returns where it is."""
     from instance.protocol.transfer import TransferFailed, Upload, upload_files
 
     month = month or utcnow().strftime("%Y/%m")
-    prefix = f"{dataset_prefix(month)}{_stem(dataset)}-{content_hash(dataset)[:8]}/"
+    prefix = f"{dataset_prefix(month)}{_stem(dataset)}-{(digest or content_hash(dataset))[:8]}/"
     try:
         present = {o["Key"]: o["Size"] for page in target.s3.get_paginator("list_objects_v2").paginate(
             Bucket=target.bucket, Prefix=prefix) for o in page.get("Contents", [])}

@@ -192,17 +192,19 @@ class _FileColumns:
 
         if self.null_ids:
             out.add(self.name, ID, None, "null ids", f"{self.null_ids} rows have no item_id")
-        for code in sorted(np.unique(self.items_without_time), key=lambda c: codes.names[c]):
-            out.add(self.name, TIME, codes.names[code], "with missing timestamps", "has rows without a timestamp")
+        if len(self.items_without_time):
+            for code in sorted(np.unique(self.items_without_time), key=lambda c: codes.names[c]):
+                out.add(self.name, TIME, codes.names[code], "with missing timestamps", "has rows without a timestamp")
         c, t = self.grouped()
         same = c[1:] == c[:-1]
-        backwards = np.unique(c[1:][same & (t[1:] < t[:-1])])
-        self.unsorted = set(backwards.tolist())
-        starts = np.flatnonzero(np.r_[True, ~same]) if len(c) else np.empty(0, dtype=np.int64)
-        self.present = np.unique(c[starts])
-        for code in sorted(backwards, key=lambda c: codes.names[c]):
-            out.add(self.name, TIME, codes.names[code], "with unsorted timestamps",
-                    "timestamps are not in increasing order within the series")
+        back = same & (t[1:] < t[:-1])
+        if back.any():
+            self.unsorted = set(np.unique(c[1:][back]).tolist())
+            for code in sorted(self.unsorted, key=lambda c: codes.names[c]):
+                out.add(self.name, TIME, codes.names[code], "with unsorted timestamps",
+                        "timestamps are not in increasing order within the series")
+        # Grouped rows: the first code of each run, one per series.
+        self.present = c[np.flatnonzero(np.r_[True, ~same])] if len(c) else c
 
     def grouped(self):
         """(codes, times) with each series' rows together, in file order within the series."""
@@ -231,10 +233,11 @@ def _read_file(path: Path, codes: _SeriesCodes):
     if path.is_dir():
         return None, [DataProblem(name, None, None, "is a folder without parquet files")], 0
     try:
-        pf = pq.ParquetFile(path)
-        schema = pf.schema_arrow
-        if _is_text(schema, ID):  # ids straight from the parquet dictionary: one string per series
+        try:  # text ids straight from the parquet dictionary: one string per series (others: ignored)
             pf = pq.ParquetFile(path, read_dictionary=[ID])
+        except KeyError:  # no item_id column: said below
+            pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
     except (pa.ArrowException, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return None, [DataProblem(name, None, None, f"is not a readable parquet file ({reason})")], 0
@@ -267,13 +270,6 @@ def _read_file(path: Path, codes: _SeriesCodes):
         return None, problems + [DataProblem(name, None, None, f"could not be read ({reason})")], num_rows
 
 
-def _is_text(schema, column: str) -> bool:
-    import pyarrow as pa
-
-    kind = schema.field(column).type if column in schema.names else None
-    return kind is not None and (pa.types.is_string(kind) or pa.types.is_large_string(kind))
-
-
 def _read_columns(pf, name: str, codes: _SeriesCodes) -> _FileColumns:
     """The three columns as flat arrays, one row group at a time into arrays sized once from the
     footer's row count (no list of parts to concatenate: that would double the peak)."""
@@ -292,23 +288,35 @@ def _read_columns(pf, name: str, codes: _SeriesCodes) -> _FileColumns:
             if not pa.types.is_dictionary(ids.type):
                 ids = pc.dictionary_encode(ids)
             local = codes.of(ids.dictionary.to_pylist())
-            idx = ids.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-            c = np.where(idx >= 0, local[np.maximum(idx, 0)] if len(local) else -1, -1).astype(np.int32)
-            t_null = times.is_null().to_numpy(zero_copy_only=False)
+            indices = ids.indices
+            if indices.null_count:
+                idx = indices.fill_null(-1).to_numpy()
+                c = np.where(idx >= 0, local[np.maximum(idx, 0)] if len(local) else -1, -1).astype(np.int32)
+            else:
+                c = local[indices.to_numpy()]
             t = times.cast(pa.timestamp("ns", tz=getattr(times.type, "tz", None))).cast(pa.int64())
-            t = t.fill_null(0).to_numpy(zero_copy_only=False)
-            bad = target.is_null()
+            if t.null_count:
+                t_null = t.is_null().to_numpy(zero_copy_only=False)
+                t = t.fill_null(0)
+            else:
+                t_null = None
+            t = t.to_numpy()
             if pa.types.is_floating(target.type):
-                bad = pc.or_kleene(bad, pc.is_nan(target).fill_null(True))
-            bad = bad.to_numpy(zero_copy_only=False)
-            null_ids += int(np.count_nonzero(c < 0))
-            if t_null.any():
-                no_time.append(c[t_null & (c >= 0)])
-            keep = (c >= 0) & ~t_null
-            k = int(np.count_nonzero(keep))
-            if k == len(c):
+                values = target.to_numpy(zero_copy_only=False)  # nulls come back as NaN
+                bad = np.isnan(values)
+            else:
+                bad = target.is_null().to_numpy(zero_copy_only=False)
+            n_null_ids = int(np.count_nonzero(c < 0)) if indices.null_count else 0
+            null_ids += n_null_ids
+            if t_null is None and not n_null_ids:
+                k = len(c)
                 c_all[n:n + k], t_all[n:n + k], bad_all[n:n + k] = c, t, bad
             else:
+                t_null = np.zeros(len(c), bool) if t_null is None else t_null
+                if t_null.any():
+                    no_time.append(c[t_null & (c >= 0)])
+                keep = (c >= 0) & ~t_null
+                k = int(np.count_nonzero(keep))
                 c_all[n:n + k], t_all[n:n + k], bad_all[n:n + k] = c[keep], t[keep], bad[keep]
             n += k
         del group

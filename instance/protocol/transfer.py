@@ -9,8 +9,9 @@ dataset). What is tuned, and why:
   10. The client's connection pool (aws.py) holds as many connections.
 - no HeadObject per download: the listing already gave each object's size and ETag, handed to
   the manager (as the AWS CLI does), so a file costs one GET, not two requests.
-- parts of 16 MiB from 16 MiB on: a 1 GB file moves as 64 parts in parallel; S3 allows
-  10,000 parts, so a file of up to 160 GB fits.
+- parts of 8 MiB from 8 MiB on (S3's own guidance and the AWS CLI's default): a 1 GB file moves
+  as 120 parts, 64 at a time. s3transfer raises the part size by itself for a file that would
+  need more than S3's 10,000 parts (above 80 GB). 16 MiB parts measured no faster.
 - files land atomically: s3transfer writes a download under a temporary name beside the file and
   renames it when complete, so a file under its own name is always whole.
 Completion is handed back as it happens (`on_done`, on the caller's thread), so a caller can
@@ -31,7 +32,7 @@ from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 CONCURRENCY = 64
-PART_SIZE = 16 * 1024 * 1024
+PART_SIZE = 8 * 1024 * 1024
 MULTIPART_THRESHOLD = PART_SIZE
 
 
