@@ -460,7 +460,8 @@ def data_validate(path: Path, as_json: bool) -> None:
 @click.option("--month", required=True, help="YYYY/MM: the folder under cached-datasets/.")
 @pass_opts
 def data_upload(opts: Options, path: Path, month: str) -> None:
-    """Validate, then upload PATH to cached-datasets/YYYY/MM/ in the bucket.
+    """Validate, then upload PATH (a parquet file, or a folder of them: one dataset) to its own
+    folder cached-datasets/YYYY/MM/<name>-<hash>/; prints the prefix to put in a run config.
 
     \b
     Example:
@@ -468,15 +469,20 @@ def data_upload(opts: Options, path: Path, month: str) -> None:
     """
     from .datasets import upload
 
-    for uri in upload(opts.target(), path, month):
-        click.echo(uri)
+    target = opts.target()
+    done = upload(target, path, month)
+    sent = done.files - done.skipped
+    already = f", {done.skipped} already there" if done.skipped else ""
+    click.echo(f"s3://{target.bucket}/{done.prefix}")
+    click.echo(f"uploaded {sent} file(s), {done.bytes:,} bytes in all{already}; train on it with "
+               f"`dataset: {done.prefix}`", err=True)
 
 
 @data.command(name="ls")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_opts
 def data_ls(opts: Options, as_json: bool) -> None:
-    """List datasets in the bucket, by month.
+    """List datasets in the bucket: one line per dataset prefix.
 
     \b
     Example:

@@ -1,60 +1,182 @@
-"""data validate / upload / ls."""
+"""Datasets on the dev machine: validate, upload (for `data upload` and for `launch` of a local
+file or folder alike), check a bucket prefix before a launch, list.
+
+An upload is content-addressed: `cached-datasets/YYYY/MM/<stem>-<hash>/`, where the hash covers
+every file's path and bytes. So a dataset is never mixed with another one uploaded the same month
+(instance/protocol/datasets.py says what a prefix holds), and uploading the same data again
+sends nothing: the folder is listed once and files already there with their size are skipped.
+Files go through the project's one transfer path (instance/protocol/transfer.py), in parallel;
+any failure is reported with its key, never swallowed.
+"""
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
+from instance.protocol.aws import error_code
+from instance.protocol.datasets import (
+    DatasetError,
+    LocalDataset,
+    RemoteDataset,
+    is_partition,
+    list_dataset,
+    local_dataset,
+)
 from instance.protocol.layout import DATASETS_PREFIX, LayoutError, dataset_prefix, s3_uri
+from instance.protocol.timeutil import utcnow
 
-from .context import Target
-from .errors import BadInput
+from .context import Target, translate_aws_error
+from .errors import BadInput, ChronosError
+
+if TYPE_CHECKING:
+    from instance.protocol.runconfig import RunConfig
+
+HASH_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    prefix: str
+    files: int
+    bytes: int
+    skipped: int  # already in the bucket (same content address, same size)
 
 
 def validate(path: Path) -> dict:
-    from instance.model.dataset import expand_dataset_path, validate_parquet_paths
+    """`data validate`: every problem, and the dataset's size."""
+    from instance.model.dataset import validate_dataset
 
-    if not path.exists():
-        raise BadInput(f"{path}: no such file or folder")
-    files = expand_dataset_path(path)
-    if not files:
-        raise BadInput(f"{path}: holds no .parquet file")
-    problems = [str(p) for p in validate_parquet_paths(files)]
-    summary = {"ok": not problems, "files": len(files), "problems": problems, "series": None, "rows": None}
-    if not problems:
-        import pyarrow.parquet as pq
-
-        rows, items = 0, set()
-        for f in files:
-            table = pq.read_table(f, columns=["item_id"])
-            rows += table.num_rows
-            items.update(table.column("item_id").to_pylist())
-        summary.update(series=len(items), rows=rows)
-    return summary
+    dataset = _local(path)
+    result = validate_dataset(dataset.files)
+    problems = [str(p) for p in result.problems]
+    return {"ok": result.ok, "files": len(dataset.files), "problems": problems,
+            "series": result.series if result.ok else None, "rows": result.rows if result.ok else None}
 
 
-def upload(target: Target, path: Path, month: str) -> list[str]:
-    from .launch import check_local_dataset
+def check_local_dataset(path: Path, cfg: "RunConfig | None" = None) -> LocalDataset:
+    """A local file or folder that is one valid dataset, or BadInput with one sentence."""
+    from instance.model.dataset import validate_parquet_paths
 
+    dataset = _local(path)
+    problems = validate_parquet_paths(
+        dataset.files,
+        context_length=cfg.training.context_length if cfg else None,
+        prediction_length=cfg.training.prediction_length if cfg else None,
+    )
+    if problems:
+        more = f" (and {len(problems) - 1} more problems; see `chronos-train data validate {path}`)" if len(problems) > 1 else ""
+        raise BadInput(f"dataset is not valid: {problems[0]}{more}")
+    return dataset
+
+
+def check_remote_dataset(target: Target, prefix: str) -> RemoteDataset:
+    """The dataset at a bucket prefix, or BadInput: missing, or ambiguous (datasets in folders
+    below it and no file of its own)."""
     try:
-        prefix = dataset_prefix(month)
+        return list_dataset(target.s3, target.bucket, prefix)
+    except DatasetError as exc:
+        hint = "" if "dataset folder" in str(exc) else "; upload one with `chronos-train data upload PATH --month YYYY/MM`"
+        raise BadInput(f"dataset {exc}{hint}") from None
+    except Exception as exc:
+        raise translate_aws_error(exc, target) from None
+
+
+def upload(target: Target, path: Path, month: str) -> Uploaded:
+    """`data upload`: validate, then upload as one dataset under the month."""
+    try:
+        dataset_prefix(month)
     except LayoutError as exc:
         raise BadInput(str(exc)) from None
-    files = check_local_dataset(path)
-    uris = []
-    for f in files:
-        key = prefix + f.name
-        target.s3.upload_file(str(f), target.bucket, key)
-        uris.append(s3_uri(target.bucket, key))
-    return uris
+    dataset = _local(path)
+    # The content hash (which names the folder) is read while the validator reads: both mostly
+    # outside the GIL, so on two cores the hash costs nothing.
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(content_hash, dataset)
+        check_local_dataset(path)
+        return upload_dataset(target, dataset, month, digest=digest.result())
+
+
+def upload_dataset(target: Target, dataset: LocalDataset, month: str | None = None,
+                   progress: Callable[[int, int], None] = lambda done, total: None,
+                   digest: str | None = None) -> Uploaded:
+    """Upload a validated dataset to its content address (`digest`: its content_hash, if known);
+    returns where it is."""
+    from instance.protocol.transfer import TransferFailed, Upload, upload_files
+
+    month = month or utcnow().strftime("%Y/%m")
+    prefix = f"{dataset_prefix(month)}{_stem(dataset)}-{(digest or content_hash(dataset))[:8]}/"
+    try:
+        present = {o["Key"]: o["Size"] for page in target.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=target.bucket, Prefix=prefix) for o in page.get("Contents", [])}
+    except Exception as exc:
+        raise translate_aws_error(exc, target) from None
+    todo = []
+    for f in dataset.files:
+        key = prefix + dataset.relative(f)
+        if present.get(key) != f.stat().st_size:
+            todo.append(Upload(f, key))
+    done = 0
+
+    def on_done(_: Upload) -> None:
+        nonlocal done
+        done += 1
+        progress(done, len(todo))
+
+    try:
+        upload_files(target.s3, target.bucket, todo, on_done=on_done)
+    except TransferFailed as exc:
+        translated = translate_aws_error(exc.cause, target) if error_code(exc.cause) else exc.cause
+        if isinstance(translated, ChronosError):
+            raise type(translated)(f"{exc}; {translated}") from None
+        raise ChronosError(f"{exc}; {done} of {len(todo)} files were uploaded, run the same command again "
+                           "to send the rest") from None
+    return Uploaded(prefix, len(dataset.files), dataset.total_bytes, len(dataset.files) - len(todo))
+
+
+def content_hash(dataset: LocalDataset) -> str:
+    """sha256 over every file's relative path, size and bytes, read in 1 MiB chunks (files hashed
+    in parallel: hashlib lets go of the GIL on large buffers)."""
+    def one(f: Path) -> str:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while chunk := fh.read(HASH_CHUNK):
+                h.update(chunk)
+        return h.hexdigest()
+
+    with ThreadPoolExecutor(8) as pool:
+        digests = list(pool.map(one, dataset.files))
+    total = hashlib.sha256()
+    for f, digest in zip(dataset.files, digests):
+        total.update(f"{dataset.relative(f)}\0{f.stat().st_size}\0{digest}\n".encode())
+    return total.hexdigest()
+
+
+def _stem(dataset: LocalDataset) -> str:
+    return dataset.root.stem if dataset.root.is_file() else dataset.root.resolve().name
+
+
+def _local(path: Path) -> LocalDataset:
+    try:
+        return local_dataset(path)
+    except DatasetError as exc:
+        raise BadInput(f"dataset {exc}") from None
 
 
 def listing(target: Target) -> list[dict]:
+    """`data ls`: one row per dataset (a folder's own files with its partitions)."""
     groups: dict[str, dict] = defaultdict(lambda: {"files": 0, "bytes": 0})
     pages = target.s3.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=DATASETS_PREFIX)
     for obj in (o for page in pages for o in page.get("Contents", [])):
         if not obj["Key"].endswith(".parquet"):
             continue
-        prefix = obj["Key"].rsplit("/", 1)[0] + "/"
+        folders = obj["Key"].split("/")[:-1]
+        while folders and is_partition(folders[-1]):
+            folders.pop()
+        prefix = "/".join(folders) + "/"
         groups[prefix]["files"] += 1
         groups[prefix]["bytes"] += obj["Size"]
-    return [{"prefix": p, **g} for p, g in sorted(groups.items())]
+    return [{"prefix": p, "uri": s3_uri(target.bucket, p), **g} for p, g in sorted(groups.items())]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import getpass
-import hashlib
 import logging
 import socket
 import threading
@@ -11,13 +10,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
+from instance.protocol.datasets import LocalDataset
 from instance.protocol.group import group_name
-from instance.protocol.layout import DATASETS_PREFIX, new_run_id, s3_uri
+from instance.protocol.layout import DATASETS_PREFIX, new_run_id
 from instance.protocol.pricing import PRICES, hourly
 from instance.protocol.runconfig import ConfigError, RunConfig, check_runtime_support, load_config
 from instance.protocol.timeutil import iso, utcnow
 
 from .context import Target, translate_aws_error
+from .datasets import check_local_dataset, check_remote_dataset, upload_dataset
 from .errors import BadInput, Busy, ChronosError, Interrupted
 from .executors.base import Executor, ProvisionError, ProvisionRequest
 from .infra_record import InfraRecord
@@ -58,7 +59,7 @@ class LaunchPlan:
     config: RunConfig
     config_path: Path
     infra: InfraRecord
-    local_files: tuple[Path, ...]  # a local dataset to upload, or () for a bucket prefix
+    local_dataset: LocalDataset | None  # a local dataset to upload, or None for a bucket prefix
     estimate: Estimate
 
 
@@ -86,12 +87,18 @@ def plan(target: Target, config_path: str | Path) -> LaunchPlan:
         raise BadInput(str(exc)) from None
     infra = target.infra()
     readable = _check_readable_by_the_machine(target, cfg)
-    local_files: tuple[Path, ...] = ()
+    local = None
     if cfg.dataset_in_bucket or "dataset" in readable:
-        _check_prefix(target, readable.get("dataset", cfg.dataset))
+        check_remote_dataset(target, readable.get("dataset", cfg.dataset))
     else:
-        local_files = tuple(check_local_dataset(_resolve_local(cfg.dataset, config_path), cfg))
-    return LaunchPlan(cfg, config_path, infra, local_files, estimate(cfg, target.local))
+        path = _resolve_local(cfg.dataset, config_path)
+        if not path.exists():
+            raise BadInput(
+                f"dataset {path} is neither a local file or folder nor a bucket prefix "
+                f"(bucket prefixes start with {DATASETS_PREFIX})"
+            )
+        local = check_local_dataset(path, cfg)
+    return LaunchPlan(cfg, config_path, infra, local, estimate(cfg, target.local))
 
 
 def _resolve_local(dataset: str, config_path: Path) -> Path:
@@ -100,28 +107,6 @@ def _resolve_local(dataset: str, config_path: Path) -> Path:
         beside = config_path.parent / path
         path = beside if beside.exists() else path
     return path
-
-
-def check_local_dataset(path: Path, cfg: RunConfig | None = None) -> list[Path]:
-    from instance.model.dataset import expand_dataset_path, validate_parquet_paths
-
-    if not path.exists():
-        raise BadInput(
-            f"dataset {path} is neither a local file or folder nor a bucket prefix "
-            f"(bucket prefixes start with {DATASETS_PREFIX})"
-        )
-    files = expand_dataset_path(path)
-    if not files:
-        raise BadInput(f"dataset {path} holds no .parquet file")
-    problems = validate_parquet_paths(
-        files,
-        context_length=cfg.training.context_length if cfg else None,
-        prediction_length=cfg.training.prediction_length if cfg else None,
-    )
-    if problems:
-        more = f" (and {len(problems) - 1} more problems; see `chronos-train data validate {path}`)" if len(problems) > 1 else ""
-        raise BadInput(f"dataset is not valid: {problems[0]}{more}")
-    return files
 
 
 def _check_readable_by_the_machine(target: Target, cfg: RunConfig) -> dict[str, str]:
@@ -140,39 +125,6 @@ def _check_readable_by_the_machine(target: Target, cfg: RunConfig) -> dict[str, 
             )
         keys[name] = key
     return keys
-
-
-def _check_prefix(target: Target, prefix: str) -> None:
-    prefix = prefix if prefix.endswith("/") else prefix + "/"
-    try:
-        resp = target.s3.list_objects_v2(Bucket=target.bucket, Prefix=prefix, MaxKeys=1000)
-    except Exception as exc:
-        raise translate_aws_error(exc, target) from None
-    if not any(o["Key"].endswith(".parquet") for o in resp.get("Contents", [])):
-        raise BadInput(
-            f"dataset prefix {s3_uri(target.bucket, prefix)} holds no .parquet file; "
-            "upload one with `chronos-train data upload PATH --month YYYY/MM`"
-        )
-
-
-def upload_local_dataset(target: Target, files: tuple[Path, ...], month: str | None = None) -> str:
-    """Content-addressed folder under cached-datasets/YYYY/MM/: re-uploading is a no-op."""
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode())
-        digest.update(f.read_bytes())
-    month = month or utcnow().strftime("%Y/%m")
-    stem = files[0].parent.name if len(files) > 1 else files[0].stem
-    prefix = f"{DATASETS_PREFIX}{month}/{stem}-{digest.hexdigest()[:8]}/"
-    for f in files:
-        key = prefix + f.name
-        try:
-            if target.s3.head_object(Bucket=target.bucket, Key=key)["ContentLength"] == f.stat().st_size:
-                continue
-        except Exception:
-            pass
-        target.s3.upload_file(str(f), target.bucket, key)
-    return prefix
 
 
 def launch(target: Target, lp: LaunchPlan, executor: Executor,
@@ -215,12 +167,17 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor,
     layout = target.layout
     keeper = LeaseKeeper(store, lease, settings().stale_after / 5)
     try:
-        prefix = upload_local_dataset(target, lp.local_files) if lp.local_files else cfg.dataset
-        run_cfg = cfg.model_copy(update={"dataset": prefix})
-        target.s3.put_object(Bucket=target.bucket, Key=layout.run_config(run_id), Body=run_cfg.to_yaml().encode())
-        target.s3.put_object(Bucket=target.bucket, Key=layout.bundle(run_id), Body=build_bundle())
-        progress(f"run {run_id}: config and code uploaded; provisioning on {executor.name}")
+        # The keeper also covers the dataset upload: a large one can outlast the stale limit.
         with keeper:
+            if lp.local_dataset is not None:
+                prefix = upload_dataset(target, lp.local_dataset).prefix
+                progress(f"run {run_id}: dataset uploaded to {prefix}")
+            else:
+                prefix = cfg.dataset
+            run_cfg = cfg.model_copy(update={"dataset": prefix})
+            target.s3.put_object(Bucket=target.bucket, Key=layout.run_config(run_id), Body=run_cfg.to_yaml().encode())
+            target.s3.put_object(Bucket=target.bucket, Key=layout.bundle(run_id), Body=build_bundle())
+            progress(f"run {run_id}: config and code uploaded; provisioning on {executor.name}")
             done = executor.provision(ProvisionRequest(run_id, target.env, run_cfg, lp.infra))
     except BaseException as exc:
         with sigint_deferred("still recording the launch as failed and releasing the lock; one moment"):

@@ -202,8 +202,8 @@ def dry_run_lines(result) -> list[str]:
         f"run       {result.plan.config_path}: {cfg.instance.type} ({PRICES[cfg.instance.type].gpu}) {market}, "
         f"{cfg.instance.max_runtime_minutes}-minute limit, model {cfg.model.base} ({cfg.model.finetune_mode}), "
         f"{cfg.training.num_steps} steps",
-        f"dataset   {cfg.dataset}" + (f" ({len(result.plan.local_files)} local file(s), uploaded at launch)"
-                                      if result.plan.local_files else ""),
+        f"dataset   {cfg.dataset}" + (f" ({len(result.plan.local_dataset.files)} local file(s), uploaded at launch)"
+                                      if result.plan.local_dataset else ""),
         f"price     {est.sentence()}",
         f"zones     {', '.join(result.zones)} (tried in this order when one has no capacity)",
         "checks",

@@ -11,6 +11,13 @@ Faults, each at `rate` (0..1) per request, split evenly among the enabled kinds:
             (PUT, POST or DELETE with If-Match or If-None-Match): what real S3 answers when
             conditional requests on one key race. Not part of ALL_FAULTS; ask for it by name.
             botocore does not retry it, so the caller sees it at once.
+- denied:   403 AccessDenied before forwarding, as S3 answers a principal the policy does not
+            allow: not retried either. Not part of ALL_FAULTS; ask for it by name.
+Apart from faults, `first_byte_s` (default 0) delays every request that reaches moto by that
+many seconds before it is forwarded: a fixed first-byte latency, as S3 answers from EC2 in the
+same region (tens of ms a request), so that a benchmark shows what concurrency buys on AWS rather
+than on loopback. It costs the proxy no CPU (a timed wait) and applies to every method and path
+except moto's own control API.
 Which requests may be hit: `paths` (substrings of the URL path, query string excluded; all when
 empty) and `methods` (all when empty). moto's own control API (/moto-api/) is never hit: it is
 not AWS, and the CLI probes it to find the sandbox. `configure()` changes all of this while
@@ -39,6 +46,7 @@ import http.client
 import random
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -46,6 +54,7 @@ from urllib.parse import urlsplit
 ALL_FAULTS = ("slowdown", "error500", "reset", "lost", "latency")
 FAILING_FAULTS = ("slowdown", "error500", "reset", "lost")  # every one of these costs a retry
 CONFLICT = "conflict"  # 409 on a conditional write: never retried by botocore, so no retry cost
+DENIED = "denied"  # 403 AccessDenied: never retried by botocore
 CONDITIONAL_HEADERS = ("If-Match", "If-None-Match")
 # S3's own wording for the 409 (S3 API reference, "Error codes").
 CONFLICT_MESSAGE = ("A conflicting operation occurred. If using PutObject you can retry the request. If using "
@@ -78,8 +87,9 @@ class _QuietServer(ThreadingHTTPServer):
 class FaultProxy:
     def __init__(self, upstream: str, rate: float = 0.0, faults=ALL_FAULTS, latency_s: float = 0.2,
                  seed: int = 0, paths: tuple[str, ...] = (), methods: tuple[str, ...] = (),
-                 max_faults: int | None = None):
+                 max_faults: int | None = None, first_byte_s: float = 0.0):
         self.upstream = urlsplit(upstream)
+        self.first_byte_s = first_byte_s
         self.latency_s = latency_s
         self.rng = random.Random(seed)
         self.stats: Counter = Counter()
@@ -94,11 +104,13 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def configure(self, rate: float | None = None, faults=None, paths=None, methods=None,
-                  max_faults: int | None = None, seed: int | None = None) -> None:
+                  max_faults: int | None = None, seed: int | None = None, first_byte_s: float | None = None) -> None:
         """Change what is injected from the next request on (None leaves a setting as it is).
         `max_faults`: inject at most that many more faults (e.g. 1: lose exactly one reply);
-        `seed`: restart the fault sequence from this seed."""
+        `seed`: restart the fault sequence from this seed; `first_byte_s`: the fixed latency."""
         with self._lock:
+            if first_byte_s is not None:
+                self.first_byte_s = first_byte_s
             if seed is not None:
                 self.rng = random.Random(seed)
             if max_faults is not None:
@@ -161,7 +173,7 @@ class FaultProxy:
 
     @property
     def injected(self) -> int:
-        return sum(self.stats[f] for f in (*ALL_FAULTS, CONFLICT))
+        return sum(self.stats[f] for f in (*ALL_FAULTS, CONFLICT, DENIED))
 
     def __enter__(self) -> "FaultProxy":
         self._thread.start()
@@ -178,7 +190,7 @@ class FaultProxy:
         with self._lock:
             fault = self._pick(url_path, method, attempt, conditional)
             if invocation:
-                self._last_attempt_failed[invocation] = fault in (*FAILING_FAULTS, CONFLICT)
+                self._last_attempt_failed[invocation] = fault in (*FAILING_FAULTS, CONFLICT, DENIED)
             return fault
 
     def _pick(self, url_path: str, method: str, attempt: tuple[int, int] | None,
@@ -272,6 +284,8 @@ class FaultProxy:
                                    conditional=any(h in self.headers for h in CONDITIONAL_HEADERS))
                 if fault == CONFLICT:
                     return self._error(409, "ConditionalRequestConflict", CONFLICT_MESSAGE)
+                if fault == DENIED:
+                    return self._error(403, "AccessDenied", "Access Denied")
                 if fault == "slowdown":
                     return self._error(503, "SlowDown")
                 if fault == "error500":
@@ -280,6 +294,8 @@ class FaultProxy:
                     return self._drop()
                 if fault == "latency":
                     threading.Event().wait(proxy.latency_s)
+                if proxy.first_byte_s and not urlsplit(self.path).path.startswith(NEVER_FAULTED):
+                    time.sleep(proxy.first_byte_s)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     headers["Content-Length"] = str(len(body))
@@ -308,3 +324,20 @@ class FaultProxy:
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
         return Handler
+
+
+def serve(upstream: str, first_byte_s: float) -> None:
+    """`python -m tests.faultproxy UPSTREAM FIRST_BYTE_S`: a latency-only proxy in a process of its
+    own (a benchmark's client then does not share a GIL with it); prints its URL, serves until
+    stdin closes."""
+    import sys
+
+    with FaultProxy(upstream, first_byte_s=first_byte_s) as proxy:
+        print(proxy.url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve(sys.argv[1], float(sys.argv[2]))

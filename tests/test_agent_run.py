@@ -111,6 +111,7 @@ def test_model_metadata(completed):
     assert meta["config"]["training"]["num_steps"] == 20
     assert meta["artifacts"]["model_uri"].endswith("/models/")
     assert meta["dataset"]["uri"].endswith(DATA_PREFIX)
+    assert meta["dataset"]["file_list"] == ["part-0.parquet", "part-1.parquet"]  # what the fingerprint covers
     assert meta["trained_on"] == {  # one process on this CPU: no torchrun, fit's own precision choice
         "executor": "local", "instance_type": None, "gpu": None, "gpus": 0, "processes": 1,
         "precision": "fp32", "tf32": False, "batch_size": 16, "batch_size_per_rank": 16,

@@ -175,6 +175,26 @@ def test_data_validate_upload_and_ls(invoke, seeded, tmp_path):
     assert _keys(seeded) == before
 
     result = invoke("--local", "data", "upload", str(good), "--month", "2026/11")
-    assert result.exit_code == 0 and f"s3://{BUCKET}/cached-datasets/2026/11/sales.parquet" in result.output
+    assert result.exit_code == 0, result.output
+    prefix = result.output.splitlines()[0].strip()[len(f"s3://{BUCKET}/"):]
+    assert prefix.startswith("cached-datasets/2026/11/sales-") and prefix.endswith("/")
+    assert f"{prefix}sales.parquet" in _keys(seeded) and f"`dataset: {prefix}`" in result.output
+    again = invoke("--local", "data", "upload", str(good), "--month", "2026/11")  # same content, same place
+    assert again.exit_code == 0 and again.output.startswith(result.output.splitlines()[0]) and "1 already there" in again.output
     listing = invoke("--local", "data", "ls", "--json")
-    assert '"prefix": "cached-datasets/2026/11/"' in listing.output
+    assert f'"prefix": "{prefix}"' in listing.output
+
+
+def test_an_ambiguous_dataset_prefix_is_refused_at_launch(invoke, seeded, aws, tmp_path):
+    """Two datasets uploaded the same month: the month is not a dataset, launch says which are."""
+    from tests.agent_fixtures import parquet_bytes, synthetic_frame
+
+    body = parquet_bytes(synthetic_frame(n_items=3, length=64))
+    for name in ("sales-1a2b3c4d", "traffic-9f8e7d6c"):
+        seeded.put_object(Bucket=BUCKET, Key=f"cached-datasets/2026/11/{name}/part-0.parquet", Body=body)
+    before = _keys(seeded)
+    result = invoke("--local", "launch", _config(tmp_path, dataset="cached-datasets/2026/11/"))
+    assert result.exit_code == 2, result.output
+    assert "holds no parquet file of its own but 2 dataset folder(s) below it (sales-1a2b3c4d/, traffic-9f8e7d6c/)" \
+        in result.output and result.output.count("\n") <= 2
+    assert _keys(seeded) == before and _instances(aws) == []

@@ -1,5 +1,5 @@
-"""The long-format validator (one sentence per problem, naming file, column and item) and the
-S3 dataset sync (parallel, skips unchanged files, removes files that left the prefix)."""
+"""The long-format validator: one sentence per problem, naming file, column and item (the sync
+is tests/test_datasync.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,15 +8,12 @@ import pytest
 
 from instance.model.dataset import (
     DataProblem,
-    DatasetNotFound,
     expand_dataset_path,
-    fingerprint,
     load_long_frame,
     min_series_length,
-    sync_prefix,
     validate_parquet_paths,
 )
-from tests.agent_fixtures import parquet_bytes, synthetic_frame, write_parquet
+from tests.agent_fixtures import synthetic_frame, write_parquet
 
 H, C = 8, 64
 
@@ -147,45 +144,3 @@ def test_expand_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert [p.name for p in expand_dataset_path(tmp_path)] == ["a.parquet", "b.parquet"]
     assert expand_dataset_path(tmp_path / "a.parquet") == [tmp_path / "a.parquet"]
-
-
-# -- sync --------------------------------------------------------------------------------------
-PREFIX = "cached-datasets/2026/10/"
-
-
-def test_sync_downloads_in_parallel_then_skips_unchanged(s3, bucket, tmp_path):
-    for i in range(5):
-        frame = synthetic_frame(2, seed=i).assign(item_id=lambda f: f.item_id + f"-part{i}")
-        s3.put_object(Bucket=bucket, Key=f"{PREFIX}part-{i}.parquet", Body=parquet_bytes(frame))
-    s3.put_object(Bucket=bucket, Key=f"{PREFIX}_SUCCESS", Body=b"")
-    dest = tmp_path / "data"
-    first = sync_prefix(s3, bucket, PREFIX, dest, max_concurrency=4)
-    assert first.downloaded == 5 and first.skipped == 0
-    assert [p.name for p in first.files] == [f"part-{i}.parquet" for i in range(5)]
-    assert validate_parquet_paths(first.files, C, H) == []
-
-    again = sync_prefix(s3, bucket, PREFIX, dest)
-    assert again.downloaded == 0 and again.skipped == 5
-    assert fingerprint(again.remote) == fingerprint(first.remote)
-
-    s3.put_object(Bucket=bucket, Key=f"{PREFIX}part-1.parquet", Body=parquet_bytes(synthetic_frame(3, seed=9)))
-    s3.delete_object(Bucket=bucket, Key=f"{PREFIX}part-4.parquet")
-    changed = sync_prefix(s3, bucket, PREFIX, dest)
-    assert changed.downloaded == 1 and changed.skipped == 3
-    assert changed.removed == [f"{PREFIX}part-4.parquet"] and not (dest / "part-4.parquet").exists()
-    assert fingerprint(changed.remote) != fingerprint(first.remote)
-    assert not list(dest.glob(".*.part"))
-
-
-def test_sync_redownloads_a_file_damaged_locally(s3, bucket, tmp_path):
-    s3.put_object(Bucket=bucket, Key=f"{PREFIX}a.parquet", Body=parquet_bytes(synthetic_frame(2)))
-    dest = tmp_path / "data"
-    sync_prefix(s3, bucket, PREFIX, dest)
-    (dest / "a.parquet").write_bytes(b"truncated")
-    assert sync_prefix(s3, bucket, PREFIX, dest).downloaded == 1
-    assert validate_parquet_paths([dest / "a.parquet"]) == []
-
-
-def test_sync_of_a_missing_prefix(s3, bucket, tmp_path):
-    with pytest.raises(DatasetNotFound, match="no parquet files under s3://"):
-        sync_prefix(s3, bucket, "cached-datasets/2099/01/", tmp_path)

@@ -1,7 +1,8 @@
 """The shipped examples stay launchable: `make demo`'s config and data, and the AWS example."""
 from pathlib import Path
 
-from automation.launch import check_local_dataset, estimate
+from automation.datasets import check_local_dataset
+from automation.launch import estimate
 from instance.protocol.runconfig import load_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -9,7 +10,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def test_quickstart_config_and_dataset_pass_launch_validation():
     cfg = load_config(EXAMPLES / "quickstart.yaml")
-    files = check_local_dataset(EXAMPLES / cfg.dataset, cfg)
+    files = check_local_dataset(EXAMPLES / cfg.dataset, cfg).files
     assert [f.name for f in files] == ["us_employment.parquet"]
     assert cfg.model.is_scratch and estimate(cfg, local=True).sentence().startswith("local run: $0.00")
 

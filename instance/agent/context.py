@@ -141,17 +141,15 @@ class AgentContext:
             etag = current["ETag"]
         self._etags[key] = etag
 
-    def upload_file(self, path: Path, key: str) -> None:
-        self.s3.upload_file(str(path), self.bucket, key)
-
     def upload_dir(self, folder: Path, prefix: str) -> list[str]:
+        """Every file under `folder`, in parallel through the one transfer path (transfer.py)."""
+        from ..protocol.transfer import Upload, upload_files
+
         self.guard()
-        keys = []
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            key = prefix + path.relative_to(folder).as_posix()
-            self.upload_file(path, key)
-            keys.append(key)
-        return keys
+        items = [Upload(p, prefix + p.relative_to(folder).as_posix())
+                 for p in sorted(p for p in folder.rglob("*") if p.is_file())]
+        upload_files(self.s3, self.bucket, items)
+        return [u.key for u in items]
 
     def delete_prefix(self, prefix: str) -> int:
         n = 0

@@ -12,14 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model.dataset import (
-    DataValidationError,
-    expand_dataset_path,
-    fingerprint,
-    local_fingerprint,
-    sync_prefix,
-    validate_parquet_paths,
-)
+from ..model.dataset import DataValidationError, expand_dataset_path, validate_parquet_paths
+from ..model.datasync import sync_prefix
+from ..protocol.datasets import fingerprint, local_fingerprint
 from ..protocol.runconfig import ConfigError, check_runtime_support, parse_config
 from ..protocol.timeutil import iso
 from .context import AgentContext, CheckpointUploader, download_prefix, latest_checkpoint
@@ -98,6 +93,7 @@ class DataSyncOutput:
     skipped: int
     bytes_downloaded: int
     total_bytes: int
+    file_list: list[str] = field(default_factory=list)  # each file, relative to the dataset's prefix
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -127,19 +123,23 @@ def data_sync(ctx: AgentContext, inp: DataSyncInput) -> DataSyncOutput:
         fp, rows = local_fingerprint([f for f in files if f.is_file()])
         source, downloaded, skipped, got = str(where.resolve()), 0, len(files), 0
         total = sum(r.size for r in rows)
+        names = [r.key for r in rows]
     else:
         bucket, prefix = where
         report = sync_prefix(ctx.s3, bucket, prefix, inp.dest, should_stop=ctx.holder.check)
-        files, fp, source = report.files, fingerprint(report.remote), f"s3://{bucket}/{prefix}"
+        files, fp, source = report.files, fingerprint(report.remote), report.dataset.uri
         downloaded, skipped, got, total = report.downloaded, report.skipped, report.bytes_downloaded, report.total_bytes
+        names = [report.dataset.relative(r) for r in report.remote]
         log.info("dataset %s: %d files, %d downloaded, %d already present", source, len(files), downloaded, skipped)
+        if report.dataset.others:
+            log.info("not part of it (other datasets in folders below): %s", ", ".join(report.dataset.others[:10]))
     ctx.holder.check()
     problems = validate_parquet_paths(files, inp.context_length, inp.prediction_length)
     if problems:
         for p in problems:
             log.error("data problem: %s", p)
         raise DataValidationError(f"the dataset {source} cannot be trained on", problems)
-    out = DataSyncOutput(files, source, fp, downloaded, skipped, got, total)
+    out = DataSyncOutput(files, source, fp, downloaded, skipped, got, total, names)
     ctx.record.update(data={"uri": source, "fingerprint": fp, "files": len(files), "bytes": total})
     return out
 
@@ -312,7 +312,8 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
         "finetune_mode": cfg.model.finetune_mode,
         "config": cfg.model_dump(mode="json"),
         "data_fingerprint": inp.data.fingerprint,
-        "dataset": {"uri": inp.data.source_uri, "files": len(inp.data.files), "bytes": inp.data.total_bytes},
+        "dataset": {"uri": inp.data.source_uri, "files": len(inp.data.files), "bytes": inp.data.total_bytes,
+                    "file_list": inp.data.file_list},
         "metrics": inp.training.metrics,
         "evaluation": inp.training.evaluation,
         "training": inp.training.training,

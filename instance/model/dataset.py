@@ -1,4 +1,4 @@
-"""Training data: the long-format parquet validator, the S3 dataset sync and the loader.
+"""Training data: the long-format parquet validator and the loader (the sync is datasync.py).
 
 Long format (DESIGN.md "Data format"): `item_id`, `timestamp` (datetime), `target` (numeric); every
 other column is a numeric covariate. The validator is shared: the CLI calls it for `data validate`
@@ -8,15 +8,14 @@ module stays cheap for the CLI.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
-from ..protocol.artifacts import write_json_atomic
+from ..protocol.datasets import DatasetNotFound, RemoteFile, fingerprint  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ REQUIRED_COLUMNS = (ID, TIME, TARGET)
 MIN_CONTEXT = 16
 # Beyond this many items with the same problem in one file, one summary line says how many more.
 MAX_ITEMS_PER_PROBLEM = 10
-MANIFEST_NAME = ".sync-manifest.json"
+READ_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -60,10 +59,6 @@ class DataError(Exception):
         super().__init__(message)
 
 
-class DatasetNotFound(DataError):
-    pass
-
-
 class DataValidationError(DataError):
     pass
 
@@ -76,72 +71,189 @@ def min_series_length(prediction_length: int, context_length: int | None = None)
 
 
 def expand_dataset_path(path: str | os.PathLike) -> list[Path]:
-    """A parquet file, or every *.parquet directly inside a folder (sorted).
+    """The dataset's files at a local path (protocol/datasets.py's rule: a parquet file, or a
+    folder's own parquet files and its `key=value/` partitions).
 
-    A missing path comes back as itself so that the validator names it; a folder without parquet
-    files comes back empty.
+    A missing path comes back as itself so that the validator names it; a folder without files
+    of its own comes back empty.
     """
+    from ..protocol.datasets import DatasetError, local_dataset
+
     path = Path(path)
-    if path.is_dir():
-        return sorted(p for p in path.glob("*.parquet") if p.is_file())
-    return [path]
+    try:
+        return local_dataset(path).files
+    except DatasetError:
+        return [] if path.exists() else [path]
 
 
 # -- validation ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Validation:
+    problems: list[DataProblem]
+    rows: int  # every row of every readable file
+    series: int  # distinct item ids
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 def validate_parquet_paths(
-    paths: list[Path],
+    paths: Sequence[Path],
     context_length: int | None = None,
     prediction_length: int | None = None,
 ) -> list[DataProblem]:
-    """Every problem that would stop training, naming file, column and item. Empty = valid.
+    """Every problem that would stop training, naming file, column and item. Empty = valid."""
+    return validate_dataset(paths, context_length, prediction_length).problems
 
-    Schema problems are per file. Per-series problems are checked on all files together (a
-    month's folder may split one series over several files), except the order of timestamps,
-    which is checked within each file.
+
+def validate_dataset(
+    paths: Sequence[Path],
+    context_length: int | None = None,
+    prediction_length: int | None = None,
+) -> Validation:
+    """The problems, and the dataset's size.
+
+    Schema problems are per file, read from the parquet footer. Per-series problems are checked
+    on all files together (a dataset may split one series over several files), except the order
+    of timestamps, which is checked within each file.
+
+    Memory stays near the data's own size: only item_id, timestamp and target are read, one row
+    group at a time, and kept as 13 bytes a row (an int32 series code, int64 nanoseconds and a
+    flag for a missing target); item ids are read dictionary-encoded, so each distinct id is one
+    Python string, not one per row. Series checks are vectorised over those arrays; a sort is
+    needed only for files whose series are interleaved and for series split over files.
     """
     if not paths:
-        return [DataProblem("dataset", None, None, "contains no parquet files")]
+        return Validation([DataProblem("dataset", None, None, "contains no parquet files")], 0, 0)
     problems: list[DataProblem] = []
-    frames = []
-    for path in paths:
-        frame, file_problems = _read_and_check_schema(Path(path))
-        problems += file_problems
-        if frame is not None:
-            frames.append((str(path), frame))
-    if frames:
-        problems += _check_series(frames, context_length, prediction_length)
-    return problems
+    codes = _SeriesCodes()
+    columns: list[_FileColumns] = []
+    out = _Collector()
+    rows = 0
+    # Files are read in parallel (pyarrow lets go of the GIL while it reads and decodes: a
+    # partitioned dataset of thousands of small files is bound by that), then checked in order.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        for read, file_problems, n in pool.map(lambda p: _read_file(Path(p), codes), paths):
+            problems += file_problems
+            rows += n
+            if read is not None:
+                read.check_rows(out, codes)
+                columns.append(read)
+    if columns:
+        _check_series(columns, codes, out, context_length, prediction_length)
+    problems += out.finish()
+    return Validation(problems, rows, len(codes.names))
 
 
-def _read_and_check_schema(path: Path):
-    import pandas.api.types as ptypes
+class _SeriesCodes:
+    """Item id -> int32 code, over all files (ids compared as strings, as training reads them).
+    Codes are handed out in whatever order the reading threads ask; every report sorts by name."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+        self.names: list[str] = []
+        self._lock = threading.Lock()
+
+    def of(self, values) -> "Any":
+        import numpy as np
+
+        out = np.empty(len(values), dtype=np.int32)
+        with self._lock:
+            for i, v in enumerate(values):
+                key = str(v)
+                code = self.index.get(key)
+                if code is None:
+                    code = self.index[key] = len(self.names)
+                    self.names.append(key)
+                out[i] = code
+        return out
+
+
+@dataclass
+class _FileColumns:
+    """One file's rows with an id and a timestamp, in file order."""
+
+    name: str
+    codes: Any  # int32
+    times: Any  # int64 ns
+    bad_target: Any  # bool: null or NaN
+    null_ids: int
+    items_without_time: Any  # codes
+    unsorted: set[int] = field(default_factory=set)  # series whose timestamps go backwards here
+    present: Any = None  # the distinct codes of this file
+    _grouped: Any = None
+
+    def check_rows(self, out: "_Collector", codes: _SeriesCodes) -> None:
+        """What is checked within one file: rows without id or time, timestamps out of order."""
+        import numpy as np
+
+        if self.null_ids:
+            out.add(self.name, ID, None, "null ids", f"{self.null_ids} rows have no item_id")
+        if len(self.items_without_time):
+            for code in sorted(np.unique(self.items_without_time), key=lambda c: codes.names[c]):
+                out.add(self.name, TIME, codes.names[code], "with missing timestamps", "has rows without a timestamp")
+        c, t = self.grouped()
+        same = c[1:] == c[:-1]
+        back = same & (t[1:] < t[:-1])
+        if back.any():
+            self.unsorted = set(np.unique(c[1:][back]).tolist())
+            for code in sorted(self.unsorted, key=lambda c: codes.names[c]):
+                out.add(self.name, TIME, codes.names[code], "with unsorted timestamps",
+                        "timestamps are not in increasing order within the series")
+        # Grouped rows: the first code of each run, one per series.
+        self.present = c[np.flatnonzero(np.r_[True, ~same])] if len(c) else c
+
+    def grouped(self):
+        """(codes, times) with each series' rows together, in file order within the series."""
+        import numpy as np
+
+        if self._grouped is None:
+            c = self.codes
+            runs = int(np.count_nonzero(c[1:] != c[:-1])) + 1 if len(c) else 0
+            distinct = int(np.count_nonzero(np.bincount(c))) if len(c) else 0
+            if runs == distinct:  # already grouped (the usual layout): no sort
+                self._grouped = (c, self.times)
+            else:
+                order = np.argsort(c, kind="stable")
+                self._grouped = (c[order], self.times[order])
+        return self._grouped
+
+
+def _read_file(path: Path, codes: _SeriesCodes):
+    """(columns or None, schema problems, row count)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     name = str(path)
     if not path.exists():
-        return None, [DataProblem(name, None, None, "no such file or folder")]
+        return None, [DataProblem(name, None, None, "no such file or folder")], 0
     if path.is_dir():
-        return None, [DataProblem(name, None, None, "is a folder without parquet files")]
+        return None, [DataProblem(name, None, None, "is a folder without parquet files")], 0
     try:
-        table = pq.read_table(path)
+        try:  # text ids straight from the parquet dictionary: one string per series (others: ignored)
+            pf = pq.ParquetFile(path, read_dictionary=[ID])
+        except KeyError:  # no item_id column: said below
+            pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
     except (pa.ArrowException, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return None, [DataProblem(name, None, None, f"is not a readable parquet file ({reason})")]
-
+        return None, [DataProblem(name, None, None, f"is not a readable parquet file ({reason})")], 0
+    num_rows = pf.metadata.num_rows
     problems: list[DataProblem] = []
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
     for column in missing:
         problems.append(DataProblem(name, column, None, "required column is missing (long format needs item_id, timestamp, target)"))
-    if table.num_rows == 0:
+    if num_rows == 0:
         problems.append(DataProblem(name, None, None, "has no rows"))
-    schema = table.schema
-    if TIME in table.column_names:
+    if TIME in schema.names:
         kind = schema.field(TIME).type
         if not (pa.types.is_timestamp(kind) or pa.types.is_date(kind)):
             problems.append(DataProblem(name, TIME, None, f"must be a datetime column, found {kind}; store timestamps as a parquet timestamp type"))
     numeric_problem = False
-    for column in table.column_names:
+    for column in schema.names:
         if column in (ID, TIME):
             continue
         kind = schema.field(column).type
@@ -149,14 +261,68 @@ def _read_and_check_schema(path: Path):
             role = "the target" if column == TARGET else "a covariate (every extra column is one)"
             problems.append(DataProblem(name, column, None, f"is {role} and must be numeric, found {kind}"))
             numeric_problem = numeric_problem or column == TARGET
-    if missing or table.num_rows == 0 or any(p.column == TIME for p in problems) or numeric_problem:
-        return None, problems
-    frame = table.select([ID, TIME, TARGET]).to_pandas()
-    if not ptypes.is_datetime64_any_dtype(frame[TIME]):
-        import pandas as pd
+    if missing or num_rows == 0 or any(p.column == TIME for p in problems) or numeric_problem:
+        return None, problems, num_rows
+    try:
+        return _read_columns(pf, name, codes), problems, num_rows
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, problems + [DataProblem(name, None, None, f"could not be read ({reason})")], num_rows
 
-        frame[TIME] = pd.to_datetime(frame[TIME])
-    return frame, problems
+
+def _read_columns(pf, name: str, codes: _SeriesCodes) -> _FileColumns:
+    """The three columns as flat arrays, one row group at a time into arrays sized once from the
+    footer's row count (no list of parts to concatenate: that would double the peak)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = pf.metadata.num_rows
+    c_all = np.empty(total, dtype=np.int32)
+    t_all = np.empty(total, dtype=np.int64)
+    bad_all = np.empty(total, dtype=bool)
+    no_time, null_ids, n = [], 0, 0
+    for i in range(pf.num_row_groups):
+        group = pf.read_row_group(i, columns=[ID, TIME, TARGET])
+        for ids, times, target in zip(*(group.column(col).chunks for col in (ID, TIME, TARGET))):
+            if not pa.types.is_dictionary(ids.type):
+                ids = pc.dictionary_encode(ids)
+            local = codes.of(ids.dictionary.to_pylist())
+            indices = ids.indices
+            if indices.null_count:
+                idx = indices.fill_null(-1).to_numpy()
+                c = np.where(idx >= 0, local[np.maximum(idx, 0)] if len(local) else -1, -1).astype(np.int32)
+            else:
+                c = local[indices.to_numpy()]
+            t = times.cast(pa.timestamp("ns", tz=getattr(times.type, "tz", None))).cast(pa.int64())
+            if t.null_count:
+                t_null = t.is_null().to_numpy(zero_copy_only=False)
+                t = t.fill_null(0)
+            else:
+                t_null = None
+            t = t.to_numpy()
+            if pa.types.is_floating(target.type):
+                values = target.to_numpy(zero_copy_only=False)  # nulls come back as NaN
+                bad = np.isnan(values)
+            else:
+                bad = target.is_null().to_numpy(zero_copy_only=False)
+            n_null_ids = int(np.count_nonzero(c < 0)) if indices.null_count else 0
+            null_ids += n_null_ids
+            if t_null is None and not n_null_ids:
+                k = len(c)
+                c_all[n:n + k], t_all[n:n + k], bad_all[n:n + k] = c, t, bad
+            else:
+                t_null = np.zeros(len(c), bool) if t_null is None else t_null
+                if t_null.any():
+                    no_time.append(c[t_null & (c >= 0)])
+                keep = (c >= 0) & ~t_null
+                k = int(np.count_nonzero(keep))
+                c_all[n:n + k], t_all[n:n + k], bad_all[n:n + k] = c[keep], t[keep], bad[keep]
+            n += k
+        del group
+    pa.default_memory_pool().release_unused()  # Arrow's pool would keep the row groups' pages
+    return _FileColumns(name, c_all[:n], t_all[:n], bad_all[:n], null_ids,
+                        np.concatenate(no_time) if no_time else np.empty(0, dtype=np.int32))
 
 
 class _Collector:
@@ -179,188 +345,127 @@ class _Collector:
         return self.problems
 
 
-def _check_series(frames, context_length, prediction_length) -> list[DataProblem]:
-    import pandas as pd
+def _check_series(columns: list[_FileColumns], codes: _SeriesCodes, out: _Collector, context_length,
+                  prediction_length) -> None:
+    """Duplicates, all-NaN targets and lengths, per series over every file."""
+    import numpy as np
 
-    out = _Collector()
-    for file, frame in frames:
-        ids = frame[ID]
-        if ids.isna().any():
-            out.add(file, ID, None, "null ids", f"{int(ids.isna().sum())} rows have no item_id")
-        if frame[TIME].isna().any():
-            for item in pd.unique(ids[frame[TIME].isna()].dropna()):
-                out.add(file, TIME, item, "with missing timestamps", "has rows without a timestamp")
-        # Order within one file: a later row of an item must not be earlier in time.
-        backwards = frame[TIME].groupby(ids, sort=False).diff() < pd.Timedelta(0)
-        for item in pd.unique(ids[backwards]):
-            out.add(file, TIME, item, "with unsorted timestamps", "timestamps are not in increasing order within the series")
+    k = len(codes.names)
+    if len(columns) < 64:  # a k-sized count per file
+        lengths = sum(np.bincount(col.codes, minlength=k) for col in columns)
+        bad = sum(np.bincount(col.codes[col.bad_target], minlength=k) for col in columns)
+    else:  # many small files: one pass over all rows rather than a k-sized array per file
+        lengths = np.bincount(np.concatenate([col.codes for col in columns]), minlength=k)
+        bad = np.bincount(np.concatenate([col.codes[col.bad_target] for col in columns]), minlength=k)
+    good = lengths - bad
+    files_holding = np.bincount(np.concatenate([col.present for col in columns]), minlength=k)
+    names_of: dict[int, list[str]] = {}
 
-    combined = pd.concat([f.assign(_file=file) for file, f in frames], ignore_index=True)
-    combined = combined[combined[ID].notna() & combined[TIME].notna()]
-    files_of = combined.groupby(ID, sort=True)["_file"].agg(lambda s: ", ".join(pd.unique(s)))
+    def files_of(code: int) -> str:
+        if not names_of:  # once, for the few series that have a problem
+            wanted = np.asarray(sorted(problem_codes), dtype=np.int32)
+            for col in columns:
+                for found in np.intersect1d(col.present, wanted).tolist():
+                    names_of.setdefault(found, []).append(col.name)
+        return ", ".join(names_of[code])
 
-    dup = combined.duplicated([ID, TIME], keep=False)
-    if dup.any():
-        for item, rows in combined[dup].groupby(ID, sort=True):
-            first = rows[TIME].min()
-            count = int(rows.duplicated([ID, TIME]).sum())
-            out.add(files_of[item], TIME, item, "with duplicate timestamps", f"{count} duplicate timestamp(s), first at {first}")
+    # Duplicate timestamps: adjacent in each series' rows once they are in time order. A series
+    # in one file, already in order, is checked where it lies; the others are gathered and sorted.
+    dup_count = np.zeros(k, dtype=np.int64)
+    dup_first = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
+    hard = files_holding > 1
+    for col in columns:
+        hard[list(col.unsorted)] = True
+    for col in columns:
+        c, t = col.grouped()
+        if hard.any():
+            easy = ~hard[c]
+            c, t = c[easy], t[easy]
+        _count_adjacent_duplicates(c, t, dup_count, dup_first)
+    if hard.any():
+        c = np.concatenate([col.codes[hard[col.codes]] for col in columns])
+        t = np.concatenate([col.times[hard[col.codes]] for col in columns])
+        order = np.lexsort((t, c))
+        _count_adjacent_duplicates(c[order], t[order], dup_count, dup_first)
+    by_name = lambda found: sorted(found.tolist(), key=lambda c: codes.names[c])  # noqa: E731
+    need = min_series_length(prediction_length, context_length) if prediction_length else 0
+    duplicated = np.flatnonzero(dup_count)
+    all_nan = np.flatnonzero((lengths > 0) & (good == 0))
+    short = np.flatnonzero((lengths > 0) & (lengths < need))
+    problem_codes = set(duplicated.tolist()) | set(all_nan.tolist()) | set(short.tolist())
+    if len(duplicated):
+        import pandas as pd
 
-    all_nan = combined[TARGET].isna().groupby(combined[ID], sort=True).all()
-    for item in all_nan.index[all_nan.to_numpy()]:
-        out.add(files_of[item], TARGET, item, "whose target is all NaN", "the target is NaN everywhere in this series")
+        for code in by_name(duplicated):
+            first = pd.Timestamp(int(dup_first[code]), unit="ns")
+            out.add(files_of(code), TIME, codes.names[code], "with duplicate timestamps",
+                    f"{int(dup_count[code])} duplicate timestamp(s), first at {first}")
+
+    for code in by_name(all_nan):
+        out.add(files_of(code), TARGET, codes.names[code], "whose target is all NaN", "the target is NaN everywhere in this series")
 
     if prediction_length:
-        need = min_series_length(prediction_length, context_length)
-        lengths = combined.groupby(ID, sort=True).size()
-        for item, n in lengths[lengths.to_numpy() < need].items():
+        for code in by_name(short):
             out.add(
-                files_of[item], TARGET, item, "too short",
-                f"the series has {int(n)} points but needs at least {need}: the last {prediction_length} "
+                files_of(code), TARGET, codes.names[code], "too short",
+                f"the series has {int(lengths[code])} points but needs at least {need}: the last {prediction_length} "
                 f"are held out for evaluation, and training needs a {prediction_length}-step window after "
                 f"{need - 2 * prediction_length} points of context",
             )
-    return out.finish()
+
+
+def _count_adjacent_duplicates(c, t, count, first) -> None:
+    import numpy as np
+
+    if len(c) < 2:
+        return
+    dup = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
+    if dup.any():
+        np.add.at(count, c[1:][dup], 1)
+        np.minimum.at(first, c[1:][dup], t[1:][dup])
 
 
 # -- loading ------------------------------------------------------------------------------------
 def load_long_frame(paths: Sequence[Path]):
-    """All files as one frame sorted by (item_id, timestamp); item ids as strings."""
-    import pandas as pd
-
-    frames = [pd.read_parquet(p) for p in paths]
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    df[ID] = df[ID].astype(str)
-    df[TIME] = pd.to_datetime(df[TIME])
-    return df.sort_values([ID, TIME], kind="stable").reset_index(drop=True)
+    """All files as one pandas frame sorted by (item_id, timestamp); item ids as strings."""
+    return load_long_table(paths).to_pandas(self_destruct=True, split_blocks=True)
 
 
-# -- sync from S3 -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RemoteFile:
-    key: str
-    etag: str
-    size: int
+def load_long_table(paths: Sequence[Path]):
+    """All files as one Arrow table sorted by (item_id, timestamp); item ids as strings.
 
-
-@dataclass
-class SyncReport:
-    files: list[Path]
-    remote: list[RemoteFile]
-    downloaded: int = 0
-    skipped: int = 0
-    bytes_downloaded: int = 0
-    removed: list[str] = field(default_factory=list)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(r.size for r in self.remote)
-
-
-def fingerprint(remote: Iterable[RemoteFile]) -> str:
-    """Names the exact data a model saw: keys, ETags and sizes, order-independent."""
-    rows = sorted((r.key, r.etag.strip('"'), r.size) for r in remote)
-    return "sha256:" + hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-
-
-def local_fingerprint(paths: Sequence[Path]) -> tuple[str, list[RemoteFile]]:
-    """The same fingerprint for local files, with the MD5 standing in for the ETag."""
-    rows = []
-    for p in paths:
-        digest = hashlib.md5(Path(p).read_bytes(), usedforsecurity=False).hexdigest()
-        rows.append(RemoteFile(key=Path(p).name, etag=digest, size=Path(p).stat().st_size))
-    return fingerprint(rows), rows
-
-
-def list_parquet(s3, bucket: str, prefix: str) -> list[RemoteFile]:
-    """Parquet objects under `prefix` (a folder prefix, or the key of one parquet file)."""
-    if not prefix.endswith(".parquet") and not prefix.endswith("/"):
-        prefix += "/"
-    out = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            if obj["Key"].endswith(".parquet"):
-                out.append(RemoteFile(obj["Key"], obj["ETag"].strip('"'), int(obj["Size"])))
-    return sorted(out, key=lambda r: r.key)
-
-
-def sync_prefix(
-    s3,
-    bucket: str,
-    prefix: str,
-    dest: Path,
-    *,
-    max_concurrency: int = 16,
-    should_stop: Callable[[], None] | None = None,
-) -> SyncReport:
-    """Mirror the parquet files under `prefix` into `dest`, downloading in parallel.
-
-    A file already present with the same size and ETag (per the manifest kept in `dest`) is not
-    downloaded again; files that left the prefix are removed. Each download lands under a temp
-    name and is renamed, so an interrupted sync never leaves a truncated file that looks complete.
-    `should_stop` is called as downloads complete and may raise to abandon the sync.
+    Read with pyarrow, item ids cast to strings, and the sort done in Arrow, skipped when the
+    files are already in order (the usual case); no pandas copy on the way.
     """
-    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    remote = list_parquet(s3, bucket, prefix)
-    if not remote:
-        raise DatasetNotFound(f"no parquet files under s3://{bucket}/{prefix}")
-    dest.mkdir(parents=True, exist_ok=True)
-    manifest_path = dest / MANIFEST_NAME
-    manifest = _read_manifest(manifest_path)
-    base = prefix if prefix.endswith("/") else prefix.rsplit("/", 1)[0] + "/"
-
-    report = SyncReport(files=[], remote=remote)
-    wanted: dict[str, Path] = {}
-    todo: list[tuple[RemoteFile, Path]] = []
-    for obj in remote:
-        local = dest / obj.key[len(base):]
-        wanted[obj.key] = local
-        report.files.append(local)
-        seen = manifest.get(obj.key)
-        if seen and seen["etag"] == obj.etag and seen["size"] == obj.size and local.is_file() and local.stat().st_size == obj.size:
-            report.skipped += 1
-        else:
-            todo.append((obj, local))
-
-    for key in sorted(set(manifest) - set(wanted)):
-        stale = dest / manifest[key]["file"]
-        if stale.is_file():
-            stale.unlink()
-        report.removed.append(key)
-        manifest.pop(key)
-
-    if todo:
-        config = TransferConfig(max_concurrency=max_concurrency)
-        manager = create_transfer_manager(s3, config)
-        try:
-            futures = []
-            for obj, local in todo:
-                local.parent.mkdir(parents=True, exist_ok=True)
-                tmp = local.with_name(f".{local.name}.part")
-                futures.append((obj, local, tmp, manager.download(bucket, obj.key, str(tmp))))
-            for obj, local, tmp, future in futures:
-                future.result()
-                os.replace(tmp, local)
-                manifest[obj.key] = {"etag": obj.etag, "size": obj.size, "file": str(local.relative_to(dest))}
-                write_json_atomic(manifest_path, manifest)
-                report.downloaded += 1
-                report.bytes_downloaded += obj.size
-                if should_stop:
-                    should_stop()
-        except BaseException:
-            manager.shutdown(cancel=True)
-            for _, _, tmp, _ in futures:
-                tmp.unlink(missing_ok=True)
-            raise
-        manager.shutdown()
-    write_json_atomic(manifest_path, manifest)
-    return report
+    tables = []
+    for p in paths:
+        t = pq.read_table(p)
+        ids = t.column(ID)
+        if not pa.types.is_string(ids.type):
+            t = t.set_column(t.schema.get_field_index(ID), ID, pc.cast(ids, pa.string()))
+        times = t.column(TIME)
+        if not pa.types.is_timestamp(times.type):
+            t = t.set_column(t.schema.get_field_index(TIME), TIME, pc.cast(times, pa.timestamp("ns")))
+        tables.append(t)
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    del tables
+    if not _in_order(table):
+        table = table.sort_by([(ID, "ascending"), (TIME, "ascending")])
+    return table
 
 
-def _read_manifest(path: Path) -> dict[str, dict[str, Any]]:
-    try:
-        doc = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
+def _in_order(table) -> bool:
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    if n < 2:
+        return True
+    ids, times = table.column(ID), table.column(TIME)
+    a, b = ids.slice(0, n - 1), ids.slice(1)
+    ta, tb = times.slice(0, n - 1), times.slice(1)
+    ok = pc.or_(pc.less(a, b), pc.and_(pc.equal(a, b), pc.less_equal(ta, tb)))
+    return bool(pc.all(ok.fill_null(False)).as_py())

@@ -17,6 +17,8 @@ from typing import Any
 RETRIES = {"total_max_attempts": 6, "mode": "standard"}
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 30
+# As many pooled connections as transfer.py keeps requests in flight (a pool opens them lazily).
+MAX_POOL_CONNECTIONS = 64
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def client(service: str, target: AwsTarget | None = None, **config: Any):
         retries=dict(RETRIES),
         connect_timeout=config.pop("connect_timeout", CONNECT_TIMEOUT_S),
         read_timeout=config.pop("read_timeout", READ_TIMEOUT_S),
-        max_pool_connections=config.pop("max_pool_connections", 32),
+        max_pool_connections=config.pop("max_pool_connections", MAX_POOL_CONNECTIONS),
         **config,
     )
     # boto3.Session is not thread-safe to create clients from concurrently.

@@ -1,0 +1,96 @@
+"""One dataset upload for `data upload` and `launch` of a local file or folder: a folder is one
+dataset in its own content-addressed folder, uploading again sends nothing, and a failure is
+reported with its key (never swallowed), by `data upload` and by `launch` alike."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from automation.context import Target
+from automation.datasets import check_local_dataset, upload_dataset
+from automation.errors import BadInput, ChronosError
+from automation.launch import launch, plan
+from automation.sandbox import SandboxInfo, seed
+from instance.protocol.datasets import list_dataset
+from instance.protocol.state import StateStore
+from tests.agent_fixtures import run_config, synthetic_frame, write_parquet
+from tests.faultproxy import DENIED, FaultProxy
+from tests.test_launch import RefusingExecutor
+
+
+@pytest.fixture
+def target(aws):
+    info = SandboxInfo(aws.endpoint_url, aws.region, "123456789012", None)
+    seed(info, "dev")
+    return Target(env="dev", local=False, region=aws.region, bucket=info.bucket("dev"), endpoint_url=aws.endpoint_url)
+
+
+def _folder(tmp_path, n=3):
+    for i in range(n):
+        frame = synthetic_frame(2, seed=i).assign(item_id=lambda f: f.item_id + f"-{i}")
+        write_parquet(tmp_path / "sales" / f"region={i}" / "part.parquet" if i else tmp_path / "sales" / "a.parquet", frame)
+    return tmp_path / "sales"
+
+
+def test_a_folder_uploads_as_one_dataset_and_again_sends_nothing(target, tmp_path):
+    dataset = check_local_dataset(_folder(tmp_path))
+    first = upload_dataset(target, dataset, "2026/11")
+    assert first.prefix.startswith("cached-datasets/2026/11/sales-") and first.files == 3 and first.skipped == 0
+    remote = list_dataset(target.s3, target.bucket, first.prefix)
+    assert [remote.relative(f) for f in remote.files] == ["a.parquet", "region=1/part.parquet", "region=2/part.parquet"]
+    again = upload_dataset(target, dataset, "2026/11")
+    assert again.prefix == first.prefix and again.skipped == 3
+
+
+def _through(proxy: FaultProxy, target: Target) -> Target:
+    return Target(env="dev", local=False, region=target.region, bucket=target.bucket, endpoint_url=proxy.url)
+
+
+def test_an_upload_failure_is_reported_with_its_key(target, tmp_path):
+    dataset = check_local_dataset(_folder(tmp_path))
+    with FaultProxy(target.endpoint_url, rate=1.0, faults=(DENIED,), paths=("2/part.parquet",), methods=("PUT",)) as proxy:
+        with pytest.raises(BadInput) as refused:
+            upload_dataset(_through(proxy, target), dataset, "2026/11")
+    assert f"could not upload s3://{target.bucket}/cached-datasets/2026/11/sales-" in str(refused.value)
+    assert "/region=2/part.parquet" in str(refused.value) and "access to bucket" in str(refused.value)
+    missing_bucket = Target(env="dev", local=False, region=target.region, bucket="chronos-training-dev-0-nowhere",
+                            endpoint_url=target.endpoint_url)
+    with pytest.raises(BadInput, match="not deployed"):
+        upload_dataset(missing_bucket, check_local_dataset(tmp_path / "sales" / "a.parquet"), "2026/11")
+
+
+def test_launch_reports_a_failed_dataset_upload_and_releases_the_lock(target, tmp_path):
+    data = write_parquet(tmp_path / "d" / "train.parquet", synthetic_frame(4, 96))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(run_config(dataset=str(data))))
+    with FaultProxy(target.endpoint_url, rate=1.0, faults=(DENIED,), paths=("train.parquet",), methods=("PUT",)) as proxy:
+        proxied = _through(proxy, target)
+        with pytest.raises(ChronosError, match=r"could not upload s3://.*/train.parquet"):
+            launch(proxied, plan(proxied, cfg), RefusingExecutor("other", "never reached"))
+    assert StateStore(target.s3, target.bucket, "dev").read() is None
+
+
+def test_many_small_downloads_hide_a_fixed_first_byte_latency(target, s3, tmp_path):
+    """The fault proxy's S3-like latency: 40 files at 50 ms each would take 2 s one by one."""
+    from instance.model.datasync import sync_prefix
+    from instance.protocol.aws import AwsTarget, client
+
+    prefix = upload_dataset(target, check_local_dataset(_many(tmp_path, 40)), "2026/11").prefix
+    with FaultProxy(target.endpoint_url, first_byte_s=0.05) as proxy:
+        slow = client("s3", AwsTarget(target.region, proxy.url))
+        started = time.monotonic()
+        slow.head_bucket(Bucket=target.bucket)
+        assert time.monotonic() - started >= 0.05
+        started = time.monotonic()
+        report = sync_prefix(slow, target.bucket, prefix, tmp_path / "synced")
+        took = time.monotonic() - started
+    assert report.downloaded == 40 and took < 1.5, f"{took:.2f} s"
+
+
+def _many(tmp_path, n):
+    body = synthetic_frame(1, 40)
+    for i in range(n):
+        write_parquet(tmp_path / "many" / f"part-{i:03d}.parquet", body.assign(item_id=f"item-{i}"))
+    return tmp_path / "many"
