@@ -22,6 +22,7 @@ from ..protocol.aws import AwsTarget, is_not_found
 from ..protocol.layout import Layout, s3_uri
 from ..protocol.record import RunRecord
 from ..protocol.state import Fenced
+from .evaluation_files import LossHistory
 from .hooks import Hooks
 from .lockholder import LockHolder
 
@@ -45,6 +46,7 @@ class AgentContext:
     expect_gpu: str = "auto"  # auto | yes | no (gpucheck.py)
     shutdown_at: float | None = None  # the dead-man switch, epoch seconds on this machine's clock
     config: Any = None  # RunConfig once initialization has read it
+    loss_history: LossHistory = field(default_factory=LossHistory)
     _etags: dict[str, str | None] = field(default_factory=dict)
 
     @property
@@ -66,6 +68,11 @@ class AgentContext:
     @property
     def staging_dir(self) -> Path:
         return self.work_dir / "staging"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        """What goes to {run_id}/evaluation/ (evaluation_files.py)."""
+        return self.work_dir / "evaluation"
 
     @property
     def ranks_dir(self) -> Path:

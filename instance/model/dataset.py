@@ -68,11 +68,12 @@ class DataValidationError(DataError):
     pass
 
 
-def min_series_length(prediction_length: int, context_length: int | None = None) -> int:
-    """The last `prediction_length` points are held out for evaluation; what is left must hold one
-    training window of `prediction_length` points after at least MIN_CONTEXT points of context."""
+def min_series_length(prediction_length: int, context_length: int | None = None, windows: int = 1) -> int:
+    """The last `windows` x `prediction_length` points are held out for evaluation (the backtest
+    windows); what is left must hold one training window of `prediction_length` points after at
+    least MIN_CONTEXT points of context."""
     context = min(MIN_CONTEXT, context_length) if context_length else MIN_CONTEXT
-    return 2 * prediction_length + context
+    return (windows + 1) * prediction_length + context
 
 
 def expand_dataset_path(path: str | os.PathLike) -> list[Path]:
@@ -92,6 +93,7 @@ def validate_parquet_paths(
     paths: list[Path],
     context_length: int | None = None,
     prediction_length: int | None = None,
+    windows: int = 1,
 ) -> list[DataProblem]:
     """Every problem that would stop training, naming file, column and item. Empty = valid.
 
@@ -109,7 +111,7 @@ def validate_parquet_paths(
         if frame is not None:
             frames.append((str(path), frame))
     if frames:
-        problems += _check_series(frames, context_length, prediction_length)
+        problems += _check_series(frames, context_length, prediction_length, windows)
     return problems
 
 
@@ -179,7 +181,7 @@ class _Collector:
         return self.problems
 
 
-def _check_series(frames, context_length, prediction_length) -> list[DataProblem]:
+def _check_series(frames, context_length, prediction_length, windows: int = 1) -> list[DataProblem]:
     import pandas as pd
 
     out = _Collector()
@@ -211,14 +213,16 @@ def _check_series(frames, context_length, prediction_length) -> list[DataProblem
         out.add(files_of[item], TARGET, item, "whose target is all NaN", "the target is NaN everywhere in this series")
 
     if prediction_length:
-        need = min_series_length(prediction_length, context_length)
+        need = min_series_length(prediction_length, context_length, windows)
+        held = windows * prediction_length
         lengths = combined.groupby(ID, sort=True).size()
         for item, n in lengths[lengths.to_numpy() < need].items():
             out.add(
                 files_of[item], TARGET, item, "too short",
-                f"the series has {int(n)} points but needs at least {need}: the last {prediction_length} "
-                f"are held out for evaluation, and training needs a {prediction_length}-step window after "
-                f"{need - 2 * prediction_length} points of context",
+                f"the series has {int(n)} points but needs at least {need}: the last {held} "
+                f"are held out for evaluation ({windows} window{'s' if windows > 1 else ''} of {prediction_length}), "
+                f"and training needs a {prediction_length}-step window after {need - held - prediction_length} "
+                "points of context",
             )
     return out.finish()
 

@@ -32,6 +32,7 @@ class TrainingSettings:
     finetune_mode: str = "full"
     save_steps: int | None = None
     seed: int = 0
+    eval_windows: int = 1  # backtest windows held out at the end of every series (evaluation.py)
 
     @classmethod
     def from_config(cls, cfg) -> "TrainingSettings":
@@ -45,6 +46,7 @@ class TrainingSettings:
             finetune_mode=cfg.model.finetune_mode,
             save_steps=t.save_steps,
             seed=t.seed,
+            eval_windows=cfg.evaluation.windows,
         )
 
     @property
@@ -73,6 +75,8 @@ class TrainingHooks:
     report: Callable[[Progress], None] | None = None  # at the first step, then every `report_every` s
     stop_flag: Callable[[], str | None] | None = None  # every step, so it must not do I/O
     on_checkpoint: Callable[[Path, int], None] | None = None
+    # Every loss the Trainer logs, as {step, loss, learning_rate, grad_norm, epoch}; no I/O.
+    on_log: Callable[[dict[str, Any]], None] | None = None
     fault: Callable[[], None] | None = None  # test hook, called at the first step
     report_every: float = 15.0
 
@@ -223,9 +227,12 @@ class RunMonitor:
         log.warning("stopping training at step %d: %s", step, self.stopped_by)
         return True
 
-    def logged(self, logs: dict[str, Any]) -> None:
-        if "loss" in logs:
-            self.loss = float(logs["loss"])
+    def logged(self, logs: dict[str, Any], step: int) -> None:
+        if "loss" not in logs:
+            return  # the Trainer's closing summary (train_runtime, train_loss) is not a step
+        self.loss = float(logs["loss"])
+        if self.hooks.on_log is not None:
+            self.hooks.on_log(loss_entry(logs, step))
 
     def saved(self, checkpoint_dir: Path, step: int) -> None:
         self.ranks.barrier()  # each rank writes its part of a checkpoint (its RNG state)
@@ -238,6 +245,18 @@ class RunMonitor:
         self.steps_by_rank = self.ranks.end(self.step)
         if self.hooks.report is not None:
             self.hooks.report(self.progress())
+
+
+LOSS_FIELDS = ("loss", "learning_rate", "grad_norm", "epoch")
+
+
+def loss_entry(logs: dict[str, Any], step: int) -> dict[str, Any]:
+    """One row of the loss history: the step and what the Trainer logged of LOSS_FIELDS."""
+    entry: dict[str, Any] = {"step": int(step)}
+    for name in LOSS_FIELDS:
+        value = logs.get(name)
+        entry[name] = float(value) if isinstance(value, (int, float)) else None
+    return entry
 
 
 def _callback(monitor: RunMonitor):
@@ -255,7 +274,7 @@ def _callback(monitor: RunMonitor):
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            monitor.logged(logs or {})
+            monitor.logged(logs or {}, state.global_step)
 
         def on_save(self, args, state, control, **kwargs):
             monitor.saved(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
