@@ -189,11 +189,15 @@ def ratio_histogram(ratios: Sequence[float], baseline: str = "seasonal naive", s
 
 # -- where the time went ----------------------------------------------------------------------------
 def phase_timeline(phases: list[dict[str, Any]], size=WIDE) -> str:
-    """One bar per phase from its start to its end (seconds since the run's first phase), each
-    labelled with its duration and cost. `phases`: name, start, seconds, result, label."""
+    """One bar per phase from its start to its end (since the run began), each labelled with its
+    duration and cost. `phases`: name, start and seconds (in seconds), result, label."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(size[0], 0.5 + 0.42 * len(phases)))
     total = max((p["start"] + p["seconds"] for p in phases), default=1.0) or 1.0
+    # The axis in the unit a person reads at that scale: a 4-hour run in hours, not 14,400 s.
+    unit, per = next((u for u in (("hours", 3600.0), ("minutes", 60.0)) if total >= 5 * u[1]), ("seconds", 1.0))
+    phases = [dict(p, start=p["start"] / per, seconds=p["seconds"] / per) for p in phases]
+    total /= per
     for i, p in enumerate(phases):
         ax.barh(i, max(p["seconds"], total * 0.004), left=p["start"], height=0.6,
                 color=PHASE_COLORS.get(p["result"], PHASE_COLORS["ok"]))
@@ -204,7 +208,7 @@ def phase_timeline(phases: list[dict[str, Any]], size=WIDE) -> str:
     ax.set_yticks(range(len(phases)), [p["name"] for p in phases])
     ax.invert_yaxis()
     ax.set_xlim(0, total * (1.3 if size[0] >= WIDE[0] else 1.55))
-    ax.set_xlabel("seconds since the run started")
+    ax.set_xlabel(f"{unit} since the run started")
     ax.grid(axis="y", visible=False)
     ax.set_axisbelow(True)
     ax.set_title("Where the time went")

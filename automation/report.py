@@ -264,34 +264,51 @@ def loss_section(art: RunArtifacts) -> str:
             "</section>")
 
 
+SHORT_NAMES = {"seasonal_naive": "naive", "zero_shot": "zero-shot"}
+
+
+def _model_cell(model: str) -> str:
+    return f'<td><span class="dot" style="background:{_color(model)}"></span>{MODEL_NAMES[model]}</td>'
+
+
+def _table(head: list[str], rows: list[str]) -> str:
+    return (f'<div class="scroll"><table><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
 def evaluation_table(summary: dict) -> str:
+    """Two tables: the overall scores with the change against each baseline (narrow enough for a
+    phone), then WQL window by window."""
     metrics, per_window = summary.get("metrics") or {}, summary.get("per_window") or {}
     models = [m for m in MODEL_NAMES if metrics.get(m)]
     windows = summary.get("windows") or 1
     bounds = summary.get("window_bounds") or []
     baselines = [b for b in ("seasonal_naive", "zero_shot") if metrics.get(b)]
-    head = ["model", "WQL ↓", "MASE ↓"] + [f"vs {MODEL_NAMES[b]} (WQL / MASE)" for b in baselines] + \
-        [f"WQL w{k + 1}" for k in range(windows)]
     rows = []
     for m in models:
         mm = metrics[m]
-        cells = [f'<td><span class="dot" style="background:{_color(m)}"></span>{MODEL_NAMES[m]}</td>',
-                 f"<td>{_num(mm.get('wql'))}</td>", f"<td>{_num(mm.get('mase'), 3)}</td>"]
+        cells = [_model_cell(m), f"<td>{_num(mm.get('wql'))}</td>", f"<td>{_num(mm.get('mase'), 3)}</td>"]
         for b in baselines:
             if b == m:
                 cells.append('<td class="muted">baseline</td>')
                 continue
             parts = [gain_text(mm.get(k), metrics[b].get(k)) for k in ("wql", "mase")]
-            cells.append("<td>" + " / ".join(f'<span class="{c}">{t}</span>' for t, c in parts) + "</td>")
-        cells += [f"<td>{_num(w.get('wql'))}</td>" for w in per_window.get(m, [])]
-        cells += ["<td></td>"] * (windows - len(per_window.get(m, [])))
+            cells.append('<td class="gain">' + '<i class="sep"> / </i>'.join(
+                f'<span class="{c}">{t}</span>' for t, c in parts) + "</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    window_note = ""
+    overall = _table(["model", "WQL ↓", "MASE ↓"] + [f"vs {SHORT_NAMES[b]}" for b in baselines], rows)
+    by_window = []
+    for m in models:
+        scores = [f"<td>{_num(w.get('wql'))}</td>" for w in per_window.get(m, [])]
+        by_window.append(f"<tr>{_model_cell(m)}{''.join(scores)}{'<td></td>' * (windows - len(scores))}</tr>")
+    spans = ""
     if bounds:
         spans = "; ".join(f"w{b['window'] + 1}: {_day(b['first'])} – {_day(b['last'])}" for b in bounds)
-        window_note = f"<p class=\"note\">Windows (oldest first): {html.escape(spans)}.</p>"
-    return (f'<div class="scroll"><table><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div>{window_note}')
+        spans = f'<p class="note">Windows, oldest first: {html.escape(spans)}.</p>'
+    windowed = _table(["WQL by window"] + [f"w{k + 1}" for k in range(windows)], by_window) if per_window else ""
+    legend = ('<p class="note">vs: the change in WQL / MASE against that baseline '
+              "(negative: the model's error is lower).</p>")
+    return overall + legend + windowed + spans
 
 
 def _day(text: str) -> str:
@@ -310,7 +327,7 @@ def evaluation_section(art: RunArtifacts) -> str:
         return ""
     how = (f"Rolling-origin backtest: the last {s.get('windows')} windows of {s.get('prediction_length')} points "
            f"of every series, none of them seen in training; overall = mean of the windows. "
-           f"{str(s.get('sample', '')).capitalize()}. Lower is better; a negative change is a gain.")
+           f"{str(s.get('sample', '')).capitalize()}. Lower is better.")
     return (f'<section><h2>Evaluation</h2><p class="note">{html.escape(how)}</p>'
             f"{evaluation_table(s)}</section>")
 
@@ -406,6 +423,7 @@ code { font-size: 13px; background: var(--soft); padding: 1px 4px; border-radius
 .badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-weight: 600; color: #fff; background: #57606a; }
 .badge.completed { background: #1a7f37; } .badge.failed { background: #cf222e; } .badge.killed { background: #9a6700; }
 .note { color: var(--muted); font-size: 13.5px; margin: 0 0 10px; }
+.scroll + .note { margin-top: 6px; }
 img.chart { display: block; width: 100%; height: auto; margin: 8px 0; }
 .grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 8px 16px; }
 .grid img.chart { margin: 0; }
@@ -415,6 +433,7 @@ th, td { text-align: right; padding: 5px 10px; border-bottom: 1px solid var(--li
 th:first-child, td:first-child { text-align: left; }
 th { color: var(--muted); font-weight: 600; }
 .dot { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin-right: 6px; }
+.sep { font-style: normal; }
 .better { color: #1a7f37; font-weight: 600; } .worse { color: #cf222e; font-weight: 600; } .muted { color: var(--muted); }
 .missing { border-color: #d4a72c; background: #fff8c5; } .missing ul { margin: 0; padding-left: 20px; }
 footer { color: var(--muted); font-size: 12px; text-align: center; }
@@ -429,7 +448,9 @@ table.kv td { text-align: left; }
   header, section { padding: 12px; border-radius: 6px; }
   h1 { font-size: 18px; }
   .facts, .grid { grid-template-columns: 1fr; }
-  table { font-size: 13px; }
+  table { font-size: 12.5px; }
+  th, td { padding: 5px 5px; }
+  td.gain span { display: block; } td.gain .sep { display: none; }
 }
 """
 
