@@ -392,7 +392,7 @@ def files_section(art: RunArtifacts) -> str:
     rows = "".join(f"<tr><td>{html.escape(k.removesuffix('_uri'))}</td><td><code>{html.escape(str(v))}</code></td></tr>"
                    for k, v in sorted(arts.items()))
     how = ('<p class="note">The evaluation files are parquet: <code>pandas.read_parquet("'
-           f'{html.escape(art.evaluation_uri)}forecasts.parquet")</code> (with s3fs installed).</p>'
+           f'{html.escape(art.evaluation_uri)}forecasts.parquet")</code> where s3fs is installed.</p>'
            if art.summary else "")
     return f'<section><h2>Files</h2><div class="scroll"><table class="kv"><tbody>{rows}</tbody></table></div>{how}</section>'
 
