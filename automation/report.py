@@ -188,7 +188,7 @@ def _data_uri(svg: str) -> str:
 
 def _img(svg: str, alt: str, cls: str = "chart", phone: str | None = None) -> str:
     """An inline image; with `phone`, a narrower drawing that phone-width screens show instead
-    (the same text size on a third of the width)."""
+    (the same text size on a canvas about half as wide)."""
     img = f'<img class="{cls}" alt="{html.escape(alt)}" src="{_data_uri(svg)}">'
     if phone is None:
         return img

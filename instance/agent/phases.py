@@ -292,8 +292,7 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
     ctx.record.set_artifact("metadata_uri", ctx.uri(layout.model_metadata(ctx.run_id)))
     from .evaluation_files import upload_evaluation
 
-    ctx.guard()
-    upload_evaluation(ctx)  # backtest forecasts, per-series scores, loss history
+    upload_evaluation(ctx)  # backtest forecasts, per-series scores, loss history (it checks the lock first)
     cfg = inp.config
     metadata = {
         "run_id": ctx.run_id,
