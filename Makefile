@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test install demo bench reliability clean
+.PHONY: test install browser demo bench reliability clean
 
 $(STAMP): requirements.txt instance/requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(STAMP): requirements.txt instance/requirements.txt pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Chromium for the report's browser test: installed from Debian's packages when absent
+# (CHRONOS_CHROMIUM names another binary).
+browser:
+	@test -n "$$CHRONOS_CHROMIUM" || bash .ci/install-chromium
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -m "not reliability" $(PYTEST_ARGS)
 
 # The full fault/crash/kill matrices (docs/reliability.md); make test runs a representative subset.

@@ -274,12 +274,29 @@ def _follow(target, executor, run_id: str, download: bool, as_json: bool) -> Non
         say(f"warning: the run's stack record stays ({left}); it costs nothing and "
             "`chronos-train verify-cleanup --fix` removes it")
     _show(final, as_json)
-    if download and final.final_status == "completed":
-        from .follow import download as fetch
+    if download:
+        dest = Path("runs") / run_id
+        if final.final_status == "completed":
+            from .follow import download as fetch
 
-        dest = fetch(target, run_id, Path("runs") / run_id)
-        say(f"model downloaded to {dest}/model")
+            fetch(target, run_id, dest)
+            say(f"model downloaded to {dest}/model")
+        _write_report(target, run_id, dest / "report.html")
     raise SystemExit(FINAL_EXIT.get(final.final_status or "", ERROR))
+
+
+def _write_report(target, run_id: str, out: Path) -> None:
+    """The run's report at the end of a follow; a report that cannot be made is only a warning
+    (the run's outcome, and so the exit code, stand)."""
+    from .report import write_report
+
+    try:
+        path = write_report(target, run_id, out)
+    except Exception as exc:
+        say(f"warning: no report for run {run_id} ({type(exc).__name__}: {exc}); "
+            f"try again with `chronos-train report {run_id}`")
+        return
+    say(f"report written to {path}")
 
 
 def _watch(target, executor, run_id: str, as_json: bool):
@@ -370,18 +387,22 @@ def kill(opts: Options, run_id: str | None, force: bool, wait: bool) -> None:
 
 
 # -- runs -------------------------------------------------------------------------------------
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--limit", default=20, show_default=True, help="How many recent runs.")
 @pass_opts
 def runs(opts: Options, as_json: bool, limit: int) -> None:
-    """History: status, duration, cost and the headline metric of recent runs.
+    """History: status, duration, cost and the headline metric of recent runs (with --json, the
+    evaluation summary too). `runs compare` puts runs side by side.
 
     \b
     Example:
       chronos-train runs --limit 5
       chronos-train --local runs --json
+      chronos-train runs compare run-20261128-203700-1a2b run-20261129-101500-3c4d
     """
+    if click.get_current_context().invoked_subcommand is not None:
+        return
     from .runs import history
 
     views = history(opts.target(), limit)
@@ -391,6 +412,62 @@ def runs(opts: Options, as_json: bool, limit: int) -> None:
     from .render import console, runs_table
 
     console().print(runs_table(views) if views else "no runs yet")
+
+
+@runs.command(name="compare")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN_A RUN_B [RUN...]")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_opts
+def runs_compare(opts: Options, run_ids: tuple[str, ...], as_json: bool) -> None:
+    """The config values that differ between runs, and their metrics side by side with the best
+    of each row marked (★). Exit 2 for an unknown run, 3 for one that has not finished.
+
+    \b
+    Example:
+      chronos-train runs compare run-20261128-203700-1a2b run-20261129-101500-3c4d
+      chronos-train --local runs compare RUN_A RUN_B RUN_C --json
+    """
+    from .compare import compare
+
+    for run_id in run_ids:
+        _check_run_id(run_id)
+    comparison = compare(opts.target(), list(run_ids))
+    if as_json:
+        emit_json(comparison.to_json())
+        return
+    from .render import compare_tables, console
+
+    console().print(compare_tables(comparison))
+
+
+# -- report -----------------------------------------------------------------------------------
+@cli.command()
+@click.argument("run_id")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the page (default: runs/RUN_ID/report.html, beside a downloaded model).")
+@click.option("--open", "open_it", is_flag=True, help="Open it in the default browser.")
+@pass_opts
+def report(opts: Options, run_id: str, out: Path | None, open_it: bool) -> None:
+    """Write one self-contained HTML page of what RUN_ID did, and print its path: status, cost,
+    loss curve, backtest scores against the baselines, forecast charts, where the time went.
+    It needs no network to view. A failed or killed run's page shows what exists.
+    Exit 2 for an unknown run, 3 for one that has not finished, 1 for a run from before runs
+    kept an evaluation folder.
+
+    \b
+    Example:
+      chronos-train report run-20261128-203700-1a2b --open
+      chronos-train --local report RUN_ID --out /tmp/report.html
+    """
+    from .report import write_report
+
+    _check_run_id(run_id)
+    path = write_report(opts.target(), run_id, out or Path("runs") / run_id / "report.html")
+    click.echo(str(path))
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
 
 
 # -- verify-cleanup ---------------------------------------------------------------------------

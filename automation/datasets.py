@@ -66,6 +66,7 @@ def check_local_dataset(path: Path, cfg: "RunConfig | None" = None) -> LocalData
         dataset.files,
         context_length=cfg.training.context_length if cfg else None,
         prediction_length=cfg.training.prediction_length if cfg else None,
+        windows=cfg.evaluation.windows if cfg else 1,
     )
     if problems:
         more = f" (and {len(problems) - 1} more problems; see `chronos-train data validate {path}`)" if len(problems) > 1 else ""

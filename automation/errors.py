@@ -23,7 +23,19 @@ class NoSuchRun(ChronosError):
     exit_code = BAD_INPUT
 
 
+class RunNotFinished(ChronosError):
+    """The run still holds the lock: what is asked of it needs it ended (a report, a comparison)."""
+
+    exit_code = BUSY
+
+
 class Interrupted(ChronosError):
     """Ctrl-C, after the command undid what it had started."""
 
     exit_code = INTERRUPTED
+
+
+class NoEvaluation(ChronosError):
+    """A completed run without an evaluation folder: it ran before runs kept one."""
+
+    exit_code = ERROR

@@ -86,13 +86,15 @@ def run_panel(v: RunView) -> Panel:
                  expand=False)
 
 
-def metrics_table(metrics: dict) -> Table | None:
+def metrics_table(metrics: dict, windows: int | None = None) -> Table | None:
     rows = [(name, metrics.get(key)) for name, key in
             (("fine-tuned", "finetuned"), ("zero-shot (base)", "zero_shot"), ("seasonal naive", "seasonal_naive"))]
     rows = [(n, m) for n, m in rows if m]
     if not rows:
         return None
-    table = Table(title="held-out evaluation (last window of every series)", title_justify="left", min_width=60)
+    title = (f"backtest: mean of {windows} windows at the end of every series" if windows and windows > 1
+             else "held-out evaluation (last window of every series)")
+    table = Table(title=title, title_justify="left", min_width=60)
     table.add_column("model")
     table.add_column("WQL ↓", justify="right")
     table.add_column("MASE ↓", justify="right")
@@ -103,7 +105,7 @@ def metrics_table(metrics: dict) -> Table | None:
 
 def final_report(v: RunView) -> Group:
     parts = [run_panel(v)]
-    table = metrics_table(v.metrics)
+    table = metrics_table(v.metrics, (v.evaluation or {}).get("windows"))
     if table is not None:
         parts.append(table)
     if v.artifacts:
@@ -131,6 +133,36 @@ def runs_table(views: list[RunView]) -> Table:
                       v.reason or "", duration(v.elapsed_seconds), money(v.cost_usd),
                       "-" if wql is None else f"{wql:.4f}", ratio)
     return table
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def compare_tables(comparison) -> Group:
+    """`runs compare` for people: the config values that differ, then the metrics, best marked ★."""
+    parts = []
+    config = Table(title="config values that differ", title_justify="left")
+    config.add_column("key")
+    for rid in comparison.run_ids:
+        config.add_column(rid)
+    for key, values in comparison.config.items():
+        config.add_row(key, *(_cell(v) for v in values))
+    parts.append(config if comparison.config else Text("same config in every run", style="dim"))
+    metrics = Table(title="metrics (★ best of the row)", title_justify="left")
+    metrics.add_column("")
+    for rid in comparison.run_ids:
+        metrics.add_column(rid, justify="right")
+    for row in comparison.rows:
+        cells = [Text(_cell(v) + (" ★" if i in row.best else ""), style="bold green" if i in row.best else "")
+                 for i, v in enumerate(row.values)]
+        metrics.add_row(row.name + {"lower": " ↓", "higher": " ↑"}.get(row.better or "", ""), *cells)
+    parts.append(metrics)
+    return Group(*parts)
 
 
 # Wide enough for any run id, URI or table row: output that is not a terminal is never cut.

@@ -34,6 +34,7 @@ class RunView:
     progress: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)  # backtest: windows, series, per-window scores
     artifacts: dict = field(default_factory=dict)
     error: dict | None = None
     heartbeat_at: str | None = None
@@ -99,7 +100,8 @@ def from_record(record: dict) -> RunView:
         instance_id=host.get("instance_id"), spot=bool(cost_doc.get("spot")),
         cost_usd=cost_doc.get("estimated_usd"), progress=record.get("training") or {},
         history=[{"status": k, "at": v.get("started_at")} for k, v in (record.get("phases") or {}).items()],
-        metrics=record.get("metrics") or {}, artifacts=record.get("artifacts") or {}, error=record.get("error"),
+        metrics=record.get("metrics") or {}, evaluation=record.get("evaluation") or {},
+        artifacts=record.get("artifacts") or {}, error=record.get("error"),
         attempt=record.get("attempt"), interruptions=record.get("interruptions") or [],
         on_demand_usd=cost_doc.get("on_demand_usd"),
     )

@@ -318,7 +318,7 @@ def child(kind: str, path: Path, out: Path) -> None:
     train_model(base, inputs, settings, out.parent / "fit-out",
                 TrainingHooks(report=lambda p: first.append(time.perf_counter()) if not first else None))
     out.write_text(json.dumps({
-        "series": len(split.items), "rows": int(len(split.context)), "build_inputs_s": round(built, 2),
+        "series": len(split.items), "rows": int(len(split.train())), "build_inputs_s": round(built, 2),
         "peak_rss_after_inputs_mb": round(rss_inputs), "rss_after_imports_mb": round(baseline),
         "model_and_first_step_s": round(first[0] - steps_from, 2) if first else None,
     }))

@@ -84,4 +84,4 @@ def test_a_too_short_series_is_named_in_the_error(s3, bucket, aws, tmp_path):
     proc = run_agent(run, tmp_path)
     assert proc.returncode == EXIT_FAILED
     message = get_json(s3, bucket, run.layout.training_record(run.run_id))["error"]["message"]
-    assert "item 'item-1'" in message and "has 20 points but needs at least 32" in message
+    assert "item 'item-1'" in message and "has 20 points but needs at least 48" in message

@@ -66,6 +66,8 @@ def test_every_artifact_is_where_the_layout_says(completed):
         layout.model_metadata(run.run_id),
         layout.models(run.run_id) + "config.json",
         layout.models(run.run_id) + "model.safetensors",
+        *(layout.evaluation(run.run_id) + name for name in (
+            "summary.json", "forecasts.parquet", "series_scores.parquet", "history.parquet", "loss_history.parquet")),
     ):
         assert key in keys
     assert layout.state not in keys
@@ -93,6 +95,9 @@ def test_training_record_is_complete(completed):
     arts = doc["artifacts"]
     assert arts["model_uri"] == f"s3://{completed['bucket']}/{ENV}/{run.run_id}/models/"
     assert arts["metadata_uri"].endswith("model_metadata.json") and arts["log_uri"].endswith("agent.log")
+    assert arts["evaluation_uri"] == f"s3://{completed['bucket']}/{ENV}/{run.run_id}/evaluation/"
+    assert doc["data"]["series"] == 6 and doc["data"]["points"] == 6 * 96
+    assert doc["evaluation"]["windows"] == 3 and len(doc["evaluation"]["per_window"]["finetuned"]) == 3
 
 
 def test_metrics_are_finite_for_each_model(completed):

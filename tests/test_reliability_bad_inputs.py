@@ -209,7 +209,7 @@ DATASETS = {
     "unsorted timestamps": (_unsorted_timestamps,
                             "(column 'timestamp', item 'item-1'): timestamps are not in increasing order"),
     "series shorter than the context needs": (_too_short,
-                                              "(column 'target', item 'item-0'): the series has 20 points but needs at least 32"),
+                                              "(column 'target', item 'item-0'): the series has 20 points but needs at least 48"),
     "all-NaN series": (_all_nan, "(column 'target', item 'item-2'): the target is NaN everywhere in this series"),
 }
 

@@ -26,7 +26,7 @@ def test_monitor_rate_limits_reports_and_checks_the_flag_every_step():
     mon.begin()
     for step in range(1, 41):
         clock.t += 1.0  # one step per second
-        mon.logged({"loss": 1.0 / step})
+        mon.logged({"loss": 1.0 / step}, step)
         assert mon.step_end(step) is False
     assert [r.step for r in reports] == [1, 16, 31]  # the first step, then at most every 15 s
     assert len(flags) == 40
@@ -49,11 +49,11 @@ def test_monitor_stops_on_the_first_reason_and_fires_the_fault_once():
 
 @pytest.fixture(scope="module")
 def tiny_inputs():
-    from instance.model.evaluation import holdout_split, to_chronos_inputs
+    from instance.model.evaluation import backtest_split, to_chronos_inputs
 
     frame = synthetic_frame(n_items=4, length=64)
-    split = holdout_split(frame, 8)
-    return split, to_chronos_inputs(split.context, 8)
+    backtest = backtest_split(frame, 8, windows=1)
+    return backtest, to_chronos_inputs(backtest.train(), 8)
 
 
 def _settings(**kw):
@@ -64,16 +64,20 @@ def _settings(**kw):
 def test_stop_request_ends_training_with_a_checkpoint(tiny_inputs, tmp_path):
     from instance.model.basemodel import build_scratch
 
-    saved = []
+    saved, logged = [], []
     steps = {"n": 0}
 
     def stop_after_five():
         steps["n"] += 1
         return "MaxRuntimeExceeded: soft deadline" if steps["n"] >= 5 else None
 
-    hooks = TrainingHooks(stop_flag=stop_after_five, on_checkpoint=lambda path, step: saved.append((path.name, step, path.is_dir())))
+    hooks = TrainingHooks(stop_flag=stop_after_five, on_checkpoint=lambda path, step: saved.append((path.name, step, path.is_dir())),
+                          on_log=logged.append)
     out = train_model(build_scratch("tiny", 64, on="cpu"), tiny_inputs[1], _settings(num_steps=500), tmp_path, hooks)
     assert out.steps_done == 5 and out.stopped_by.startswith("MaxRuntimeExceeded")
+    # The loss history: every logged step (here the stopping step, logged on request) with its learning rate.
+    assert logged and logged[-1]["step"] == 5 and logged[-1]["learning_rate"] > 0
+    assert set(logged[-1]) == {"step", "loss", "learning_rate", "grad_norm", "epoch"}
     assert saved == [("checkpoint-5", 5, True)]
     assert (tmp_path / "checkpoint-5" / "model.safetensors").exists()
     assert out.final_loss is not None and math.isfinite(out.final_loss)
@@ -92,13 +96,13 @@ def test_lora_is_merged_into_a_model_that_loads(tiny_inputs, tmp_path):
     from chronos import Chronos2Pipeline
 
     from instance.model.basemodel import build_scratch
-    from instance.model.evaluation import score_pipeline
+    from instance.model.evaluation import evaluate
 
     out = train_model(build_scratch("tiny", 64, on="cpu"), tiny_inputs[1], _settings(finetune_mode="lora", num_steps=4), tmp_path)
     names = {p.name for p in out.model_dir.iterdir()}
     assert {"config.json", "model.safetensors"} <= names and "adapter_config.json" not in names
     loaded = Chronos2Pipeline.from_pretrained(out.model_dir)
-    scores = score_pipeline(loaded, tiny_inputs[0], 8, batch_size=8)
+    scores = evaluate(loaded, None, tiny_inputs[0], batch_size=8).metrics["finetuned"]
     assert all(math.isfinite(v) for v in scores.values())
 
 

@@ -1,4 +1,5 @@
-"""Hold-out split and the metrics (WQL, MASE, seasonal naive) on hand-computed cases."""
+"""The metrics (WQL, MASE, seasonal naive) on hand-computed cases; the backtest windows are in
+test_backtest.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,14 +7,11 @@ import pytest
 
 from instance.model.evaluation import (
     QUANTILE_LEVELS,
-    holdout_split,
     mase,
-    score_seasonal_naive,
     seasonal_naive,
     seasonality_of,
     wql,
 )
-from tests.agent_fixtures import synthetic_frame
 
 
 def test_wql_is_zero_for_a_perfect_forecast_and_known_otherwise():
@@ -43,17 +41,3 @@ def test_seasonal_naive_repeats_the_last_season():
 @pytest.mark.parametrize("freq,season", [("h", 24), ("D", 7), ("15min", 60), ("W-SUN", 52), ("MS", 12), (None, 1), ("weird", 1)])
 def test_seasonality_from_frequency(freq, season):
     assert seasonality_of(freq) == season
-
-
-def test_holdout_split_keeps_the_last_points_out_of_the_context():
-    frame = synthetic_frame(n_items=3, length=40)
-    split = holdout_split(frame, 8)
-    assert split.items == ["item-0", "item-1", "item-2"]
-    assert split.actuals.shape == (3, 8)
-    assert len(split.context) == 3 * 32
-    last = frame[frame.item_id == "item-2"]["target"].to_numpy()[-8:]
-    assert np.array_equal(split.actuals[2], last)
-    assert split.frequency == "h" and split.seasonality == 24
-    # Hourly data with a daily cycle: the seasonal-naive baseline is nearly exact.
-    scores = score_seasonal_naive(split, 8)
-    assert 0 < scores["mase"] < 2 and 0 < scores["wql"] < 0.2

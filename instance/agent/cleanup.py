@@ -89,6 +89,7 @@ class Cleanup:
         try:
             self._step("state", f"move to {Status.CLEANUP.value}", "state", self._move_to_cleanup)
             ctx.hooks.phase_started("cleanup", check=lambda: None)  # a kill is refused from here on
+            self._step("evaluation folder", "upload what exists", "evaluation", self._upload_evaluation)
             self._finish_record()
             self._step("training record", "write final", "record", self._write_training_record)
             self._step("work dir", "delete", "workdir", self._delete_work_dir)
@@ -185,7 +186,8 @@ class Cleanup:
 
     def _delete_work_dir(self) -> tuple[str, str]:
         ctx = self.ctx
-        targets = [ctx.train_dir, ctx.staging_dir, ctx.ranks_dir, ctx.base_model_dir, ctx.resume_dir]
+        targets = [ctx.train_dir, ctx.staging_dir, ctx.ranks_dir, ctx.base_model_dir, ctx.resume_dir,
+                   ctx.evaluation_dir]
         if ctx.owns_work_dir:
             targets.append(ctx.data_dir)
         present = [p for p in targets if p.exists()]
@@ -194,6 +196,16 @@ class Cleanup:
         if not present:
             return NOT_FOUND, f"nothing left under {ctx.work_dir}"
         return DONE, ", ".join(str(p) for p in present)
+
+    def _upload_evaluation(self) -> tuple[str, str]:
+        """The loss so far of a run that failed or was killed, for its report (a completed run's
+        folder is already there: results_sync uploaded it)."""
+        from .evaluation_files import upload_evaluation
+
+        sent = upload_evaluation(self.ctx)
+        if not sent:
+            return NOT_FOUND, "nothing new to upload"
+        return DONE, ", ".join(k.rsplit("/", 1)[-1] for k in sent)
 
     def _release_lock(self) -> tuple[str, str]:
         if self.ctx.holder.released:

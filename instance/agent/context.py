@@ -23,6 +23,7 @@ from ..protocol.layout import Layout, s3_uri
 from ..protocol.record import RunRecord
 from ..protocol.timeutil import iso
 from ..protocol.state import Fenced
+from .evaluation_files import LossHistory
 from .hooks import Hooks
 from .lockholder import LockHolder
 
@@ -53,6 +54,7 @@ class AgentContext:
     in_group: bool = False  # the run's machines come from its Auto Scaling group
     run_left_s: float | None = None  # until the run's deadline_at, by S3's clock at boot
     last_checkpoint_step: int | None = None  # of the newest checkpoint complete in S3
+    loss_history: LossHistory = field(default_factory=LossHistory)
     _etags: dict[str, str | None] = field(default_factory=dict)
 
     @property
@@ -74,6 +76,11 @@ class AgentContext:
     @property
     def staging_dir(self) -> Path:
         return self.work_dir / "staging"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        """What goes to {run_id}/evaluation/ (evaluation_files.py)."""
+        return self.work_dir / "evaluation"
 
     @property
     def ranks_dir(self) -> Path:

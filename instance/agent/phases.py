@@ -82,6 +82,7 @@ class DataSyncInput:
     dest: Path
     prediction_length: int
     context_length: int
+    windows: int = 1  # backtest windows held out at the end of every series
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def data_sync(ctx: AgentContext, inp: DataSyncInput) -> DataSyncOutput:
         if report.dataset.others:
             log.info("not part of it (other datasets in folders below): %s", ", ".join(report.dataset.others[:10]))
     ctx.holder.check()
-    problems = validate_parquet_paths(files, inp.context_length, inp.prediction_length)
+    problems = validate_parquet_paths(files, inp.context_length, inp.prediction_length, inp.windows)
     if problems:
         for p in problems:
             log.error("data problem: %s", p)
@@ -157,7 +158,7 @@ class TrainingOutput:
     model_dir: Path
     training: dict[str, Any]
     metrics: dict[str, Any]
-    evaluation: dict[str, Any]
+    evaluation: dict[str, Any]  # how it was scored, and the scores of each window
     checkpoints: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -166,7 +167,8 @@ class TrainingOutput:
 
 def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
     """Train in this process on one GPU (or the CPU); on N > 1 GPUs, one rank per GPU started
-    with torchrun (torchrun.py), this process keeping the lock and the uploads. Then score."""
+    with torchrun (torchrun.py), this process keeping the lock and the uploads. Then score every
+    backtest window (model/evaluation.py) into the work dir's evaluation folder."""
     from ..model.basemodel import device, load_base, load_trained
     from ..model.evaluation import evaluate, training_data
     from ..model.training import TrainingSettings, train_model
@@ -174,8 +176,12 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
     cfg = inp.config
     settings = TrainingSettings.from_config(cfg)
     world = cfg.instance.gpu_count
-    split, inputs = training_data(inp.files, settings.prediction_length)
-    log.info("training on %d series, %d rows (last %d points of each held out)", len(split.items), len(split.context), settings.prediction_length)
+    backtest, inputs = training_data(inp.files, settings.prediction_length, settings.eval_windows)
+    log.info("training on %d series, %d of %d rows (the last %d points of each held out: %d backtest windows)",
+             len(backtest.items), len(backtest.frame) - len(backtest.items) * backtest.held_out, len(backtest.frame),
+             backtest.held_out, backtest.windows)
+    data = dict(ctx.record.doc.get("data") or {}, series=len(backtest.items), points=int(len(backtest.frame)))
+    ctx.record.update(data=data)
     # With several ranks the GPUs are theirs: this process keeps the base model on the CPU.
     base = load_base(cfg.model.base, context_length=settings.context_length, seed=settings.seed,
                      on="cpu" if world > 1 else None)
@@ -189,7 +195,7 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
                 outcome = _train_on_ranks(ctx, base, inp, settings, world, watch, uploader, resume_from)
             else:
                 hooks = training_hooks(ctx.holder, watch, on_checkpoint=uploader.submit,
-                                       fault=ctx.hooks.first_training_step)
+                                       on_log=ctx.loss_history.append, fault=ctx.hooks.first_training_step)
                 outcome = train_model(base, inputs, settings, inp.output_dir, hooks, resume_from=resume_from)
     finally:
         uploader.flush()
@@ -204,9 +210,11 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
     if not cfg.model.is_scratch:
         base.model.to(device())  # kept on the CPU while ranks trained
         zero_shot_base = base
-    metrics, info = evaluate(finetuned, zero_shot_base, split, settings.prediction_length, settings.batch_size, settings.context_length)
-    ctx.record.update(metrics=metrics, evaluation=info)
-    return TrainingOutput(outcome.model_dir, stats, metrics, info, list(uploader.uploaded))
+    result = evaluate(finetuned, zero_shot_base, backtest, settings.batch_size, settings.context_length)
+    result.write(ctx.evaluation_dir)
+    info = {**result.info, "per_window": result.per_window}
+    ctx.record.update(metrics=result.metrics, evaluation=info)
+    return TrainingOutput(outcome.model_dir, stats, result.metrics, info, list(uploader.uploaded))
 
 
 def checkpoint_to_resume(ctx: AgentContext) -> Path | None:
@@ -246,7 +254,8 @@ def _train_on_ranks(ctx: AgentContext, base, inp: TrainingInput, settings, world
     )
     try:
         return train_on_ranks(job, ctx.ranks_dir, stop_reason=lambda: stop_reason(ctx.holder),
-                              on_progress=watch.offer, on_checkpoint=uploader.submit_staged)
+                              on_progress=watch.offer, on_checkpoint=uploader.submit_staged,
+                              on_log=ctx.loss_history.append)
     except RankFailed:
         ctx.holder.check()  # a stop that ended the ranks is the run's outcome, not their failure
         raise
@@ -258,7 +267,7 @@ def stop_reason(holder) -> str | None:
     return None if stop is None else f"{type(stop).__name__}: {stop}"
 
 
-def training_hooks(holder, watch, *, on_checkpoint=None, fault=None):
+def training_hooks(holder, watch, *, on_checkpoint=None, on_log=None, fault=None):
     """The agent's side of the training callback: no I/O on the training thread; `watch` does
     the kill check and writes the progress it is handed."""
     from ..model.training import TrainingHooks
@@ -267,6 +276,7 @@ def training_hooks(holder, watch, *, on_checkpoint=None, fault=None):
         report=lambda progress: watch.offer(progress.to_dict()),
         stop_flag=lambda: stop_reason(holder),
         on_checkpoint=on_checkpoint,
+        on_log=on_log,
         fault=fault,
         # Handing over is no I/O; `watch` writes what it holds at its own pace (every 2 s).
         report_every=2.0,
@@ -304,6 +314,9 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
         raise RuntimeError(f"the saved model lacks {', '.join(sorted(missing))}; it would not load from S3")
     ctx.record.set_artifact("model_uri", ctx.uri(models))
     ctx.record.set_artifact("metadata_uri", ctx.uri(layout.model_metadata(ctx.run_id)))
+    from .evaluation_files import upload_evaluation
+
+    upload_evaluation(ctx)  # backtest forecasts, per-series scores, loss history (it checks the lock first)
     cfg = inp.config
     metadata = {
         "run_id": ctx.run_id,

@@ -4,7 +4,8 @@ and the lock.
 The agent process keeps everything that talks to S3 (lock, heartbeat, progress, checkpoint
 uploads, log shipping); the ranks (model/distributed.py) only train. While torchrun runs, the
 agent's main thread relays every `RELAY_SECONDS`:
-- rank 0's events (progress → the training watch, staged checkpoints → the uploader);
+- rank 0's events (progress → the training watch, logged losses → the loss history, staged
+  checkpoints → the uploader);
 - a pending stop (kill, soft deadline, spot notice, SIGTERM, fenced) → stop.json, which the
   ranks turn into one common stopping step; ranks still running `STOP_GRACE_SECONDS` later are
   ended (SIGTERM to torchrun, which ends its ranks; SIGKILL after `KILL_AFTER_SECONDS`);
@@ -107,11 +108,12 @@ def root_cause(reports: list[RankError], exits: list[RankExit], world_size: int)
 
 
 def train_on_ranks(job: RankJob, folder: Path, *, stop_reason: Callable[[], str | None],
-                   on_progress: Callable[[dict], None], on_checkpoint: Callable[[Path, int], None]) -> TrainingOutcome:
+                   on_progress: Callable[[dict], None], on_checkpoint: Callable[[Path, int], None],
+                   on_log: Callable[[dict], None] = lambda entry: None) -> TrainingOutcome:
     """Run `job` on `job.world_size` ranks and return rank 0's outcome (its pipeline not loaded).
 
-    `stop_reason` (no I/O) says why training must stop, or None; `on_progress` and
-    `on_checkpoint` receive rank 0's progress reports and staged checkpoints."""
+    `stop_reason` (no I/O) says why training must stop, or None; `on_progress`, `on_log` and
+    `on_checkpoint` receive rank 0's progress reports, logged losses and staged checkpoints."""
     channel = RankChannel(folder)
     channel.write_job(job)
     failures = folder / "failures.json"
@@ -132,6 +134,8 @@ def train_on_ranks(job: RankJob, folder: Path, *, stop_reason: Callable[[], str 
             kind = event["event"]
             if kind == "progress":
                 on_progress(event["progress"])
+            elif kind == "log":
+                on_log(event["entry"])
             elif kind == "checkpoint":
                 on_checkpoint(Path(event["path"]), int(event["step"]))
             elif kind == "outcome":

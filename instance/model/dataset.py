@@ -63,11 +63,12 @@ class DataValidationError(DataError):
     pass
 
 
-def min_series_length(prediction_length: int, context_length: int | None = None) -> int:
-    """The last `prediction_length` points are held out for evaluation; what is left must hold one
-    training window of `prediction_length` points after at least MIN_CONTEXT points of context."""
+def min_series_length(prediction_length: int, context_length: int | None = None, windows: int = 1) -> int:
+    """The last `windows` x `prediction_length` points are held out for evaluation (the backtest
+    windows); what is left must hold one training window of `prediction_length` points after at
+    least MIN_CONTEXT points of context."""
     context = min(MIN_CONTEXT, context_length) if context_length else MIN_CONTEXT
-    return 2 * prediction_length + context
+    return (windows + 1) * prediction_length + context
 
 
 def expand_dataset_path(path: str | os.PathLike) -> list[Path]:
@@ -102,15 +103,17 @@ def validate_parquet_paths(
     paths: Sequence[Path],
     context_length: int | None = None,
     prediction_length: int | None = None,
+    windows: int = 1,
 ) -> list[DataProblem]:
     """Every problem that would stop training, naming file, column and item. Empty = valid."""
-    return validate_dataset(paths, context_length, prediction_length).problems
+    return validate_dataset(paths, context_length, prediction_length, windows).problems
 
 
 def validate_dataset(
     paths: Sequence[Path],
     context_length: int | None = None,
     prediction_length: int | None = None,
+    windows: int = 1,
 ) -> Validation:
     """The problems, and the dataset's size.
 
@@ -143,7 +146,7 @@ def validate_dataset(
                 read.check_rows(out, codes)
                 columns.append(read)
     if columns:
-        _check_series(columns, codes, out, context_length, prediction_length)
+        _check_series(columns, codes, out, context_length, prediction_length, windows)
     problems += out.finish()
     return Validation(problems, rows, len(codes.names))
 
@@ -346,7 +349,7 @@ class _Collector:
 
 
 def _check_series(columns: list[_FileColumns], codes: _SeriesCodes, out: _Collector, context_length,
-                  prediction_length) -> None:
+                  prediction_length, windows: int = 1) -> None:
     """Duplicates, all-NaN targets and lengths, per series over every file."""
     import numpy as np
 
@@ -388,7 +391,7 @@ def _check_series(columns: list[_FileColumns], codes: _SeriesCodes, out: _Collec
         order = np.lexsort((t, c))
         _count_adjacent_duplicates(c[order], t[order], dup_count, dup_first)
     by_name = lambda found: sorted(found.tolist(), key=lambda c: codes.names[c])  # noqa: E731
-    need = min_series_length(prediction_length, context_length) if prediction_length else 0
+    need = min_series_length(prediction_length, context_length, windows) if prediction_length else 0
     duplicated = np.flatnonzero(dup_count)
     all_nan = np.flatnonzero((lengths > 0) & (good == 0))
     short = np.flatnonzero((lengths > 0) & (lengths < need))
@@ -405,12 +408,14 @@ def _check_series(columns: list[_FileColumns], codes: _SeriesCodes, out: _Collec
         out.add(files_of(code), TARGET, codes.names[code], "whose target is all NaN", "the target is NaN everywhere in this series")
 
     if prediction_length:
+        held = windows * prediction_length
         for code in by_name(short):
             out.add(
                 files_of(code), TARGET, codes.names[code], "too short",
-                f"the series has {int(lengths[code])} points but needs at least {need}: the last {prediction_length} "
-                f"are held out for evaluation, and training needs a {prediction_length}-step window after "
-                f"{need - 2 * prediction_length} points of context",
+                f"the series has {int(lengths[code])} points but needs at least {need}: the last {held} "
+                f"are held out for evaluation ({windows} window{'s' if windows > 1 else ''} of {prediction_length}), "
+                f"and training needs a {prediction_length}-step window after {need - held - prediction_length} "
+                "points of context",
             )
 
 

@@ -25,7 +25,7 @@ home-made parallelism; these are the four things Chronos's fit does not know abo
 The folder (`RankChannel`), written only by its one writer each:
     job.json            agent → ranks: data files, settings, base model folder, output folder
     stop.json           agent → rank 0: why training must stop
-    events.jsonl        rank 0 → agent: progress, staged checkpoints, the outcome (append-only lines)
+    events.jsonl        rank 0 → agent: progress, logged losses, staged checkpoints, the outcome (append-only lines)
     error-rank{r}.json  rank r → agent: the exception that ended it
     rank{r}.pid         rank r: its process id (what to look for when a rank vanishes)
 Ranks write nothing to S3: the lock, heartbeat, progress, checkpoint uploads and log shipping
@@ -271,6 +271,7 @@ def rank_hooks(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingHo
         report=lambda progress: channel.emit("progress", progress=progress.to_dict()),
         stop_flag=stop_flag,
         on_checkpoint=on_checkpoint,
+        on_log=lambda entry: channel.emit("log", entry=entry),
         fault=fault,
         report_every=job.report_every,
     )
@@ -284,7 +285,7 @@ def run_rank(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingOutc
     settings = job.training
     on, backend = rank_device(info)
     ranks = ProcessGroupRanks(info, backend)
-    _, inputs = training_data([Path(f) for f in job.files], settings.prediction_length)
+    _, inputs = training_data([Path(f) for f in job.files], settings.prediction_length, settings.eval_windows)
     base = load_base(job.base_dir, context_length=settings.context_length, seed=settings.seed, on=on)
     log.info("rank %d of %d on %s (%s), %d series per step of %d", info.rank, info.world_size, on, backend,
              settings.batch_size // info.world_size, settings.batch_size)

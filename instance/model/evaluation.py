@@ -1,13 +1,26 @@
-"""Hold-out evaluation: WQL and MASE on the last `prediction_length` points of every series.
+"""Rolling-origin backtest: WQL and MASE over `windows` windows of `prediction_length` points at
+the end of every series, none of which training sees.
 
-The same split feeds training (which never sees the held-out points) and scoring. Scores are
-reported for the fine-tuned model, the base model zero-shot (when it is a pretrained model) and
-a seasonal-naive baseline, so a fine-tune that did not help is visible at a glance.
+Window k (0 = the oldest) forecasts the points `(windows - k) * H` to `(windows - k - 1) * H`
+from the end of each series, from everything before them; training gets what lies before the
+first window (`Backtest.train`). That is AutoGluon's `num_val_windows` and fev's rolling windows.
+Each window is scored for the fine-tuned model, the base model zero-shot (when it is a pretrained
+model) and a seasonal-naive baseline, so a fine-tune that did not help is visible at a glance. A
+model's overall score is the mean of its window scores.
+
+What a run keeps (`Evaluation.write`, uploaded under `{env}/{run_id}/evaluation/`):
+    summary.json           overall and per-window scores, and how they were computed
+    forecasts.parquet      item_id, window, model, timestamp, target, one column per quantile
+    series_scores.parquet  item_id, window, model, wql, mase
+    history.parquet        item_id, timestamp, target: the end of each series whose forecasts are kept
+(and loss_history.parquet, which the agent writes: see instance/agent/evaluation_files.py).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .dataset import ID, TARGET, TIME
@@ -15,20 +28,35 @@ from .dataset import ID, TARGET, TIME
 log = logging.getLogger(__name__)
 
 QUANTILE_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+QUANTILE_COLUMNS = [str(q) for q in QUANTILE_LEVELS]
 MEDIAN = QUANTILE_LEVELS.index(0.5)
+MODELS = ("finetuned", "zero_shot", "seasonal_naive")
 # Seasonal period by pandas frequency prefix (as in GluonTS/AutoGluon's defaults).
 SEASONALITY = {"s": 60, "min": 60, "t": 60, "h": 24, "d": 7, "b": 5, "w": 52, "m": 12, "ms": 12, "me": 12, "q": 4, "qs": 4, "qe": 4, "y": 1, "a": 1, "ys": 1, "ye": 1}
-# Scoring a huge dataset would dominate a short run; the first series (sorted by id) suffice.
+# Scoring a huge dataset would dominate a short run: a random sample of series (seed 0) is scored.
 MAX_EVAL_SERIES = 5000
+# The forecasts themselves are kept for a smaller sample (every window, every quantile, every model).
+MAX_FORECAST_SERIES = 1000
+SAMPLE_SEED = 0
+FILES = ("summary.json", "forecasts.parquet", "series_scores.parquet", "history.parquet")
 
 
-@dataclass
-class HoldoutSplit:
-    context: Any  # frame: every series without its last prediction_length points
-    actuals: Any  # ndarray (n_series, prediction_length)
-    items: list[str]
-    frequency: str | None
-    seasonality: int
+def infer_frequency(df) -> str | None:
+    import warnings
+
+    import pandas as pd
+
+    for _, ts in df.groupby(ID, sort=True)[TIME]:
+        if len(ts) >= 3:
+            try:
+                with warnings.catch_warnings():
+                    # pandas 3 warns that infer_freq will return an offset; both forms are handled.
+                    warnings.simplefilter("ignore")
+                    freq = pd.infer_freq(pd.DatetimeIndex(ts))
+            except (TypeError, ValueError):
+                return None
+            return getattr(freq, "freqstr", freq)
+    return None
 
 
 def seasonality_of(freq: str | None) -> int:
@@ -38,61 +66,95 @@ def seasonality_of(freq: str | None) -> int:
     return SEASONALITY.get(base, 1)
 
 
-def holdout_split(data, prediction_length: int) -> HoldoutSplit:
-    """`data` (an Arrow table or a pandas frame) sorted by (item_id, timestamp), as
-    dataset.load_long_table returns it.
+# -- the split -------------------------------------------------------------------------------------
+@dataclass
+class Window:
+    index: int  # 0 = the oldest
+    items: list[str]
+    context: Any  # frame: every series up to this window
+    actuals: Any  # ndarray (series, prediction_length)
+    timestamps: Any  # ndarray (series, prediction_length) of datetime64
 
-    Vectorised over the rows: series are the runs of equal ids, each row's place from its series'
-    end comes from the run ends, and the context is one Arrow filter, converted to pandas once.
-    """
+
+@dataclass
+class Backtest:
+    frame: Any  # every series, sorted by (item_id, timestamp), with its position from the end
+    prediction_length: int
+    windows: int
+    items: list[str]
+    frequency: str | None
+    seasonality: int
+
+    @property
+    def held_out(self) -> int:
+        return self.windows * self.prediction_length
+
+    def _rows(self, lo: int, hi: int | None = None):
+        """Rows whose position from the end of their series is in [lo, hi)."""
+        pos = self.frame["_from_end"]
+        keep = pos >= lo if hi is None else (pos >= lo) & (pos < hi)
+        return self.frame[keep.to_numpy()]
+
+    def train(self):
+        """What training sees: every series without its last `windows * prediction_length` points."""
+        return self._rows(self.held_out).drop(columns="_from_end").reset_index(drop=True)
+
+    def window(self, k: int) -> Window:
+        import numpy as np
+
+        h = self.prediction_length
+        start = (self.windows - k) * h  # first point of window k, counted from the end
+        context = self._rows(start).drop(columns="_from_end").reset_index(drop=True)
+        target = self._rows(start - h, start)
+        n = len(self.items)
+        return Window(
+            index=k, items=self.items, context=context,
+            actuals=target[TARGET].to_numpy(dtype="float64").reshape(n, h),
+            timestamps=target[TIME].to_numpy().reshape(n, h),
+        )
+
+    def restrict(self, items: list[str]) -> "Backtest":
+        if len(items) == len(self.items):
+            return self
+        frame = self.frame[self.frame[ID].isin(set(items)).to_numpy()].reset_index(drop=True)
+        return Backtest(frame, self.prediction_length, self.windows, list(items), self.frequency, self.seasonality)
+
+    def tail(self, items: list[str], points: int):
+        """The last `points` of each named series (history and every window), for the report."""
+        rows = self.restrict(items)._rows(0, points)
+        return rows[[ID, TIME, TARGET]].reset_index(drop=True)
+
+
+def backtest_split(data, prediction_length: int, windows: int = 1) -> Backtest:
+    """`data` (an Arrow table or a pandas frame) sorted by (item_id, timestamp), as
+    dataset.load_long_table returns it. Each row's place from its series' end comes from the runs
+    of equal ids (no group-by over 10 M rows), and an Arrow table becomes pandas once."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
-    n = table.num_rows
-    ids = table.column(ID)
-    change = pc.not_equal(ids.slice(1), ids.slice(0, max(n - 1, 0))).to_numpy() if n > 1 else np.zeros(0, bool)
-    starts = np.flatnonzero(np.r_[n > 0, change]) if n else np.zeros(0, np.int64)
+    frame = data.to_pandas() if isinstance(data, pa.Table) else data.copy()
+    ids = frame[ID].to_numpy()
+    n = len(ids)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if n else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], n]
-    lengths = ends - starts
-    held = (np.repeat(ends, lengths) - np.arange(n) - 1) < prediction_length
-    actuals = table.column(TARGET).filter(pa.array(held)).to_numpy().astype("float64")
-    items = [str(i) for i in ids.take(pa.array(starts)).to_pylist()]
-    first = next((i for i, size in enumerate(lengths) if size >= 3), None)
-    freq = None
-    if first is not None:
-        freq = _frequency(table.column(TIME).slice(int(starts[first]), int(lengths[first])).to_pandas())
-    context = table.filter(pa.array(~held)).to_pandas()
-    return HoldoutSplit(context, actuals.reshape(len(items), prediction_length), items, freq, seasonality_of(freq))
+    frame["_from_end"] = np.repeat(ends, ends - starts) - np.arange(n) - 1
+    items = ids[starts].tolist()
+    freq = infer_frequency(frame)
+    return Backtest(frame, prediction_length, windows, items, freq, seasonality_of(freq))
 
 
-def _frequency(times) -> str | None:
-    import warnings
-
-    import pandas as pd
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pandas 3 warns that infer_freq will return an offset
-            freq = pd.infer_freq(pd.DatetimeIndex(times))
-    except (TypeError, ValueError):
-        return None
-    return getattr(freq, "freqstr", freq)
-
-
-def training_data(files, prediction_length: int):
-    """(hold-out split, Chronos inputs of its context): what training and scoring start from."""
+def training_data(files, prediction_length: int, windows: int = 1):
+    """(backtest, Chronos inputs of what training may see): what training and scoring start from."""
     from .dataset import load_long_table
 
-    split = holdout_split(load_long_table(files), prediction_length)
-    return split, to_chronos_inputs(split.context, prediction_length)
+    backtest = backtest_split(load_long_table(files), prediction_length, windows)
+    return backtest, to_chronos_inputs(backtest.train(), prediction_length)
 
 
 def to_chronos_inputs(context_df, prediction_length: int):
     """Long frame → Chronos prepared inputs; extra numeric columns become past covariates.
 
-    The frame comes from holdout_split: grouped by item and in time order (load_long_table sorts
+    The frame comes from backtest_split: grouped by item and in time order (load_long_table sorts
     it), and checked by the validator. So Chronos's own validation, which re-sorts a copy of the
     whole frame (seconds and a frame's worth of memory on 10 M rows), is skipped.
     """
@@ -100,6 +162,26 @@ def to_chronos_inputs(context_df, prediction_length: int):
 
     return from_data_frame(context_df, target_columns=[TARGET], prediction_length=prediction_length,
                            validate_inputs=False)
+
+
+def sample_items(items: list[str], n: int, seed: int = SAMPLE_SEED) -> list[str]:
+    """All items when there are at most n, else a random sample of n (kept in id order)."""
+    import numpy as np
+
+    if len(items) <= n:
+        return list(items)
+    chosen = np.random.default_rng(seed).choice(len(items), size=n, replace=False)
+    return [items[i] for i in sorted(chosen)]
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def _pinball(actuals, quantiles):
+    """(series, horizon, levels) pinball losses; NaN where the actual is missing."""
+    import numpy as np
+
+    levels = np.asarray(QUANTILE_LEVELS)
+    diff = actuals[..., None] - quantiles
+    return np.where(diff >= 0, levels * diff, (levels - 1) * diff)
 
 
 def wql(actuals, quantiles) -> float | None:
@@ -110,29 +192,43 @@ def wql(actuals, quantiles) -> float | None:
     denom = np.abs(actuals[mask]).sum()
     if denom == 0:
         return None
-    losses = []
-    for j, q in enumerate(QUANTILE_LEVELS):
-        diff = actuals - quantiles[..., j]
-        pinball = np.where(diff >= 0, q * diff, (q - 1) * diff)
-        losses.append(2 * pinball[mask].sum() / denom)
-    return float(np.mean(losses))
+    loss = _pinball(np.where(mask, actuals, 0.0), quantiles)[mask]  # (points, levels)
+    return float(np.mean(2 * loss.sum(axis=0) / denom))
+
+
+def wql_by_series(actuals, quantiles):
+    """WQL of each series alone (NaN where the series' actuals sum to zero)."""
+    import numpy as np
+
+    mask = np.isfinite(actuals)
+    denom = np.where(mask, np.abs(actuals), 0.0).sum(axis=1)
+    loss = np.where(mask[..., None], _pinball(np.where(mask, actuals, 0.0), quantiles), 0.0).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom > 0, (2 * loss / denom[:, None]).mean(axis=1), np.nan)
+
+
+def mase_by_series(actuals, point, insample: list, season: int):
+    """Each series' mean absolute error scaled by its in-sample seasonal-naive error; NaN where
+    the scale is zero (a constant history) or nothing can be scored."""
+    import numpy as np
+
+    out = np.full(len(actuals), np.nan)
+    for i, (y, f, past) in enumerate(zip(actuals, point, insample)):
+        m = season if len(past) > season else 1
+        diffs = np.abs(past[m:] - past[:-m])
+        scale = np.nanmean(diffs) if np.isfinite(diffs).any() else np.nan
+        err = np.abs(y - f)
+        if np.isfinite(scale) and scale != 0 and np.isfinite(err).any():
+            out[i] = np.nanmean(err) / scale
+    return out
 
 
 def mase(actuals, point, insample: list, season: int) -> float | None:
-    """Mean absolute scaled error, each series scaled by its in-sample seasonal-naive error.
-    Series whose scale is zero (constant) are left out rather than dividing by zero."""
+    """Mean absolute scaled error over the series that have a scale (constant ones are left out)."""
     import numpy as np
 
-    scores = []
-    for y, f, past in zip(actuals, point, insample):
-        m = season if len(past) > season else 1
-        diffs = np.abs(past[m:] - past[:-m])
-        scale = np.nanmean(diffs) if diffs.size else np.nan
-        err = np.abs(y - f)
-        if not np.isfinite(scale) or scale == 0 or not np.isfinite(err).any():
-            continue
-        scores.append(np.nanmean(err) / scale)
-    return float(np.mean(scores)) if scores else None
+    scores = mase_by_series(actuals, point, insample, season)
+    return float(np.nanmean(scores)) if np.isfinite(scores).any() else None
 
 
 def seasonal_naive(insample: list, prediction_length: int, season: int):
@@ -149,62 +245,139 @@ def seasonal_naive(insample: list, prediction_length: int, season: int):
     return out
 
 
-def _insample(split: HoldoutSplit) -> list:
-    return [g.to_numpy(dtype="float64") for _, g in split.context.groupby(ID, sort=False)[TARGET]]
+def _insample(context) -> list:
+    return [g.to_numpy(dtype="float64") for _, g in context.groupby(ID, sort=False)[TARGET]]
 
 
-def score_pipeline(pipeline, split: HoldoutSplit, prediction_length: int, batch_size: int, context_length: int | None = None) -> dict[str, float | None]:
+# -- forecasting -----------------------------------------------------------------------------------
+def forecast_pipeline(pipeline, context, prediction_length: int, batch_size: int, context_length: int | None = None):
+    """(series, horizon, levels) quantile forecasts of a Chronos-2 pipeline."""
     import numpy as np
     import torch
 
-    inputs = to_chronos_inputs(split.context, prediction_length)
     quantiles, _ = pipeline.predict_quantiles(
-        inputs,
+        to_chronos_inputs(context, prediction_length),
         prediction_length=prediction_length,
         quantile_levels=QUANTILE_LEVELS,
         batch_size=batch_size,
         context_length=context_length,
     )
-    q = torch.stack([x[0] for x in quantiles]).float().cpu().numpy()  # (series, horizon, levels)
-    q = np.asarray(q, dtype="float64")
-    return {
-        "wql": wql(split.actuals, q),
-        "mase": mase(split.actuals, q[..., MEDIAN], _insample(split), split.seasonality),
-    }
+    q = torch.stack([x[0] for x in quantiles]).float().cpu().numpy()
+    # Quantile heads are trained independently and may cross; a forecast's levels are kept in order.
+    return np.sort(np.asarray(q, dtype="float64"), axis=-1)
 
 
-def score_seasonal_naive(split: HoldoutSplit, prediction_length: int) -> dict[str, float | None]:
+def forecast_seasonal_naive(context, prediction_length: int, season: int):
     import numpy as np
 
-    insample = _insample(split)
-    point = seasonal_naive(insample, prediction_length, split.seasonality)
-    q = np.repeat(point[..., None], len(QUANTILE_LEVELS), axis=-1)
-    return {"wql": wql(split.actuals, q), "mase": mase(split.actuals, point, insample, split.seasonality)}
+    point = seasonal_naive(_insample(context), prediction_length, season)
+    return np.repeat(point[..., None], len(QUANTILE_LEVELS), axis=-1)
 
 
-def limit_series(split: HoldoutSplit, max_series: int = MAX_EVAL_SERIES) -> HoldoutSplit:
-    if len(split.items) <= max_series:
-        return split
-    keep = split.items[:max_series]
-    context = split.context[split.context[ID].isin(set(keep))].reset_index(drop=True)
-    return HoldoutSplit(context, split.actuals[:max_series], keep, split.frequency, split.seasonality)
+# -- the evaluation --------------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    metrics: dict[str, dict | None]  # model -> {wql, mase} overall (mean of the windows)
+    per_window: dict[str, list[dict]]  # model -> one {window, wql, mase} per window
+    info: dict[str, Any]
+    forecasts: Any = None  # frames, written by `write`
+    series_scores: Any = None
+    history: Any = None
+    files: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "per_window": self.per_window, **self.info}
+
+    def write(self, folder: Path) -> list[Path]:
+        from ..protocol.artifacts import write_json_atomic
+
+        folder.mkdir(parents=True, exist_ok=True)
+        written = [write_json_atomic(folder / "summary.json", self.summary())]
+        for name, frame in (("forecasts", self.forecasts), ("series_scores", self.series_scores), ("history", self.history)):
+            path = folder / f"{name}.parquet"
+            frame.to_parquet(path, index=False)
+            written.append(path)
+        return written
 
 
-def evaluate(finetuned, base, split: HoldoutSplit, prediction_length: int, batch_size: int, context_length: int | None = None) -> tuple[dict, dict]:
-    """(metrics, evaluation info). `base` is None for a scratch model (no zero-shot score)."""
-    split = limit_series(split)
-    metrics = {
-        "finetuned": score_pipeline(finetuned, split, prediction_length, batch_size, context_length),
-        "zero_shot": score_pipeline(base, split, prediction_length, batch_size, context_length) if base is not None else None,
-        "seasonal_naive": score_seasonal_naive(split, prediction_length),
-    }
+def _mean(values) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(sum(kept) / len(kept)) if kept else None
+
+
+def evaluate(finetuned, base, backtest: Backtest, batch_size: int, context_length: int | None = None) -> Evaluation:
+    """Score every window. `base` is None for a scratch model (no zero-shot score)."""
+    import numpy as np
+    import pandas as pd
+
+    started = time.monotonic()
+    h = backtest.prediction_length
+    scored = backtest.restrict(sample_items(backtest.items, MAX_EVAL_SERIES))
+    kept = set(sample_items(scored.items, MAX_FORECAST_SERIES))
+    keep_rows = np.array([item in kept for item in scored.items])
+    pipelines = {"finetuned": finetuned, "zero_shot": base}
+    per_window: dict[str, list[dict]] = {m: [] for m in MODELS if m != "zero_shot" or base is not None}
+    forecast_frames, score_frames, bounds = [], [], []
+    for k in range(backtest.windows):
+        window = scored.window(k)
+        insample = _insample(window.context)
+        bounds.append({"window": k, "first": str(window.timestamps[:, 0].min()), "last": str(window.timestamps[:, -1].max())})
+        for model in per_window:
+            if model == "seasonal_naive":
+                q = forecast_seasonal_naive(window.context, h, scored.seasonality)
+            else:
+                q = forecast_pipeline(pipelines[model], window.context, h, batch_size, context_length)
+            point = q[..., MEDIAN]
+            series_mase = mase_by_series(window.actuals, point, insample, scored.seasonality)
+            per_window[model].append({
+                "window": k,
+                "wql": wql(window.actuals, q),
+                "mase": float(np.nanmean(series_mase)) if np.isfinite(series_mase).any() else None,
+            })
+            score_frames.append(pd.DataFrame({
+                ID: window.items, "window": k, "model": model,
+                "wql": wql_by_series(window.actuals, q), "mase": series_mase,
+            }))
+            n = int(keep_rows.sum())
+            forecast_frames.append(pd.DataFrame({
+                ID: np.repeat(np.asarray(window.items, dtype=object)[keep_rows], h),
+                "window": k, "model": model,
+                TIME: window.timestamps[keep_rows].reshape(-1),
+                TARGET: window.actuals[keep_rows].reshape(-1),
+                **{col: q[keep_rows][..., j].reshape(-1) for j, col in enumerate(QUANTILE_COLUMNS)},
+            }) if n else None)
+    metrics: dict[str, dict | None] = {m: None for m in MODELS}
+    for model, rows in per_window.items():
+        metrics[model] = {"wql": _mean(r["wql"] for r in rows), "mase": _mean(r["mase"] for r in rows)}
+    history_points = backtest.held_out + max(3 * h, 2 * scored.seasonality)
     info = {
-        "series": len(split.items),
-        "prediction_length": prediction_length,
+        "windows": backtest.windows,
+        "prediction_length": h,
+        "series": len(scored.items),
+        "dataset_series": len(backtest.items),
+        "dataset_points": int(len(backtest.frame)),
+        "forecast_series": len(kept),
+        "sample": _sample_note(len(backtest.items), len(scored.items), len(kept)),
         "quantile_levels": QUANTILE_LEVELS,
-        "frequency": split.frequency,
-        "seasonality": split.seasonality,
-        "holdout": "last prediction_length points of every series",
+        "frequency": scored.frequency,
+        "seasonality": scored.seasonality,
+        "window_bounds": bounds,
+        "holdout": f"the last {backtest.windows} windows of {h} points of every series (rolling origin); "
+                   "training saw none of them; overall = mean of the windows",
+        "seconds": round(time.monotonic() - started, 3),
     }
-    log.info("evaluation: %s", metrics)
-    return metrics, info
+    log.info("evaluation over %d window(s): %s", backtest.windows, metrics)
+    return Evaluation(
+        metrics=metrics, per_window=per_window, info=info,
+        forecasts=pd.concat([f for f in forecast_frames if f is not None], ignore_index=True),
+        series_scores=pd.concat(score_frames, ignore_index=True),
+        history=scored.tail(sorted(kept), history_points),
+    )
+
+
+def _sample_note(total: int, scored: int, kept: int) -> str:
+    if total == kept:
+        return f"all {total} series scored, forecasts kept for all"
+    scored_part = f"all {total} series scored" if scored == total else \
+        f"a random sample of {scored} of {total} series scored (seed {SAMPLE_SEED})"
+    return f"{scored_part}; forecasts kept for a random sample of {kept} of them (seed {SAMPLE_SEED})"

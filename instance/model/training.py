@@ -35,6 +35,7 @@ class TrainingSettings:
     seed: int = 0
     # A full checkpoint this often (the agent uploads it): what a machine lost without notice costs.
     checkpoint_seconds: float | None = None
+    eval_windows: int = 1  # backtest windows held out at the end of every series (evaluation.py)
 
     @classmethod
     def from_config(cls, cfg) -> "TrainingSettings":
@@ -49,6 +50,7 @@ class TrainingSettings:
             save_steps=t.save_steps,
             seed=t.seed,
             checkpoint_seconds=t.checkpoint_minutes * 60,
+            eval_windows=cfg.evaluation.windows,
         )
 
     @property
@@ -77,6 +79,8 @@ class TrainingHooks:
     report: Callable[[Progress], None] | None = None  # at the first step, then every `report_every` s
     stop_flag: Callable[[], str | None] | None = None  # every step, so it must not do I/O
     on_checkpoint: Callable[[Path, int], None] | None = None
+    # Every loss the Trainer logs, as {step, loss, learning_rate, grad_norm, epoch}; no I/O.
+    on_log: Callable[[dict[str, Any]], None] | None = None
     fault: Callable[[], None] | None = None  # test hook, called at the first step
     report_every: float = 15.0
     checkpoint_every: float | None = None  # seconds between full checkpoints (None: only on a stop)
@@ -241,9 +245,12 @@ class RunMonitor:
         due = every is not None and self._last_save is not None and self.clock() - self._last_save >= every
         return self.ranks.agree(due) if self.ranks.world_size > 1 else due
 
-    def logged(self, logs: dict[str, Any]) -> None:
-        if "loss" in logs:
-            self.loss = float(logs["loss"])
+    def logged(self, logs: dict[str, Any], step: int) -> None:
+        if "loss" not in logs:
+            return  # the Trainer's closing summary (train_runtime, train_loss) is not a step
+        self.loss = float(logs["loss"])
+        if self.hooks.on_log is not None:
+            self.hooks.on_log(loss_entry(logs, step))
 
     def saved(self, checkpoint_dir: Path, step: int) -> None:
         self._last_save = self.clock()
@@ -257,6 +264,18 @@ class RunMonitor:
         self.steps_by_rank = self.ranks.end(self.step)
         if self.hooks.report is not None:
             self.hooks.report(self.progress())
+
+
+LOSS_FIELDS = ("loss", "learning_rate", "grad_norm", "epoch")
+
+
+def loss_entry(logs: dict[str, Any], step: int) -> dict[str, Any]:
+    """One row of the loss history: the step and what the Trainer logged of LOSS_FIELDS."""
+    entry: dict[str, Any] = {"step": int(step)}
+    for name in LOSS_FIELDS:
+        value = logs.get(name)
+        entry[name] = float(value) if isinstance(value, (int, float)) else None
+    return entry
 
 
 def _callback(monitor: RunMonitor):
@@ -276,7 +295,7 @@ def _callback(monitor: RunMonitor):
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            monitor.logged(logs or {})
+            monitor.logged(logs or {}, state.global_step)
 
         def on_save(self, args, state, control, **kwargs):
             monitor.saved(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)

@@ -118,6 +118,10 @@ class Layout:
     def model_metadata(self, run_id: str) -> str:
         return self.run_root(run_id) + "model_metadata.json"
 
+    def evaluation(self, run_id: str) -> str:
+        """Backtest forecasts, per-series scores, loss history (instance/model/evaluation.py)."""
+        return self.run_root(run_id) + "evaluation/"
+
 
 def python_env_key(python_build: str, arch: str, requirements_hash: str) -> str:
     """The cached interpreter + venv for one Python build (cpython-3.11.18), one machine

@@ -153,11 +153,18 @@ class InstanceSpec(_Strict):
         return PRICES[self.type].gpus if self.gpus == "auto" else self.gpus
 
 
+class EvaluationSpec(_Strict):
+    # Rolling-origin backtest: this many windows of prediction_length at the end of every series,
+    # none of which training sees (as AutoGluon's num_val_windows and fev's windows).
+    windows: int = Field(3, ge=1, le=20)
+
+
 class RunConfig(_Strict):
     dataset: str
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()
     instance: InstanceSpec = InstanceSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
 
     @field_validator("dataset")
     @classmethod

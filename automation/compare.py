@@ -1,0 +1,117 @@
+"""`chronos-train runs compare A B [...]`: what differs between runs' configs, and their metrics
+side by side with the best of each row marked. Read from the runs' training.json only, so runs
+from before the evaluation folder existed compare too."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from instance.protocol.artifacts import get_json
+
+from .context import Target
+from .errors import BadInput, NoSuchRun, RunNotFinished
+
+
+@dataclass
+class Row:
+    name: str
+    values: list[Any]
+    better: str | None  # "lower", "higher" or None (nothing to rank)
+    best: list[int] = field(default_factory=list)  # indexes of the runs that are best on this row
+
+    def to_json(self, run_ids: list[str]) -> dict[str, Any]:
+        return {"name": self.name, "values": dict(zip(run_ids, self.values)), "better": self.better,
+                "best": [run_ids[i] for i in self.best]}
+
+
+@dataclass
+class Comparison:
+    run_ids: list[str]
+    config: dict[str, list[Any]]  # dotted key -> one value per run, only keys whose values differ
+    rows: list[Row]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"runs": self.run_ids,
+                "config": {k: dict(zip(self.run_ids, v)) for k, v in self.config.items()},
+                "metrics": [r.to_json(self.run_ids) for r in self.rows]}
+
+
+def flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        return {prefix: doc}
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def config_diff(configs: list[dict]) -> dict[str, list[Any]]:
+    flat = [flatten(c or {}) for c in configs]
+    keys = sorted({k for f in flat for k in f})
+    return {k: [f.get(k) for f in flat] for k in keys if len({repr(f.get(k)) for f in flat}) > 1}
+
+
+def _metric(model: str, name: str) -> Callable[[dict], Any]:
+    return lambda r: ((r.get("metrics") or {}).get(model) or {}).get(name)
+
+
+def _ratio(r: dict) -> float | None:
+    ft, naive = _metric("finetuned", "wql")(r), _metric("seasonal_naive", "wql")(r)
+    return ft / naive if ft is not None and naive else None
+
+
+# (row name, how to read it from a record, which way is better)
+ROWS: list[tuple[str, Callable[[dict], Any], str | None]] = [
+    ("status", lambda r: r.get("final_status"), None),
+    ("WQL fine-tuned", _metric("finetuned", "wql"), "lower"),
+    ("MASE fine-tuned", _metric("finetuned", "mase"), "lower"),
+    ("WQL zero-shot", _metric("zero_shot", "wql"), "lower"),
+    ("MASE zero-shot", _metric("zero_shot", "mase"), "lower"),
+    ("WQL seasonal naive", _metric("seasonal_naive", "wql"), "lower"),
+    ("MASE seasonal naive", _metric("seasonal_naive", "mase"), "lower"),
+    ("WQL fine-tuned ÷ naive", _ratio, "lower"),
+    ("backtest windows", lambda r: (r.get("evaluation") or {}).get("windows", 1 if r.get("metrics") else None), None),
+    ("final loss", lambda r: (r.get("training") or {}).get("final_loss"), "lower"),
+    ("steps", lambda r: (r.get("training") or {}).get("steps_done"), None),
+    ("samples/s", lambda r: (r.get("training") or {}).get("samples_per_second"), "higher"),
+    ("duration (s)", lambda r: r.get("duration_seconds"), "lower"),
+    ("cost (USD)", lambda r: (r.get("cost") or {}).get("estimated_usd"), "lower"),
+]
+
+
+def best_of(values: list[Any], better: str | None) -> list[int]:
+    numbers = [(i, v) for i, v in enumerate(values) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if better is None or len(numbers) < 2:
+        return []
+    pick = min if better == "lower" else max
+    target = pick(v for _, v in numbers)
+    best = [i for i, v in numbers if v == target]
+    return [] if len(best) == len(numbers) else best  # a tie between all is no news
+
+
+def compare_records(run_ids: list[str], records: list[dict]) -> Comparison:
+    rows = []
+    for name, read, better in ROWS:
+        values = [read(r) for r in records]
+        if all(v is None for v in values):
+            continue
+        rows.append(Row(name, values, better, best_of(values, better)))
+    return Comparison(run_ids, config_diff([r.get("config") for r in records]), rows)
+
+
+def compare(target: Target, run_ids: list[str]) -> Comparison:
+    ids = list(dict.fromkeys(run_ids))
+    if len(ids) < 2:
+        raise BadInput("name at least two different runs to compare, e.g. `chronos-train runs compare RUN_A RUN_B`")
+    lease = target.state_store().read()
+    if lease is not None and lease.run_id in ids:
+        raise RunNotFinished(f"run {lease.run_id} has not finished (it is in {lease.state.get('status')}); "
+                             "compare it once it ends")
+    with ThreadPoolExecutor(8) as pool:
+        records = list(pool.map(lambda r: get_json(target.s3, target.bucket, target.layout.training_record(r)), ids))
+    unknown = [r for r, doc in zip(ids, records) if doc is None]
+    if unknown:
+        raise NoSuchRun(f"run {unknown[0]} is neither active nor recorded in env {target.env}; "
+                        "list runs with `chronos-train runs`")
+    return compare_records(ids, records)

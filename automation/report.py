@@ -1,0 +1,467 @@
+"""`chronos-train report RUN_ID`: one self-contained HTML file that shows what a run did.
+
+The data goes one way: `load` reads what the run left in S3 (its record, model metadata and
+evaluation folder) into `RunArtifacts`, `build` turns that into a page (charts from plots.py,
+inline as SVG images: no network is needed to view it), `write_report` saves it. A run that
+failed or was killed gets the report of what exists (timeline, loss so far, reason), and the
+page says what is missing and why. pandas and matplotlib load only when a report is made.
+
+Refused, one sentence each: an unknown run (exit 2), a run still holding the lock (exit 3), a
+completed run from before runs kept an evaluation folder (exit 1).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from instance.protocol.artifacts import get_json
+from instance.protocol.layout import s3_uri
+from instance.protocol.timeutil import parse_iso
+
+from .context import Target
+from .errors import NoEvaluation, NoSuchRun, RunNotFinished
+from .runs import duration
+
+PHONE_PX = 640  # at most this wide, the page stacks its parts and shows the narrow charts
+MODEL_NAMES = {"finetuned": "fine-tuned", "zero_shot": "zero-shot (base)", "seasonal_naive": "seasonal naive"}
+PARQUETS = ("forecasts", "series_scores", "history", "loss_history")
+TYPICAL_SERIES = 4  # fan charts besides the best and the worst
+
+
+@dataclass
+class RunArtifacts:
+    run_id: str
+    bucket: str
+    record: dict
+    metadata: dict | None = None
+    summary: dict | None = None
+    frames: dict[str, Any] = field(default_factory=dict)  # name -> DataFrame, for the files that exist
+    evaluation_uri: str = ""
+
+    @property
+    def status(self) -> str:
+        return self.record.get("final_status") or "unknown"
+
+
+# -- load ------------------------------------------------------------------------------------------
+def load(target: Target, run_id: str) -> RunArtifacts:
+    """Everything the report shows, read from S3; refuses a run it cannot report on."""
+    import pandas as pd
+
+    lease = target.state_store().read()
+    if lease is not None and lease.run_id == run_id:
+        raise RunNotFinished(f"run {run_id} has not finished (it is in {lease.state.get('status')}); its report "
+                             f"can be made once it ends: `chronos-train monitor {run_id} --follow`")
+    layout = target.layout
+    record = get_json(target.s3, target.bucket, layout.training_record(run_id))
+    if record is None:
+        raise NoSuchRun(f"run {run_id} is neither active nor recorded in env {target.env}; "
+                        "list runs with `chronos-train runs`")
+    prefix = layout.evaluation(run_id)
+    pages = target.s3.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=prefix)
+    present = {o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])}
+    art = RunArtifacts(run_id, target.bucket, record, evaluation_uri=s3_uri(target.bucket, prefix))
+    if not record.get("final_status"):
+        raise RunNotFinished(f"run {run_id} has no final status yet and holds no lock (lost?); "
+                             "`chronos-train verify-cleanup --fix` records how it ended")
+    if art.status == "completed" and "summary.json" not in present:
+        raise NoEvaluation(f"run {run_id} completed before runs kept an evaluation folder (nothing under "
+                           f"{art.evaluation_uri}), so it has no report; its metrics are in "
+                           f"`chronos-train monitor {run_id}`")
+    art.metadata = get_json(target.s3, target.bucket, layout.model_metadata(run_id))
+    if "summary.json" in present:
+        art.summary = get_json(target.s3, target.bucket, prefix + "summary.json")
+    for name in PARQUETS:
+        if f"{name}.parquet" in present:
+            body = target.s3.get_object(Bucket=target.bucket, Key=f"{prefix}{name}.parquet")["Body"].read()
+            art.frames[name] = pd.read_parquet(io.BytesIO(body))
+    return art
+
+
+def write_report(target: Target, run_id: str, out: Path) -> Path:
+    page = build(load(target, run_id))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from instance.protocol.artifacts import write_atomic
+
+    path = write_atomic(out, page)
+    path.chmod(0o644)  # a page to open and to share, not a secret
+    return path
+
+
+# -- what the numbers say ----------------------------------------------------------------------------
+def series_gain(scores, baseline: str = "seasonal_naive"):
+    """Per series: WQL of the fine-tuned model and of the baseline (mean over windows), their
+    ratio and the gain (1 - ratio), best first. Series without a baseline score are left out."""
+    import numpy as np
+
+    wide = scores.pivot_table(index="item_id", columns="model", values="wql", aggfunc="mean")
+    if "finetuned" not in wide or baseline not in wide:
+        return wide.iloc[0:0]
+    out = wide[["finetuned", baseline]].rename(columns={baseline: "baseline"})
+    out = out[np.isfinite(out["baseline"]) & (out["baseline"] > 0) & np.isfinite(out["finetuned"])]
+    out = out.assign(ratio=out["finetuned"] / out["baseline"])
+    return out.assign(gain=1 - out["ratio"]).sort_values("gain", ascending=False)
+
+
+def pick_series(gains, kept: set[str], typical: int = TYPICAL_SERIES) -> list[tuple[str, str]]:
+    """(item, why) for the fan charts: the best, the worst, and `typical` around the median gain,
+    among the series whose forecasts were kept."""
+    ranked = gains[gains.index.isin(kept)]
+    if ranked.empty:
+        return []
+    items = list(ranked.index)
+    middle = items[1:-1]
+    lo = max(0, len(middle) // 2 - typical // 2)
+    picks = [(items[0], "best")] + [(item, "typical") for item in middle[lo:lo + typical]]
+    return picks + ([(items[-1], "worst")] if len(items) > 1 else [])
+
+
+def gain_text(value: float | None, base: float | None) -> tuple[str, str]:
+    """('−36 %', 'better') for a metric against a baseline's (lower is better)."""
+    if value is None or not base:
+        return "–", ""
+    change = (value - base) / base
+    return f"{change * 100:+.0f} %".replace("-", "−"), "better" if change < 0 else ("worse" if change > 0 else "")
+
+
+def phase_rows(record: dict) -> list[dict[str, Any]]:
+    """The phases as bars: start (s since the run began), seconds, result, and a label with the
+    duration and the cost (the run's hourly price for that long). A gap before the first phase is
+    the launch and the machine's boot."""
+    phases = record.get("phases") or {}
+    began = parse_iso(record.get("started_at"))
+    hourly = (record.get("cost") or {}).get("hourly_usd") or None  # a local run costs nothing: no figure
+    ended = parse_iso(record.get("ended_at"))
+    rows = []
+    ordered = sorted(phases.items(), key=lambda kv: kv[1].get("started_at") or "")
+    if ordered and began is not None:
+        first = parse_iso(ordered[0][1].get("started_at"))
+        if first is not None and (first - began).total_seconds() > 0.5:
+            rows.append(dict(name="launch and boot", start=0.0, seconds=(first - began).total_seconds(), result="ok"))
+    for name, p in ordered:
+        start, end = parse_iso(p.get("started_at")), parse_iso(p.get("ended_at")) or ended
+        if start is None or began is None:
+            continue
+        seconds = p.get("seconds") if p.get("seconds") is not None else ((end - start).total_seconds() if end else 0.0)
+        rows.append(dict(name=name, start=(start - began).total_seconds(), seconds=float(seconds),
+                         result=p.get("result") or "ok"))
+    for row in rows:
+        cost = "" if hourly is None else f" · {_usd(hourly * row['seconds'] / 3600)}"
+        row["label"] = f"{_secs(row['seconds'])}{cost}"
+        row["cost_usd"] = None if hourly is None else hourly * row["seconds"] / 3600
+    return rows
+
+
+def _secs(seconds: float) -> str:
+    return duration(seconds) if seconds >= 1 else f"{seconds:.1f}s"
+
+
+def _usd(value: float | None) -> str:
+    return "–" if value is None else f"${value:,.4f}"
+
+
+def missing(art: RunArtifacts) -> list[str]:
+    """What the report cannot show, one sentence each."""
+    out = []
+    status, reason = art.status, art.record.get("reason")
+    ended = f"the run {'was ' if status == 'killed' else ''}{status}" + (f" ({reason})" if reason else "")
+    if art.summary is None:
+        out.append(f"No evaluation: {ended} before its model was scored.")
+    if "loss_history" not in art.frames:
+        out.append(f"No loss history: {ended} before training logged a loss." if status != "completed"
+                   else "No loss history: this run's training logged none.")
+    if art.metadata is None and status == "completed":
+        out.append("No model metadata: model_metadata.json is missing from the run's folder.")
+    if status != "completed" and art.metadata is None:
+        out.append("No model: only a completed run uploads one.")
+    return out
+
+
+# -- build -----------------------------------------------------------------------------------------
+def _data_uri(svg: str) -> str:
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+
+
+def _img(svg: str, alt: str, cls: str = "chart", phone: str | None = None) -> str:
+    """An inline image; with `phone`, a narrower drawing that phone-width screens show instead
+    (the same text size on a canvas about half as wide)."""
+    img = f'<img class="{cls}" alt="{html.escape(alt)}" src="{_data_uri(svg)}">'
+    if phone is None:
+        return img
+    return f'<picture><source media="(max-width: {PHONE_PX}px)" srcset="{_data_uri(phone)}">{img}</picture>'
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _fact(name: str, value: str) -> str:
+    return f"<div><dt>{html.escape(name)}</dt><dd>{value}</dd></div>"
+
+
+def header(art: RunArtifacts) -> str:
+    r, e = art.record, html.escape
+    host, cost, training = r.get("host") or {}, r.get("cost") or {}, r.get("training") or {}
+    cfg = r.get("config") or {}
+    trained_on = (art.metadata or {}).get("trained_on") or {}
+    data, summary = r.get("data") or {}, art.summary or {}
+    machine = host.get("instance_type") or "?"
+    if host.get("executor") == "local":
+        machine = f"this machine (local run; priced as {machine})"
+    gpus = trained_on.get("gpus", host.get("gpus"))
+    if isinstance(gpus, list):
+        gpus = len(gpus)
+    device = training.get("device")
+    machine += f" · {gpus} GPU{'s' if gpus != 1 else ''}" if gpus else (f" · trained on {device}" if device else "")
+    if host.get("spot"):
+        machine += " · spot"
+    model = cfg.get("model") or {}
+    series = data.get("series") or summary.get("dataset_series")
+    points = data.get("points") or summary.get("dataset_points")
+    size = ", ".join(x for x in (f"{series:,} series" if series else "", f"{points:,} points" if points else "") if x)
+    steps = f"{training.get('steps_done')} of {training.get('total_steps')}" if training.get("total_steps") else "–"
+    status = art.status
+    reason = r.get("reason")
+    error = r.get("error") or {}
+    facts = [
+        _fact("status", f'<span class="badge {e(status)}">{e(status)}</span>' + (f" {e(reason)}" if reason else "")),
+        _fact("duration", e(duration(r.get("duration_seconds")))),
+        _fact("cost", e("$0.00 (local run)" if host.get("executor") == "local" else
+                        ("–" if cost.get("estimated_usd") is None else f"${cost['estimated_usd']:,.4f} (estimated)"))),
+        _fact("machine", e(machine)),
+        _fact("model", e(f"{model.get('base', '?')} · {model.get('finetune_mode', '?')}")),
+        _fact("steps", e(steps) + (f" · final loss {training['final_loss']:.4f}" if training.get("final_loss") is not None else "")),
+        _fact("dataset", f"<code>{e(data.get('uri') or cfg.get('dataset') or '?')}</code>" + (f" · {e(size)}" if size else "")),
+        _fact("when", e(f"{_when(r.get('started_at'))} → {_when(r.get('ended_at'))} UTC")),
+    ]
+    if error:
+        facts.append(_fact("error", e(f"{error.get('class')}: {error.get('message')} (in {error.get('phase')})")))
+    return f'<header><h1>{e(art.run_id)}</h1><dl class="facts">{"".join(facts)}</dl></header>'
+
+
+def _when(text: str | None) -> str:
+    dt = parse_iso(text)
+    return dt.strftime("%Y-%m-%d %H:%M:%S") if dt else "?"
+
+
+def loss_section(art: RunArtifacts) -> str:
+    from . import plots
+
+    loss = art.frames.get("loss_history")
+    if loss is None or loss.empty:
+        return ""
+    training = art.record.get("training") or {}
+    total = training.get("total_steps") or (art.record.get("config") or {}).get("training", {}).get("num_steps")
+    stopped = int(loss["step"].max()) if art.status != "completed" else None
+    note = f"{len(loss)} logged steps" + (f" of {total}" if total else "") + \
+        ("; the run stopped at the red line" if stopped is not None else "")
+    return (f'<section><h2>Training</h2><p class="note">{html.escape(note)}</p>'
+            f'{_img(plots.loss_curve(loss, total, stopped), "training loss by step", phone=plots.loss_curve(loss, total, stopped, plots.NARROW))}'
+            "</section>")
+
+
+SHORT_NAMES = {"seasonal_naive": "naive", "zero_shot": "zero-shot"}
+
+
+def _model_cell(model: str) -> str:
+    return f'<td><span class="dot" style="background:{_color(model)}"></span>{MODEL_NAMES[model]}</td>'
+
+
+def _table(head: list[str], rows: list[str]) -> str:
+    return (f'<div class="scroll"><table><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def evaluation_table(summary: dict) -> str:
+    """Two tables: the overall scores with the change against each baseline (narrow enough for a
+    phone), then WQL window by window."""
+    metrics, per_window = summary.get("metrics") or {}, summary.get("per_window") or {}
+    models = [m for m in MODEL_NAMES if metrics.get(m)]
+    windows = summary.get("windows") or 1
+    bounds = summary.get("window_bounds") or []
+    baselines = [b for b in ("seasonal_naive", "zero_shot") if metrics.get(b)]
+    rows = []
+    for m in models:
+        mm = metrics[m]
+        cells = [_model_cell(m), f"<td>{_num(mm.get('wql'))}</td>", f"<td>{_num(mm.get('mase'), 3)}</td>"]
+        for b in baselines:
+            if b == m:
+                cells.append('<td class="muted">baseline</td>')
+                continue
+            parts = [gain_text(mm.get(k), metrics[b].get(k)) for k in ("wql", "mase")]
+            cells.append('<td class="gain">' + '<i class="sep"> / </i>'.join(
+                f'<span class="{c}">{t}</span>' for t, c in parts) + "</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    overall = _table(["model", "WQL ↓", "MASE ↓"] + [f"vs {SHORT_NAMES[b]}" for b in baselines], rows)
+    by_window = []
+    for m in models:
+        scores = [f"<td>{_num(w.get('wql'))}</td>" for w in per_window.get(m, [])]
+        by_window.append(f"<tr>{_model_cell(m)}{''.join(scores)}{'<td></td>' * (windows - len(scores))}</tr>")
+    spans = ""
+    if bounds:
+        spans = "; ".join(f"w{b['window'] + 1}: {_day(b['first'])} – {_day(b['last'])}" for b in bounds)
+        spans = f'<p class="note">Windows, oldest first: {html.escape(spans)}.</p>'
+    windowed = _table(["WQL by window"] + [f"w{k + 1}" for k in range(windows)], by_window) if per_window else ""
+    legend = ('<p class="note">vs: the change in WQL / MASE against that baseline '
+              "(negative: the model's error is lower).</p>")
+    return overall + legend + windowed + spans
+
+
+def _day(text: str) -> str:
+    return str(text)[:16].replace("T", " ").removesuffix(" 00:00")
+
+
+def _color(model: str) -> str:
+    from .plots import COLORS
+
+    return COLORS[model]
+
+
+def evaluation_section(art: RunArtifacts) -> str:
+    s = art.summary
+    if s is None:
+        return ""
+    how = (f"Rolling-origin backtest: the last {s.get('windows')} windows of {s.get('prediction_length')} points "
+           f"of every series, none of them seen in training; overall = mean of the windows. "
+           f"{str(s.get('sample', '')).capitalize()}. Lower is better.")
+    return (f'<section><h2>Evaluation</h2><p class="note">{html.escape(how)}</p>'
+            f"{evaluation_table(s)}</section>")
+
+
+def forecasts_section(art: RunArtifacts) -> str:
+    from . import plots
+
+    scores, forecasts, history = (art.frames.get(n) for n in ("series_scores", "forecasts", "history"))
+    if scores is None or forecasts is None or history is None:
+        return ""
+    gains = series_gain(scores)
+    picks = pick_series(gains, set(forecasts["item_id"].unique()))
+    charts = []
+    for item, why in picks:
+        f = forecasts[forecasts["item_id"] == item]
+        g = gains.loc[item]
+        sub = f"{why} · WQL {g['finetuned']:.3f} vs {g['baseline']:.3f} naive ({gain_text(g['finetuned'], g['baseline'])[0]})"
+        svg = plots.fan_chart(history[history["item_id"] == item], f[f["model"] == "finetuned"], str(item), sub,
+                              naive=f[f["model"] == "seasonal_naive"])
+        charts.append(_img(svg, f"forecast of {item} ({why})", "chart small"))
+    legend = "".join(f'<span class="key"><i class="{style}" style="--c:{color}"></i>{html.escape(label)}</span>'
+                     for label, color, style in plots.FAN_LEGEND)
+    parts = ['<section><h2>Forecasts</h2><p class="note">The fine-tuned model\'s median and 10-90 % band in '
+             "each window against the actuals, for the series where it gained most and least over seasonal naive "
+             f'and a few around the median gain.</p><p class="legend">{legend}</p>',
+             f'<div class="grid">{"".join(charts)}</div>']
+    if len(gains):
+        ratios = gains["ratio"].tolist()
+        parts.append(_img(plots.ratio_histogram(ratios), "per-series WQL ratio to seasonal naive",
+                          phone=plots.ratio_histogram(ratios, size=plots.NARROW)))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def timeline_section(art: RunArtifacts) -> str:
+    from . import plots
+
+    rows = phase_rows(art.record)
+    if not rows:
+        return ""
+    table = "".join(
+        f"<tr><td>{html.escape(r['name'])}</td><td>{_secs(r['seconds'])}</td><td>{_usd(r['cost_usd'])}</td>"
+        f"<td>{html.escape(r['result'])}</td></tr>" for r in rows)
+    chart = _img(plots.phase_timeline(rows), "phase timeline", phone=plots.phase_timeline(rows, plots.NARROW))
+    return (f'<section><h2>Phases</h2>{chart}'
+            f'<div class="scroll"><table><thead><tr><th>phase</th><th>time</th><th>cost</th><th>result</th></tr></thead>'
+            f"<tbody>{table}</tbody></table></div></section>")
+
+
+def missing_section(art: RunArtifacts) -> str:
+    gaps = missing(art)
+    if not gaps:
+        return ""
+    items = "".join(f"<li>{html.escape(g)}</li>" for g in gaps)
+    return f'<section class="missing"><h2>Not in this report</h2><ul>{items}</ul></section>'
+
+
+def files_section(art: RunArtifacts) -> str:
+    arts = {k: v for k, v in (art.record.get("artifacts") or {}).items() if v}
+    if not arts:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(k.removesuffix('_uri'))}</td><td><code>{html.escape(str(v))}</code></td></tr>"
+                   for k, v in sorted(arts.items()))
+    how = ('<p class="note">The evaluation files are parquet: <code>pandas.read_parquet("'
+           f'{html.escape(art.evaluation_uri)}forecasts.parquet")</code> where s3fs is installed.</p>'
+           if art.summary else "")
+    return f'<section><h2>Files</h2><div class="scroll"><table class="kv"><tbody>{rows}</tbody></table></div>{how}</section>'
+
+
+def build(art: RunArtifacts) -> str:
+    body = "".join([
+        header(art), missing_section(art), loss_section(art), evaluation_section(art), forecasts_section(art),
+        timeline_section(art), files_section(art),
+    ])
+    return PAGE.format(title=html.escape(f"{art.run_id} · {art.status}"), css=CSS, body=body)
+
+
+CSS = """
+:root { color-scheme: light; --fg:#1f2328; --muted:#57606a; --line:#d0d7de; --bg:#ffffff; --soft:#f6f8fa; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--soft); color: var(--fg);
+       font: 15px/1.5 -apple-system, "Segoe UI", "Helvetica Neue", "DejaVu Sans", Arial, sans-serif; }
+main { max-width: 960px; margin: 0 auto; padding: 24px 20px 40px; }
+header, section { background: var(--bg); border: 1px solid var(--line); border-radius: 8px; padding: 16px 20px;
+                  margin-bottom: 16px; }
+h1 { font-size: 22px; margin: 0 0 12px; word-break: break-all; }
+h2 { font-size: 17px; margin: 0 0 8px; }
+.facts { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 6px 24px; margin: 0; }
+.facts div { display: flex; gap: 10px; min-width: 0; }
+dt { color: var(--muted); flex: 0 0 72px; }
+dd { margin: 0; min-width: 0; overflow-wrap: anywhere; }
+code { font-size: 13px; background: var(--soft); padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
+.badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-weight: 600; color: #fff; background: #57606a; }
+.badge.completed { background: #1a7f37; } .badge.failed { background: #cf222e; } .badge.killed { background: #9a6700; }
+.note { color: var(--muted); font-size: 13.5px; margin: 0 0 10px; }
+.scroll + .note { margin-top: 6px; }
+img.chart { display: block; width: 100%; height: auto; margin: 8px 0; }
+.grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 8px 16px; }
+.grid img.chart { margin: 0; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; width: 100%; font-size: 14px; font-variant-numeric: tabular-nums; }
+th, td { text-align: right; padding: 5px 10px; border-bottom: 1px solid var(--line); white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+th { color: var(--muted); font-weight: 600; }
+.dot { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin-right: 6px; }
+.sep { font-style: normal; }
+.better { color: #1a7f37; font-weight: 600; } .worse { color: #cf222e; font-weight: 600; } .muted { color: var(--muted); }
+.missing { border-color: #d4a72c; background: #fff8c5; } .missing ul { margin: 0; padding-left: 20px; }
+footer { color: var(--muted); font-size: 12px; text-align: center; }
+.legend { display: flex; flex-wrap: wrap; gap: 4px 16px; font-size: 13px; margin: 0 0 8px; }
+.key { display: inline-flex; align-items: center; gap: 6px; }
+.key i { display: inline-block; width: 18px; height: 0; border-top: 2px solid var(--c); }
+.key i.dash { border-top-style: dashed; }
+.key i.band { height: 10px; border: 0; background: var(--c); opacity: .25; }
+table.kv td { text-align: left; }
+@media (max-width: 640px) {
+  main { padding: 10px 8px 24px; }
+  header, section { padding: 12px; border-radius: 6px; }
+  h1 { font-size: 18px; }
+  .facts, .grid { grid-template-columns: 1fr; }
+  table { font-size: 12.5px; }
+  th, td { padding: 5px 5px; }
+  td.gain span { display: block; } td.gain .sep { display: none; }
+}
+"""
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{css}</style>
+</head>
+<body><main>{body}<footer>chronos-train report · made from the run's records in S3</footer></main></body>
+</html>
+"""
