@@ -80,6 +80,7 @@ class TrainingHooks:
     fault: Callable[[], None] | None = None  # test hook, called at the first step
     report_every: float = 15.0
     checkpoint_every: float | None = None  # seconds between full checkpoints (None: only on a stop)
+    save_last: bool = False  # a full checkpoint at the last step too (a replacement then skips training)
 
 
 @dataclass
@@ -271,7 +272,9 @@ def _callback(monitor: RunMonitor):
                 control.should_training_stop = True
                 control.should_save = True
                 control.should_log = True
-            elif state.global_step < state.max_steps and monitor.save_due():
+            elif state.global_step >= state.max_steps:
+                control.should_save = control.should_save or monitor.hooks.save_last
+            elif monitor.save_due():
                 control.should_save = True
             return control
 
