@@ -354,7 +354,9 @@ def train_model(pipeline, inputs, settings: TrainingSettings, output_dir: Path, 
     return TrainingOutcome(
         pipeline=finetuned,
         model_dir=model_dir,
-        steps_done=monitor.step,
+        # Resumed from the last step's checkpoint, the Trainer still takes one step before it
+        # checks max_steps: at a learning rate the schedule has brought to 0, it changes nothing.
+        steps_done=min(monitor.step, settings.num_steps),
         total_steps=settings.num_steps,
         final_loss=monitor.loss,
         samples_per_second=progress.samples_per_second,
