@@ -37,12 +37,16 @@ class Estimate:
     max_runtime_minutes: int
     local: bool
     gpus: int = 1  # how many of the type's GPUs train (the whole machine is billed)
+    other_types: tuple[str, ...] = ()  # the group may launch these instead (instance.types)
 
     def sentence(self) -> str:
         kind = "spot" if self.spot else "on-demand"
         price = PRICES[self.instance_type]
-        aws = (f"{self.instance_type} ({price.gpu}{self._gpus_used(price.gpus)}) {kind}: ~${self.hourly_usd:.3f}/h "
-               f"incl. 100 GB gp3, worst case ${self.worst_case_usd:.2f} at the {self.max_runtime_minutes}-minute limit")
+        alternatives = f" or {', '.join(self.other_types)}" if self.other_types else ""
+        priciest = " on the priciest type" if self.other_types else ""
+        aws = (f"{self.instance_type}{alternatives} ({price.gpu}{self._gpus_used(price.gpus)}) {kind}: "
+               f"~${self.hourly_usd:.3f}/h incl. 100 GB gp3, worst case ${self.worst_case_usd:.2f}{priciest} at the "
+               f"{self.max_runtime_minutes}-minute limit")
         return f"local run: $0.00 (on AWS, {aws})" if self.local else f"estimated cost: {aws}"
 
     def _gpus_used(self, has: int) -> str:
@@ -72,9 +76,10 @@ class Launched:
 
 def estimate(cfg: RunConfig, local: bool) -> Estimate:
     rate = hourly(cfg.instance.type, cfg.instance.spot)
+    worst = max(hourly(t, cfg.instance.spot) for t in cfg.instance.instance_types)
     return Estimate(cfg.instance.type, cfg.instance.spot, round(rate, 4),
-                    round(rate * cfg.instance.max_runtime_minutes / 60, 2), cfg.instance.max_runtime_minutes, local,
-                    cfg.instance.gpu_count)
+                    round(worst * cfg.instance.max_runtime_minutes / 60, 2), cfg.instance.max_runtime_minutes, local,
+                    cfg.instance.gpu_count, tuple(cfg.instance.instance_types[1:]))
 
 
 def plan(target: Target, config_path: str | Path) -> LaunchPlan:

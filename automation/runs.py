@@ -111,7 +111,15 @@ def view(target: Target, run_id: str | None = None) -> RunView:
     """The active run (one GET), a named run, or the latest one."""
     lease = target.state_store().read()
     if lease and (run_id is None or lease.run_id == run_id):
-        return from_state(dict(lease.state))
+        shown = from_state(dict(lease.state))
+        if shown.waiting:
+            # What the group says about its failed launches (AWS's own words: capacity or quota).
+            from instance.protocol.group import failed_launches
+
+            reasons = failed_launches(target.autoscaling, lease.run_id, limit=5)
+            if reasons:
+                shown.waiting += f"; the group's last failed launch: {reasons[0]}"
+        return shown
     run_id = run_id or latest_run_id(target)
     if run_id is None:
         raise NoSuchRun(f"no run has been launched in env {target.env} yet; start one with `chronos-train launch CONFIG`")

@@ -19,3 +19,10 @@ def test_aws_example_parses_and_points_at_the_bucket():
     cfg = load_config(EXAMPLES / "aws.yaml")
     assert cfg.dataset_in_bucket and cfg.model.base == "amazon/chronos-2"
     assert estimate(cfg, local=False).worst_case_usd > 0
+
+
+def test_spot_example_lists_types_of_one_gpu_count_and_passes_launch_validation():
+    cfg = load_config(EXAMPLES / "spot.yaml")
+    assert cfg.instance.spot and cfg.instance.instance_types == ["g6.xlarge", "g5.xlarge", "g4dn.xlarge"]
+    assert cfg.instance.max_machines == 6 and cfg.training.checkpoint_minutes == 5
+    assert [f.name for f in check_local_dataset(EXAMPLES / cfg.dataset, cfg)] == ["us_employment.parquet"]

@@ -143,3 +143,30 @@ def test_killed_while_waiting_for_its_next_machine(env, aws, tmp_path):
         describe_group(client("autoscaling", aws), run_id)["DesiredCapacity"] == 0
     clean = run_cli(env, "--local", "verify-cleanup")
     assert clean.returncode == 0, clean.stdout + clean.stderr
+
+
+@pytest.mark.parametrize("phase", [
+    "results_sync",
+    pytest.param("data_sync", marks=pytest.mark.reliability),
+    pytest.param("cleanup", marks=pytest.mark.reliability),
+])
+def test_interrupted_outside_training_the_run_still_completes(env, aws, tmp_path, phase):
+    """A notice in data_sync or results_sync hands over like one in training (results_sync: the
+    last step's checkpoint means the next machine trains nothing); one in cleanup lets the machine
+    be taken mid-cleanup, and the next machine finishes that cleanup with the outcome decided."""
+    s3 = client("s3", aws)
+    paused = {**env, "CHRONOS_PAUSE": f"{phase}:6", "CHRONOS_SPOT_NOTICE_SECONDS": "2" if phase == "cleanup" else "30"}
+    run_id = launched_run_id(run_cli(paused, "--local", "launch", spot_config(tmp_path, num_steps=30), cwd=tmp_path))
+    wait_until(lambda: (lock(s3) or {}).get("status") == phase, 180, 0.1, what=f"the run in {phase}")
+    interrupt(paused, run_id)
+    doc = wait_until(lambda: ended(s3, run_id), 300, what="the run to end")
+    assert doc["final_status"] == "completed", doc.get("error")
+    assert len(machines_of(aws, run_id)) == 2
+    if phase != "cleanup":
+        [gone] = doc["interruptions"]
+        assert doc["attempt"] == 2 and gone["step"] is not None or phase == "data_sync"
+    if phase == "results_sync":
+        assert doc["training"]["resumed_from_step"] == 30 and doc["training"]["steps_done"] == 30
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.models(run_id)).get("KeyCount", 0) > 0
+    clean = run_cli(env, "--local", "verify-cleanup")
+    assert clean.returncode == 0, clean.stdout + clean.stderr

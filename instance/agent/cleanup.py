@@ -155,13 +155,17 @@ class Cleanup:
         if holder.killed:
             self.outcome = Outcome.killed()
         try:
-            holder.move(Status.CLEANUP)
+            holder.move(Status.CLEANUP, **self._outcome_fields())
         except RunKilled:
             # Killed just as the run finished: the state says killed, so the run ends killed.
             self.outcome = Outcome.killed()
             before = Status.KILLED.value
-            holder.move(Status.CLEANUP)
+            holder.move(Status.CLEANUP, **self._outcome_fields())
         return DONE, f"{before} -> cleanup"
+
+    def _outcome_fields(self) -> dict:
+        """In the lock: a machine that replaces this one mid-cleanup finishes with this outcome."""
+        return {"outcome": self.outcome.final_status, "reason": self.outcome.reason}
 
     def _finish_record(self) -> None:
         outcome = self.outcome

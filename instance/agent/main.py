@@ -325,6 +325,11 @@ def begin(agent: Agent, boot: Boot, now) -> int | None:
     ctx = agent.ctx
     holder = ctx.holder
     if boot.action == END:
+        earlier = ctx.read_record(ctx.layout.training_record(ctx.run_id))
+        if earlier:
+            # The machine before this one got this far (its metrics, maybe its final outcome):
+            # finish its cleanup with that record, not a poorer one.
+            ctx.record.doc.update(earlier)
         if boot.final_status == "killed":
             return None  # the phases stop at their first check; cleanup records the kill
         if not holder.status.is_terminal:

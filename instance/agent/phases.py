@@ -194,8 +194,11 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
             if world > 1:
                 outcome = _train_on_ranks(ctx, base, inp, settings, world, watch, uploader, resume_from)
             else:
+                # A machine lost after training (in results_sync) leaves the next one a checkpoint
+                # at the last step: it resumes there and trains nothing.
                 hooks = training_hooks(ctx.holder, watch, on_checkpoint=uploader.submit,
-                                       on_log=ctx.loss_history.append, fault=ctx.hooks.first_training_step)
+                                       on_log=ctx.loss_history.append, fault=ctx.hooks.first_training_step,
+                                       save_last=ctx.replaceable)
                 outcome = train_model(base, inputs, settings, inp.output_dir, hooks, resume_from=resume_from)
     finally:
         uploader.flush()
@@ -267,7 +270,7 @@ def stop_reason(holder) -> str | None:
     return None if stop is None else f"{type(stop).__name__}: {stop}"
 
 
-def training_hooks(holder, watch, *, on_checkpoint=None, on_log=None, fault=None):
+def training_hooks(holder, watch, *, on_checkpoint=None, on_log=None, fault=None, save_last=False):
     """The agent's side of the training callback: no I/O on the training thread; `watch` does
     the kill check and writes the progress it is handed."""
     from ..model.training import TrainingHooks
@@ -280,6 +283,7 @@ def training_hooks(holder, watch, *, on_checkpoint=None, on_log=None, fault=None
         fault=fault,
         # Handing over is no I/O; `watch` writes what it holds at its own pace (every 2 s).
         report_every=2.0,
+        save_last=save_last,
     )
 
 

@@ -84,6 +84,7 @@ class TrainingHooks:
     fault: Callable[[], None] | None = None  # test hook, called at the first step
     report_every: float = 15.0
     checkpoint_every: float | None = None  # seconds between full checkpoints (None: only on a stop)
+    save_last: bool = False  # a full checkpoint at the last step too (a replacement then skips training)
 
 
 @dataclass
@@ -290,7 +291,9 @@ def _callback(monitor: RunMonitor):
                 control.should_training_stop = True
                 control.should_save = True
                 control.should_log = True
-            elif state.global_step < state.max_steps and monitor.save_due():
+            elif state.global_step >= state.max_steps:
+                control.should_save = control.should_save or monitor.hooks.save_last
+            elif monitor.save_due():
                 control.should_save = True
             return control
 
@@ -370,7 +373,9 @@ def train_model(pipeline, inputs, settings: TrainingSettings, output_dir: Path, 
     return TrainingOutcome(
         pipeline=finetuned,
         model_dir=model_dir,
-        steps_done=monitor.step,
+        # Resumed from the last step's checkpoint, the Trainer still takes one step before it
+        # checks max_steps: at a learning rate the schedule has brought to 0, it changes nothing.
+        steps_done=min(monitor.step, settings.num_steps),
         total_steps=settings.num_steps,
         final_loss=monitor.loss,
         samples_per_second=progress.samples_per_second,
