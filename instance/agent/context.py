@@ -248,14 +248,15 @@ def latest_checkpoint(ctx: AgentContext) -> tuple[str, int] | None:
 
 
 def download_prefix(ctx: AgentContext, prefix: str, dest: Path) -> Path:
-    """Every object under `prefix` into `dest` (a checkpoint to resume from), markers aside."""
+    """Every object under `prefix` into `dest` (a checkpoint to resume from), markers aside,
+    through the one transfer path (transfer.py)."""
+    from ..protocol.transfer import Download, download_files
+
     dest.mkdir(parents=True, exist_ok=True)
-    for page in ctx.s3.get_paginator("list_objects_v2").paginate(Bucket=ctx.bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            rel = obj["Key"][len(prefix):]
-            if not rel or rel == COMPLETE_MARKER:
-                continue
-            path = dest / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ctx.s3.download_file(ctx.bucket, obj["Key"], str(path))
+    items = [Download(o["Key"], o["Size"], o["ETag"], dest / o["Key"][len(prefix):])
+             for page in ctx.s3.get_paginator("list_objects_v2").paginate(Bucket=ctx.bucket, Prefix=prefix)
+             for o in page.get("Contents", []) if o["Key"][len(prefix):] not in ("", COMPLETE_MARKER)]
+    for item in items:
+        item.path.parent.mkdir(parents=True, exist_ok=True)
+    download_files(ctx.s3, ctx.bucket, items)
     return dest

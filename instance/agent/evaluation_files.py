@@ -60,13 +60,11 @@ def upload_evaluation(ctx) -> list[str]:
     ctx.guard()
     pages = ctx.s3.get_paginator("list_objects_v2").paginate(Bucket=ctx.bucket, Prefix=prefix)
     present = {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
-    sent = []
-    for path in files:
-        key = prefix + path.name
-        if present.get(key) == path.stat().st_size:
-            continue
-        ctx.upload_file(path, key)
-        sent.append(key)
+    from ..protocol.transfer import Upload, upload_files
+
+    todo = [Upload(path, prefix + path.name) for path in files if present.get(prefix + path.name) != path.stat().st_size]
+    upload_files(ctx.s3, ctx.bucket, todo)
+    sent = [u.key for u in todo]
     ctx.record.set_artifact("evaluation_uri", ctx.uri(prefix))
     log.info("evaluation folder: uploaded %s", ", ".join(k[len(prefix):] for k in sent) or "nothing new")
     return sent
