@@ -23,10 +23,12 @@ def env(aws, tmp_path):
     return cli_env(aws.endpoint_url, tmp_path / "home", CHRONOS_HEARTBEAT_SECONDS="1", CHRONOS_KILL_GRACE_SECONDS="60")
 
 
-def local_config(tmp_path, **training) -> str:
+def local_config(tmp_path, instance: dict | None = None, **training) -> str:
     data = write_parquet(tmp_path / "data" / "train.parquet", synthetic_frame(n_items=6, length=96))
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(run_config(dataset=str(data), **training)))
+    doc = run_config(dataset=str(data), **training)
+    doc["instance"].update(instance or {})
+    path.write_text(yaml.safe_dump(doc))
     return str(path)
 
 

@@ -75,7 +75,10 @@ def wait_stale(s3, run_id: str) -> None:
 
 def sigkill_agent(env, home, s3, tmp_path, phase: str) -> str:
     """Launch a run, SIGKILL its agent once it is in `phase`; returns the run id."""
-    config = local_config(tmp_path, **({"num_steps": 100_000} if phase == "training" else {}))
+    # One machine: with replacements allowed, the group would bring the next machine and the run
+    # would go on (tests/test_spot.py); here the machine's death must leave the run to be found.
+    config = local_config(tmp_path, instance={"max_interruptions": 0},
+                          **({"num_steps": 100_000} if phase == "training" else {}))
     run_id = launch_held(env, s3, BUCKET, config, phase, cwd=tmp_path)
     pid = agent_pid(home, run_id)
     assert live_state(s3, BUCKET)["agent"]["pid"] == pid and pid_running(pid)  # the state names what we kill
