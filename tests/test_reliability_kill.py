@@ -55,8 +55,8 @@ def _json(s3, key: str) -> dict:
     return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
 
 
-def held_run(env, s3, tmp_path: Path, phase: str, pause_s: int = 300) -> str:
-    config = local_config(tmp_path, **({"num_steps": 100_000} if phase == "training" else {}))
+def held_run(env, s3, tmp_path: Path, phase: str, pause_s: int = 300, instance: dict | None = None) -> str:
+    config = local_config(tmp_path, instance=instance, **({"num_steps": 100_000} if phase == "training" else {}))
     return launch_held(env, s3, BUCKET, config, phase, pause_s, cwd=tmp_path)
 
 
@@ -129,7 +129,9 @@ def test_force_kill_of_a_frozen_agent_ends_it_at_once(env, home, aws, s3, tmp_pa
 
 
 def test_frozen_agent_resumed_after_a_forced_kill_writes_nothing(env, home, aws, s3, tmp_path):
-    old = held_run(env, s3, tmp_path, "training")
+    # One machine (it leaves its group as it boots): the group's end does not take it with it,
+    # as on AWS a detached instance outlives its group; the frozen agent lives on to be fenced.
+    old = held_run(env, s3, tmp_path, "training", instance={"max_interruptions": 0})
     pid = agent_pid(home, old)
     freeze(pid)
     try:

@@ -137,6 +137,7 @@ class Player:
         self.autoscaling, self.ec2 = client("autoscaling", target), client("ec2", target)
         self.metadata = Metadata()
         self.agents: dict[str, subprocess.Popen] = {}
+        self.members: set[str] = set()  # the group's instances when last seen
         self.ended: set[str] = set()
         self.seen_at: dict[str, float] = {}  # when each machine first appeared (it boots for boot_seconds)
         self.reclaim_at: dict[str, float] = {}
@@ -147,9 +148,15 @@ class Player:
         while True:
             group = describe_group(self.autoscaling, self.spec.run_id)
             if group is None:
-                self._take_all()
-                return
-            members = {i["InstanceId"] for i in group.get("Instances", []) if i.get("LifecycleState") == "InService"}
+                # A deleted group takes its instances with it; one detached from it lives on.
+                self._take(self.members)
+                if not self.agents:
+                    return
+                self._reap(set())
+                time.sleep(POLL_S)
+                continue
+            members = self.members = {i["InstanceId"] for i in group.get("Instances", [])
+                                      if i.get("LifecycleState") == "InService"}
             self._reap(members)
             self._interrupt()
             for instance_id in sorted(members - set(self.agents) - self.ended):
@@ -233,11 +240,12 @@ class Player:
                 log.info("machine %s reclaimed", instance_id)
                 _kill(proc)
 
-    def _take_all(self) -> None:
-        for proc in self.agents.values():
-            _kill(proc)
-        for instance_id in self.agents:
+    def _take(self, instance_ids: set[str]) -> None:
+        for instance_id in sorted(instance_ids & set(self.agents)):
+            _kill(self.agents.pop(instance_id))
+            self.ended.add(instance_id)
             self._end_machine(instance_id, in_group=False)
+        self.members = set()
 
 
 def _kill(proc: subprocess.Popen) -> None:
