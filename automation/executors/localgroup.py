@@ -143,29 +143,33 @@ class Player:
         self.reclaim_at: dict[str, float] = {}
 
     def run(self) -> None:
+        while True:
+            try:
+                if self._step():
+                    return
+            except Exception as exc:  # noqa: BLE001 - the service keeps going through a failed call
+                log.warning("group step failed (%s: %s); trying again", type(exc).__name__, exc)
+            time.sleep(POLL_S)
+
+    def _step(self) -> bool:
+        """One look at the group and its machines; True once nothing is left to play."""
         from instance.protocol.group import describe_group
 
-        while True:
-            group = describe_group(self.autoscaling, self.spec.run_id)
-            if group is None:
-                # A deleted group takes its instances with it; one detached from it lives on.
-                self._take(self.members)
-                if not self.agents:
-                    return
-                self._reap(set())
-                time.sleep(POLL_S)
-                continue
-            members = self.members = {i["InstanceId"] for i in group.get("Instances", [])
-                                      if i.get("LifecycleState") == "InService"}
-            self._reap(members)
-            self._interrupt()
-            for instance_id in sorted(members - set(self.agents) - self.ended):
-                first = self.seen_at.setdefault(instance_id, time.monotonic())
-                if time.monotonic() - first >= self.spec.boot_seconds:
-                    self._boot(instance_id)
-            if int(group.get("DesiredCapacity", 0)) == 0 and not self.agents and not (members - self.ended):
-                return
-            time.sleep(POLL_S)
+        group = describe_group(self.autoscaling, self.spec.run_id)
+        if group is None:
+            # A deleted group takes its instances with it; one detached from it lives on.
+            self._take(self.members)
+            self._reap(set())
+            return not self.agents
+        members = self.members = {i["InstanceId"] for i in group.get("Instances", [])
+                                  if i.get("LifecycleState") == "InService"}
+        self._reap(members)
+        self._interrupt()
+        for instance_id in sorted(members - set(self.agents) - self.ended):
+            first = self.seen_at.setdefault(instance_id, time.monotonic())
+            if time.monotonic() - first >= self.spec.boot_seconds:
+                self._boot(instance_id)
+        return int(group.get("DesiredCapacity", 0)) == 0 and not self.agents and not (members - self.ended)
 
     def _boot(self, instance_id: str) -> None:
         from instance.protocol.aws import AwsTarget
