@@ -154,9 +154,11 @@ def assert_failed_and_cleaned(aws, s3, run_id: str, error_class: str, phase: str
 
 
 @pytest.mark.parametrize("where", [
-    pytest.param(dict(paths=("/" + DATASETS_PREFIX,), methods=("GET",), error="ClientError", phase="data_sync"),
+    # Both go through the one transfer path (instance/protocol/transfer.py): its TransferFailed
+    # names the key and keeps botocore's error (here InternalError, after 6 attempts).
+    pytest.param(dict(paths=("/" + DATASETS_PREFIX,), methods=("GET",), error="TransferFailed", phase="data_sync"),
                  id="dataset-downloads"),
-    pytest.param(dict(paths=("/models/",), methods=("PUT",), error="S3UploadFailedError", phase="results_sync"),
+    pytest.param(dict(paths=("/models/",), methods=("PUT",), error="TransferFailed", phase="results_sync"),
                  id="model-uploads", marks=pytest.mark.reliability),
 ])
 def test_faults_beyond_the_retry_budget_fail_the_run_and_clean_up(aws, sandbox, tmp_path, where):

@@ -3,7 +3,7 @@
 Long format (DESIGN.md "Data format"): `item_id`, `timestamp` (datetime), `target` (numeric); every
 other column is a numeric covariate. The validator is shared: the CLI calls it for `data validate`
 and before launch (a bad dataset must cost nothing), the agent calls it after the sync.
-pyarrow, pandas and boto3 are imported inside the functions that need them, so importing this
+pyarrow, numpy and pandas are imported inside the functions that need them, so importing this
 module stays cheap for the CLI.
 """
 from __future__ import annotations
