@@ -70,8 +70,10 @@ class Browser:
             raise RuntimeError("no Chromium found (apt-get install chromium-headless-shell, or run .ci/install-chromium)")
         profile = workdir / "chromium-profile"
         profile.mkdir(parents=True, exist_ok=True)
+        # Its own process group: close() ends Chromium's helper processes (zygotes, renderer) too.
         proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=(workdir / "chromium.log").open("wb"))
+                                stdout=subprocess.DEVNULL, stderr=(workdir / "chromium.log").open("wb"),
+                                start_new_session=True)
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + timeout
         while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
@@ -101,6 +103,9 @@ class Browser:
         self.close()
 
     def close(self) -> None:
+        import os
+        import signal
+
         try:
             self.ws.close()
         finally:
@@ -110,6 +115,10 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of its group is left
+            except ProcessLookupError:
+                pass
 
     # -- the protocol ----------------------------------------------------------------------------
     def call(self, method: str, **params: Any) -> dict:
