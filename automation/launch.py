@@ -15,7 +15,7 @@ from instance.protocol.group import group_name
 from instance.protocol.layout import DATASETS_PREFIX, new_run_id
 from instance.protocol.pricing import PRICES, hourly
 from instance.protocol.runconfig import ConfigError, RunConfig, check_runtime_support, load_config
-from instance.protocol.timeutil import iso, utcnow
+from instance.protocol.timeutil import iso
 
 from .context import Target, translate_aws_error
 from .datasets import check_local_dataset, check_remote_dataset, upload_dataset

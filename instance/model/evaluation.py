@@ -100,8 +100,6 @@ class Backtest:
         return self._rows(self.held_out).drop(columns="_from_end").reset_index(drop=True)
 
     def window(self, k: int) -> Window:
-        import numpy as np
-
         h = self.prediction_length
         start = (self.windows - k) * h  # first point of window k, counted from the end
         context = self._rows(start).drop(columns="_from_end").reset_index(drop=True)
