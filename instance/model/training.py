@@ -241,10 +241,14 @@ class RunMonitor:
         return True
 
     def save_due(self) -> bool:
-        """A periodic full checkpoint is due (the same answer on every rank: rank 0 decides)."""
+        """A periodic full checkpoint is due. One process only: ranks would have to agree on it at
+        the same step, and `Ranks.agree` carries the stop decision alone (a second call per step
+        mixes the two answers: every step then saves). Data-parallel runs checkpoint on a stop,
+        at save_steps and at the last step."""
+        if self.ranks.world_size > 1:
+            return False
         every = self.hooks.checkpoint_every
-        due = every is not None and self._last_save is not None and self.clock() - self._last_save >= every
-        return self.ranks.agree(due) if self.ranks.world_size > 1 else due
+        return every is not None and self._last_save is not None and self.clock() - self._last_save >= every
 
     def logged(self, logs: dict[str, Any], step: int) -> None:
         if "loss" not in logs:
