@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from instance.agent.main import EXIT_FAILED, EXIT_KILLED
 from instance.protocol.state import StateStore
 from instance.protocol.status import Status
 from tests.agent_fixtures import (
@@ -32,7 +33,6 @@ from tests.conftest import ENV
 from tests.test_agent_kill import wait_for
 
 pytestmark = pytest.mark.slow
-EXIT_FAILED, EXIT_KILLED = 4, 5
 TWO_RANKS = {"type": "g5.12xlarge", "gpus": 2, "spot": False, "max_runtime_minutes": 60}
 
 

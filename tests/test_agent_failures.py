@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from instance.agent.main import EXIT_FAILED
 from instance.protocol.state import StateStore
 from tests.agent_fixtures import (
     get_json,
@@ -20,7 +21,6 @@ from tests.agent_fixtures import (
 from tests.conftest import ENV
 
 pytestmark = pytest.mark.slow
-EXIT_FAILED = 4
 
 
 def _good_data():

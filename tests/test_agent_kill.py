@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from instance.agent.main import EXIT_KILLED, EXIT_NOT_HOLDER
 from instance.protocol.artifacts import put_json
 from instance.protocol.state import StateStore
 from instance.protocol.status import Status
@@ -33,7 +34,6 @@ from tests.agent_fixtures import (
 from tests.conftest import ENV
 
 pytestmark = pytest.mark.slow
-EXIT_NOT_HOLDER, EXIT_KILLED = 3, 5
 # Far more steps than a test waits for: the run only ends early, by the kill.
 LONG = dict(num_steps=20000)
 
