@@ -177,7 +177,10 @@ def test_ctrl_c_during_up_cancels_destroys_removes_releases_and_exits_130(aws, a
     env = {**env, "FAKE_PULUMI_UP": "hang", "FAKE_PULUMI_MARK": str(mark)}
     # Its own process group, as a terminal's foreground job: Ctrl-C goes to the whole group.
     proc = subprocess.Popen([sys.executable, "-m", "automation.cli", "launch", str(config)], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # A terminal's job hears Ctrl-C even when these tests run as a background
+                            # job (whose shell set SIGINT to ignored, which a child would inherit).
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_until(mark.exists, timeout=120, what="the fake `pulumi up` to start its instance")
         instance = mark.read_text()

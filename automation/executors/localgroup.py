@@ -37,6 +37,9 @@ PLAYER_PID = "group.pid"
 AGENT_PID = "agent.pid"  # the current machine's agent (kill and finalize read it)
 INTERRUPT = "interrupt"  # `sandbox interrupt` writes it; the player takes it
 POLL_S = 0.2
+# A group is taken as deleted once it is missing from this many looks in a row: one empty answer
+# (seen once under load, with other calls of the moment refused too) must not end a live machine.
+GONE_AFTER_LOOKS = 3
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class Player:
         self.ended: set[str] = set()
         self.seen_at: dict[str, float] = {}  # when each machine first appeared (it boots for boot_seconds)
         self.reclaim_at: dict[str, float] = {}
+        self.missing = 0  # consecutive looks that did not find the group
 
     def run(self) -> None:
         while True:
@@ -157,10 +161,16 @@ class Player:
 
         group = describe_group(self.autoscaling, self.spec.run_id)
         if group is None:
+            self.missing += 1
+        else:
+            self.missing = 0
+        if group is None and self.missing >= GONE_AFTER_LOOKS:
             # A deleted group takes its instances with it; one detached from it lives on.
             self._take(self.members)
             self._reap(set())
             return not self.agents
+        if group is None:
+            return False  # not seen once: look again before ending its machines
         members = self.members = {i["InstanceId"] for i in group.get("Instances", [])
                                   if i.get("LifecycleState") == "InService"}
         self._reap(members)
@@ -200,6 +210,7 @@ class Player:
             proc = subprocess.Popen(cmd, cwd=spec.code_dir, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.agents[instance_id] = proc
+        (agent_dir / AGENT_PID).write_text(str(proc.pid))  # this machine's agent, for the CLI's reconcile
         (self.run_dir / AGENT_PID).write_text(str(proc.pid))
         log.info("machine %s booted: agent pid %d", instance_id, proc.pid)
 

@@ -366,7 +366,12 @@ def begin(agent: Agent, boot: Boot, now) -> int | None:
     if boot.last_machine and ctx.in_group:
         # The last machine the run may have: out of the group now, so that nothing replaces it,
         # whatever happens to it (attempts.py: the bound on machines).
-        result, detail = leave_group(ctx.autoscaling(), ctx.run_id, ctx.instance_id)
+        for tries_left in reversed(range(LEAVE_TRIES)):
+            result, detail = leave_group(ctx.autoscaling(), ctx.run_id, ctx.instance_id)
+            if result != "error" or not tries_left:
+                break
+            log.warning("leaving the group failed (%s); trying again", detail)
+            time.sleep(LEAVE_RETRY_S)
         log.info("last machine of the run (attempt %d of %d): %s (%s)", boot.attempt,
                  holder.lease.state.get("max_machines", 1), result, detail)
     if boot.action == RESUME:
@@ -374,6 +379,10 @@ def begin(agent: Agent, boot: Boot, now) -> int | None:
                     len(holder.lease.state.get("interruptions") or []))
     return None
 
+
+# The last machine leaves its group before it trains; a refused call is tried again a few times,
+# else a replacement could follow it (decide_boot would still end the run on that machine).
+LEAVE_TRIES, LEAVE_RETRY_S = 3, 1.0
 
 _END_MESSAGES = {
     TOO_MANY_INTERRUPTIONS: "the run lost every machine it may have (instance.max_interruptions)",
