@@ -231,16 +231,17 @@ def monitor(opts: Options, run_id, follow, as_json, download) -> None:
       chronos-train monitor --follow
       chronos-train status run-20261128-203700-1a2b --json
     """
+    from . import executors
+    from .runcheck import check_run
     from .runs import view
 
     target = opts.target()
     if run_id:
         _check_run_id(run_id)
-    v = view(target, run_id)
+    executor = executors.for_target(target)
+    v = view(target, run_id, check=lambda lease: check_run(target, executor, lease))
     if follow and v.active:
-        from . import executors
-
-        _follow(target, executors.for_target(target), v.run_id, download, as_json)
+        _follow(target, executor, v.run_id, download, as_json)
         return
     _show(v, as_json)
     if follow:

@@ -8,24 +8,23 @@ from typing import Callable
 
 from instance.protocol.artifacts import get_json
 from instance.protocol.aws import is_not_found
-from instance.protocol.state import Lease, is_stale
+from instance.protocol.liveness import Verdict
 
 from .context import Target
-from .ending import instance_state
-from .runs import RunView, duration, from_record, from_state, record_end_from_cli
-from .settings import settings
+from .runcheck import check_run
+from .runs import RunView, from_record, from_state, record_end_from_cli
 
 log = logging.getLogger(__name__)
 
 
 class RunLost(Exception):
-    def __init__(self, view: RunView, instance: str | None, silent_for: str):
+    def __init__(self, view: RunView, verdict: Verdict):
         super().__init__(
-            f"run {view.run_id} has not written its lock for {silent_for} (S3's clock; last heartbeat "
-            f"{view.heartbeat_at}) and its instance is {instance or 'gone'}; it is lost. "
+            f"run {view.run_id} is lost: {verdict.why} (last heartbeat {view.heartbeat_at or 'never'}). "
             "Run `chronos-train verify-cleanup --fix` to record it and release the lock"
         )
         self.view = view
+        self.verdict = verdict
 
 
 # A poll that still fails after botocore's retries is tried again at the next poll; only a
@@ -62,8 +61,13 @@ def _poll(target: Target, executor, store, run_id: str, on_update, watched: dict
     if lease is not None and lease.run_id == run_id:
         watched.update(lease.state)
         view = from_state(dict(lease.state))
+        # Every poll asks EC2 (one call; the group only when the machine is not alive): a dead
+        # machine ends the follower within a poll, not once a heartbeat has aged.
+        verdict = check_run(target, executor, lease)
+        view.judged(verdict)
         on_update(view)
-        _check_alive(target, executor, lease, view)
+        if verdict.stale:
+            raise RunLost(view, verdict)
         return None
     record = get_json(target.s3, target.bucket, target.layout.training_record(run_id))
     if not (record and record.get("final_status")) and watched:
@@ -78,16 +82,6 @@ def _poll(target: Target, executor, store, run_id: str, on_update, watched: dict
         on_update(final)
         return final
     return None
-
-
-def _check_alive(target: Target, executor, lease: Lease, view: RunView) -> None:
-    limit = settings().stale_after
-    if not is_stale(lease, None, limit):
-        return  # written recently (S3's clock): no EC2 call needed
-    executor.reconcile()
-    seen = instance_state(target, lease.state.get("instance_id"))
-    if is_stale(lease, seen, limit):
-        raise RunLost(view, seen, duration(lease.age.total_seconds()))
 
 
 def download(target: Target, run_id: str, dest: Path) -> Path:

@@ -71,7 +71,10 @@ def run_panel(v: RunView) -> Panel:
         n = len(v.interruptions)
         head.add_row("machines", f"attempt {v.attempt or 1} of {v.max_machines or '?'} · "
                                  f"{n} interruption{'s' if n != 1 else ''}")
-    if v.waiting:
+    if v.lost:
+        head.add_row("now", Text(f"lost: {v.machine_note}; `chronos-train verify-cleanup --fix` records it and "
+                                 "releases the lock", style="bold red"))
+    elif v.waiting:
         head.add_row("now", Text(v.waiting, style="yellow"))
     saving = ""
     if v.on_demand_usd and v.cost_usd is not None and v.on_demand_usd > v.cost_usd:
@@ -178,6 +181,8 @@ def progress_line(v: RunView) -> str:
     p = v.progress or {}
     step = f" step {p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else ""
     loss = f" loss {p['loss']:.4f}" if p.get("loss") is not None else ""
+    if v.lost:
+        return f"{v.run_id}: {v.status}: lost: {v.machine_note}"
     if v.waiting:
         return f"{v.run_id}: {v.status}: {v.waiting}"
     return f"{v.run_id}: {v.status}{step}{loss}"
@@ -213,11 +218,16 @@ def verify_lines(report) -> list[str]:
     lines += [f"not fixed: {key} ({why})" for key, why in report.not_fixed.items()]
     lines += [f"starting (inside the launch grace window): instance {i}" for i in report.starting]
     if report.active_run:
-        lines.append(f"active run: {report.active_run}")
+        run = report.active
+        lines.append(f"active run: {report.active_run} ({run['status']}): {run['why']}")
     st = report.storage
     lines.append(f"S3 at rest: runs and logs ${st['runs_and_logs_usd_per_month']:.4f}/month, "
                  f"datasets ${st['datasets_usd_per_month']:.4f}/month")
-    if report.clean:
+    if report.clean and report.active_run:
+        # Never "clean" while a lock is held: the run bills until it ends.
+        lines.append("1 run active; nothing else bills" + (f" ({len(report.records)} record(s) that cost nothing)"
+                                                           if report.records else ""))
+    elif report.clean:
         lines.append("clean" + (f" of anything that bills ({len(report.records)} record(s) that cost nothing)"
                                 if report.records else ""))
     else:

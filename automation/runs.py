@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from instance.protocol.artifacts import get_json
 from instance.protocol.attempts import waiting_line
+from instance.protocol.liveness import Verdict
 from instance.protocol.record import machines_cost
 from instance.protocol.layout import run_started_at, s3_uri
 from instance.protocol.pricing import PRICES, cost
@@ -43,9 +44,18 @@ class RunView:
     interruptions: list = field(default_factory=list)
     waiting: str | None = None  # "interrupted at step 420, waiting for a machine (attempt 2 of 6)"
     on_demand_usd: float | None = None  # what the same hours would cost on-demand (spot runs)
+    machine: str | None = None  # an active run's machine, by EC2's word: alive | gone | unknown
+    machine_note: str | None = None  # "its machine i-0abc is terminated and no replacement is coming"
+    lost: bool = False  # the machine is gone for good, or silent past the stale limit
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def judged(self, verdict: Verdict) -> "RunView":
+        """With what the liveness rule says of the active run's machine."""
+        self.machine, self.machine_note, self.lost = verdict.machine.value, verdict.why, verdict.stale
+        self.waiting = verdict.waiting or self.waiting
+        return self
 
 
 def duration(seconds: float | None) -> str:
@@ -107,11 +117,14 @@ def from_record(record: dict) -> RunView:
     )
 
 
-def view(target: Target, run_id: str | None = None) -> RunView:
-    """The active run (one GET), a named run, or the latest one."""
+def view(target: Target, run_id: str | None = None, check: Callable[[Any], Verdict] | None = None) -> RunView:
+    """The active run (one GET), a named run, or the latest one. `check` judges the active run's
+    lease (automation/runcheck.py: EC2's word on its machine)."""
     lease = target.state_store().read()
     if lease and (run_id is None or lease.run_id == run_id):
         shown = from_state(dict(lease.state))
+        if check is not None:
+            shown.judged(check(lease))
         if shown.waiting:
             # What the group says about its failed launches (AWS's own words: capacity or quota).
             from instance.protocol.group import failed_launches

@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Mapping
 
-from instance.protocol.state import DEFAULT_STALE_AFTER
+from instance.protocol.liveness import DEFAULT_STALE_AFTER
 
 from .errors import BadInput
 

@@ -14,11 +14,13 @@ from dataclasses import asdict, dataclass, field
 
 from instance.protocol.ec2 import instances_by_tag, tags_of
 from instance.protocol.layout import DATASETS_PREFIX, PROJECT_TAG
-from instance.protocol.state import Lease, is_stale
+from instance.protocol.liveness import Verdict
+from instance.protocol.state import Lease
 from instance.protocol.timeutil import utcnow
 
 from .context import Target
-from .ending import force_end, instance_state
+from .ending import force_end
+from .runcheck import check_run
 from .runs import duration
 from .settings import settings
 
@@ -49,6 +51,7 @@ class Report:
     not_fixed: dict[str, str] = field(default_factory=dict)  # finding id -> why --fix left it
     starting: list[str] = field(default_factory=list)  # instances inside the launch grace window
     active_run: str | None = None
+    active: dict = field(default_factory=dict)  # the live run: its status and its machine's verdict
     storage: dict = field(default_factory=dict)
 
     @property
@@ -65,7 +68,7 @@ class Report:
         return not self.leftovers
 
     def to_json(self) -> dict:
-        return {"clean": self.clean, "active_run": self.active_run, "starting": self.starting,
+        return {"clean": self.clean, "active_run": self.active_run, "active": self.active, "starting": self.starting,
                 "findings": [f.to_json() for f in self.findings], "fixed": [f.to_json() for f in self.fixed],
                 "not_fixed": self.not_fixed, "storage": self.storage}
 
@@ -75,7 +78,7 @@ class Scan:
     """What S3 and EC2 hold right now, before any decision."""
 
     lease: Lease | None
-    lease_instance: str | None  # EC2's state of the instance the lock names
+    verdict: Verdict | None  # whether the lock's run goes on (its machine, its group)
     instances: list[dict]
     volumes: list[dict]
     stacks: list[str]
@@ -84,36 +87,37 @@ class Scan:
 
 
 def scan(target: Target, executor) -> Scan:
+    stale_after = settings().stale_after  # a bad knob is refused before anything is asked
     executor.reconcile()
     lease = target.state_store().read()
+    groups = [g for g in _pages(target.autoscaling.get_paginator("describe_auto_scaling_groups").paginate(
+        Filters=[{"Name": "tag:Project", "Values": [PROJECT_TAG]}]), "AutoScalingGroups")]
     return Scan(
         lease=lease,
-        lease_instance=instance_state(target, lease.state.get("instance_id")) if lease else None,
+        verdict=check_run(target, executor, lease, groups, stale_after) if lease else None,
         instances=instances_by_tag(target.ec2, {"Project": PROJECT_TAG}),
         volumes=_pages(target.ec2.get_paginator("describe_volumes").paginate(Filters=[
             {"Name": "tag:Project", "Values": [PROJECT_TAG]}, {"Name": "status", "Values": ["available"]}]), "Volumes"),
         stacks=executor.leftover_stacks(),
         uploads=_pages(target.s3.get_paginator("list_multipart_uploads").paginate(Bucket=target.bucket), "Uploads"),
-        groups=[g for g in _pages(target.autoscaling.get_paginator("describe_auto_scaling_groups").paginate(
-            Filters=[{"Name": "tag:Project", "Values": [PROJECT_TAG]}]), "AutoScalingGroups")],
+        groups=groups,
     )
 
 
 def decide(target: Target, seen: Scan) -> Report:
-    knobs = settings()
-    stale_after, launch_grace = knobs.stale_after, knobs.launch_grace
+    launch_grace = settings().launch_grace
     report = Report()
     live_run = None
     if seen.lease:
-        lease = seen.lease
-        if is_stale(lease, seen.lease_instance, stale_after):
+        lease, verdict = seen.lease, seen.verdict
+        if verdict.stale:
             report.findings.append(Finding(
                 "stale_lock", target.layout.state,
-                f"run {lease.run_id} ({lease.status.value}) last written {_ago(lease)} ago by S3's clock, "
-                f"instance {lease.state.get('instance_id') or 'none'} is {seen.lease_instance or 'gone'}",
-                lease.run_id))
+                f"run {lease.run_id} ({lease.status.value}) last written {_ago(lease)} ago by S3's clock: "
+                f"{verdict.why}", lease.run_id))
         else:
             live_run = report.active_run = lease.run_id
+            report.active = {"run_id": lease.run_id, "status": lease.status.value, **verdict.to_json()}
 
     now = utcnow()
     machines: set[str] = set()  # run ids with a machine that may bill

@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 
 from instance.protocol.aws import client
-from instance.protocol.state import Fenced, Lease, LockBusy, NotHolder, RunKilled, StateStore, is_stale
+from instance.protocol.liveness import judge
+from instance.protocol.state import Fenced, LockBusy, NotHolder, RunKilled, StateStore
 from instance.protocol.status import IllegalTransition, Status
 from instance.protocol.timeutil import parse_iso, utcnow
 from tests import _race_worker
@@ -116,24 +117,6 @@ def test_kill_of_other_or_finished_run_writes_nothing(store):
     assert again.etag == failed.etag and store.read().status is Status.FAILED
 
 
-def test_staleness_is_a_pure_decision():
-    written = utcnow() - timedelta(minutes=30)
-    fresh = Lease("e1", {}, last_modified=written, seen_at=written + timedelta(seconds=30))
-    old = Lease("e2", {}, last_modified=written, seen_at=written + timedelta(minutes=30, seconds=1))
-    unknown = Lease("e3", {})  # S3 did not say when: never stale
-    assert not is_stale(fresh, None)
-    assert not is_stale(fresh, "terminated")
-    assert not is_stale(old, "running")
-    assert not is_stale(old, "pending")
-    assert is_stale(old, "terminated")
-    assert is_stale(old, "shutting-down")
-    assert is_stale(old, "stopped")
-    assert is_stale(old, None)
-    assert not is_stale(old, None, stale_after=timedelta(hours=1))
-    assert not is_stale(unknown, None) and unknown.age is None
-    assert old.age == timedelta(minutes=30)
-
-
 @pytest.mark.parametrize("skew", [timedelta(minutes=10), -timedelta(minutes=10)], ids=["writer+10min", "writer-10min"])
 def test_staleness_reads_s3s_clock_not_the_writers(store, skew):
     """A writer whose clock is 10 minutes off (either way) writes heartbeat_at 10 minutes off;
@@ -145,12 +128,16 @@ def test_staleness_reads_s3s_clock_not_the_writers(store, skew):
     current = store.read()
     assert abs(parse_iso(current.state["heartbeat_at"]) - utcnow() - skew) < timedelta(seconds=5)
     assert current.age < timedelta(seconds=3)
-    assert not is_stale(current, None), "a lock written a moment ago is never stale"
+    assert not _stale(current, None), "a lock written a moment ago is never stale"
     time.sleep(3.1)  # LastModified and Date have one-second resolution: the age is at least 2 s now
     aged = store.read()
     assert aged.age >= timedelta(seconds=2)
-    assert is_stale(aged, None, stale_after=timedelta(seconds=2))
-    assert not is_stale(aged, "running", stale_after=timedelta(seconds=2))
+    assert _stale(aged, None, stale_after=timedelta(seconds=2))
+    assert not _stale(aged, "running", stale_after=timedelta(seconds=2))
+
+
+def _stale(lease, instance_state, stale_after=timedelta(minutes=5)) -> bool:
+    return judge(lease.state, lease.age, lease.seen_at, instance_state, False, stale_after).stale
 
 
 def test_race_16_acquirers_threads_and_processes_20_rounds(aws, bucket, store):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from instance.protocol.aws import AwsTarget, client, error_code
 from instance.protocol.ec2 import LIVE_STATES, instances_by_tag, run_tags, tags_of
+from instance.protocol.ec2 import instance_state as ec2_instance_state
 from instance.protocol.group import describe_group, end_group, group_name, mixed_instances_policy, wants_machine
 from instance.protocol.layout import PROJECT_TAG, Layout
 
@@ -129,19 +130,31 @@ class LocalExecutor:
         return self._pid(run_id, PLAYER_PID)
 
     def reconcile(self) -> list[str]:
-        """Mark instance records whose agent process is gone as terminated (the machine died)."""
+        """Mark instance records whose agent process is gone as terminated (the machine died),
+        as EC2 would report it. While the run's group player lives, it ends such a machine itself
+        within a poll (through the group, which may replace it): that is waited for, not done here."""
         ended = []
         for inst in self.instances(states=("pending", "running")):
             tags = tags_of(inst)
             if tags.get("Executor") != self.name:
                 continue
-            run_id = tags.get("RunId", "")
+            run_id, instance_id = tags.get("RunId", ""), inst["InstanceId"]
             if process_alive(self._player_pid(run_id), run_id):
-                continue  # the group's player ends its machines itself
+                booted = _read_pid(work_root() / run_id / "agents" / instance_id / AGENT_PID)
+                if booted and not process_alive(booted, run_id):
+                    self._await_player_end(instance_id)
+                continue
             if not process_alive(self._pid(run_id), run_id):
-                self.ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
-                ended.append(inst["InstanceId"])
+                self.ec2.terminate_instances(InstanceIds=[instance_id])
+                ended.append(instance_id)
         return ended
+
+    def _await_player_end(self, instance_id: str, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if ec2_instance_state(self.ec2, instance_id) not in ("pending", "running"):
+                return
+            time.sleep(0.1)
 
     def instances(self, states=LIVE_STATES) -> list[dict]:
         return instances_by_tag(self.ec2, {"Project": PROJECT_TAG}, states)

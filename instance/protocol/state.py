@@ -13,7 +13,8 @@
            `LastModified`, both from S3's clock. No writer's timestamp is compared with the
            reader's clock, so a skewed laptop or instance clock cannot make a live run look dead.
 
-The pure rules (transitions, staleness) live beside this; S3 calls stay at this edge.
+The pure rules live beside this (status.py: transitions; liveness.py: when a held lock's run is
+over); S3 calls stay at this edge.
 """
 from __future__ import annotations
 
@@ -30,13 +31,10 @@ from .layout import Layout
 from .status import Status, check_move
 from .timeutil import iso, utcnow
 
-DEFAULT_STALE_AFTER = timedelta(minutes=5)
 HTTP_DATE_RESOLUTION = timedelta(seconds=1)  # Last-Modified and Date are whole seconds
 # Each body remembers the ids of its last writes. A writer whose reply was lost (botocore then
 # retries and gets 412) finds its id here even if others wrote after it: never applied twice.
 RECENT_WRITES = 32
-# Instance states in which the agent may still be alive and writing.
-ALIVE_INSTANCE_STATES = frozenset({"pending", "running"})
 
 
 @dataclass(frozen=True)
@@ -295,23 +293,3 @@ def _moved(state: dict, target: Status, **fields: Any) -> dict:
     state.update(fields, status=target.value)
     state.setdefault("history", []).append({"status": target.value, "at": iso()})
     return state
-
-
-def is_stale(lease: Lease, instance_state: str | None, stale_after: timedelta = DEFAULT_STALE_AFTER) -> bool:
-    """A lock is stale when S3 says nobody wrote it for `stale_after` AND EC2 says its instance
-    is not alive (while a replacement machine is awaited: that long plus the run's
-    capacity_wait_minutes, as nobody writes the lock meanwhile).
-
-    `instance_state` is EC2's state name for the run's instance, or None when EC2 has no such
-    instance. A recently written lock is never stale, whatever EC2 says (EC2 is eventually
-    consistent, and a launch still provisioning has no instance id yet); neither is one whose
-    age S3 did not tell.
-    """
-    age = lease.age
-    if lease.state.get("awaiting_machine"):
-        # Nobody writes the lock while the group looks for the next machine: that search has
-        # capacity_wait_minutes before the run counts as lost.
-        stale_after += timedelta(minutes=int(lease.state.get("capacity_wait_minutes", 30)))
-    if age is None or age < stale_after:
-        return False
-    return instance_state not in ALIVE_INSTANCE_STATES

@@ -1,0 +1,113 @@
+"""Is a held lock's run still going? The one rule verify-cleanup, monitor and the followers share.
+
+Three facts decide, each from the party that knows it:
+- the machine the lock names, by EC2's word: alive (pending, running), gone (shutting-down,
+  terminated: final on EC2; locally the agent process is gone and its pid not reused), or
+  unknown (EC2 has no such instance, or the lock names none yet, or it is stopped);
+- whether the run's Auto Scaling group will bring another machine (it wants one);
+- the lock itself: its age by S3's clock, its attempt and max_machines, its deadline.
+
+The verdicts:
+- alive: never stale, however quiet the lock (a hung agent is ended by its own watchdog and the
+  machine's dead-man switch, not by a guess from here);
+- gone, and a replacement is coming (the group wants a machine, the run has attempts left, is
+  within its deadline, and has waited less than capacity_wait_minutes): not stale, "waiting for a
+  replacement machine (attempt n of m)";
+- gone, and nothing is coming: stale at once. No clock is involved: EC2's terminated is final;
+- unknown: stale only once S3 says nobody wrote the lock for the stale limit (longer by
+  capacity_wait_minutes while a replacement is awaited). EC2 is eventually consistent: an
+  instance just launched may not be listed yet, and a launch still provisioning names none.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any, Mapping
+
+from .attempts import deadline, waiting_line
+
+DEFAULT_STALE_AFTER = timedelta(minutes=5)
+ALIVE_STATES = frozenset({"pending", "running"})
+GONE_STATES = frozenset({"shutting-down", "terminated"})
+
+
+class Machine(str, Enum):
+    ALIVE = "alive"
+    GONE = "gone"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def from_ec2(cls, instance_state: str | None) -> "Machine":
+        """EC2's state name (None: EC2 has no such instance, or the lock names none)."""
+        if instance_state in ALIVE_STATES:
+            return cls.ALIVE
+        if instance_state in GONE_STATES:
+            return cls.GONE
+        return cls.UNKNOWN
+
+
+@dataclass(frozen=True)
+class Verdict:
+    machine: Machine
+    stale: bool
+    why: str  # one clause for people: "its machine i-0abc is terminated and no replacement is coming"
+    waiting: str | None = None  # set while a replacement machine is coming
+
+    @property
+    def dead(self) -> bool:
+        """Confirmed dead: the machine is gone and nothing replaces it (no clock involved)."""
+        return self.stale and self.machine is Machine.GONE
+
+    def to_json(self) -> dict[str, Any]:
+        return {"machine": self.machine.value, "stale": self.stale, "why": self.why, "waiting": self.waiting}
+
+
+def replacement_coming(state: Mapping[str, Any], group_wants: bool, age: timedelta | None, now: datetime | None,
+                       stale_after: timedelta) -> str | None:
+    """Why no replacement machine is coming, or None when one is."""
+    if not group_wants:
+        return "no replacement is coming"
+    used, allowed = int(state.get("attempt", 0)), int(state.get("max_machines", 1))
+    if used >= allowed:
+        return f"it has used all {allowed} machine(s) it may have"
+    due = deadline(state)
+    if due is not None and now is not None and now >= due:
+        return "it is past its deadline (instance.max_runtime_minutes)"
+    if age is not None and age >= stale_after + _capacity_wait(state):
+        return "no replacement came within instance.capacity_wait_minutes"
+    return None
+
+
+def judge(state: Mapping[str, Any], age: timedelta | None, now: datetime | None, instance_state: str | None,
+          group_wants: bool, stale_after: timedelta = DEFAULT_STALE_AFTER) -> Verdict:
+    """The verdict on a held lock. `age` and `now` are S3's (None when S3 did not say);
+    `instance_state` is EC2's word on the machine the lock names; `group_wants` is whether the
+    run's group will (re)place a machine."""
+    machine = Machine.from_ec2(instance_state)
+    instance = state.get("instance_id")
+    if machine is Machine.ALIVE:
+        return Verdict(machine, False, f"its machine {instance} is {instance_state}")
+    if machine is Machine.GONE:
+        gone = f"its machine {instance} is {instance_state}"
+        not_coming = replacement_coming(state, group_wants, age, now, stale_after)
+        if not_coming:
+            return Verdict(machine, True, f"{gone} and {not_coming}")
+        nxt, allowed = int(state.get("attempt", 0)) + 1, int(state.get("max_machines", 1))
+        line = f"waiting for a replacement machine (attempt {nxt} of {allowed})"
+        return Verdict(machine, False, f"{gone}; {line}", waiting_line(state) or line)
+    limit = stale_after + (_capacity_wait(state) if state.get("awaiting_machine") else timedelta(0))
+    unknown = f"its machine {instance} is not known to EC2" if instance else "it names no machine yet"
+    if age is None or age < limit:
+        return Verdict(machine, False, f"{unknown} (a launch or boot may be under way); lost if its lock stays "
+                                       f"unwritten for {_minutes(limit)}", waiting_line(state))
+    return Verdict(machine, True, f"{unknown} and nothing wrote its lock for {_minutes(limit)} or more")
+
+
+def _capacity_wait(state: Mapping[str, Any]) -> timedelta:
+    return timedelta(minutes=int(state.get("capacity_wait_minutes", 30)))
+
+
+def _minutes(limit: timedelta) -> str:
+    seconds = int(limit.total_seconds())
+    return f"{seconds // 60} min" if seconds >= 120 else f"{seconds} s"

@@ -1,0 +1,123 @@
+"""A dead machine is seen at once, a replaced one is waited for (instance/protocol/liveness.py).
+
+The real CLI against the tests' moto server; the agent is SIGKILLed as a machine dies. No knob
+shortens the stale limit: EC2's word on the machine, and its group's, decide.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from automation.render import verify_lines
+from automation.verify import verify
+from instance.protocol.aws import client
+from instance.protocol.layout import bucket_name
+from instance.protocol.state import StateStore
+from tests.cli_helpers import (
+    agent_pid,
+    cli_env,
+    launched_run_id,
+    live_state,
+    pid_running,
+    reached_phase,
+    run_cli,
+    start_cli,
+    wait_until,
+)
+from tests.test_cli_flows import local_config
+from tests.test_verify import RUN, executor, target  # noqa: F401 - fixtures
+
+BUCKET = bucket_name("dev", "123456789012", "us-east-1")
+
+
+@pytest.fixture
+def home(tmp_path):
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def env(aws, home):
+    return cli_env(aws.endpoint_url, home, CHRONOS_HEARTBEAT_SECONDS="1", CHRONOS_LOG_UPLOAD_SECONDS="1")
+
+
+def _kill_agent(home, run_id: str) -> float:
+    pid = agent_pid(home, run_id)
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_until(lambda: not pid_running(pid), timeout=10, what=f"agent {pid} to die")
+    return killed_at
+
+
+def _bucket_made(s3) -> bool:
+    """The launch seeds the sandbox (and its bucket) itself, a moment after it starts."""
+    return any(b["Name"] == BUCKET for b in s3.list_buckets().get("Buckets", []))
+
+
+@pytest.mark.slow
+def test_a_follower_ends_with_exit_4_within_a_poll_of_the_machine_dying(env, home, aws, tmp_path):
+    s3 = client("s3", aws)
+    config = local_config(tmp_path, instance={"max_interruptions": 0})
+    follower = start_cli({**env, "CHRONOS_PAUSE": "data_sync:300"}, "--local", "launch", config, "--follow",
+                         "--no-download", cwd=tmp_path)
+    try:
+        in_data_sync = reached_phase(s3, BUCKET, "data_sync")
+        wait_until(lambda: _bucket_made(s3) and in_data_sync(), timeout=180, what="the run to reach data_sync")
+        run_id = live_state(s3, BUCKET)["run_id"]
+        killed_at = _kill_agent(home, run_id)
+        out, err = follower.communicate(timeout=60)
+        ended_after = time.monotonic() - killed_at
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 4, err[-3000:]
+    assert f"run {run_id} is lost: its machine i-" in err and "is terminated and no replacement is coming" in err
+    assert "verify-cleanup --fix" in err and "Traceback" not in err
+    # One poll (0.5 s locally) plus the EC2 check, and the CLI's own start-up on a busy machine.
+    assert ended_after < 10, f"the follower took {ended_after:.1f} s"
+    print(f"\nlaunch --follow ended {ended_after:.1f} s after the kill")
+    assert run_cli(env, "--local", "verify-cleanup", "--fix").returncode == 0
+    assert live_state(s3, BUCKET) is None
+
+
+@pytest.mark.slow
+def test_a_machine_with_a_replacement_coming_is_waited_for_not_declared_dead(env, home, aws, tmp_path):
+    s3 = client("s3", aws)
+    # Two machines allowed; the sandbox's machines take 12 s to boot, the window in which the
+    # group has launched the replacement and its agent has not yet written the lock.
+    slow_boot = {**env, "CHRONOS_SANDBOX_BOOT_SECONDS": "12"}
+    config = local_config(tmp_path, instance={"max_interruptions": 1})
+    run_id = launched_run_id(run_cli({**slow_boot, "CHRONOS_PAUSE": "data_sync:300"}, "--local", "launch", config,
+                                     cwd=tmp_path))
+    wait_until(reached_phase(s3, BUCKET, "data_sync"), timeout=180, what="the run to reach data_sync")
+    first = live_state(s3, BUCKET)["instance_id"]
+    _kill_agent(home, run_id)
+
+    seen = run_cli(slow_boot, "--local", "verify-cleanup")
+    assert seen.returncode == 0, seen.stdout + seen.stderr
+    assert f"active run: {run_id} (data_sync): its machine {first} is terminated; " \
+           "waiting for a replacement machine (attempt 2 of 2)" in seen.stdout, seen.stdout
+    assert seen.stdout.rstrip().endswith("1 run active; nothing else bills") and "clean" not in seen.stdout
+    shown = json.loads(run_cli(slow_boot, "--local", "monitor", run_id, "--json").stdout)
+    assert (shown["machine"], shown["lost"], shown["waiting"]) == \
+        ("gone", False, "waiting for a replacement machine (attempt 2 of 2)"), shown
+
+    # The replacement boots, resumes the run as attempt 2 and names its own machine.
+    wait_until(lambda: (live_state(s3, BUCKET) or {}).get("attempt") == 2, timeout=120,
+               what="the replacement machine to take the run")
+    assert live_state(s3, BUCKET)["instance_id"] != first
+    assert run_cli(env, "--local", "kill", "--force").returncode == 0
+    assert run_cli(env, "--local", "verify-cleanup").returncode == 0
+
+
+def test_a_just_launched_instance_ec2_does_not_know_yet_is_not_dead(target, executor):  # noqa: F811
+    StateStore(target.s3, target.bucket, "dev").acquire(RUN, executor="ec2", instance_id="i-0123456789abcdef0")
+    report = verify(target, executor, do_fix=False)
+    assert report.clean and report.active_run == RUN and report.findings == []
+    assert report.active["machine"] == "unknown" and not report.active["stale"]
+    lines = verify_lines(report)
+    assert lines[-1] == "1 run active; nothing else bills"
+    assert f"active run: {RUN} (initialization): its machine i-0123456789abcdef0 is not known to EC2" in lines[0]

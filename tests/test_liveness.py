@@ -1,0 +1,73 @@
+"""When a held lock's run is over: the one rule (instance/protocol/liveness.py), as a table."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from instance.protocol.liveness import Machine, judge
+from instance.protocol.state import Lease
+from instance.protocol.timeutil import iso, utcnow
+
+NOW = utcnow()
+LIMIT = timedelta(minutes=5)
+FRESH, OLD = timedelta(seconds=2), timedelta(minutes=6)
+ONE_MACHINE = {"instance_id": "i-0abc", "attempt": 1, "max_machines": 1, "group": "run-x"}
+SPARE_MACHINES = {**ONE_MACHINE, "max_machines": 6}
+PAST_DEADLINE = {**SPARE_MACHINES, "deadline_at": iso(NOW - timedelta(minutes=1))}
+NO_ID = {"attempt": 0, "max_machines": 6, "group": "run-x"}
+AWAITING = {**SPARE_MACHINES, "awaiting_machine": True, "capacity_wait_minutes": 30,
+            "interruptions": [{"at": iso(NOW - timedelta(minutes=7)), "step": 420}]}
+
+# (case, lock, its age by S3's clock, EC2's state of its machine, the group wants one) -> stale, machine, waiting
+TABLE = [
+    ("running machine, fresh lock", ONE_MACHINE, FRESH, "running", False, False, Machine.ALIVE, None),
+    ("running machine, silent lock: never guessed dead", ONE_MACHINE, OLD, "running", False, False, Machine.ALIVE, None),
+    ("pending machine", ONE_MACHINE, OLD, "pending", True, False, Machine.ALIVE, None),
+    ("terminated, no group wants one: dead at once", ONE_MACHINE, FRESH, "terminated", False, True, Machine.GONE, None),
+    ("shutting-down, no group wants one: dead at once", ONE_MACHINE, FRESH, "shutting-down", False, True, Machine.GONE,
+     None),
+    ("terminated, the lock's age unknown: still dead", ONE_MACHINE, None, "terminated", False, True, Machine.GONE, None),
+    ("terminated, group wants one, attempts left", SPARE_MACHINES, FRESH, "terminated", True, False, Machine.GONE,
+     "waiting for a replacement machine (attempt 2 of 6)"),
+    ("terminated, group wants one, out of attempts", ONE_MACHINE, FRESH, "terminated", True, True, Machine.GONE, None),
+    ("terminated, group wants one, past the deadline", PAST_DEADLINE, FRESH, "terminated", True, True, Machine.GONE,
+     None),
+    ("terminated, waited past the capacity wait", AWAITING, timedelta(minutes=36), "terminated", True, True,
+     Machine.GONE, None),
+    ("terminated after a spot notice: the interruption line", AWAITING, OLD, "terminated", True, False, Machine.GONE,
+     "interrupted at step 420, waiting for a machine (attempt 2 of 6)"),
+    ("not known to EC2 yet, fresh lock", ONE_MACHINE, FRESH, None, False, False, Machine.UNKNOWN, None),
+    ("no instance id yet (provisioning), fresh lock", NO_ID, FRESH, None, True, False, Machine.UNKNOWN, None),
+    ("unknown machine, silent past the limit", ONE_MACHINE, OLD, None, False, True, Machine.UNKNOWN, None),
+    ("stopped machine counts as unknown", ONE_MACHINE, OLD, "stopped", False, True, Machine.UNKNOWN, None),
+    ("unknown machine, age not told by S3: never stale", ONE_MACHINE, None, None, False, False, Machine.UNKNOWN, None),
+    ("unknown while awaiting a machine: the capacity wait on top", AWAITING, OLD, None, True, False, Machine.UNKNOWN,
+     "interrupted at step 420, waiting for a machine (attempt 2 of 6)"),
+]
+
+
+@pytest.mark.parametrize("case,state,age,ec2,wants,stale,machine,waiting", TABLE, ids=[row[0] for row in TABLE])
+def test_liveness_rule(case, state, age, ec2, wants, stale, machine, waiting):
+    verdict = judge(state, age, NOW, ec2, wants, LIMIT)
+    assert (verdict.stale, verdict.machine, verdict.waiting) == (stale, machine, waiting), verdict
+    assert verdict.dead == (stale and machine is Machine.GONE)
+    if verdict.stale:
+        assert "i-0abc" in verdict.why or "names no machine" in verdict.why
+
+
+def test_the_reason_names_what_happens_next():
+    dead = judge(ONE_MACHINE, FRESH, NOW, "terminated", False, LIMIT)
+    assert dead.why == "its machine i-0abc is terminated and no replacement is coming"
+    spent = judge(ONE_MACHINE, FRESH, NOW, "terminated", True, LIMIT)
+    assert spent.why == "its machine i-0abc is terminated and it has used all 1 machine(s) it may have"
+    young = judge(NO_ID, FRESH, NOW, None, False, LIMIT)
+    assert young.why.startswith("it names no machine yet") and "5 min" in young.why
+
+
+def test_a_lease_read_from_s3_carries_what_the_rule_needs():
+    written = NOW - timedelta(minutes=30)
+    lease = Lease("e1", ONE_MACHINE, last_modified=written, seen_at=written + timedelta(minutes=30, seconds=1))
+    assert lease.age == timedelta(minutes=30)
+    assert judge(lease.state, lease.age, lease.seen_at, None, False, LIMIT).stale
+    assert not judge(lease.state, lease.age, lease.seen_at, None, False, timedelta(hours=1)).stale
