@@ -643,8 +643,10 @@ def sandbox_status(opts: Options, as_json: bool) -> None:
 
 @sandbox.command(name="interrupt")
 @click.argument("run_id", required=False)
+@click.option("--rebalance", is_flag=True,
+              help="Give a rebalance recommendation instead: the run saves a checkpoint at once and goes on.")
 @pass_opts
-def sandbox_interrupt(opts: Options, run_id: str | None) -> None:
+def sandbox_interrupt(opts: Options, run_id: str | None, rebalance: bool) -> None:
     """Give the active local run's machine a spot interruption notice, as EC2 does: the machine
     is taken after CHRONOS_SPOT_NOTICE_SECONDS (120); a replacement resumes the run from its
     last checkpoint. Watch it with `monitor --follow`.
@@ -652,6 +654,7 @@ def sandbox_interrupt(opts: Options, run_id: str | None) -> None:
     \b
     Example:
       chronos-train --local sandbox interrupt
+      chronos-train --local sandbox interrupt --rebalance
       chronos-train --local sandbox interrupt run-20261129-091500-ab12
     """
     from .executors.local import request_spot_notice
@@ -659,7 +662,11 @@ def sandbox_interrupt(opts: Options, run_id: str | None) -> None:
     if not opts.local:
         raise CliError("only a --local run can be interrupted this way; use `chronos-train --local sandbox interrupt`",
                        BAD_INPUT)
-    run, seconds = request_spot_notice(opts.target(), run_id)
+    run, seconds = request_spot_notice(opts.target(), run_id, rebalance)
+    if rebalance:
+        click.echo(f"rebalance recommendation given to run {run}: it saves a full checkpoint at its next step "
+                   "and goes on; nothing is taken")
+        return
     click.echo(f"spot notice given to run {run}: its machine is taken in {seconds:.0f} s; "
                f"follow it with `chronos-train --local monitor {run} --follow`")
 

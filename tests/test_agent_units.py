@@ -107,6 +107,17 @@ def test_heartbeat_thread_beats_notices_spot_and_stops_when_fenced(store):
         watch.stop()
 
 
+def test_a_rebalance_recommendation_asks_for_one_checkpoint_and_stops_nothing(store):
+    holder = LockHolder(store, store.acquire(RID))
+    watch = NoticeWatch(holder, 60, probe=lambda: None, rebalance_probe=lambda: '{"noticeTime": "now"}')
+    watch.tick()
+    assert holder.rebalance and holder.pending_stop() is None, "training goes on"
+    assert holder.take_rebalance() and not holder.take_rebalance(), "one checkpoint per recommendation"
+    notice = NoticeWatch(holder, 60, probe=lambda: '{"action": "terminate"}', rebalance_probe=lambda: None)
+    notice.tick()
+    assert isinstance(holder.pending_stop(), SpotInterrupted), "a notice still stops the run"
+
+
 def test_soft_deadline_counts_from_the_lock_and_keeps_a_margin(monkeypatch):
     monkeypatch.delenv("CHRONOS_DEADLINE_SECONDS", raising=False)
     started = iso(utcnow() - timedelta(minutes=10))

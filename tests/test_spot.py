@@ -170,3 +170,27 @@ def test_interrupted_outside_training_the_run_still_completes(env, aws, tmp_path
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.models(run_id)).get("KeyCount", 0) > 0
     clean = run_cli(env, "--local", "verify-cleanup")
     assert clean.returncode == 0, clean.stdout + clean.stderr
+
+
+def test_a_rebalance_recommendation_saves_a_checkpoint_at_once_and_the_run_goes_on(env, aws, tmp_path):
+    """EC2's rebalance recommendation (elevated risk, no notice yet): a full checkpoint reaches S3
+    within seconds, long before checkpoint_minutes (15), and the run stays on its machine."""
+    s3 = client("s3", aws)
+    run_id = launched_run_id(run_cli(env, "--local", "launch", spot_config(tmp_path, num_steps=100_000), cwd=tmp_path))
+    wait_until(lambda: training_at(s3, run_id, 3, attempt=1), 180, what="training on the first machine")
+    assert not complete_checkpoints(s3, run_id), "no periodic checkpoint is due yet"
+    advised = run_cli(env, "--local", "sandbox", "interrupt", "--rebalance", run_id)
+    assert advised.returncode == 0 and "rebalance recommendation given" in advised.stdout, advised.stderr
+    saved = wait_until(lambda: complete_checkpoints(s3, run_id), 60, 0.2, what="a checkpoint in S3")
+    state = lock(s3)
+    assert (state["attempt"], state["status"], state.get("interruptions") or []) == (1, "training", []), state
+    step = (state.get("progress") or {}).get("step", 0)
+    wait_until(lambda: training_at(s3, run_id, step + 5, attempt=1), 60, what="training to go on")
+    assert len(complete_checkpoints(s3, run_id)) == len(saved), "one checkpoint per recommendation"
+    assert run_cli(env, "--local", "kill", "--force").returncode == 0
+    assert run_cli(env, "--local", "verify-cleanup").returncode == 0
+
+
+def complete_checkpoints(s3, run_id: str) -> list[str]:
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.checkpoints(run_id)).get("Contents", [])]
+    return [k for k in keys if k.endswith("/_COMPLETE")]

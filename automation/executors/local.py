@@ -228,9 +228,9 @@ class LocalExecutor:
         return None  # no stack to preview: the agent runs as a local process
 
 
-def request_spot_notice(target, run_id: str | None) -> tuple[str, float]:
-    """`sandbox interrupt`: EC2's spot notice for the active local run's machine. (run id,
-    seconds until the machine is taken)."""
+def request_spot_notice(target, run_id: str | None, rebalance: bool = False) -> tuple[str, float]:
+    """`sandbox interrupt`: EC2's spot notice (or, with rebalance, its rebalance recommendation)
+    for the active local run's machine. (run id, seconds until the machine is taken)."""
     from ..errors import BadInput, NoSuchRun
     from .localgroup import request_interrupt
 
@@ -243,7 +243,7 @@ def request_spot_notice(target, run_id: str | None) -> tuple[str, float]:
     if lease.state.get("executor") != "local" or not process_alive(_read_pid(run_dir / PLAYER_PID), lease.run_id):
         raise BadInput(f"run {lease.run_id} has no local machine group on this computer to interrupt "
                        "(only a --local run launched here can be)")
-    request_interrupt(run_dir)
+    request_interrupt(run_dir, rebalance)
     return lease.run_id, GroupSpec.load(run_dir).notice_seconds
 
 

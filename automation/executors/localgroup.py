@@ -12,6 +12,8 @@ the local executor and living as long as the run's group wants a machine:
 - instance metadata: an IMDSv2 endpoint per machine. `chronos-train --local sandbox interrupt`
   leaves a request file; the machine's metadata then answers spot/instance-action and, once the
   notice period is over, the machine is taken (its agent killed), as EC2 reclaims spot capacity.
+  With `--rebalance` it answers events/recommendations/rebalance instead, and nothing is taken
+  (moto's group does no capacity rebalancing).
 The process ends once the group wants no machine and none is left, or the group is gone.
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ SPEC = "group.json"
 PLAYER_PID = "group.pid"
 AGENT_PID = "agent.pid"  # the current machine's agent (kill and finalize read it)
 INTERRUPT = "interrupt"  # `sandbox interrupt` writes it; the player takes it
+REBALANCE = "rebalance"  # `sandbox interrupt --rebalance` writes it
 POLL_S = 0.2
 # A group is taken as deleted once it is missing from this many looks in a row: one empty answer
 # (seen once under load, with other calls of the moment refused too) must not end a live machine.
@@ -65,8 +68,8 @@ class GroupSpec:
         return cls(**json.loads((run_dir / SPEC).read_text()))
 
 
-def request_interrupt(run_dir: Path) -> None:
-    (run_dir / INTERRUPT).write_text(str(time.time()))
+def request_interrupt(run_dir: Path, rebalance: bool = False) -> None:
+    (run_dir / (REBALANCE if rebalance else INTERRUPT)).write_text(str(time.time()))
 
 
 def start_player(run_dir: Path, env: dict[str, str]) -> int:
@@ -85,6 +88,7 @@ class Metadata:
 
     def __init__(self):
         self.notices: dict[str, dict] = {}
+        self.rebalances: dict[str, dict] = {}
         self._tokens: set[str] = set()
         meta = self
 
@@ -114,6 +118,8 @@ class Metadata:
                     return self._answer(200, instance_id)
                 if path == "latest/meta-data/spot/instance-action" and instance_id in meta.notices:
                     return self._answer(200, json.dumps(meta.notices[instance_id]))
+                if path == "latest/meta-data/events/recommendations/rebalance" and instance_id in meta.rebalances:
+                    return self._answer(200, json.dumps(meta.rebalances[instance_id]))
                 return self._answer(404)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -125,6 +131,9 @@ class Metadata:
     def notify(self, instance_id: str, seconds: float) -> None:
         at = datetime.now(timezone.utc) + timedelta(seconds=seconds)
         self.notices[instance_id] = {"action": "terminate", "time": at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+    def recommend_rebalance(self, instance_id: str) -> None:
+        self.rebalances[instance_id] = {"noticeTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 # -- the player -----------------------------------------------------------------------------------
@@ -241,6 +250,12 @@ class Player:
             self.ec2.terminate_instances(InstanceIds=[instance_id])
 
     def _interrupt(self) -> None:
+        advice = self.run_dir / REBALANCE
+        if advice.exists():
+            advice.unlink()
+            for instance_id in [i for i, p in self.agents.items() if p.poll() is None]:
+                log.info("rebalance recommendation for machine %s (it is not taken)", instance_id)
+                self.metadata.recommend_rebalance(instance_id)
         request = self.run_dir / INTERRUPT
         if request.exists():
             request.unlink()

@@ -57,6 +57,8 @@ class LockHolder:
         self.released = False
         self.deadline: float | None = None  # on `clock`
         self.spot_notice: str | None = None
+        self.rebalance: str | None = None  # EC2's rebalance recommendation, once seen
+        self._rebalance_saved = False
         self.terminated = False
 
     # -- what we know ------------------------------------------------------------------------
@@ -85,6 +87,14 @@ class LockHolder:
         if self.terminated:
             return AgentTerminated("the agent received SIGTERM (the machine is shutting down)")
         return None
+
+    def take_rebalance(self) -> bool:
+        """True once after a rebalance recommendation: training saves a full checkpoint at its next
+        step and goes on (no I/O; the training thread asks at every step)."""
+        if self.rebalance is None or self._rebalance_saved:
+            return False
+        self._rebalance_saved = True
+        return True
 
     def check(self) -> None:
         stop = self.pending_stop()
@@ -199,26 +209,41 @@ class Heartbeat(Periodic):
 
 class NoticeWatch(Periodic):
     """Asks the instance metadata every `interval` seconds whether EC2 is taking the machine back
-    (a spot notice: two minutes left); the answer stops the run at its next step, checkpointed."""
+    (a spot notice: two minutes left); the answer stops the run at its next step, checkpointed.
+    A rebalance recommendation (elevated risk, before any notice) makes training save a full
+    checkpoint at once and go on: the group may replace the machine (capacity rebalancing), or
+    EC2 may take it, either way with little work lost; or nothing happens, and nothing was moved."""
 
     name = "spot-notice"
 
-    def __init__(self, holder: LockHolder, interval: float, probe: Callable[[], str | None]):
+    def __init__(self, holder: LockHolder, interval: float, probe: Callable[[], str | None],
+                 rebalance_probe: Callable[[], str | None] | None = None):
         super().__init__(interval)
         self.holder = holder
         self.probe = probe
+        self.rebalance_probe = rebalance_probe
 
     def tick(self) -> None:
         if self.holder.spot_notice:
             return
-        try:
-            notice = self.probe()
-        except Exception as exc:  # best effort: a machine lost unwarned resumes from the last checkpoint
-            log.debug("spot probe failed: %s", exc)
-            return
+        notice = self._ask(self.probe)
         if notice:
             log.warning("spot interruption notice: %s", notice)
             self.holder.spot_notice = notice
+            return
+        if self.holder.rebalance is None and self.rebalance_probe is not None:
+            advice = self._ask(self.rebalance_probe)
+            if advice:
+                log.warning("rebalance recommendation: %s; a full checkpoint is saved at the next step", advice)
+                self.holder.rebalance = advice
+
+    @staticmethod
+    def _ask(probe: Callable[[], str | None]) -> str | None:
+        try:
+            return probe()
+        except Exception as exc:  # best effort: a machine lost unwarned resumes from the last checkpoint
+            log.debug("instance metadata probe failed: %s", exc)
+            return None
 
 
 class TrainingWatch(Periodic):

@@ -106,10 +106,10 @@ class Phase:
 
 class Agent:
     def __init__(self, ctx: AgentContext, *, heartbeat_seconds: float, log_seconds: float, spot_probe=None,
-                 notice_seconds: float = 5.0):
+                 rebalance_probe=None, notice_seconds: float = 5.0):
         self.ctx = ctx
         self.heartbeat = Heartbeat(ctx.holder, heartbeat_seconds, self._beat_fields)
-        self.notices = NoticeWatch(ctx.holder, notice_seconds, spot_probe) if spot_probe else None
+        self.notices = NoticeWatch(ctx.holder, notice_seconds, spot_probe, rebalance_probe) if spot_probe else None
         self.shipper = LogShipper(
             ctx.s3, ctx.bucket, ctx.layout.agent_log(ctx.run_id), ctx.log_path, log_seconds, ctx.guard
         )
@@ -435,10 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     store = StateStore(s3, args.bucket, args.env)
 
     instance_id = args.instance_id
-    spot_probe = None
+    spot_probe = rebalance_probe = None
     imds_here = not args.local or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
     if imds_here:
-        from .selfterminate import instance_id_from_imds, spot_interruption_notice
+        from .selfterminate import instance_id_from_imds, rebalance_recommendation, spot_interruption_notice
 
         instance_id = instance_id or instance_id_from_imds()
     heartbeat_s = _seconds("CHRONOS_HEARTBEAT_SECONDS", 10.0)
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     state = lease.state
     instance_id = instance_id or state.get("instance_id")
     if state.get("spot") and imds_here:
-        spot_probe = spot_interruption_notice
+        spot_probe, rebalance_probe = spot_interruption_notice, rebalance_recommendation
     host = {
         "instance_id": instance_id,
         "executor": "local" if args.local else "ec2",
@@ -480,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_seconds=heartbeat_s,
         log_seconds=_seconds("CHRONOS_LOG_UPLOAD_SECONDS", 60.0),
         spot_probe=spot_probe,
+        rebalance_probe=rebalance_probe,
         notice_seconds=_seconds("CHRONOS_NOTICE_SECONDS", 5.0),
     )
     code = begin(agent, boot, now)

@@ -284,6 +284,7 @@ def training_hooks(holder, watch, *, on_checkpoint=None, on_log=None, fault=None
         # Handing over is no I/O; `watch` writes what it holds at its own pace (every 2 s).
         report_every=2.0,
         save_last=save_last,
+        save_now=holder.take_rebalance,
     )
 
 

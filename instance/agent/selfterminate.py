@@ -53,6 +53,12 @@ def spot_interruption_notice() -> str | None:
     return imds_get("meta-data/spot/instance-action")
 
 
+def rebalance_recommendation() -> str | None:
+    """EC2's word that this spot machine is at elevated risk of interruption, e.g.
+    '{"noticeTime": "..."}', or None. It comes before the two-minute notice, if one comes at all."""
+    return imds_get("meta-data/events/recommendations/rebalance")
+
+
 def terminate_instance(ec2, instance_id: str) -> tuple[str, str]:
     """(result, detail) for cleanup_status.json; never raises. One call, no describe first: the
     role may terminate itself and do nothing else, and terminating a machine that is already

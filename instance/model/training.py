@@ -85,6 +85,7 @@ class TrainingHooks:
     report_every: float = 15.0
     checkpoint_every: float | None = None  # seconds between full checkpoints (None: only on a stop)
     save_last: bool = False  # a full checkpoint at the last step too (a replacement then skips training)
+    save_now: Callable[[], bool] | None = None  # True once when a full checkpoint is wanted now; no I/O
 
 
 @dataclass
@@ -241,12 +242,14 @@ class RunMonitor:
         return True
 
     def save_due(self) -> bool:
-        """A periodic full checkpoint is due. One process only: ranks would have to agree on it at
+        """A full checkpoint is due: asked for (a rebalance recommendation) or periodic. One process only: ranks would have to agree on it at
         the same step, and `Ranks.agree` carries the stop decision alone (a second call per step
         mixes the two answers: every step then saves). Data-parallel runs checkpoint on a stop,
         at save_steps and at the last step."""
         if self.ranks.world_size > 1:
             return False
+        if self.hooks.save_now is not None and self.hooks.save_now():
+            return True
         every = self.hooks.checkpoint_every
         return every is not None and self._last_save is not None and self.clock() - self._last_save >= every
 
