@@ -43,6 +43,9 @@ POLL_S = 0.2
 # A group is taken as deleted once it is missing from this many looks in a row: one empty answer
 # (seen once under load, with other calls of the moment refused too) must not end a live machine.
 GONE_AFTER_LOOKS = 3
+# Every call failing for this long means the sandbox itself was stopped (`sandbox stop`, or a test
+# session's server gone): the player then ends its agents and itself instead of polling forever.
+SANDBOX_GONE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -156,12 +159,22 @@ class Player:
         self.missing = 0  # consecutive looks that did not find the group
 
     def run(self) -> None:
+        failing_since = None
         while True:
             try:
                 if self._step():
                     return
+                failing_since = None
             except Exception as exc:  # noqa: BLE001 - the service keeps going through a failed call
                 log.warning("group step failed (%s: %s); trying again", type(exc).__name__, exc)
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > SANDBOX_GONE_S or not self.run_dir.exists():
+                    # The sandbox (its moto server) or the run's folder is gone: nothing here can
+                    # run the machines any more, and nothing else would end their agents.
+                    log.warning("the sandbox has not answered for %.0f s; ending the run's machines", SANDBOX_GONE_S)
+                    for proc in self.agents.values():
+                        _kill(proc)
+                    return
             time.sleep(POLL_S)
 
     def _step(self) -> bool:
