@@ -6,10 +6,11 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
+from instance.protocol.aws import error_code
 from instance.protocol.datasets import LocalDataset
 from instance.protocol.group import group_name
 from instance.protocol.layout import DATASETS_PREFIX, new_run_id
@@ -132,6 +133,28 @@ def _check_readable_by_the_machine(target: Target, cfg: RunConfig) -> dict[str, 
     return keys
 
 
+def quote_spot_prices(target: Target, types: list[str]) -> dict[str, dict[str, float]]:
+    """What AWS charges now for each type in each zone, USD an hour ({type: {zone: price}}, the
+    newest Linux quote of DescribeSpotPriceHistory). Best effort: {} when the call fails, and
+    costs then use the price table's spot figure (both are labelled estimated)."""
+    now = datetime.now(timezone.utc)
+    quotes: dict[str, dict[str, tuple[datetime, float]]] = {}
+    try:
+        pages = target.ec2.get_paginator("describe_spot_price_history").paginate(
+            InstanceTypes=list(types), StartTime=now, ProductDescriptions=["Linux/UNIX"])
+        for item in (i for page in pages for i in page.get("SpotPriceHistory", [])):
+            if not item.get("ProductDescription", "").startswith("Linux/UNIX"):
+                continue
+            at = item.get("Timestamp") or now
+            zone = quotes.setdefault(item["InstanceType"], {})
+            if item["AvailabilityZone"] not in zone or zone[item["AvailabilityZone"]][0] < at:
+                zone[item["AvailabilityZone"]] = (at, float(item["SpotPrice"]))
+    except Exception as exc:  # noqa: BLE001 - an estimate; the launch goes on without it
+        log.warning("no spot price quote (%s: %s); costs use the price table", error_code(exc) or type(exc).__name__, exc)
+        return {}
+    return {t: {z: price for z, (_, price) in zones.items()} for t, zones in quotes.items()}
+
+
 def launch(target: Target, lp: LaunchPlan, executor: Executor,
            progress: Callable[[str], None] = lambda line: None) -> Launched:
     """Lock, upload, provision, note the instance. While the executor provisions (minutes with
@@ -161,6 +184,7 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor,
             max_machines=cfg.instance.max_machines,
             capacity_wait_minutes=cfg.instance.capacity_wait_minutes,
             interruptions=[],
+            spot_prices=quote_spot_prices(target, cfg.instance.instance_types) if cfg.instance.spot else {},
         )
     except LockBusy as exc:
         raise Busy(f"{exc}; follow it with `chronos-train monitor {exc.holder.get('run_id')} --follow` "

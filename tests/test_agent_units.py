@@ -118,6 +118,21 @@ def test_a_rebalance_recommendation_asks_for_one_checkpoint_and_stops_nothing(st
     assert isinstance(holder.pending_stop(), SpotInterrupted), "a notice still stops the run"
 
 
+def test_a_machine_with_a_quoted_spot_price_costs_that_price():
+    from instance.protocol.attempts import machine_entry
+    from instance.protocol.pricing import quoted
+    from instance.protocol.record import machines_cost
+
+    start = utcnow() - timedelta(hours=2)
+    quotes = {"g5.xlarge": {"us-east-1a": 0.5}}
+    priced = machine_entry("i-1", "g5.xlarge", "us-east-1a", "spot", 1, start, quoted(quotes, "g5.xlarge", "us-east-1a"))
+    table = machine_entry("i-2", "g5.xlarge", "us-east-1b", "spot", 1, start, quoted(quotes, "g5.xlarge", "us-east-1b"))
+    end = start + timedelta(hours=2)
+    # Both with the 100 GB root volume's share; on-demand is the same hours at the table's price.
+    assert machines_cost([priced], "ec2", end) == (1.0219, 2.0339), "AWS's quote"
+    assert table["hourly_usd"] is None and machines_cost([table], "ec2", end) == (0.8619, 2.0339), "else the table's"
+
+
 def test_soft_deadline_counts_from_the_lock_and_keeps_a_margin(monkeypatch):
     monkeypatch.delenv("CHRONOS_DEADLINE_SECONDS", raising=False)
     started = iso(utcnow() - timedelta(minutes=10))

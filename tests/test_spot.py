@@ -179,6 +179,9 @@ def test_a_rebalance_recommendation_saves_a_checkpoint_at_once_and_the_run_goes_
     run_id = launched_run_id(run_cli(env, "--local", "launch", spot_config(tmp_path, num_steps=100_000), cwd=tmp_path))
     wait_until(lambda: training_at(s3, run_id, 3, attempt=1), 180, what="training on the first machine")
     assert not complete_checkpoints(s3, run_id), "no periodic checkpoint is due yet"
+    # The launch asked AWS (here moto, as the operator, IAM enforced) what spot costs now, per zone.
+    quotes = lock(s3)["spot_prices"]
+    assert set(quotes) == {"g6.xlarge", "g5.xlarge", "g4dn.xlarge"} and all(quotes.values()), quotes
     advised = run_cli(env, "--local", "sandbox", "interrupt", "--rebalance", run_id)
     assert advised.returncode == 0 and "rebalance recommendation given" in advised.stdout, advised.stderr
     saved = wait_until(lambda: complete_checkpoints(s3, run_id), 60, 0.2, what="a checkpoint in S3")

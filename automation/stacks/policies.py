@@ -125,6 +125,8 @@ OPERATOR_DESCRIBE_ACTIONS = (
     "ec2:DescribeVolumes",
     "ec2:DescribeVpcs",
     "ec2:DescribeSpotInstanceRequests",
+    # A spot launch records what AWS charges now per type and zone, for the run's cost.
+    "ec2:DescribeSpotPriceHistory",
     # `chronos-train doctor` checks that the infrastructure infra.json names exists.
     "ec2:DescribeSubnets",
     "ec2:DescribeSecurityGroups",

@@ -42,6 +42,7 @@ from ..protocol.layout import check_env, check_run_id
 from ..protocol.attempts import (END, NOT_HOLDER, RESUME, TOO_MANY_INTERRUPTIONS, MAX_RUNTIME_EXCEEDED, Boot,
                                  deadline, decide_boot, interruption_entry, machine_entry)
 from ..protocol.group import leave_group
+from ..protocol.pricing import quoted
 from ..protocol.record import RunRecord
 from ..protocol.state import Fenced, Lease, RunKilled, StateStore
 from ..protocol.status import MAIN_CHAIN, Status
@@ -343,9 +344,10 @@ def begin(agent: Agent, boot: Boot, now) -> int | None:
                 return agent._fenced_exit()
         return agent.end(Outcome(boot.final_status, boot.reason,
                                  holder.lease.state.get("error") if boot.final_status == "failed" else None))
-    machine = machine_entry(ctx.instance_id, ctx.record.doc["host"].get("instance_type"),
-                            ctx.record.doc["host"].get("zone"), "spot" if holder.lease.state.get("spot") else "on-demand",
-                            boot.attempt, now)
+    host, spot = ctx.record.doc["host"], bool(holder.lease.state.get("spot"))
+    machine = machine_entry(ctx.instance_id, host.get("instance_type"), host.get("zone"), "spot" if spot else "on-demand",
+                            boot.attempt, now, quoted(holder.lease.state.get("spot_prices"), host.get("instance_type"),
+                                                      host.get("zone")) if spot else None)
     earlier = ctx.read_record(ctx.layout.training_record(ctx.run_id)) if boot.action == RESUME else None
     if earlier:
         ctx.record.update(earlier_machines=[*(earlier.get("earlier_machines") or []),

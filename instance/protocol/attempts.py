@@ -94,10 +94,11 @@ def decide_boot(state: Mapping[str, Any] | None, run_id: str, now: datetime) -> 
 
 
 def machine_entry(instance_id: str | None, instance_type: str | None, zone: str | None, market: str,
-                  attempt: int, now: datetime) -> dict[str, Any]:
-    """One machine of the run, as the lock's `machines` list keeps it (for cost and monitor)."""
+                  attempt: int, now: datetime, hourly_usd: float | None = None) -> dict[str, Any]:
+    """One machine of the run, as the lock's `machines` list keeps it (for cost and monitor).
+    `hourly_usd`: the spot price AWS quoted at launch for its type and zone (None: the table's)."""
     return {"attempt": attempt, "instance_id": instance_id, "instance_type": instance_type, "zone": zone,
-            "market": market, "started_at": iso(now), "ended_at": None}
+            "market": market, "started_at": iso(now), "ended_at": None, "hourly_usd": hourly_usd}
 
 
 def interruption_entry(step: int | None, instance_id: str | None, instance_type: str | None, zone: str | None,

@@ -51,5 +51,15 @@ def hourly(instance_type: str, spot: bool) -> float:
     return (price.spot if spot else price.on_demand) + EBS_PER_HOUR
 
 
-def cost(instance_type: str, spot: bool, seconds: float) -> float:
-    return round(hourly(instance_type, spot) * max(seconds, 0.0) / 3600.0, 4)
+def quoted(spot_prices: dict | None, instance_type: str | None, zone: str | None) -> float | None:
+    """The spot price AWS quoted at launch for this type in this zone (USD an hour), if any: the
+    lock's `spot_prices`, {type: {zone: price}} from DescribeSpotPriceHistory."""
+    price = ((spot_prices or {}).get(instance_type or "") or {}).get(zone or "")
+    return float(price) if price is not None else None
+
+
+def cost(instance_type: str, spot: bool, seconds: float, quote: float | None = None) -> float:
+    """What the machine costs for `seconds`: AWS's quoted spot price when there is one (plus its
+    root volume), else the table's."""
+    per_hour = quote + EBS_PER_HOUR if quote is not None else hourly(instance_type, spot)
+    return round(per_hour * max(seconds, 0.0) / 3600.0, 4)

@@ -115,7 +115,7 @@ def machines_cost(machines: list[dict], executor: str | None, now: datetime | No
     for m in machines:
         start, end = parse_iso(m.get("started_at")), parse_iso(m.get("ended_at")) or end_default
         seconds = (end - start).total_seconds() if start else 0.0
-        paid += cost(m["instance_type"], m.get("market") == "spot", seconds)
+        paid += cost(m["instance_type"], m.get("market") == "spot", seconds, m.get("hourly_usd"))
         demand += cost(m["instance_type"], False, seconds)
     return round(paid, 4), round(demand, 4)
 
