@@ -131,7 +131,9 @@ def view(target: Target, run_id: str | None = None, check: Callable[[Any], Verdi
 
             reasons = failed_launches(target.autoscaling, lease.run_id, limit=5)
             if reasons:
-                shown.waiting += f"; the group's last failed launch: {reasons[0]}"
+                from .capacity import why_no_machine
+
+                shown.waiting += f"; {why_no_machine(target, lease.state, reasons[0])}"
         return shown
     run_id = run_id or latest_run_id(target)
     if run_id is None:

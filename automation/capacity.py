@@ -1,0 +1,56 @@
+"""Why a run's group finds no machine: capacity or quota. Told apart by Service Quotas (a quota
+code and a number of vCPUs), never by the wording of Auto Scaling's failed-launch messages."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from instance.protocol.aws import client, error_code
+from instance.protocol.pricing import PRICES
+
+from .context import Target
+from .doctor import quota_code
+from .executors.ec2 import quota_name
+
+log = logging.getLogger(__name__)
+
+
+def quota_short(quotas: Mapping[str, float | None], types: list[str], spot: bool) -> str | None:
+    """A sentence when every listed type is over its family's vCPU quota; None when one fits, or
+    a quota is unknown (then it is capacity, or we cannot tell)."""
+    if not types:
+        return None
+    for instance_type in types:
+        value = quotas.get(instance_type)
+        if value is None or instance_type not in PRICES or value >= PRICES[instance_type].vcpus:
+            return None
+    first = types[0]
+    code, need = quota_code(first, spot), PRICES[first].vcpus
+    return (f"the vCPU quota \"{quota_name(first, spot)}\" ({code}) is {quotas[first]:g} vCPUs and {first} needs "
+            f"{need}: no machine can start until it is raised (`chronos-train doctor` shows the request)")
+
+
+def vcpu_quotas(target: Target, types: list[str], spot: bool) -> dict[str, float | None]:
+    """Each type's family quota in vCPUs; None where unknown (no code, refused, the sandbox)."""
+    if target.local:
+        return {t: None for t in types}  # moto knows no EC2 quotas
+    quotas: dict[str, float | None] = {}
+    by_code: dict[str, float | None] = {}
+    service = client("service-quotas", target.aws)
+    for instance_type in types:
+        code = quota_code(instance_type, spot)
+        if code is not None and code not in by_code:
+            try:
+                by_code[code] = service.get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]
+            except Exception as exc:  # noqa: BLE001 - unknown quota: the line then says capacity
+                log.debug("quota %s: %s", code, error_code(exc) or exc)
+                by_code[code] = None
+        quotas[instance_type] = by_code.get(code) if code else None
+    return quotas
+
+
+def why_no_machine(target: Target, state: Mapping[str, Any], last_failure: str) -> str:
+    """What `monitor` adds to its waiting line once the group has failed to launch."""
+    types, spot = list(state.get("instance_types") or [state.get("instance_type")]), bool(state.get("spot"))
+    short = quota_short(vcpu_quotas(target, types, spot), types, spot)
+    return short or f"waiting for capacity; the group's last failed launch: {last_failure}"
