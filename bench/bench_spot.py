@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from automation import sandbox  # noqa: E402
+from automation.strictmoto import DEPLOYER  # noqa: E402
 from instance.protocol.aws import AwsTarget, client  # noqa: E402
 from instance.protocol.layout import Layout  # noqa: E402
 from instance.protocol.timeutil import parse_iso  # noqa: E402
@@ -93,6 +94,10 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="chronos-bench-spot-"))
     os.environ.update(CHRONOS_HOME=str(home), CHRONOS_HEARTBEAT_SECONDS="1", CHRONOS_NOTICE_SECONDS="1",
                       CHRONOS_SPOT_NOTICE_SECONDS="120")
+    # This script reads the bucket as the sandbox's deployer (IAM is enforced there); the CLI it
+    # runs acts as the env's operator whatever the shell holds.
+    os.environ.update(DEPLOYER.env())
+    os.environ.pop("AWS_SESSION_TOKEN", None)
     info = sandbox.start(("dev",))
     s3 = client("s3", AwsTarget(info.region, info.endpoint_url))
     bucket = info.bucket("dev")
@@ -115,8 +120,8 @@ def main() -> None:
     for key in ("notice_to_checkpoint_s", "replacement_to_first_step_s"):
         print(f"{key}: median {statistics.median(r[key] for r in rows):.2f} s over {len(rows)} runs")
     print(f"final loss: uninterrupted {baseline['final_loss']:.4f}, resumed "
-          f"{', '.join(f'{r['final_loss']:.4f}' for r in rows)}; WQL uninterrupted {baseline['wql']:.4f}, resumed "
-          f"{', '.join(f'{r['wql']:.4f}' for r in rows)}")
+          f"{', '.join(format(r['final_loss'], '.4f') for r in rows)}; WQL uninterrupted {baseline['wql']:.4f}, resumed "
+          f"{', '.join(format(r['wql'], '.4f') for r in rows)}")
 
 
 if __name__ == "__main__":
