@@ -118,6 +118,7 @@ def race_round(race, tmp_path, config: str) -> dict:
     return {"winner": winner, "new_datasets": new_datasets, "dataset_puts": puts}
 
 
+@pytest.mark.reliability  # make test runs the same race through 20 % 409s (below)
 def test_sixteen_launches_one_winner(race, tmp_path):
     outcome = race_round(race, tmp_path, write_config(tmp_path / "run.yaml", DATA_PREFIX))
     assert outcome["new_datasets"] == set() and outcome["dataset_puts"] == 0

@@ -124,7 +124,7 @@ def test_a_run_past_its_interruptions_ends_failed_with_no_machine_left(env, aws,
 
 def test_killed_while_waiting_for_its_next_machine(env, aws, tmp_path):
     s3 = client("s3", aws)
-    slow_boot = {**env, "CHRONOS_SANDBOX_BOOT_SECONDS": "25"}
+    slow_boot = {**env, "CHRONOS_SANDBOX_BOOT_SECONDS": "12"}
     run_id = launched_run_id(run_cli(slow_boot, "--local", "launch", spot_config(tmp_path, num_steps=100_000),
                                      cwd=tmp_path, timeout=120))
     wait_until(lambda: training_at(s3, run_id, 3, attempt=1), 180, what="training on the first machine")
@@ -137,7 +137,7 @@ def test_killed_while_waiting_for_its_next_machine(env, aws, tmp_path):
     assert killed.returncode == 0, killed.stderr
     doc = wait_until(lambda: ended(s3, run_id), 30, what="the record")
     assert doc["final_status"] == "killed"
-    time.sleep(30)  # longer than the boot: no machine may start the run again
+    time.sleep(15)  # longer than the boot: no machine may start the run again
     assert lock(s3) is None and len([i for i in machines_of(aws, run_id)]) <= 2
     assert describe_group(client("autoscaling", aws), run_id) is None or \
         describe_group(client("autoscaling", aws), run_id)["DesiredCapacity"] == 0

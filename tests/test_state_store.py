@@ -140,8 +140,10 @@ def _stale(lease, instance_state, stale_after=timedelta(minutes=5)) -> bool:
     return judge(lease.state, lease.age, lease.seen_at, instance_state, False, stale_after).stale
 
 
-def test_race_16_acquirers_threads_and_processes_20_rounds(aws, bucket, store):
-    rounds, threads, procs = 20, 8, 8
+@pytest.mark.parametrize("rounds", [pytest.param(5, id="5-rounds"),
+                                    pytest.param(20, id="20-rounds", marks=pytest.mark.reliability)])
+def test_race_16_acquirers_threads_and_processes(aws, bucket, store, rounds):
+    threads, procs = 8, 8
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(procs, initializer=_race_worker.init, initargs=(aws.endpoint_url, aws.region, bucket, ENV)) as pool:
         for rnd in range(rounds):
