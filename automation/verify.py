@@ -35,6 +35,7 @@ class Finding:
     detail: str
     run_id: str | None = None
     key: str | None = None  # the object key, for multipart uploads
+    reason: str | None = None  # a stale lock's run is recorded failed with this (liveness.py)
 
     @property
     def billable(self) -> bool:
@@ -114,7 +115,7 @@ def decide(target: Target, seen: Scan) -> Report:
             report.findings.append(Finding(
                 "stale_lock", target.layout.state,
                 f"run {lease.run_id} ({lease.status.value}) last written {_ago(lease)} ago by S3's clock: "
-                f"{verdict.why}", lease.run_id))
+                f"{verdict.why}", lease.run_id, reason=verdict.reason))
         else:
             live_run = report.active_run = lease.run_id
             report.active = {"run_id": lease.run_id, "status": lease.status.value, **verdict.to_json()}
@@ -187,7 +188,7 @@ def act(target: Target, executor, findings: list[Finding]) -> dict[str, str]:
         if f.kind in ("stale_lock", "group") or (f.kind == "instance" and f.run_id):
             if f.run_id not in ended:  # ends every machine of the run, by tag
                 ended.add(f.run_id)
-                left = force_end(target, executor, f.run_id, "failed", "lost").stack_left
+                left = force_end(target, executor, f.run_id, "failed", f.reason or "lost").stack_left
                 if left:
                     not_fixed[f.run_id] = left
         if f.kind == "instance" and not f.run_id:

@@ -71,3 +71,14 @@ def test_a_lease_read_from_s3_carries_what_the_rule_needs():
     assert lease.age == timedelta(minutes=30)
     assert judge(lease.state, lease.age, lease.seen_at, None, False, LIMIT).stale
     assert not judge(lease.state, lease.age, lease.seen_at, None, False, timedelta(hours=1)).stale
+
+
+@pytest.mark.parametrize("state,age,wants,reason", [
+    (ONE_MACHINE, FRESH, False, "lost"),  # the machine died; nothing else to say
+    ({**SPARE_MACHINES, "attempt": 6}, FRESH, True, "too_many_interruptions"),
+    (PAST_DEADLINE, FRESH, True, "max_runtime_exceeded"),
+    (AWAITING, timedelta(minutes=36), True, "no_capacity"),
+], ids=["no group", "out of machines", "past the deadline", "no capacity"])
+def test_a_dead_run_is_recorded_with_the_reason_a_booting_machine_would_give(state, age, wants, reason):
+    verdict = judge(state, age, NOW, "terminated", wants, LIMIT)
+    assert verdict.dead and verdict.reason == reason

@@ -25,9 +25,10 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, Mapping
 
-from .attempts import deadline, waiting_line
+from .attempts import MAX_RUNTIME_EXCEEDED, NO_CAPACITY, TOO_MANY_INTERRUPTIONS, deadline, waiting_line
 
 DEFAULT_STALE_AFTER = timedelta(minutes=5)
+LOST = "lost"  # the reason a stale run is recorded with, unless the rule knows better
 ALIVE_STATES = frozenset({"pending", "running"})
 GONE_STATES = frozenset({"shutting-down", "terminated"})
 
@@ -53,6 +54,7 @@ class Verdict:
     stale: bool
     why: str  # one clause for people: "its machine i-0abc is terminated and no replacement is coming"
     waiting: str | None = None  # set while a replacement machine is coming
+    reason: str = LOST  # what a stale run is recorded failed with (the boot rules' reasons where they apply)
 
     @property
     def dead(self) -> bool:
@@ -60,22 +62,24 @@ class Verdict:
         return self.stale and self.machine is Machine.GONE
 
     def to_json(self) -> dict[str, Any]:
-        return {"machine": self.machine.value, "stale": self.stale, "why": self.why, "waiting": self.waiting}
+        return {"machine": self.machine.value, "stale": self.stale, "why": self.why, "waiting": self.waiting,
+                "reason": self.reason}
 
 
 def replacement_coming(state: Mapping[str, Any], group_wants: bool, age: timedelta | None, now: datetime | None,
-                       stale_after: timedelta) -> str | None:
-    """Why no replacement machine is coming, or None when one is."""
+                       stale_after: timedelta) -> tuple[str, str] | None:
+    """(why no replacement machine is coming, the reason to record), or None when one is. The
+    reasons are the ones a booting machine would record (attempts.py), where one applies."""
     if not group_wants:
-        return "no replacement is coming"
+        return "no replacement is coming", LOST
     used, allowed = int(state.get("attempt", 0)), int(state.get("max_machines", 1))
     if used >= allowed:
-        return f"it has used all {allowed} machine(s) it may have"
+        return f"it has used all {allowed} machine(s) it may have", TOO_MANY_INTERRUPTIONS if allowed > 1 else LOST
     due = deadline(state)
     if due is not None and now is not None and now >= due:
-        return "it is past its deadline (instance.max_runtime_minutes)"
+        return "it is past its deadline (instance.max_runtime_minutes)", MAX_RUNTIME_EXCEEDED
     if age is not None and age >= stale_after + _capacity_wait(state):
-        return "no replacement came within instance.capacity_wait_minutes"
+        return "no replacement came within instance.capacity_wait_minutes", NO_CAPACITY
     return None
 
 
@@ -92,7 +96,7 @@ def judge(state: Mapping[str, Any], age: timedelta | None, now: datetime | None,
         gone = f"its machine {instance} is {instance_state}"
         not_coming = replacement_coming(state, group_wants, age, now, stale_after)
         if not_coming:
-            return Verdict(machine, True, f"{gone} and {not_coming}")
+            return Verdict(machine, True, f"{gone} and {not_coming[0]}", reason=not_coming[1])
         nxt, allowed = int(state.get("attempt", 0)) + 1, int(state.get("max_machines", 1))
         line = f"waiting for a replacement machine (attempt {nxt} of {allowed})"
         return Verdict(machine, False, f"{gone}; {line}", waiting_line(state) or line)
