@@ -19,7 +19,6 @@ from instance.protocol.layout import bucket_name
 from instance.protocol.state import StateStore
 from tests.cli_helpers import (
     agent_pid,
-    cli_env,
     launched_run_id,
     live_state,
     pid_running,
@@ -29,23 +28,14 @@ from tests.cli_helpers import (
     wait_until,
 )
 from tests.test_cli_flows import local_config
+from tests.test_reliability_crash import env, home  # noqa: F401 - fixtures
 from tests.test_verify import RUN, executor, target  # noqa: F401 - fixtures
 
 BUCKET = bucket_name("dev", "123456789012", "us-east-1")
 
 
-@pytest.fixture
-def home(tmp_path):
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def env(aws, home):
-    return cli_env(aws.endpoint_url, home, CHRONOS_HEARTBEAT_SECONDS="1", CHRONOS_LOG_UPLOAD_SECONDS="1")
-
-
-def _kill_agent(home, run_id: str) -> float:
-    pid = agent_pid(home, run_id)
+def _kill_agent(home_dir, run_id: str) -> float:
+    pid = agent_pid(home_dir, run_id)
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
     wait_until(lambda: not pid_running(pid), timeout=10, what=f"agent {pid} to die")
@@ -58,7 +48,7 @@ def _bucket_made(s3) -> bool:
 
 
 @pytest.mark.slow
-def test_a_follower_ends_with_exit_4_within_a_poll_of_the_machine_dying(env, home, aws, tmp_path):
+def test_a_follower_ends_with_exit_4_within_a_poll_of_the_machine_dying(env, home, aws, tmp_path):  # noqa: F811
     s3 = client("s3", aws)
     config = local_config(tmp_path, instance={"max_interruptions": 0})
     follower = start_cli({**env, "CHRONOS_PAUSE": "data_sync:300"}, "--local", "launch", config, "--follow",
@@ -84,7 +74,7 @@ def test_a_follower_ends_with_exit_4_within_a_poll_of_the_machine_dying(env, hom
 
 
 @pytest.mark.slow
-def test_a_machine_with_a_replacement_coming_is_waited_for_not_declared_dead(env, home, aws, tmp_path):
+def test_a_machine_with_a_replacement_coming_is_waited_for_not_declared_dead(env, home, aws, tmp_path):  # noqa: F811
     s3 = client("s3", aws)
     # Two machines allowed; the sandbox's machines take 12 s to boot, the window in which the
     # group has launched the replacement and its agent has not yet written the lock.

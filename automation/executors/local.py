@@ -166,11 +166,7 @@ class LocalExecutor:
         if group is None or not wants_machine(group):
             self._stop_player(run_id)
         pid = self._pid(run_id)
-        if process_alive(pid, run_id):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if _kill_group(pid, run_id):
             deadline = time.monotonic() + 10
             while process_alive(pid, run_id) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -200,12 +196,7 @@ class LocalExecutor:
         shutil.rmtree(run_dir, ignore_errors=True)
 
     def _stop_player(self, run_id: str) -> None:
-        pid = self._player_pid(run_id)
-        if process_alive(pid, run_id):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_group(self._player_pid(run_id), run_id)
 
     def _delete_group(self, run_id: str) -> None:
         """What the run stack's destroy removes on AWS: the group and its launch template."""
@@ -245,6 +236,17 @@ def request_spot_notice(target, run_id: str | None, rebalance: bool = False) -> 
                        "(only a --local run launched here can be)")
     request_interrupt(run_dir, rebalance)
     return lease.run_id, GroupSpec.load(run_dir).notice_seconds
+
+
+def _kill_group(pid: int | None, run_id: str) -> bool:
+    """SIGKILL the process group of `pid` if it is still this run's; True when it was."""
+    if not process_alive(pid, run_id):
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
 
 
 def _read_pid(path: Path) -> int | None:
