@@ -21,8 +21,12 @@ install: $(STAMP)
 browser:
 	@test -n "$$CHRONOS_CHROMIUM" || bash .ci/install-chromium
 
+# Two workers: most tests wait on subprocesses (agents, CLI calls, moto), so two overlap well on
+# two cores. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) browser
-	$(PY) -m pytest -q -m "not reliability" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not reliability" $(PYTEST_ARGS)
 
 # The full fault/crash/kill matrices (docs/reliability.md); make test runs a representative subset.
 # Then every other test marked `reliability` (the real-time 6-minute up, the rest of a matrix).
