@@ -14,12 +14,13 @@ from .settings import settings
 
 
 def check_run(target: Target, executor, lease: Lease, groups: list[dict] | None = None,
-              stale_after: timedelta | None = None) -> Verdict:
+              stale_after: timedelta | None = None, reconciled: bool = False) -> Verdict:
     """The verdict on `lease`'s run. `groups`: the project's groups when the caller listed them
     already (verify-cleanup); otherwise the run's group is asked for only when its machine is not
     alive. A --local run's machine is its agent process: the executor first ends the instance
-    record of an agent that is gone, as EC2 reports a dead machine."""
-    executor.reconcile()
+    record of an agent that is gone, as EC2 reports a dead machine (unless the caller just did)."""
+    if not reconciled:
+        executor.reconcile()
     state = lease.state
     seen = instance_state(target, state.get("instance_id"))
     wants = False

@@ -95,7 +95,7 @@ def scan(target: Target, executor) -> Scan:
         Filters=[{"Name": "tag:Project", "Values": [PROJECT_TAG]}]), "AutoScalingGroups")]
     return Scan(
         lease=lease,
-        verdict=check_run(target, executor, lease, groups, stale_after) if lease else None,
+        verdict=check_run(target, executor, lease, groups, stale_after, reconciled=True) if lease else None,
         instances=instances_by_tag(target.ec2, {"Project": PROJECT_TAG}),
         volumes=_pages(target.ec2.get_paginator("describe_volumes").paginate(Filters=[
             {"Name": "tag:Project", "Values": [PROJECT_TAG]}, {"Name": "status", "Values": ["available"]}]), "Volumes"),

@@ -67,6 +67,13 @@ def timed(cmd: list[str], env: dict) -> float:
     return time.perf_counter() - started
 
 
+
+def paired(ours: list[float], theirs: list[float]) -> dict:
+    """Both tools' times of paired runs and our speedup over the AWS CLI (median and best)."""
+    return {"ours_s": [round(x, 2) for x in ours], "aws_s": [round(x, 2) for x in theirs],
+            "speedup_median": round(statistics.median(theirs) / statistics.median(ours), 2),
+            "speedup_best": round(min(theirs) / min(ours), 2)}
+
 class Bench:
     def __init__(self, aws: str, repeat: int):
         from automation import sandbox
@@ -147,10 +154,7 @@ class Bench:
                     if proxy:
                         proxy.stdin.close()
                         proxy.wait()
-                row = {"files": n, "bytes_each": size, "latency_ms": latency * 1000,
-                       "ours_s": [round(x, 2) for x in ours], "aws_s": [round(x, 2) for x in theirs],
-                       "speedup_median": round(statistics.median(theirs) / statistics.median(ours), 2),
-                       "speedup_best": round(min(theirs) / min(ours), 2)}
+                row = {"files": n, "bytes_each": size, "latency_ms": latency * 1000, **paired(ours, theirs)}
                 print(f"sync {n} x {size} B, {latency * 1000:.0f} ms: ours {row['ours_s']} s, aws {row['aws_s']} s, "
                       f"{row['speedup_median']}x (medians), {row['speedup_best']}x (best)", flush=True)
                 rows.append(row)
@@ -220,10 +224,7 @@ class Bench:
 
                 for run in ((run_ours, run_aws) if r % 2 == 0 else (run_aws, run_ours)):
                     run()
-            row = {"what": label, "bytes": size, "ours_s": [round(x, 2) for x in ours],
-                   "aws_s": [round(x, 2) for x in theirs],
-                   "speedup_median": round(statistics.median(theirs) / statistics.median(ours), 2),
-                   "speedup_best": round(min(theirs) / min(ours), 2)}
+            row = {"what": label, "bytes": size, **paired(ours, theirs)}
             print(f"upload {label} ({size / 1e6:.0f} MB): ours {row['ours_s']} s, aws {row['aws_s']} s, "
                   f"{row['speedup_median']}x (medians)", flush=True)
             out.append(row)
