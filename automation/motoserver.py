@@ -63,19 +63,72 @@ def reset(endpoint_url: str) -> None:
 
 
 def serve(port: int) -> None:
+    """Serve moto with waitress rather than moto's own werkzeug dev server: that one closes the
+    connection after every reply (so each request pays a new TCP connection and a new thread, where
+    S3 keeps connections alive) and logs every request; waitress keeps connections alive, as S3
+    does, with a fixed pool of threads and TCP_NODELAY."""
     import signal
 
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import run_simple
+    import waitress
+    from moto.moto_server.werkzeug_app import create_backend_app
 
     from .strictmoto import SerializeConditionalRequests, install
 
     os.environ.setdefault("MOTO_PORT", str(port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     install()
-    app = DomainDispatcherApplication(create_backend_app)
-    run_simple("127.0.0.1", port, SerializeConditionalRequests(app), threaded=True,
-               request_handler=MotoRequestHandler)
+    dispatcher = _dispatcher(create_backend_app)
+
+    def app(environ, start_response):
+        # moto signs the path as it arrived, from RAW_URI (werkzeug's and gunicorn's name for it).
+        environ.setdefault("RAW_URI", environ.get("REQUEST_URI", ""))
+        return dispatcher(environ, start_response)
+
+    app = SerializeConditionalRequests(app)
+    # Replies up to 64 MiB stay in memory (the default spills anything over 1 MiB to a temp file);
+    # a single PUT may be as large as S3 allows one (5 GiB); many clients at once (a sync keeps 64
+    # connections) are let in.
+    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=16, connection_limit=1000,
+                                    outbuf_overflow=64 << 20, inbuf_overflow=64 << 20,
+                                    max_request_body_size=5 << 30, ident="moto")
+    server.channel_class = _channel()
+    server.run()
+
+
+def _channel():
+    """waitress's connection, minus one bug: a request with `Expect: 100-continue` and no body
+    (botocore sends one for an empty PutObject) is answered "100 Continue" and then never served.
+    Such a request has nothing to wait for: it is served at once."""
+    from waitress.channel import HTTPChannel
+    from waitress.parser import HTTPRequestParser
+
+    class Parser(HTTPRequestParser):
+        def parse_header(self, header_plus):
+            super().parse_header(header_plus)
+            if not self.chunked and not self.content_length:
+                self.expect_continue = False
+
+    return type("Channel", (HTTPChannel,), {"parser_class": Parser})
+
+
+def _dispatcher(create_backend_app):
+    """moto's host-to-service dispatcher, minus its per-request cost: it lists moto's package
+    folders from disk and tries every service's URL pattern on every request (a third of the
+    server's CPU per S3 GET). Both answers never change while the server runs."""
+    import functools
+
+    from moto import backends
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+
+    class Dispatcher(DomainDispatcherApplication):
+        @functools.lru_cache(maxsize=256)
+        def get_backend_for_host(self, host):
+            return super().get_backend_for_host(host)
+
+    return Dispatcher(create_backend_app)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,9 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # A reply goes out as two writes (headers, then body) on a kept-alive connection: with
+            # Nagle on, the body waits for the client's delayed ACK of the headers (40 ms on Linux).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass
