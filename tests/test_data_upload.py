@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from automation.context import Target
-from automation.datasets import check_local_dataset, upload_dataset
+from automation.datasets import check_local_dataset, upload, upload_dataset
 from automation.errors import BadInput, ChronosError
 from automation.launch import launch, plan
 from automation.sandbox import SandboxInfo, seed
@@ -42,6 +42,60 @@ def test_a_folder_uploads_as_one_dataset_and_again_sends_nothing(target, tmp_pat
     assert [remote.relative(f) for f in remote.files] == ["a.parquet", "region=1/part.parquet", "region=2/part.parquet"]
     again = upload_dataset(target, dataset, "2026/11")
     assert again.prefix == first.prefix and again.skipped == 3
+
+
+def _big(path, n_rows: int, duplicate_times: bool):
+    """One series of n_rows hourly points (uncompressed: 16 bytes a row), or one whose timestamps
+    are all the same (a dataset the validator refuses)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    hours = np.zeros(n_rows, "int64") if duplicate_times else np.arange(n_rows, dtype="int64")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"item_id": pa.array(["item-0"] * n_rows).dictionary_encode(),
+                             "timestamp": pa.array(hours * 3_600_000_000, type=pa.timestamp("us")),
+                             "target": np.random.default_rng(0).normal(size=n_rows)}), path, compression="none")
+    return path
+
+
+def test_a_large_file_moves_while_validated_and_a_bad_one_leaves_nothing(target, tmp_path, monkeypatch):
+    """`data upload` sends a large file's parts while the validator reads it; the object exists only
+    once the dataset passed. A bad one is refused with the validator's sentence, and neither an
+    object nor an unfinished multipart upload is left (its parts are aborted). The validator is
+    made to take a second, so that the bytes surely move before its verdict."""
+    from automation import datasets
+    from instance.protocol.transfer import PART_SIZE
+
+    validate, parts_before_verdict = datasets.check_local_dataset, []
+
+    def slow_validator(proxy):
+        def check(path, cfg=None):
+            time.sleep(1.0)
+            parts_before_verdict.append(sum(n for (method, _), n in proxy.seen.items() if method == "PUT"))
+            return validate(path, cfg)
+        return check
+
+    with FaultProxy(target.endpoint_url) as proxy:
+        monkeypatch.setattr(datasets, "check_local_dataset", slow_validator(proxy))
+        good = upload(_through(proxy, target), _big(tmp_path / "good" / "big.parquet", 1_200_000, duplicate_times=False),
+                      "2026/11")
+    assert good.files == 1 and good.bytes > 2 * PART_SIZE
+    assert parts_before_verdict[0] >= 1  # parts went while the validator read
+    head = target.s3.head_object(Bucket=target.bucket, Key=f"{good.prefix}big.parquet")
+    assert head["ContentLength"] == good.bytes and "-" in head["ETag"]  # multipart: parts, then one commit
+
+    before = {o["Key"] for o in target.s3.list_objects_v2(Bucket=target.bucket).get("Contents", [])}
+    with FaultProxy(target.endpoint_url) as proxy:
+        monkeypatch.setattr(datasets, "check_local_dataset", slow_validator(proxy))
+        with pytest.raises(BadInput, match="dataset is not valid: .*duplicate"):
+            upload(_through(proxy, target), _big(tmp_path / "bad" / "big.parquet", 1_200_000, duplicate_times=True),
+                   "2026/11")
+    started_and_aborted = {m for m, path in proxy.seen if path.endswith("/big.parquet")}
+    assert {"POST", "PUT", "DELETE"} <= started_and_aborted  # created, parts sent, aborted
+    after = {o["Key"] for o in target.s3.list_objects_v2(Bucket=target.bucket).get("Contents", [])}
+    assert after == before
+    assert target.s3.list_multipart_uploads(Bucket=target.bucket).get("Uploads", []) == []
 
 
 def _through(proxy: FaultProxy, target: Target) -> Target:
