@@ -10,7 +10,9 @@ instance boot pins awscli 1.46.3; install it in a throwaway venv, it is no proje
   process, as a person would run it; its start-up is reported apart), into a fresh folder each
   time, for 10,000 x 10 KB and 100 x 1 MB, on the plain sandbox and behind the fault proxy's
   fixed first-byte latency (30 ms a request, S3 from EC2 in the same region). Runs alternate
-  (ours, aws, aws, ours, ...) so drift on a shared machine hits both alike.
+  (ours, aws, aws, ours, ...) so drift on a shared machine hits both alike. Each row also gives
+  the CPU each party spent per file (client, moto, proxy): on this 2-core machine they share the
+  cores, and half their sum is the floor under any tool's time per file.
 - curve: the sync's time per file from 1,000 to 30,000 files of 10 KB (plain sandbox).
 - upload: `chronos-train --local data upload` (validation, content hash and upload: the whole
   command) against `aws s3 cp` (--recursive for a folder), for a folder of 10,000 small parquet
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +69,38 @@ def timed(cmd: list[str], env: dict) -> float:
     subprocess.run(cmd, env=env, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
 
+
+
+class CpuShare:
+    """CPU seconds each party spent per file over a tool's runs: the client (this process for
+    ours, the `aws` child for theirs), moto and the latency proxy (from /proc). On 2 cores the
+    sum over 2 is the least wall time a file can take, whichever tool asks."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.files = 0
+
+    @staticmethod
+    def _proc(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own() -> float:
+        return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for f in ("ru_utime", "ru_stime"))
+
+    @contextmanager
+    def measure(self, pids: dict[str, int], files: int):
+        before = {"client": self._own(), **{k: self._proc(p) for k, p in pids.items()}}
+        yield
+        after = {"client": self._own(), **{k: self._proc(p) for k, p in pids.items()}}
+        for k in before:
+            self.seconds[k] = self.seconds.get(k, 0.0) + after[k] - before[k]
+        self.files += files
+
+    def per_file(self) -> dict[str, float]:
+        return {k: round(v / self.files * 1000, 2) for k, v in self.seconds.items()}
 
 
 def paired(ours: list[float], theirs: list[float]) -> dict:
@@ -145,18 +180,23 @@ class Bench:
                 try:
                     s3 = self.client(endpoint)
                     ours, theirs = [], []
+                    cpu = {"ours": CpuShare(), "aws": CpuShare()}
+                    pids = {"moto": self.info.pid, **({"proxy": proxy.pid} if proxy else {})}
                     for r in range(self.repeat):
                         pair = [("ours", lambda: ours.append(self.ours_sync(s3, prefix))),
                                 ("aws", lambda: theirs.append(self.aws_sync(endpoint, prefix)))]
-                        for _, run in (pair if r % 2 == 0 else pair[::-1]):
-                            run()
+                        for tool, run in (pair if r % 2 == 0 else pair[::-1]):
+                            with cpu[tool].measure(pids, n):
+                                run()
                 finally:
                     if proxy:
                         proxy.stdin.close()
                         proxy.wait()
-                row = {"files": n, "bytes_each": size, "latency_ms": latency * 1000, **paired(ours, theirs)}
+                row = {"files": n, "bytes_each": size, "latency_ms": latency * 1000, **paired(ours, theirs),
+                       "cpu_ms_per_file": {tool: share.per_file() for tool, share in cpu.items()}}
                 print(f"sync {n} x {size} B, {latency * 1000:.0f} ms: ours {row['ours_s']} s, aws {row['aws_s']} s, "
-                      f"{row['speedup_median']}x (medians), {row['speedup_best']}x (best)", flush=True)
+                      f"{row['speedup_median']}x (medians), {row['speedup_best']}x (best); CPU ms a file "
+                      f"{row['cpu_ms_per_file']}", flush=True)
                 rows.append(row)
         return rows
 
