@@ -143,6 +143,27 @@ def test_many_small_downloads_hide_a_fixed_first_byte_latency(target, s3, tmp_pa
     assert report.downloaded == 40 and took < 1.5, f"{took:.2f} s"
 
 
+def test_the_proxy_adds_its_latency_and_nothing_more(target, tmp_path):
+    """A reply with a body on a kept-alive connection once waited for the client's delayed ACK
+    (Nagle: ~40 ms a request), so the "30 ms" mode cost ~80 ms. 20 serial GETs through the proxy
+    now cost about what they cost direct, plus the proxy's forwarding."""
+    from instance.protocol.aws import AwsTarget, client
+
+    target.s3.put_object(Bucket=target.bucket, Key="cached-datasets/2026/11/x/a.parquet", Body=b"x" * 1000)
+
+    def twenty(s3) -> float:
+        s3.get_object(Bucket=target.bucket, Key="cached-datasets/2026/11/x/a.parquet")["Body"].read()
+        started = time.monotonic()
+        for _ in range(20):
+            s3.get_object(Bucket=target.bucket, Key="cached-datasets/2026/11/x/a.parquet")["Body"].read()
+        return time.monotonic() - started
+
+    direct = twenty(target.s3)
+    with FaultProxy(target.endpoint_url) as proxy:
+        proxied = twenty(client("s3", AwsTarget(target.region, proxy.url)))
+    assert proxied < direct + 20 * 0.02, f"direct {direct:.3f} s, through the proxy {proxied:.3f} s"
+
+
 def _many(tmp_path, n):
     body = synthetic_frame(1, 40)
     for i in range(n):
