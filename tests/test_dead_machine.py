@@ -111,3 +111,25 @@ def test_a_just_launched_instance_ec2_does_not_know_yet_is_not_dead(target, exec
     lines = verify_lines(report)
     assert lines[-1] == "1 run active; nothing else bills"
     assert f"active run: {RUN} (initialization): its machine i-0123456789abcdef0 is not known to EC2" in lines[0]
+
+
+def test_a_run_that_ends_while_its_machine_is_judged_is_not_called_lost(target, executor, monkeypatch):  # noqa: F811
+    """The agent writes its final record, releases the lock, then its machine ends. A follower that
+    read the lock just before the release and sees the machine gone just after must report how
+    the run ended, not "lost" (exit 4 for a completed run)."""
+    from automation import follow as following
+    from instance.protocol.artifacts import put_json
+    from instance.protocol.liveness import Machine, Verdict
+
+    store = StateStore(target.s3, target.bucket, "dev")
+    lease = store.acquire(RUN, executor="ec2", instance_id="i-0123456789abcdef0")
+
+    def the_run_ends_meanwhile(target_, executor_, lease_, **_):
+        put_json(target.s3, target.bucket, target.layout.training_record(RUN),
+                 {"run_id": RUN, "final_status": "completed", "started_at": "2026-11-28T08:00:00Z"})
+        store.release(lease)
+        return Verdict(Machine.GONE, stale=True, why="its machine i-0123456789abcdef0 is terminated")
+
+    monkeypatch.setattr(following, "check_run", the_run_ends_meanwhile)
+    final = following.follow(target, executor, RUN, on_update=lambda view: None, interval=0.01)
+    assert final.final_status == "completed"
