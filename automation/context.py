@@ -14,15 +14,11 @@ from instance.protocol.aws import AwsTarget, client, error_code
 from instance.protocol.layout import Layout, LayoutError, bucket_name, check_env
 
 from .errors import BadInput, ChronosError
-from .settings import settings
+from .settings import home, settings
 
 
 class ChronosConnectionError(ChronosError):
     """The endpoint (AWS or the sandbox) does not answer."""
-
-
-def home() -> Path:
-    return settings().home
 
 
 @dataclass(frozen=True)
@@ -106,7 +102,7 @@ def resolve(env: str, local: bool) -> Target:
     except LayoutError as exc:
         raise BadInput(str(exc)) from None
     if local:
-        from . import sandbox
+        from .sandbox import control as sandbox
 
         info = sandbox.ensure_running(env)
         sandbox.export_credentials(env)

@@ -3,7 +3,7 @@
 `settings()` reads the environment at each call, so a test or a shell that changes a variable is
 seen at once. Each knob is a property: a value that is not a number is bad input, told in one
 sentence when a command needs it (never while click parses the command line).
-(The sandbox's CHRONOS_SANDBOX_URL is read by automation/sandbox.py, and the agent's own knobs,
+(The sandbox's CHRONOS_SANDBOX_URL is read by automation/sandbox/control.py, and the agent's own knobs,
 CHRONOS_HEARTBEAT_SECONDS and the like, by instance/agent/main.py: they belong to those rooms.)
 """
 from __future__ import annotations
@@ -106,3 +106,8 @@ class Settings:
 
 def settings() -> Settings:
     return Settings()
+
+
+def home() -> Path:
+    """The CLI's home folder (CHRONOS_HOME): the sandbox's record, local work dirs, caches."""
+    return settings().home

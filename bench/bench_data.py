@@ -111,8 +111,8 @@ def paired(ours: list[float], theirs: list[float]) -> dict:
 
 class Bench:
     def __init__(self, aws: str, repeat: int):
-        from automation import sandbox
-        from automation.strictmoto import DEPLOYER, OPERATORS
+        from automation.sandbox import control as sandbox
+        from automation.sandbox.strictmoto import DEPLOYER, OPERATORS
         from instance.protocol.aws import client
 
         self.aws, self.repeat = aws, repeat
@@ -128,7 +128,7 @@ class Bench:
         self.work.mkdir()
 
     def close(self) -> None:
-        from automation import sandbox
+        from automation.sandbox import control as sandbox
 
         sandbox.stop()
         shutil.rmtree(self.home, ignore_errors=True)
@@ -380,7 +380,7 @@ def main() -> int:
     parts = args.only.split(",")
     if not aws and {"sync", "upload"} & set(parts):
         sys.exit("the AWS CLI (`aws`) is not on PATH; install awscli (1.46.3, as the instance boot) to compare")
-    from automation.strictmoto import DEPLOYER
+    from automation.sandbox.strictmoto import DEPLOYER
 
     os.environ.update(DEPLOYER.env())
     os.environ.pop("AWS_SESSION_TOKEN", None)

@@ -29,8 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from automation import motoserver  # noqa: E402
-from automation.strictmoto import DEPLOYER  # noqa: E402
+from automation.sandbox import motoserver  # noqa: E402
+from automation.sandbox.strictmoto import DEPLOYER  # noqa: E402
 from instance.protocol.aws import AwsTarget, client  # noqa: E402
 from tests.agent_fixtures import install_fake_aws  # noqa: E402
 

@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from automation import sandbox  # noqa: E402
-from automation.strictmoto import OPERATORS  # noqa: E402
+from automation.sandbox import control as sandbox  # noqa: E402
+from automation.sandbox.strictmoto import OPERATORS  # noqa: E402
 from instance.protocol.aws import client  # noqa: E402
 from instance.protocol.state import StateStore  # noqa: E402
 

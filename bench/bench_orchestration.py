@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from automation import sandbox  # noqa: E402
+from automation.sandbox import control as sandbox  # noqa: E402
 from instance.protocol.aws import AwsTarget, client  # noqa: E402
 from instance.protocol.layout import Layout  # noqa: E402
 from tests.agent_fixtures import run_config, synthetic_frame, write_parquet  # noqa: E402

@@ -33,7 +33,7 @@ def main() -> None:
 
     import torch
 
-    from automation import report
+    from automation.report import page as report
     from instance.model.basemodel import build_scratch
     from instance.model.evaluation import evaluate, training_data
 

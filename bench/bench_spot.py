@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from automation import sandbox  # noqa: E402
-from automation.strictmoto import DEPLOYER  # noqa: E402
+from automation.sandbox import control as sandbox  # noqa: E402
+from automation.sandbox.strictmoto import DEPLOYER  # noqa: E402
 from instance.protocol.aws import AwsTarget, client  # noqa: E402
 from instance.protocol.layout import Layout  # noqa: E402
 from instance.protocol.timeutil import parse_iso  # noqa: E402

@@ -46,8 +46,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from automation import motoserver  # noqa: E402
-from automation.strictmoto import DEPLOYER  # noqa: E402
+from automation.sandbox import motoserver  # noqa: E402
+from automation.sandbox.strictmoto import DEPLOYER  # noqa: E402
 from instance.agent.lockholder import LockHolder, TrainingWatch  # noqa: E402
 from instance.agent.phases import stop_reason, training_hooks  # noqa: E402
 from instance.protocol.aws import AwsTarget, client  # noqa: E402

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from automation import motoserver
+from automation.sandbox import motoserver
 from instance.protocol.aws import AwsTarget, client
 from instance.protocol.layout import Layout, new_run_id
 from instance.protocol.state import StateStore
@@ -83,7 +83,7 @@ def upload_dataset(s3, bucket: str, files: dict[str, bytes], prefix: str = DATA_
 
 def instance_role(aws: AwsTarget, env: str, bucket: str, policy: dict | None = None) -> None:
     """The persistent stack's instance role and profile (its policy, unless one is given)."""
-    from automation.sandbox import put_instance_role
+    from automation.sandbox.control import put_instance_role
     from automation.stacks.policies import instance_policy
 
     put_instance_role(aws, env, policy or instance_policy(f"arn:aws:s3:::{bucket}", env, aws.region, motoserver.SANDBOX_ACCOUNT))
@@ -105,7 +105,7 @@ def launch(s3, bucket: str, aws: AwsTarget, env: str, config: dict[str, Any], ru
 
 def agent_env(run: LaunchedRun, tmp: Path, **extra: str) -> dict[str, str]:
     """The agent's environment on a machine: the instance role's credentials, nothing else of AWS."""
-    from automation.sandbox import instance_credentials
+    from automation.sandbox.control import instance_credentials
 
     aws = run.aws
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHRONOS_", "AWS_"))}

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from automation import motoserver
-from automation.strictmoto import DEPLOYER
+from automation.sandbox import motoserver
+from automation.sandbox.strictmoto import DEPLOYER
 from instance.protocol.aws import AwsTarget, client
 from instance.protocol.layout import bucket_name
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from automation.strictmoto import glob_to_regex
+from automation.sandbox.strictmoto import glob_to_regex
 
 
 def _as_list(value) -> list:

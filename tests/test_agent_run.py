@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from automation import motoserver
+from automation.sandbox import motoserver
 from instance.protocol.aws import AwsTarget, client
 from instance.protocol.layout import bucket_name
 from instance.protocol.state import StateStore

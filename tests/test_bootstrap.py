@@ -15,10 +15,10 @@ from types import SimpleNamespace
 import pytest
 
 from automation.context import Target
-from automation.logs import stream
-from automation.sandbox import instance_credentials
+from automation.cli.logs import stream
+from automation.sandbox.control import instance_credentials
 from automation.stacks.policies import instance_policy
-from automation.strictmoto import SANDBOX_ACCOUNT as ACCOUNT
+from automation.sandbox.strictmoto import SANDBOX_ACCOUNT as ACCOUNT
 from instance.boot.bootstrap import PYTHON_BUILD, render_bootstrap
 from instance.protocol.layout import python_env_key
 from tests.agent_fixtures import (ROOT, instance_role, keys_under, launch, parquet_bytes, run_config, synthetic_frame,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from automation.capacity import quota_short, why_no_machine
 from automation.context import Target
+from automation.runs.capacity import quota_short, why_no_machine
 
 TYPES = ["g6.xlarge", "g5.xlarge", "g4dn.xlarge"]  # 4 vCPUs each, family G
 

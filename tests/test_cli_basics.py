@@ -8,8 +8,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from automation.cli import cli
-from automation.sandbox import SandboxInfo, seed
+from automation.cli.main import cli
+from automation.sandbox.control import SandboxInfo, seed
 from instance.protocol.aws import client
 from instance.protocol.layout import bucket_name
 from instance.protocol.state import StateStore

@@ -3,7 +3,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from automation.cli import cli
+from automation.cli.main import cli
 
 
 def _commands(group: click.Group, prefix=()):

@@ -2,16 +2,17 @@
 parts, what non-interactive output looks like (one line per change, nothing cut), knobs."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
 from click.testing import CliRunner
 
-from automation import cli as cli_module
-from automation.cli import cli
-from automation.render import LinePrinter
-from automation.runs import RunView
-from automation.sandbox import SandboxInfo, seed
+from automation.cli import run_commands
+from automation.cli.main import cli
+from automation.cli.render import LinePrinter
+from automation.runs.records import RunView
+from automation.sandbox.control import SandboxInfo, seed
 from instance.protocol.artifacts import put_json
 from instance.protocol.layout import Layout, bucket_name
 from tests.cli_helpers import cli_env, run_cli
@@ -42,16 +43,21 @@ def test_status_is_monitor_registered_twice():
 
 def test_no_command_carries_its_own_error_decorator():
     import inspect
+    import pkgutil
 
-    assert "handles_errors" not in inspect.getsource(cli_module)
+    import automation.cli
+
+    for module in pkgutil.iter_modules(automation.cli.__path__, "automation.cli."):
+        if not module.name.endswith("__main__"):  # importing it runs the CLI
+            assert "handles_errors" not in inspect.getsource(importlib.import_module(module.name))
     assert type(cli).__name__ == "ChronosGroup"
 
 
 @pytest.mark.parametrize("command,where,raised,code,sentence", [
-    (["--local", "runs"], "automation.runs.history", KeyboardInterrupt(), 130, "error: interrupted"),
+    (["--local", "runs"], "automation.runs.records.history", KeyboardInterrupt(), 130, "error: interrupted"),
     (["--local", "data", "ls"], "automation.datasets.listing", RuntimeError("disk on fire"), 1,
      "error: RuntimeError: disk on fire (set CHRONOS_DEBUG=1 for a traceback)"),
-    (["--local", "verify-cleanup"], "automation.verify.verify", LookupError("x"), 1, "error: LookupError: x"),
+    (["--local", "verify-cleanup"], "automation.runs.verify.verify", LookupError("x"), 1, "error: LookupError: x"),
 ])
 def test_every_command_maps_errors_the_same_way(env, monkeypatch, command, where, raised, code, sentence):
     for name, value in env.items():
@@ -116,7 +122,7 @@ def test_a_failing_stack_tidy_after_a_completed_follow_is_a_warning(env, aws, mo
 
     put_json(client("s3", target.aws), BUCKET, Layout("dev").training_record(RUN), RECORD)
     with pytest.raises(SystemExit) as done:
-        cli_module._follow(target, FinalizeFails(), RUN, download=True, as_json=True)
+        run_commands._follow(target, FinalizeFails(), RUN, download=True, as_json=True)
     assert done.value.code == 0, "a completed run stays completed"
     out, err = capsys.readouterr()
     assert json.loads(out)["final_status"] == "completed"

@@ -11,8 +11,8 @@ import yaml
 from automation.context import Target
 from automation.datasets import check_local_dataset, upload, upload_dataset
 from automation.errors import BadInput, ChronosError
-from automation.launch import launch, plan
-from automation.sandbox import SandboxInfo, seed
+from automation.runs.launch import launch, plan
+from automation.sandbox.control import SandboxInfo, seed
 from instance.protocol.datasets import list_dataset
 from instance.protocol.state import StateStore
 from tests.agent_fixtures import run_config, synthetic_frame, write_parquet

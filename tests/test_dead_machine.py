@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from automation.render import verify_lines
-from automation.verify import verify
+from automation.cli.render import verify_lines
+from automation.runs.verify import verify
 from instance.protocol.aws import client
 from instance.protocol.layout import bucket_name
 from instance.protocol.state import StateStore
@@ -117,7 +117,7 @@ def test_a_run_that_ends_while_its_machine_is_judged_is_not_called_lost(target, 
     """The agent writes its final record, releases the lock, then its machine ends. A follower that
     read the lock just before the release and sees the machine gone just after must report how
     the run ended, not "lost" (exit 4 for a completed run)."""
-    from automation import follow as following
+    from automation.cli import follow as following
     from instance.protocol.artifacts import put_json
     from instance.protocol.liveness import Machine, Verdict
 

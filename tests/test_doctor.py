@@ -14,11 +14,11 @@ import os
 import pytest
 import yaml
 
-from automation import motoserver
-from automation.sandbox import REGION, SandboxInfo, instance_role_name, put_operator_policy, seed
+from automation.sandbox import motoserver
+from automation.sandbox.control import REGION, SandboxInfo, instance_role_name, put_operator_policy, seed
+from automation.sandbox.strictmoto import OPERATORS
 from automation.stacks.persistent_config import PersistentConfig, lifecycle_rules
 from automation.stacks.policies import operator_policy
-from automation.strictmoto import OPERATORS
 from instance.protocol.aws import client
 from instance.protocol.layout import Layout, bucket_name
 from tests.agent_fixtures import DATA_PREFIX, parquet_bytes, run_config, synthetic_frame

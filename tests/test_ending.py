@@ -14,15 +14,15 @@ from datetime import timedelta
 import pytest
 import yaml
 
-from automation import motoserver
 from automation.context import Target
-from automation.ending import force_end, kill
 from automation.executors.base import Provisioned
 from automation.executors.ec2 import Ec2Executor
-from automation.launch import launch, plan
-from automation.runs import record_end_from_cli
-from automation.sandbox import REGION, SandboxInfo, seed
-from automation.verify import verify
+from automation.runs.ending import force_end, kill
+from automation.runs.launch import launch, plan
+from automation.runs.records import record_end_from_cli
+from automation.runs.verify import verify
+from automation.sandbox import motoserver
+from automation.sandbox.control import REGION, SandboxInfo, seed
 from instance.protocol.artifacts import get_json, get_json_versioned, put_json
 from instance.protocol.aws import client
 from instance.protocol.ec2 import instance_state, run_tags

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from automation.datasets import check_local_dataset
-from automation.launch import estimate
+from automation.runs.launch import estimate
 from instance.protocol.runconfig import load_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -8,8 +8,8 @@ import yaml
 from automation.context import Target
 from automation.errors import ChronosError
 from automation.executors.base import ProvisionError
-from automation.launch import estimate, launch, plan
-from automation.sandbox import SandboxInfo, seed
+from automation.runs.launch import estimate, launch, plan
+from automation.sandbox.control import SandboxInfo, seed
 from instance.protocol.artifacts import get_json
 from instance.protocol.layout import Layout
 from instance.protocol.runconfig import parse_config

@@ -70,8 +70,9 @@ def test_cli_modules_leave_plotting_and_data_packages_until_a_report_is_made():
     """`chronos-train monitor` stays fast: matplotlib, pandas and the training stack load only
     inside the report (or training) code that needs them."""
     code = (
-        "import sys, json; import automation.cli, automation.report, automation.plots, automation.compare, "
-        "automation.render, automation.runs, automation.follow; print(json.dumps(sorted(sys.modules)))"
+        "import sys, json; import automation.cli.main, automation.report.page, automation.report.plots, "
+        "automation.report.compare, automation.cli.render, automation.runs.records, automation.cli.follow; "
+        "print(json.dumps(sorted(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT).stdout
     loaded = set(json.loads(out))

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from automation import motoserver
 from automation.executors.base import ProvisionError
 from automation.executors.ec2 import Ec2Executor
 from automation.executors.run_stacks import PulumiStackOps, StackCommandFailed
-from automation.sandbox import REGION, SandboxInfo, seed
+from automation.sandbox import motoserver
+from automation.sandbox.control import REGION, SandboxInfo, seed
+from automation.sandbox.strictmoto import OPERATORS
 from automation.stacks.run import RunStackConfig
-from automation.strictmoto import OPERATORS
 from instance.protocol.artifacts import get_json
 from instance.protocol.aws import client
 from instance.protocol.ec2 import instance_state, instances_by_tag

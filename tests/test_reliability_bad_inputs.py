@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from automation import motoserver
-from automation.sandbox import SandboxInfo, seed
-from automation.strictmoto import DEPLOYER
+from automation.sandbox import motoserver
+from automation.sandbox.control import SandboxInfo, seed
+from automation.sandbox.strictmoto import DEPLOYER
 from instance.protocol.aws import AwsTarget, client
 from instance.protocol.layout import bucket_name
 from tests.agent_fixtures import run_config, synthetic_frame, write_parquet

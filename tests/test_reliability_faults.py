@@ -19,8 +19,8 @@ import time
 import pytest
 import yaml
 
-from automation import motoserver
-from automation.sandbox import REGION, SandboxInfo, seed
+from automation.sandbox import motoserver
+from automation.sandbox.control import REGION, SandboxInfo, seed
 from instance.protocol.aws import client
 from instance.protocol.layout import DATASETS_PREFIX, Layout, bucket_name
 from tests.agent_fixtures import (DATA_PREFIX, instance_state, keys_under, parquet_bytes, run_config, synthetic_frame,

@@ -15,8 +15,8 @@ import subprocess
 import pytest
 import yaml
 
-from automation import motoserver
-from automation.sandbox import REGION, SandboxInfo, seed
+from automation.sandbox import motoserver
+from automation.sandbox.control import REGION, SandboxInfo, seed
 from instance.protocol.aws import client
 from instance.protocol.layout import DATASETS_PREFIX, PROJECT_TAG, Layout, bucket_name
 from tests.agent_fixtures import DATA_PREFIX, get_json, keys_under, parquet_bytes, run_config, synthetic_frame, write_parquet

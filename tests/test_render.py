@@ -1,8 +1,8 @@
 """What a person sees: the live panel, the final report and the runs table."""
 from rich.console import Console
 
-from automation.render import final_report, run_panel, runs_table
-from automation.runs import from_record, from_state
+from automation.cli.render import final_report, run_panel, runs_table
+from automation.runs.records import from_record, from_state
 from instance.protocol.timeutil import iso, utcnow
 
 STATE = {

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from automation import motoserver
-from automation.strictmoto import DEPLOYER
+from automation.sandbox import motoserver
+from automation.sandbox.strictmoto import DEPLOYER
 from instance.model.evaluation import QUANTILE_COLUMNS
 from instance.protocol.artifacts import get_json, put_json
 from instance.protocol.aws import AwsTarget, client

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from automation import motoserver
-from automation.cli import cli
-from automation.compare import best_of, compare_records, config_diff
-from automation.sandbox import SandboxInfo, seed
-from automation.strictmoto import DEPLOYER
+from automation.cli.main import cli
+from automation.report.compare import best_of, compare_records, config_diff
+from automation.sandbox import motoserver
+from automation.sandbox.control import SandboxInfo, seed
+from automation.sandbox.strictmoto import DEPLOYER
 from instance.protocol.artifacts import put_json
 from instance.protocol.aws import AwsTarget, client
 from instance.protocol.layout import Layout, bucket_name

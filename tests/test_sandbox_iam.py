@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from automation.sandbox import SandboxInfo, instance_credentials, instance_role_name, seed
+from automation.sandbox.control import SandboxInfo, instance_credentials, instance_role_name, seed
+from automation.sandbox.strictmoto import DEPLOYER, OPERATORS, SANDBOX_ACCOUNT
 from automation.stacks.policies import instance_policy
-from automation.strictmoto import DEPLOYER, OPERATORS, SANDBOX_ACCOUNT
 from instance.protocol.aws import AwsTarget, client, error_code
 from instance.protocol.layout import bucket_name
 from tests.cli_helpers import cli_env, run_cli

@@ -7,8 +7,8 @@ import pytest
 
 from automation.context import Target
 from automation.executors.local import LocalExecutor
-from automation.sandbox import SandboxInfo, seed
-from automation.verify import verify
+from automation.runs.verify import verify
+from automation.sandbox.control import SandboxInfo, seed
 from instance.protocol.artifacts import get_json
 from instance.protocol.ec2 import run_tags
 from instance.protocol.layout import Layout
@@ -98,8 +98,8 @@ def test_fresh_lock_of_a_live_run_is_not_a_leftover(target, executor):
 
 
 def test_follower_rides_out_a_few_failed_polls(target, executor, monkeypatch):
-    from automation import follow as follow_mod
-    from automation.runs import RunView
+    from automation.cli import follow as follow_mod
+    from automation.runs.records import RunView
 
     record = {"run_id": RUN, "final_status": "completed", "phases": {}}
     from instance.protocol.artifacts import put_json

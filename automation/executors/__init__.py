@@ -1,4 +1,5 @@
-"""Pick the executor for a target: the local process runner, or EC2 through Pulumi."""
+"""Where a run's machine comes from: a local process (alone or in a local group), or EC2 through the
+Automation API. `for_target` picks one for a target."""
 from __future__ import annotations
 
 from typing import Callable

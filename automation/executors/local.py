@@ -15,8 +15,8 @@ from instance.protocol.ec2 import instance_state as ec2_instance_state
 from instance.protocol.group import describe_group, end_group, group_name, mixed_instances_policy, wants_machine
 from instance.protocol.layout import PROJECT_TAG, Layout
 
-from ..bundle import unpack_bundle
-from ..context import home
+from .bundle import unpack_bundle
+from ..settings import home
 from ..settings import settings
 from .base import ProvisionError, Provisioned, ProvisionRequest
 from .localgroup import AGENT_PID, PLAYER_PID, GroupSpec, start_player

@@ -144,7 +144,7 @@ class Player:
     def __init__(self, run_dir: Path):
         from instance.protocol.aws import AwsTarget, client
 
-        from ..strictmoto import EC2_SERVICE
+        from ..sandbox.strictmoto import EC2_SERVICE
 
         self.run_dir = run_dir
         self.spec = GroupSpec.load(run_dir)
@@ -206,7 +206,7 @@ class Player:
     def _boot(self, instance_id: str) -> None:
         from instance.protocol.aws import AwsTarget
 
-        from ..sandbox import instance_credentials
+        from ..sandbox.control import instance_credentials
 
         agent_dir = self.run_dir / "agents" / instance_id
         agent_dir.mkdir(parents=True, exist_ok=True)

@@ -26,10 +26,10 @@ from instance.protocol.group import end_group
 from instance.protocol.state import Fenced, LockError
 from instance.protocol.status import Status
 
-from .context import Target
-from .errors import NoSuchRun
-from .runs import record_end_from_cli, step
-from .settings import settings
+from ..context import Target
+from ..errors import NoSuchRun
+from .records import record_end_from_cli, step
+from ..settings import settings
 
 log = logging.getLogger(__name__)
 

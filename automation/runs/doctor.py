@@ -19,8 +19,8 @@ from instance.protocol.layout import is_region_name
 from instance.protocol.pricing import PRICES
 from instance.protocol.runconfig import RunConfig
 
-from .context import Target
-from .errors import ChronosError
+from ..context import Target
+from ..errors import ChronosError
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 # Service Quotas codes of the vCPU quotas per instance family (EC2 "instance buckets").
@@ -170,7 +170,7 @@ def _quiet_env() -> dict:
 
 
 def _pulumi_cli(target: Target) -> Check:
-    from .executors.run_stacks import MIN_PULUMI_CLI
+    from ..executors.run_stacks import MIN_PULUMI_CLI
 
     version = pulumi_version()
     wanted = ".".join(map(str, MIN_PULUMI_CLI))
@@ -189,7 +189,7 @@ def quota_code(instance_type: str, spot: bool) -> str | None:
 
 
 def _quota(target: Target, config: RunConfig | None) -> Check:
-    from .executors.ec2 import quota_name
+    from ..executors.ec2 import quota_name
 
     itype = config.instance.type if config else RunConfig.model_fields["instance"].default.type
     spot = bool(config and config.instance.spot)
@@ -245,7 +245,7 @@ def _encryption(target: Target) -> Check:
 
 
 def _lifecycle(target: Target) -> Check:
-    from .stacks.persistent_config import PersistentConfig, lifecycle_rules
+    from ..stacks.persistent_config import PersistentConfig, lifecycle_rules
 
     def judge(deployed) -> Check:
         enabled = {r.get("ID"): r for r in deployed if r.get("Status") == "Enabled"}

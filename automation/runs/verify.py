@@ -18,11 +18,11 @@ from instance.protocol.liveness import Verdict
 from instance.protocol.state import Lease
 from instance.protocol.timeutil import utcnow
 
-from .context import Target
+from ..context import Target
 from .ending import force_end
 from .runcheck import check_run
-from .runs import duration
-from .settings import settings
+from .records import duration
+from ..settings import settings
 
 S3_STANDARD_PER_GB_MONTH = 0.023
 BILLABLE = ("instance", "volume", "stale_lock", "multipart_upload", "group")

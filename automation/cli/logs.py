@@ -8,8 +8,8 @@ from typing import Iterator
 
 from instance.protocol.aws import error_code, is_not_found
 
-from .context import Target
-from .errors import NoSuchRun
+from ..context import Target
+from ..errors import NoSuchRun
 
 
 def _read_from(target: Target, key: str, offset: int) -> bytes | None:

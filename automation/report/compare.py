@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 from instance.protocol.artifacts import get_json
 
-from .context import Target
-from .errors import BadInput, NoSuchRun, RunNotFinished
+from ..context import Target
+from ..errors import BadInput, NoSuchRun, RunNotFinished
 
 
 @dataclass

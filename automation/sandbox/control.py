@@ -1,6 +1,6 @@
 """The embedded AWS stand-in for --local: a moto server process on loopback, seeded like a
 deployed persistent stack (bucket, infra.json, VPC, subnets, security group, instance role and
-profile, operator policy), with IAM enforced (automation/strictmoto.py).
+profile, operator policy), with IAM enforced (automation/sandbox/strictmoto.py).
 
 Three kinds of caller, as on AWS: the deployer seeds (what `pulumi up` does as an admin), the
 CLI acts as the environment's operator (exactly the operator policy), and the agent as the
@@ -21,10 +21,10 @@ from instance.protocol.aws import AwsTarget, client, is_not_found
 from instance.protocol.layout import KNOWN_ENVS, Layout, bucket_name
 from instance.protocol.processes import pid_alive
 
+from ..infra_record import InfraRecord
+from ..settings import home
+from ..stacks.policies import assume_role_policy, instance_policy, operator_policy
 from . import motoserver
-from .context import home
-from .infra_record import InfraRecord
-from .stacks.policies import assume_role_policy, instance_policy, operator_policy
 from .strictmoto import DEPLOYER, EC2_SERVICE, OPERATORS, Identity
 
 REGION = "us-east-1"

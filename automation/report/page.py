@@ -22,9 +22,9 @@ from instance.protocol.artifacts import get_json
 from instance.protocol.layout import s3_uri
 from instance.protocol.timeutil import parse_iso
 
-from .context import Target
-from .errors import NoEvaluation, NoSuchRun, RunNotFinished
-from .runs import duration
+from ..context import Target
+from ..errors import NoEvaluation, NoSuchRun, RunNotFinished
+from ..runs.records import duration
 
 PHONE_PX = 640  # at most this wide, the page stacks its parts and shows the narrow charts
 MODEL_NAMES = {"finetuned": "fine-tuned", "zero_shot": "zero-shot (base)", "seasonal_naive": "seasonal naive"}

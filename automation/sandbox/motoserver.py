@@ -1,7 +1,7 @@
 """Start and probe a moto server process on loopback (the tests' and the sandbox's AWS).
 
-`python -m automation.motoserver PORT` serves moto made as strict as AWS where the project
-relies on it (automation/strictmoto.py): IAM enforced for every request, real resource ARNs for
+`python -m automation.sandbox.motoserver PORT` serves moto made as strict as AWS where the project
+relies on it (automation/sandbox/strictmoto.py): IAM enforced for every request, real resource ARNs for
 the actions we call, atomic conditional writes. Only the identities in strictmoto get in.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def start(port: int, log_path: Path | None = None, detach: bool = False) -> subp
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     env = {**os.environ, "MOTO_ACCOUNT_ID": SANDBOX_ACCOUNT}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "automation.motoserver", str(port)],
+        [sys.executable, "-m", "automation.sandbox.motoserver", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -10,9 +10,9 @@ from instance.protocol.artifacts import get_json
 from instance.protocol.aws import is_not_found
 from instance.protocol.liveness import Verdict
 
-from .context import Target
-from .runcheck import check_run
-from .runs import RunView, from_record, from_state, record_end_from_cli
+from ..context import Target
+from ..runs.records import RunView, from_record, from_state, record_end_from_cli
+from ..runs.runcheck import check_run
 
 log = logging.getLogger(__name__)
 

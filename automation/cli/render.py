@@ -18,7 +18,7 @@ from rich.text import Text
 from instance.protocol.pricing import PRICES
 from instance.protocol.status import MAIN_CHAIN
 
-from .runs import RunView, duration
+from ..runs.records import RunView, duration
 
 STATUS_STYLE = {"completed": "bold green", "failed": "bold red", "killed": "bold yellow", "training": "bold cyan"}
 

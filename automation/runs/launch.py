@@ -18,13 +18,13 @@ from instance.protocol.pricing import PRICES, hourly
 from instance.protocol.runconfig import ConfigError, RunConfig, check_runtime_support, load_config
 from instance.protocol.timeutil import iso
 
-from .context import Target, translate_aws_error
-from .datasets import check_local_dataset, check_remote_dataset, upload_dataset
-from .errors import BadInput, Busy, ChronosError, Interrupted
-from .executors.base import Executor, ProvisionError, ProvisionRequest
-from .infra_record import InfraRecord
-from .interrupts import sigint_deferred
-from .settings import settings
+from ..context import Target, translate_aws_error
+from ..datasets import check_local_dataset, check_remote_dataset, upload_dataset
+from ..errors import BadInput, Busy, ChronosError, Interrupted
+from ..executors.base import Executor, ProvisionError, ProvisionRequest
+from ..infra_record import InfraRecord
+from ..interrupts import sigint_deferred
+from ..settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor,
     released. `progress` hears one line per step."""
     from instance.protocol.state import LockBusy, LockError
 
-    from .bundle import build_bundle
+    from ..executors.bundle import build_bundle
 
     store = target.state_store()
     run_id = new_run_id()
@@ -300,7 +300,7 @@ def _record_launch_failure(target: Target, store, lease, run_id: str, exc: BaseE
     the lock goes; a lock someone else already moved on is theirs."""
     from instance.protocol.state import LockError
 
-    from .runs import record_end_from_cli, step
+    from .records import record_end_from_cli, step
 
     kind = getattr(exc, "kind", None)
     reason = (f"provision_{kind}" if isinstance(exc, ProvisionError) else

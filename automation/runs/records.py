@@ -13,8 +13,8 @@ from instance.protocol.layout import run_started_at, s3_uri
 from instance.protocol.pricing import PRICES, cost
 from instance.protocol.timeutil import iso, parse_iso, utcnow
 
-from .context import Target
-from .errors import ChronosError, NoSuchRun
+from ..context import Target
+from ..errors import ChronosError, NoSuchRun
 
 
 @dataclass
@@ -119,7 +119,7 @@ def from_record(record: dict) -> RunView:
 
 def view(target: Target, run_id: str | None = None, check: Callable[[Any], Verdict] | None = None) -> RunView:
     """The active run (one GET), a named run, or the latest one. `check` judges the active run's
-    lease (automation/runcheck.py: EC2's word on its machine)."""
+    lease (automation/runs/runcheck.py: EC2's word on its machine)."""
     lease = target.state_store().read()
     if lease and (run_id is None or lease.run_id == run_id):
         shown = from_state(dict(lease.state))

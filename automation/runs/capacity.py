@@ -8,9 +8,9 @@ from typing import Any, Mapping
 from instance.protocol.aws import client, error_code
 from instance.protocol.pricing import PRICES
 
-from .context import Target
+from ..context import Target
 from .doctor import quota_code
-from .executors.ec2 import quota_name
+from ..executors.ec2 import quota_name
 
 log = logging.getLogger(__name__)
 

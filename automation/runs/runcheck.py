@@ -8,9 +8,9 @@ from instance.protocol.group import describe_group, group_name, wants_machine
 from instance.protocol.liveness import Machine, Verdict, judge
 from instance.protocol.state import Lease
 
-from .context import Target
+from ..context import Target
 from .ending import instance_state
-from .settings import settings
+from ..settings import settings
 
 
 def check_run(target: Target, executor, lease: Lease, groups: list[dict] | None = None,
