@@ -94,6 +94,8 @@ def test_a_planted_back_arrow_is_found(tmp_path):
 def test_room_packages_stay_thin():
     """A room's __init__.py names its job and holds nothing else; what a room holds lives in
     modules whose names say so (executors/ keeps its one factory, which every command asks for)."""
+    rooms = sorted({p.parent for p in (ROOT / "automation").rglob("*.py")} - {ROOT / "automation"})
+    assert [r.name for r in rooms if not (r / "__init__.py").is_file()] == [], "a room without its __init__.py"
     for init in sorted((ROOT / "automation").glob("*/__init__.py")):
         tree = ast.parse(init.read_text())
         assert ast.get_docstring(tree), f"{init.parent.name}/__init__.py names its room's job"
