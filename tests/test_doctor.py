@@ -127,6 +127,30 @@ def test_doctor_under_local_runs_what_the_sandbox_can_answer_and_says_why_not_th
     assert len(human.stdout.splitlines()) == len(checks) + 1, "one line a check"
 
 
+def test_doctor_says_what_a_customer_managed_ebs_key_must_grant_auto_scaling(aws, sandbox, tmp_path):
+    """The root volume is encrypted with the account's default EBS key; a customer managed one
+    must let Auto Scaling's service-linked role use it, or every group launch fails. doctor reads
+    the key and its policy as the operator (the sandbox enforces the operator policy)."""
+    env = cli_env(aws.endpoint_url, tmp_path / "home")
+    assert checks_of(run_cli(env, "--local", "doctor", "--json"))["EBS default key"]["status"] == "pass"
+    kms, ec2 = client("kms", aws), client("ec2", aws)  # the account's owner chooses a key of their own
+    key = kms.create_key(Description="team key")["KeyMetadata"]
+    ec2.modify_ebs_default_kms_key_id(KmsKeyId=key["Arn"])
+    result = run_cli(env, "--local", "doctor", "--json")
+    assert result.returncode == 2
+    check = checks_of(result)["EBS default key"]
+    role = f"arn:aws:iam::{motoserver.SANDBOX_ACCOUNT}:role/aws-service-role/autoscaling.amazonaws.com/" \
+           "AWSServiceRoleForAutoScaling"
+    assert check["status"] == "fail" and key["KeyId"] in check["detail"], check
+    assert role in check["fix"] and "kms:CreateGrant" in check["fix"], check
+    statement = {"Effect": "Allow", "Principal": {"AWS": role}, "Resource": "*",
+                 "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey",
+                            "kms:CreateGrant"]}
+    kms.put_key_policy(KeyId=key["KeyId"], PolicyName="default",
+                       Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
+    assert checks_of(run_cli(env, "--local", "doctor", "--json"))["EBS default key"]["status"] == "pass"
+
+
 def test_doctor_on_a_ready_account_passes_every_check(on_aws, tmp_path):
     env, proxy, _ = on_aws
     result = run_cli(env, "doctor", "--config", write_config(tmp_path), "--json")
@@ -233,7 +257,7 @@ def test_dry_run_on_aws_previews_the_run_stack_and_writes_nothing(on_aws, tmp_pa
     result = run_cli(env, "launch", write_config(tmp_path), "--dry-run")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "zones     us-east-1a, us-east-1b (tried in this order" in out
+    assert "zones     us-east-1a, us-east-1b (the group launches in whichever has capacity)" in out
     assert "create   aws:ec2/instance:Instance" in out and "instanceType g4dn.xlarge" in out
     assert "changes: 3 to create" in out and "pass  vCPU quota" in out
     assert bucket_keys(s3) == before, "no lock, no upload, no stack state in the bucket"

@@ -361,13 +361,18 @@ def test_instance_reads_no_launch_state(stack):
     assert not granting(_instance_policy(stack), "s3:GetObject", _obj("dev/pulumi/.pulumi/stacks/chronos-run/x.json"))
 
 
-def test_instance_lists_only_its_prefixes(stack):
-    statement = _instance_statements(stack)["ListOwnPrefixes"]
+def test_instance_lists_its_bucket_without_a_condition_so_a_missing_key_reads_404(stack):
+    """S3 answers a GET/HEAD of a missing key with 404 only to a caller that may list the bucket,
+    and such a request has no s3:prefix: the grant must hold without one (the sandbox plays the
+    same rule: tests/test_sandbox_iam.py). Listing reveals names in this bucket only."""
+    from automation.sandbox.strictmoto import may_list_bucket
+
+    statement = _instance_statements(stack)["ListBucket"]
     policy = stack.one(ROLE_POLICY)
     assert statement["Action"] == ["s3:ListBucket"] and statement["Resource"] == [f"arn:aws:s3:::{BUCKET}"], \
         policy.fail(f"list statement {statement}")
-    assert statement["Condition"] == {"StringLike": {"s3:prefix": ["cached-datasets/*", "dev/*"]}}, \
-        policy.fail(f"listing not limited by prefix: {statement.get('Condition')}")
+    assert may_list_bucket([_instance_policy(stack)], f"arn:aws:s3:::{BUCKET}"), policy.fail("no ListBucket for GET")
+    assert not may_list_bucket([_instance_policy(stack)], "arn:aws:s3:::another-bucket"), policy.fail(statement)
 
 
 def test_instance_terminates_itself_only(stack):
@@ -383,7 +388,7 @@ def test_instance_terminates_itself_only(stack):
 
 def test_instance_policy_has_nothing_else(stack):
     assert set(_instance_statements(stack)) == {
-        "ReadDatasets", "SaveEnvironmentCache", "ReadWriteRuns", "ListOwnPrefixes", "EndOwnRunGroup",
+        "ReadDatasets", "SaveEnvironmentCache", "ReadWriteRuns", "ListBucket", "EndOwnRunGroup",
         "TerminateItselfOnly"}
 
 

@@ -87,10 +87,85 @@ def test_the_agent_ends_its_own_machine_and_no_other(sandbox):
     assert ec2.terminate_instances(InstanceIds=[own])["TerminatingInstances"][0]["CurrentState"]["Name"] == "shutting-down"
 
 
-def test_a_missing_key_still_reads_not_found_for_both(sandbox):
+def test_a_missing_key_reads_not_found_for_both(sandbox):
     info, record = sandbox
     for target in (_agent(info, _instance(info, record)), info.target(OPERATORS["dev"])):
-        assert _code(lambda: client("s3", target).get_object(Bucket=BUCKET, Key="dev/system-state.json")) == "NoSuchKey"
+        s3 = client("s3", target)
+        assert _code(lambda: s3.get_object(Bucket=BUCKET, Key="dev/system-state.json")) == "NoSuchKey"
+        assert _code(lambda: s3.head_object(Bucket=BUCKET, Key="dev/logs/run-20261129-101500-ab12/training.json")) \
+            == "404"
+
+
+def test_a_missing_key_is_403_to_a_caller_who_may_not_list_the_bucket(sandbox, aws):
+    """As S3 does (GetObject/HeadObject, "Permissions"): without s3:ListBucket that holds for a
+    GET (which carries no s3:prefix), a missing key reads 403 AccessDenied. The instance policy
+    before this rule (listing limited by s3:prefix) fails here: every first run's HEAD of its
+    own training.json would have been refused on AWS."""
+    info, record = sandbox
+    previous = instance_policy(f"arn:aws:s3:::{BUCKET}", "dev", aws.region, SANDBOX_ACCOUNT)
+    listing = next(st for st in previous["Statement"] if st["Sid"] == "ListBucket")
+    listing["Condition"] = {"StringLike": {"s3:prefix": ["cached-datasets/*", "dev/*"]}}
+    iam = client("iam", info.target(DEPLOYER))
+    iam.put_role_policy(RoleName=instance_role_name("dev"), PolicyName="instance", PolicyDocument=json.dumps(previous))
+    try:
+        s3 = client("s3", _agent(info, _instance(info, record)))
+        key = "dev/logs/run-20261129-101500-ab12/training.json"
+        assert _code(lambda: s3.head_object(Bucket=BUCKET, Key=key)) == "403"
+        assert _code(lambda: s3.get_object(Bucket=BUCKET, Key=key)) == "AccessDenied"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"{}")  # an existing key reads as before
+        assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"{}"
+    finally:
+        seed(info, "dev")  # the deployed policy again
+
+
+def test_verify_cleanup_fix_as_the_operator_aborts_every_incomplete_upload(sandbox, aws, tmp_path):
+    """Parts of an interrupted upload bill until the lifecycle rule removes them: a machine's save
+    of the environment cache, a dataset upload, a run's model. --fix, as the operator, ends all."""
+    info, record = sandbox
+    agent = client("s3", _agent(info, _instance(info, record)))
+    agent.create_multipart_upload(Bucket=BUCKET, Key="cached-datasets/python-env/chronos-env-x.tar.gz")
+    agent.create_multipart_upload(Bucket=BUCKET, Key=RUN_KEY)
+    client("s3", info.target(OPERATORS["dev"])).create_multipart_upload(
+        Bucket=BUCKET, Key="cached-datasets/2026/11/sales-1a2b3c4d/part-0.parquet")
+    env = cli_env(aws.endpoint_url, tmp_path / "home")
+    found = run_cli(env, "--local", "verify-cleanup", "--json")
+    assert found.returncode == 6 and len([f for f in json.loads(found.stdout)["findings"]
+                                          if f["kind"] == "multipart_upload"]) == 3, found.stdout
+    fixed = run_cli(env, "--local", "verify-cleanup", "--fix", "--json")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert client("s3", info.target(DEPLOYER)).list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("statement,may", [
+    ({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::b"}, True),
+    ({"Effect": "Allow", "Action": ["s3:*"], "Resource": ["*"]}, True),
+    ({"Effect": "Allow", "Action": "S3:listbucket", "Resource": "arn:aws:s3:::b"}, True),
+    ({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::b/*"}, False),
+    ({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::other"}, False),
+    ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b"}, False),
+    ({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::b",
+      "Condition": {"StringLike": {"s3:prefix": ["dev/*"]}}}, False),
+    ({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::b",
+      "Condition": {"StringLikeIfExists": {"s3:prefix": ["dev/*"]}}}, True),
+    ({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::b",
+      "Condition": {"StringNotLike": {"s3:prefix": ["secret/*"]}}}, True),
+    ({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::b",
+      "Condition": {"Null": {"s3:prefix": "true"}}}, True),
+    ({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::b",
+      "Condition": {"ForAnyValue:StringLike": {"s3:prefix": ["dev/*"]}}}, False),
+])
+def test_who_may_list_the_bucket_for_a_get(statement, may):
+    from automation.sandbox.strictmoto import may_list_bucket
+
+    assert may_list_bucket([{"Statement": [statement]}], "arn:aws:s3:::b") is may
+
+
+def test_an_unconditional_deny_of_listing_wins():
+    from automation.sandbox.strictmoto import may_list_bucket
+
+    allow = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+    deny = {"Effect": "Deny", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::b"}
+    assert not may_list_bucket([{"Statement": [allow]}, {"Statement": deny}], "arn:aws:s3:::b")
 
 
 @pytest.mark.parametrize("bucket,key", [

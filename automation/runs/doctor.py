@@ -8,6 +8,7 @@ is seeded by chronos-train, not deployed by `pulumi up`).
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -67,7 +68,7 @@ def doctor(target: Target, config: RunConfig | None = None) -> list[Check]:
     if infra is not None:
         checks += [_infra_region(target, infra), _subnets(target, infra), _security_group(target, infra),
                    _instance_profile(target, infra), _ami(target, infra)]
-    checks += [_pulumi_cli(target), _quota(target, config)]
+    checks += [_pulumi_cli(target), _quota(target, config), _ebs_key(target)]
     checks += [_encryption(target), _lifecycle(target)]
     return checks
 
@@ -263,6 +264,56 @@ def _lifecycle(target: Target) -> Check:
         target, "bucket lifecycle", "lifecycle rules",
         lambda: target.s3.get_bucket_lifecycle_configuration(Bucket=target.bucket)["Rules"],
         "NoSuchLifecycleConfiguration", judge)
+
+
+AWS_MANAGED_EBS_KEY = "alias/aws/ebs"
+AUTOSCALING_ROLE = "role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
+
+
+def _ebs_key(target: Target) -> Check:
+    """The run's root volume is encrypted with the account's default EBS key. A customer managed
+    key must let Auto Scaling's service-linked role use it, or every launch of the group fails
+    (EC2 Auto Scaling guide, "Required AWS KMS key policy for use with encrypted volumes")."""
+    name = "EBS default key"
+
+    def probe() -> Check:
+        key = _client(target, "ec2").get_ebs_default_kms_key_id()["KmsKeyId"]
+        if key.rsplit(":", 1)[-1] == AWS_MANAGED_EBS_KEY:
+            return Check(name, PASS, "the AWS managed key (alias/aws/ebs) encrypts the root volume")
+        kms = _client(target, "kms")
+        meta = kms.describe_key(KeyId=key)["KeyMetadata"]
+        if meta.get("KeyManager") == "AWS":
+            return Check(name, PASS, f"{key}, an AWS managed key")
+        role = f"arn:aws:iam::{meta['AWSAccountId']}:{AUTOSCALING_ROLE}"
+        fix = (f"add to the policy of key {meta['KeyId']} a statement that lets {role} use it (kms:Encrypt, "
+               "kms:Decrypt, kms:ReEncrypt*, kms:GenerateDataKey*, kms:DescribeKey) and one that lets it "
+               "kms:CreateGrant when kms:GrantIsForAWSResource is true")
+        try:
+            policy = json.loads(kms.get_key_policy(KeyId=meta["KeyId"], PolicyName="default")["Policy"])
+        except Exception as exc:
+            if error_code(exc) not in ("AccessDeniedException", "AccessDenied"):
+                raise
+            return Check(name, SKIP, f"customer managed key {meta['KeyId']}, whose policy this identity may not read; "
+                         "every launch fails unless Auto Scaling's service-linked role may use it", fix)
+        if not _lets_use(policy, role):
+            return Check(name, FAIL, f"customer managed key {meta['KeyId']} does not let Auto Scaling's "
+                         "service-linked role use it: every launch of the run's group would fail", fix)
+        return Check(name, PASS, f"customer managed key {meta['KeyId']}, usable by Auto Scaling's service-linked role")
+
+    return _guard(name, "check the account's default EBS key (EC2 console, Settings, EBS encryption)", probe)
+
+
+def _lets_use(policy: dict, principal: str) -> bool:
+    """Whether a key policy allows `principal` to create grants and decrypt: what launching an
+    instance with a volume encrypted under the key takes."""
+    allowed: set[str] = set()
+    for st in policy.get("Statement", []):
+        who = (st.get("Principal") or {}).get("AWS", []) if isinstance(st.get("Principal"), dict) else []
+        who = [who] if isinstance(who, str) else who
+        if st.get("Effect") == "Allow" and principal in who:
+            actions = st.get("Action", [])
+            allowed |= {actions} if isinstance(actions, str) else set(actions)
+    return all(any(a in ("*", "kms:*", needed) for a in allowed) for needed in ("kms:CreateGrant", "kms:Decrypt"))
 
 
 def _client(target: Target, service: str):

@@ -13,7 +13,12 @@ it set, it checks signatures and evaluates IAM policies for IAM users and assume
 - it checks a conditional write's precondition and then writes, so two racing conditional
   PUTs can both win (`SerializeConditionalRequests`);
 - it evaluates only `StringEquals` on `sts:ExternalId` among conditions: every other `Condition`
-  block is ignored (docs/reliability.md lists them and the tests that check them instead).
+  block is ignored (docs/reliability.md lists them and the tests that check them instead);
+- it answers a GET or HEAD of a missing key with 404 whoever asks. S3 answers 404 only to a
+  caller allowed s3:ListBucket on the bucket, else 403 AccessDenied (S3 API reference, GetObject
+  and HeadObject, "Permissions"). Such a request carries no `s3:prefix`, so the sandbox counts
+  only a ListBucket grant that needs no condition (`may_list_bucket`): the worse of the two
+  readings public reports give for a prefix-limited grant.
 
 The fixed identities below exist from the server's start and again after every reset. Their
 keys are not secrets: they open a loopback sandbox and nothing else.
@@ -120,11 +125,61 @@ def ssm_parameter_arn(name: str, region: str, account: str) -> str:
     return f"arn:aws:ssm:{region}:{owner}:parameter/{name.lstrip('/')}"
 
 
+def kms_key_arn(key_id: str, region: str, account: str) -> str:
+    """A KMS key as its ARN (an id or ARN; an alias stays an alias ARN, which a `key/*` grant
+    does not match: the worse reading, AWS itself authorises an alias against its key)."""
+    if key_id.startswith("arn:"):
+        return key_id
+    kind = "" if key_id.startswith("alias/") else "key/"
+    return f"arn:aws:kms:{region}:{account}:{kind}{key_id}"
+
+
 def resolve_policy_variables(document: str, session_name: str | None) -> str:
     """`${ec2:InstanceID}` is the instance whose role signed the call: the session's name."""
     if session_name and re.fullmatch(r"i-[0-9a-f]{8,17}", session_name):
         return document.replace("${ec2:InstanceID}", session_name)
     return document
+
+
+def may_list_bucket(policies: list[dict], bucket_arn: str) -> bool:
+    """Whether identity policies allow s3:ListBucket on the bucket to a GET or HEAD of a key. Such
+    a request has no list context (no `s3:prefix`, `s3:delimiter`, `s3:max-keys`), so a statement
+    applies only when its conditions hold with their keys absent; a Deny that applies wins."""
+    allowed = False
+    for policy in policies:
+        statements = policy.get("Statement", [])
+        for statement in [statements] if isinstance(statements, dict) else statements:
+            # Action names are case-insensitive in IAM; resource ARNs are not.
+            if not (_matches(statement.get("Action", []), "s3:ListBucket", re.IGNORECASE)
+                    and _matches(statement.get("Resource", []), bucket_arn)):
+                continue
+            if not all(_holds_without_key(op, values) for op, values in (statement.get("Condition") or {}).items()):
+                continue
+            if statement.get("Effect") == "Deny":
+                return False
+            allowed = allowed or statement.get("Effect") == "Allow"
+    return allowed
+
+
+# IAM: a condition whose key the request lacks is false, except for the negated operators and
+# `...IfExists` (true), and `Null` (true when it asks for the key to be absent).
+_NEGATED = ("StringNotEquals", "StringNotEqualsIgnoreCase", "StringNotLike", "NumericNotEquals", "DateNotEquals",
+            "NotIpAddress", "ArnNotEquals", "ArnNotLike")
+
+
+def _holds_without_key(operator: str, values: dict) -> bool:
+    qualifier, _, operator = operator.rpartition(":")  # ForAnyValue: / ForAllValues:
+    if qualifier == "ForAllValues" or operator.endswith("IfExists") or operator in _NEGATED:
+        return True
+    if operator == "Null":
+        return all(str(v).lower() == "true" for value in values.values()
+                   for v in ([value] if not isinstance(value, list) else value))
+    return False
+
+
+def _matches(patterns, value: str, flags: int = 0) -> bool:
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    return any(re.match(glob_to_regex(p), value, flags=re.DOTALL | flags) for p in patterns)
 
 
 # -- installed into the moto server process ------------------------------------------------------
@@ -190,6 +245,8 @@ def install() -> None:
         if service == "ssm" and action in ("GetParameter", "GetParameters"):
             names = [self._get_param("Name")] if action == "GetParameter" else (self._get_param("Names") or [])
             resources = [ssm_parameter_arn(n, self.region, self.current_account) for n in names if n] or ["*"]
+        elif service == "kms" and self._get_param("KeyId"):
+            resources = [kms_key_arn(self._get_param("KeyId"), self.region, self.current_account)]
         elif resource == "*":
             resources = resource_of(service, action, self.querystring, self.region, self.current_account)
         else:
@@ -198,6 +255,8 @@ def install() -> None:
             original_authorize(self, arn)
 
     BaseResponse._authenticate_and_authorize_normal_action = authorize
+    _answer_missing_keys_as_s3()
+    _answer_ebs_default_kms_key()
 
     original_reset = type(moto_api_backend).reset
 
@@ -207,6 +266,56 @@ def install() -> None:
 
     type(moto_api_backend).reset = reset
     create_identities()
+
+
+def _answer_missing_keys_as_s3() -> None:
+    """A GET or HEAD of a missing key: 404 only to a caller that may list the bucket, else 403."""
+    from moto.iam.access_control import IAMPolicy, create_access_key
+    from moto.s3.exceptions import BucketAccessDeniedError, MissingKey
+    from moto.s3.responses import S3Response
+
+    def refuse_unless_listable(response, bucket: str) -> None:
+        authorization = response.headers.get("Authorization") or ""
+        key_id = authorization.partition("Credential=")[2].split("/", 1)[0]
+        if not key_id:
+            return  # unsigned: moto has refused it already
+        caller = create_access_key(account_id=response.current_account, partition="aws", access_key_id=key_id,
+                                   headers=response.headers)
+        policies = [IAMPolicy(p)._policy_json for p in caller.collect_policies()]
+        if not may_list_bucket(policies, f"arn:aws:s3:::{bucket}"):
+            raise BucketAccessDeniedError(bucket=bucket)
+
+    original_get = S3Response._key_response_get
+
+    def key_get(self, query, key_name):
+        try:
+            return original_get(self, query, key_name)
+        except MissingKey:
+            refuse_unless_listable(self, self.bucket_name)
+            raise
+
+    original_head = S3Response.head_object
+
+    def head_object(self, bucket_name, query, key_name, headers):
+        status, response_headers, body = original_head(self, bucket_name, query, key_name, headers)
+        if status == 404 and "x-amz-delete-marker" not in response_headers:
+            refuse_unless_listable(self, bucket_name)
+        return status, response_headers, body
+
+    S3Response._key_response_get = key_get
+    S3Response.head_object = head_object
+
+
+def _answer_ebs_default_kms_key() -> None:
+    """EC2's GetEbsDefaultKmsKeyId, which moto lacks (it has the Modify): `alias/aws/ebs` until
+    the account chooses another key, as on AWS."""
+    from moto.core.responses import ActionResult
+    from moto.ec2.responses import EC2Response
+
+    def get_ebs_default_kms_key_id(self) -> ActionResult:
+        return ActionResult({"KmsKeyId": self.ec2_backend.default_kms_key_id or "alias/aws/ebs"})
+
+    EC2Response.get_ebs_default_kms_key_id = get_ebs_default_kms_key_id
 
 
 def create_identities() -> None:

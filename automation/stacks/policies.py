@@ -69,11 +69,15 @@ def instance_policy(bucket_arn: str, env: str, region: str, account: str) -> dic
                 "Resource": _objects(bucket_arn, *run_prefixes(env)),
             },
             {
-                "Sid": "ListOwnPrefixes",
+                # Without ListBucket on the bucket, S3 answers a GET or HEAD of a missing key with
+                # 403, not 404 (the agent probes for its own records, checkpoints and the
+                # environment cache before they exist). A GET carries no s3:prefix, so a grant
+                # limited by prefix may not count (reports differ): this one has no condition. It
+                # reveals key names in this env's bucket, never their contents.
+                "Sid": "ListBucket",
                 "Effect": "Allow",
                 "Action": ["s3:ListBucket"],
                 "Resource": [bucket_arn],
-                "Condition": {"StringLike": {"s3:prefix": [f"{DATASETS_PREFIX}*", f"{env}/*"]}},
             },
             {
                 # Ending a run takes its group's desired capacity to 0 first (the machine leaves
@@ -136,6 +140,9 @@ OPERATOR_DESCRIBE_ACTIONS = (
     "ec2:DescribeLaunchTemplateVersions",
     "autoscaling:DescribeAutoScalingGroups",
     "autoscaling:DescribeScalingActivities",
+    # `doctor`: the key the root volume is encrypted with (a customer managed key must let Auto
+    # Scaling use it).
+    "ec2:GetEbsDefaultKmsKeyId",
 )
 
 
@@ -170,6 +177,12 @@ def operator_policy(bucket_arn: str, env: str, region: str, account: str, vpc_id
                 "Resource": [f"arn:aws:servicequotas:{region}:{account}:ec2/*", instance_profile_arn],
             },
             {
+                "Sid": "DoctorReadsTheEbsKey",
+                "Effect": "Allow",
+                "Action": ["kms:DescribeKey", "kms:GetKeyPolicy"],
+                "Resource": [f"arn:aws:kms:{region}:{account}:key/*"],
+            },
+            {
                 "Sid": "ReadEnvironmentAndDatasets",
                 "Effect": "Allow",
                 "Action": ["s3:GetObject"],
@@ -186,6 +199,14 @@ def operator_policy(bucket_arn: str, env: str, region: str, account: str, vpc_id
                 "Effect": "Allow",
                 "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
                 "Resource": _objects(bucket_arn, f"{DATASETS_PREFIX}????/??/*"),
+            },
+            {
+                # verify-cleanup --fix ends a machine's interrupted save of the environment cache
+                # (its parts bill until the lifecycle rule removes them); it writes nothing there.
+                "Sid": "AbortEnvironmentUploads",
+                "Effect": "Allow",
+                "Action": ["s3:AbortMultipartUpload"],
+                "Resource": _objects(bucket_arn, f"{PYTHON_ENV_PREFIX}*"),
             },
             {
                 "Sid": "Describe",
