@@ -22,6 +22,7 @@ RUN_COST_CENTER = "train"
 # terraform-provider-aws#43193, #37568); capacity is the group's to find now, so what reaches
 # the provider is a refusal (quota, permissions, a bad template) that should come back at once.
 PROVIDER_MAX_RETRIES = 5
+GROUP_DELETE_TIMEOUT = "30m"
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,11 @@ class RunMachines(pulumi.ComponentResource):
             max_size=1,
             desired_capacity=1,
             vpc_zone_identifiers=list(cfg.subnet_ids),
-            capacity_rebalance=cfg.spot,
+            # Off: in a group of one, rebalancing either launches a second machine that finds the
+            # lock held and leaves, then ends the training one with no two-minute notice, or
+            # never acts at max size. The agent saves a checkpoint on the rebalance
+            # recommendation itself (instance/agent/), which needs no group feature.
+            capacity_rebalance=False,
             mixed_instances_policy={
                 "launch_template": {
                     "launch_template_specification": {"launch_template_id": self.template.id,
@@ -118,7 +123,10 @@ class RunMachines(pulumi.ComponentResource):
             # Destroy removes the group even while a machine is still in it (the run has ended).
             force_delete=True,
             tags=[{"key": k, "value": v, "propagate_at_launch": True} for k, v in tags.items()],
-            opts=child,
+            # The delete waits for the group's machines to end; the provider's default 10 minutes
+            # is short for the biggest GPU machines' shutdown (p4d, p5). A destroy that still
+            # fails leaves a stack record and a group of 0 machines: verify-cleanup lists them.
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(delete=GROUP_DELETE_TIMEOUT)),
         )
         self.register_outputs({"group": self.group.name})
 

@@ -82,9 +82,11 @@ def failed_launches(autoscaling, run_id: str, limit: int = 10) -> list[str]:
 
 
 # The group's shape, one source for the run stack (Pulumi) and the sandbox's group (boto3).
-# price-capacity-optimized: the deepest spot pools at the lowest price, fewest interruptions
-# (AWS's recommendation for spot groups); on-demand follows the listed order.
-SPOT_ALLOCATION = "price-capacity-optimized"
+# The listed types are the user's order of preference: on-demand launches them in that order;
+# spot honours it on a best-effort basis after capacity (capacity-optimized-prioritized: the
+# pools least likely to be interrupted first, the order between pools alike). AWS's default
+# recommendation, price-capacity-optimized, ignores the order altogether.
+SPOT_ALLOCATION = "capacity-optimized-prioritized"
 ON_DEMAND_ALLOCATION = "prioritized"
 
 
