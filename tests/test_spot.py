@@ -80,6 +80,9 @@ def test_an_interrupted_spot_run_resumes_on_a_new_machine_and_completes(env, aws
     num_steps = 400
     run_id = launched_run_id(run_cli(env, "--local", "launch", spot_config(tmp_path, num_steps=num_steps), cwd=tmp_path))
     wait_until(lambda: training_at(s3, run_id, 10, attempt=1), 180, what="training on the first machine")
+    # The group may launch any listed type: the next machine is the config's third choice.
+    client("ec2", aws).create_launch_template_version(LaunchTemplateName=run_id, SourceVersion="$Latest",
+                                                      LaunchTemplateData={"InstanceType": "g4dn.xlarge"})
     interrupt(env, run_id)
 
     waiting = wait_until(lambda: (lock(s3) or {}).get("interruptions"), 60, 0.1, what="the interruption recorded")
@@ -93,6 +96,13 @@ def test_an_interrupted_spot_run_resumes_on_a_new_machine_and_completes(env, aws
     assert doc["training"]["steps_done"] == num_steps and doc["training"]["resumed_from_step"] == gone["checkpoint_step"]
     assert [m["attempt"] for m in doc["machines"]] == [1, 2] and all(m["market"] == "spot" for m in doc["machines"])
     assert len(machines_of(aws, run_id)) == 2, "one machine per attempt, no more"
+    # Each machine is recorded as EC2 launched it (type and zone, from its metadata), not as the
+    # config listed it first: its cost and the spot quote follow.
+    launched = {i["InstanceId"]: (i["InstanceType"], i["Placement"]["AvailabilityZone"])
+                for i in instances_by_tag(client("ec2", aws), {"RunId": run_id}, states=("terminated", "running"))}
+    assert {m["instance_id"]: (m["instance_type"], m["zone"]) for m in doc["machines"]} == launched
+    assert [m["instance_type"] for m in doc["machines"]] == ["g6.xlarge", "g4dn.xlarge"]
+    assert doc["host"]["instance_type"] == "g4dn.xlarge" and doc["host"]["zone"] == launched[doc["host"]["instance_id"]][1]
     assert describe_group(client("autoscaling", aws), run_id) is None or \
         describe_group(client("autoscaling", aws), run_id)["DesiredCapacity"] == 0
 

@@ -64,6 +64,8 @@ def run_panel(v: RunView) -> Panel:
     where = v.executor or "?"
     if v.instance_type:
         where += f" · {v.instance_type}{' spot' if v.spot else ''}"
+    if v.zone:
+        where += f" · {v.zone}"
     if v.instance_id:
         where += f" · {v.instance_id}"
     head.add_row("machine", where)

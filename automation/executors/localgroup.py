@@ -9,7 +9,8 @@ the local executor and living as long as the run's group wants a machine:
 - a machine whose agent exited is ended, as the OS shutdown ends an EC2 machine. While the group
   still wants a machine, ending one of its instances through Auto Scaling (without decrementing)
   makes it launch the replacement, as the group's health check does on AWS;
-- instance metadata: an IMDSv2 endpoint per machine. `chronos-train --local sandbox interrupt`
+- instance metadata: an IMDSv2 endpoint per machine (its id, type and zone, as the group
+  launched it). `chronos-train --local sandbox interrupt`
   leaves a request file; the machine's metadata then answers spot/instance-action and, once the
   notice period is over, the machine is taken (its agent killed), as EC2 reclaims spot capacity.
   With `--rebalance` it answers events/recommendations/rebalance instead, and nothing is taken
@@ -90,6 +91,7 @@ class Metadata:
     """IMDSv2 for every machine of the run, at http://127.0.0.1:PORT/<instance-id>/latest/..."""
 
     def __init__(self):
+        self.facts: dict[str, dict[str, str]] = {}  # per machine: meta-data path -> value, as EC2 launched it
         self.notices: dict[str, dict] = {}
         self.rebalances: dict[str, dict] = {}
         self._tokens: set[str] = set()
@@ -119,6 +121,9 @@ class Metadata:
                 instance_id, _, path = self.path.lstrip("/").partition("/")
                 if path == "latest/meta-data/instance-id":
                     return self._answer(200, instance_id)
+                fact = meta.facts.get(instance_id, {}).get(path.removeprefix("latest/meta-data/"))
+                if fact:
+                    return self._answer(200, fact)
                 if path == "latest/meta-data/spot/instance-action" and instance_id in meta.notices:
                     return self._answer(200, json.dumps(meta.notices[instance_id]))
                 if path == "latest/meta-data/events/recommendations/rebalance" and instance_id in meta.rebalances:
@@ -211,6 +216,10 @@ class Player:
         agent_dir = self.run_dir / "agents" / instance_id
         agent_dir.mkdir(parents=True, exist_ok=True)
         spec = self.spec
+        [machine] = [i for r in self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+                     for i in r["Instances"]]
+        self.metadata.facts[instance_id] = {"instance-type": machine["InstanceType"],
+                                            "placement/availability-zone": machine["Placement"]["AvailabilityZone"]}
         env = {
             **spec.inherited_env,
             **instance_credentials(AwsTarget(spec.region, spec.endpoint_url), spec.env, instance_id),

@@ -29,6 +29,7 @@ class RunView:
     elapsed_seconds: float | None = None
     executor: str | None = None
     instance_type: str | None = None
+    zone: str | None = None
     instance_id: str | None = None
     spot: bool = False
     cost_usd: float | None = None
@@ -85,14 +86,18 @@ def _cost(executor: str | None, instance_type: str | None, spot: bool, seconds: 
 def from_state(state: dict) -> RunView:
     elapsed = _elapsed(state.get("started_at"))
     by_machine = machines_cost(state.get("machines") or [], state.get("executor"))
+    # The machine now running, as EC2 gave it (the group may launch any listed type); before
+    # one has booted, the config's first choice.
+    machine = (state.get("machines") or [{}])[-1]
+    instance_type = machine.get("instance_type") or state.get("instance_type")
     return RunView(
         attempt=state.get("attempt"), max_machines=state.get("max_machines"),
         interruptions=state.get("interruptions") or [], waiting=waiting_line(state),
         on_demand_usd=by_machine[1] if by_machine else None,
         run_id=state["run_id"], active=True, status=state["status"], started_at=state.get("started_at"),
-        elapsed_seconds=elapsed, executor=state.get("executor"), instance_type=state.get("instance_type"),
-        instance_id=state.get("instance_id"), spot=bool(state.get("spot")),
-        cost_usd=by_machine[0] if by_machine else _cost(state.get("executor"), state.get("instance_type"),
+        elapsed_seconds=elapsed, executor=state.get("executor"), instance_type=instance_type,
+        zone=machine.get("zone"), instance_id=state.get("instance_id"), spot=bool(state.get("spot")),
+        cost_usd=by_machine[0] if by_machine else _cost(state.get("executor"), instance_type,
                                                         bool(state.get("spot")), elapsed),
         progress=state.get("progress") or {}, history=state.get("history") or [], error=state.get("error"),
         heartbeat_at=state.get("heartbeat_at"),
@@ -107,7 +112,7 @@ def from_record(record: dict) -> RunView:
         run_id=record["run_id"], active=False, status=final or "unknown", final_status=final,
         reason=record.get("reason"), started_at=record.get("started_at"), ended_at=record.get("ended_at"),
         elapsed_seconds=elapsed, executor=host.get("executor"), instance_type=host.get("instance_type"),
-        instance_id=host.get("instance_id"), spot=bool(cost_doc.get("spot")),
+        zone=host.get("zone"), instance_id=host.get("instance_id"), spot=bool(cost_doc.get("spot")),
         cost_usd=cost_doc.get("estimated_usd"), progress=record.get("training") or {},
         history=[{"status": k, "at": v.get("started_at")} for k, v in (record.get("phases") or {}).items()],
         metrics=record.get("metrics") or {}, evaluation=record.get("evaluation") or {},

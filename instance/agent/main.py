@@ -438,11 +438,14 @@ def main(argv: list[str] | None = None) -> int:
 
     instance_id = args.instance_id
     spot_probe = rebalance_probe = None
+    facts: dict[str, str] = {}
     imds_here = not args.local or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
     if imds_here:
-        from .selfterminate import instance_id_from_imds, rebalance_recommendation, spot_interruption_notice
+        from .selfterminate import (instance_id_from_imds, machine_facts, rebalance_recommendation,
+                                    spot_interruption_notice)
 
         instance_id = instance_id or instance_id_from_imds()
+        facts = machine_facts()
     heartbeat_s = _seconds("CHRONOS_HEARTBEAT_SECONDS", 10.0)
     lease = await_machine_gone(store, store.read(), instance_id, HOLDER_FRESH_BEATS * heartbeat_s)
     now = (lease.seen_at if lease is not None and lease.seen_at else None) or utcnow()
@@ -464,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         "instance_id": instance_id,
         "executor": "local" if args.local else "ec2",
         **{k: state[k] for k in ("instance_type", "spot") if k in state},
+        **facts,  # what EC2 gave, over the config's first choice
     }
     holder = LockHolder(store, lease)
     record = RunRecord(run_id=args.run_id, env=args.env, started_at=state.get("started_at"), host=host)

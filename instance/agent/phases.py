@@ -59,15 +59,16 @@ def initialization(ctx: AgentContext, inp: InitInput) -> InitOutput:
     cfg = parse_config(doc, ctx.uri(key))
     ctx.config = cfg
     ctx.record.update(config=cfg.model_dump(mode="json"))
-    ctx.record.doc["host"].setdefault("instance_type", cfg.instance.type)
-    ctx.record.doc["host"].setdefault("spot", cfg.instance.spot)
+    host = ctx.record.doc["host"]
+    host.setdefault("instance_type", cfg.instance.type)  # EC2's word (IMDS) when the agent has it
+    host.setdefault("spot", cfg.instance.spot)
     check_runtime_support(cfg)
 
     from ..model.basemodel import device
     from .gpucheck import check_gpu, gpu_expected
 
-    if gpu_expected(ctx.expect_gpu, cfg.instance.type, ctx.local):
-        ctx.record.doc["host"]["gpus"] = check_gpu(cfg.instance.type, cfg.instance.gpu_count)
+    if gpu_expected(ctx.expect_gpu, host["instance_type"], ctx.local):
+        host["gpus"] = check_gpu(host["instance_type"], cfg.instance.gpu_count)
     on = device()
     ctx.record.refresh_versions()
     log.info("config: %s", cfg.model_dump(mode="json"))
@@ -335,7 +336,8 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
         "metrics": inp.training.metrics,
         "evaluation": inp.training.evaluation,
         "training": inp.training.training,
-        "trained_on": trained_on(cfg, inp.training.training, ctx.local, ctx.record.doc["versions"].get("gpu")),
+        "trained_on": trained_on(cfg, inp.training.training, ctx.record.doc["host"].get("instance_type"), ctx.local,
+                                 ctx.record.doc["versions"].get("gpu")),
         "artifacts": dict(ctx.record.doc["artifacts"], files=sorted(names)),
         "load_with": f'Chronos2Pipeline.from_pretrained("{ctx.uri(models)}")',
     }
@@ -346,13 +348,14 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
     return ResultsOutput(ctx.uri(models), ctx.uri(layout.model_metadata(ctx.run_id)), sorted(keys))
 
 
-def trained_on(cfg, training: dict[str, Any], local: bool, gpu_name: str | None) -> dict[str, Any]:
-    """What trained the model: machine, how many GPUs (one rank each), at what precision.
-    `gpu_name`: what torch calls GPU 0 of this machine."""
+def trained_on(cfg, training: dict[str, Any], instance_type: str | None, local: bool,
+               gpu_name: str | None) -> dict[str, Any]:
+    """What trained the model: machine (the type EC2 gave), how many GPUs (one rank each), at what
+    precision. `gpu_name`: what torch calls GPU 0 of this machine."""
     on_gpu = training.get("device") == "cuda"
     return {
         "executor": "local" if local else "ec2",
-        "instance_type": None if local else cfg.instance.type,
+        "instance_type": None if local else instance_type,
         "gpu": gpu_name if on_gpu else None,
         "gpus": training.get("world_size", 1) if on_gpu else 0,
         "processes": training.get("world_size", 1),

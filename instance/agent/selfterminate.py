@@ -48,6 +48,14 @@ def instance_id_from_imds() -> str:
     return value
 
 
+def machine_facts() -> dict[str, str]:
+    """What EC2 gave this machine, which may not be the run config's first choice: the group
+    launches any listed type in any zone. Its cost, the spot quote and `monitor` use these."""
+    facts = {"instance_type": imds_get("meta-data/instance-type"),
+             "zone": imds_get("meta-data/placement/availability-zone")}
+    return {k: v for k, v in facts.items() if v}
+
+
 def spot_interruption_notice() -> str | None:
     """EC2's two-minute warning, e.g. '{"action": "terminate", "time": "..."}', or None."""
     return imds_get("meta-data/spot/instance-action")
