@@ -139,6 +139,34 @@ def test_compare_shows_what_differs_and_marks_the_best(run):
     assert people.returncode == 0 and "★" in people.stdout and "training.learning_rate" in people.stdout
 
 
+def test_history_outlives_the_logs_while_the_model_exists(run):
+    """logs/ expires after 14 days, run outputs after 60: the run's final record is kept beside
+    its outputs, so from day 15 `runs`, `monitor RUN`, `report` and `runs compare` still read it.
+    A run from before the kept copy (its record only under logs/) reads as before (OTHER)."""
+    s3, run_id = run["s3"], run["run_id"]
+    kept = get_json(s3, BUCKET, LAYOUT.final_record(run_id))
+    assert kept == get_json(s3, BUCKET, LAYOUT.training_record(run_id)) and kept["final_status"] == "completed"
+    logs = {o["Key"]: s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
+            for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.logs(run_id))["Contents"]}
+    for key in logs:  # what the 14-day lifecycle rule does
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    try:
+        runs = json.loads(run_cli(run["env"], "--local", "runs", "--json").stdout)
+        mine = next(r for r in runs if r["run_id"] == run_id)
+        assert mine["final_status"] == "completed" and mine["metrics"] == kept["metrics"]
+        assert OTHER in {r["run_id"] for r in runs} and next(r for r in runs if r["run_id"] == OTHER)["metrics"]
+        shown = json.loads(run_cli(run["env"], "--local", "monitor", run_id, "--json").stdout)
+        assert shown["final_status"] == "completed"
+        out = run["tmp"] / "after-logs" / "r.html"
+        assert run_cli(run["env"], "--local", "report", run_id, "--out", str(out), cwd=run["tmp"]).returncode == 0
+        assert "completed" in out.read_text()
+        compared = run_cli(run["env"], "--local", "runs", "compare", run_id, OTHER, "--json")
+        assert compared.returncode == 0, compared.stderr
+    finally:
+        for key, body in logs.items():
+            s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+
 # -- in a real browser -----------------------------------------------------------------------------
 @pytest.mark.parametrize("viewport", [
     pytest.param(dict(width=1280, height=900), id="desktop"),

@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from instance.protocol.artifacts import get_json
+from instance.protocol.artifacts import write_json_atomic
 from instance.protocol.aws import is_not_found
 from instance.protocol.liveness import Verdict
 
 from ..context import Target
-from ..runs.records import RunView, from_record, from_state, record_end_from_cli
+from ..runs.records import RunView, from_record, from_state, read_record, record_end_from_cli
 from ..runs.runcheck import check_run
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _poll(target: Target, executor, store, run_id: str, on_update, watched: dict
             if again is not None and again.run_id == run_id:
                 raise RunLost(view, verdict)
         return None
-    record = get_json(target.s3, target.bucket, target.layout.training_record(run_id))
+    record = read_record(target, run_id)
     if not (record and record.get("final_status")) and watched:
         # The agent writes its final record before it releases the lock: a lock gone with no
         # record means the agent could not write it (refused, or S3 failed it). Close it from
@@ -98,12 +98,13 @@ def download(target: Target, run_id: str, dest: Path) -> Path:
         out = dest / "model" / obj["Key"][len(prefix):]
         out.parent.mkdir(parents=True, exist_ok=True)
         target.s3.download_file(target.bucket, obj["Key"], str(out))
-    for key, name in ((layout.model_metadata(run_id), "model_metadata.json"),
-                      (layout.training_record(run_id), "training.json")):
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-            target.s3.download_file(target.bucket, key, str(dest / name))
-        except Exception as exc:
-            if not is_not_found(exc):
-                raise  # a failed run may have no metadata; anything else is a real error
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        target.s3.download_file(target.bucket, layout.model_metadata(run_id), str(dest / "model_metadata.json"))
+    except Exception as exc:
+        if not is_not_found(exc):
+            raise  # a failed run may have no metadata; anything else is a real error
+    record = read_record(target, run_id)
+    if record is not None:
+        write_json_atomic(dest / "training.json", record)
     return dest

@@ -7,10 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from instance.protocol.artifacts import get_json
-
 from ..context import Target
 from ..errors import BadInput, NoSuchRun, RunNotFinished
+from ..runs.records import read_record
 
 
 @dataclass
@@ -109,7 +108,7 @@ def compare(target: Target, run_ids: list[str]) -> Comparison:
         raise RunNotFinished(f"run {lease.run_id} has not finished (it is in {lease.state.get('status')}); "
                              "compare it once it ends")
     with ThreadPoolExecutor(8) as pool:
-        records = list(pool.map(lambda r: get_json(target.s3, target.bucket, target.layout.training_record(r)), ids))
+        records = list(pool.map(lambda r: read_record(target, r), ids))
     unknown = [r for r, doc in zip(ids, records) if doc is None]
     if unknown:
         raise NoSuchRun(f"run {unknown[0]} is neither active nor recorded in env {target.env}; "

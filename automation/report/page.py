@@ -24,7 +24,7 @@ from instance.protocol.timeutil import parse_iso
 
 from ..context import Target
 from ..errors import NoEvaluation, NoSuchRun, RunNotFinished
-from ..runs.records import duration
+from ..runs.records import duration, read_record
 
 PHONE_PX = 640  # at most this wide, the page stacks its parts and shows the narrow charts
 MODEL_NAMES = {"finetuned": "fine-tuned", "zero_shot": "zero-shot (base)", "seasonal_naive": "seasonal naive"}
@@ -57,7 +57,7 @@ def load(target: Target, run_id: str) -> RunArtifacts:
         raise RunNotFinished(f"run {run_id} has not finished (it is in {lease.state.get('status')}); its report "
                              f"can be made once it ends: `chronos-train monitor {run_id} --follow`")
     layout = target.layout
-    record = get_json(target.s3, target.bucket, layout.training_record(run_id))
+    record = read_record(target, run_id)
     if record is None:
         raise NoSuchRun(f"run {run_id} is neither active nor recorded in env {target.env}; "
                         "list runs with `chronos-train runs`")

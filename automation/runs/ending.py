@@ -28,7 +28,7 @@ from instance.protocol.status import Status
 
 from ..context import Target
 from ..errors import NoSuchRun
-from .records import record_end_from_cli, step
+from .records import read_record, record_end_from_cli, step
 from ..settings import settings
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,4 @@ def kill(target: Target, executor, run_id: str | None, force: bool, wait: bool) 
 
 
 def _final_status(target: Target, run_id: str) -> str | None:
-    from instance.protocol.artifacts import get_json
-
-    record = get_json(target.s3, target.bucket, target.layout.training_record(run_id)) or {}
-    return record.get("final_status")
+    return (read_record(target, run_id) or {}).get("final_status")

@@ -9,7 +9,7 @@ from instance.protocol.artifacts import get_json
 from instance.protocol.attempts import waiting_line
 from instance.protocol.liveness import Verdict
 from instance.protocol.record import machines_cost
-from instance.protocol.layout import run_started_at, s3_uri
+from instance.protocol.layout import RUN_ID_RE, run_started_at, s3_uri
 from instance.protocol.pricing import PRICES, cost
 from instance.protocol.timeutil import iso, parse_iso, utcnow
 
@@ -143,18 +143,27 @@ def view(target: Target, run_id: str | None = None, check: Callable[[Any], Verdi
     run_id = run_id or latest_run_id(target)
     if run_id is None:
         raise NoSuchRun(f"no run has been launched in env {target.env} yet; start one with `chronos-train launch CONFIG`")
-    record = get_json(target.s3, target.bucket, target.layout.training_record(run_id))
+    record = read_record(target, run_id)
     if record is None:
         raise NoSuchRun(f"run {run_id} is neither active nor recorded in env {target.env}; list runs with `chronos-train runs`")
     return from_record(record)
 
 
+def read_record(target: Target, run_id: str) -> dict | None:
+    """A run's record: the final copy kept beside its outputs, else the one under logs/ (a run
+    still going, or one that ended before runs kept a copy). None: no record at all."""
+    layout = target.layout
+    return (get_json(target.s3, target.bucket, layout.final_record(run_id))
+            or get_json(target.s3, target.bucket, layout.training_record(run_id)))
+
+
 def run_ids(target: Target) -> list[str]:
-    pages = target.s3.get_paginator("list_objects_v2").paginate(
-        Bucket=target.bucket, Prefix=target.layout.logs_root, Delimiter="/"
-    )
-    ids = [p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for page in pages for p in page.get("CommonPrefixes", [])]
-    return sorted(i for i in ids if i.startswith("run-"))
+    """Every run with outputs ({env}/run-*/, kept 60 days) or logs ({env}/logs/run-*/, 14 days)."""
+    ids: set[str] = set()
+    for prefix in (f"{target.env}/", target.layout.logs_root):
+        pages = target.s3.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=prefix, Delimiter="/")
+        ids |= {p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for page in pages for p in page.get("CommonPrefixes", [])}
+    return sorted(i for i in ids if RUN_ID_RE.match(i))
 
 
 def latest_run_id(target: Target) -> str | None:
@@ -166,7 +175,7 @@ def history(target: Target, limit: int = 50) -> list[RunView]:
     ids = run_ids(target)[-limit:]
     lease = target.state_store().read()
     with ThreadPoolExecutor(8) as pool:
-        records = list(pool.map(lambda r: get_json(target.s3, target.bucket, target.layout.training_record(r)), ids))
+        records = list(pool.map(lambda r: read_record(target, r), ids))
     views = {r["run_id"]: from_record(r) for r in records if r}
     for rid in ids:
         views.setdefault(rid, RunView(run_id=rid, active=False, status="unknown", started_at=iso(run_started_at(rid))))
@@ -195,6 +204,9 @@ def record_end_from_cli(target: Target, run_id: str, final_status: str, reason: 
         target, layout.training_record(run_id),
         lambda current: None if (current or {}).get("final_status") else
         _closed_record(target, run_id, final_status, reason, state or {}, current or {}, ended))
+    # The copy that lasts as long as the outputs: the record that stands, unless the agent kept its own.
+    _close_conditionally(target, layout.final_record(run_id),
+                         lambda current: None if (current or {}).get("final_status") else record)
     _close_conditionally(
         target, layout.cleanup_status(run_id),
         lambda current: None if (current or {}).get("by") == "agent" else {

@@ -183,10 +183,13 @@ class Cleanup:
         self.ctx.record.finish(outcome.final_status, outcome.reason, outcome.error)
 
     def _write_training_record(self) -> tuple[str, str]:
-        key = self.ctx.layout.training_record(self.ctx.run_id)
-        self.ctx.record.set_artifact("log_uri", self.ctx.uri(self.ctx.layout.agent_log(self.ctx.run_id)))
-        self.ctx.write_record(key, self.ctx.record.snapshot())
-        return DONE, self.ctx.uri(key)
+        ctx, layout = self.ctx, self.ctx.layout
+        ctx.record.set_artifact("log_uri", ctx.uri(layout.agent_log(ctx.run_id)))
+        doc = ctx.record.snapshot()
+        keys = (layout.training_record(ctx.run_id), layout.final_record(ctx.run_id))
+        for key in keys:  # the logs' copy expires first; the one beside the outputs lasts as long as they do
+            ctx.write_record(key, doc)
+        return DONE, ", ".join(ctx.uri(k) for k in keys)
 
     def _delete_work_dir(self) -> tuple[str, str]:
         ctx = self.ctx

@@ -88,7 +88,13 @@ class Layout:
         return f"{self.env}/logs/{check_run_id(run_id)}/"
 
     def training_record(self, run_id: str) -> str:
+        """The run's record while it runs and after: logs/ expires after 14 days."""
         return self.logs(run_id) + "training.json"
+
+    def final_record(self, run_id: str) -> str:
+        """A copy of the run's final record beside its outputs, so history lasts as long as the
+        model (run-* expires after 60 days, logs/ after 14)."""
+        return self.run_root(run_id) + "training.json"
 
     def cleanup_status(self, run_id: str) -> str:
         return self.logs(run_id) + "cleanup_status.json"
