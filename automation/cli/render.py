@@ -241,15 +241,17 @@ def dry_run_lines(result) -> list[str]:
     """launch --dry-run for people: the run it would start, the checks, the preview, the verdict."""
     cfg, est = result.plan.config, result.plan.estimate
     market = "spot" if cfg.instance.spot else "on-demand"
+    types = cfg.instance.instance_types()
+    machine = f"{types[0]} ({PRICES[types[0]].gpu})" + (f", else {', '.join(types[1:])}" if len(types) > 1 else "")
     lines = [
         "dry run: no lock taken, nothing written to the bucket, nothing started",
-        f"run       {result.plan.config_path}: {cfg.instance.type} ({PRICES[cfg.instance.type].gpu}) {market}, "
+        f"run       {result.plan.config_path}: {machine} {market}, "
         f"{cfg.instance.max_runtime_minutes}-minute limit, model {cfg.model.base} ({cfg.model.finetune_mode}), "
         f"{cfg.training.num_steps} steps",
         f"dataset   {cfg.dataset}" + (f" ({len(result.plan.local_dataset.files)} local file(s), uploaded at launch)"
                                       if result.plan.local_dataset else ""),
         f"price     {est.sentence()}",
-        f"zones     {', '.join(result.zones)} (tried in this order when one has no capacity)",
+        f"zones     {', '.join(result.zones)} (the group launches in whichever has capacity)",
         "checks",
     ]
     lines += [f"  {c.line()}" for c in result.checks]
