@@ -12,7 +12,8 @@ here). It speaks the CLI's side of the contract the SDK relies on, and no more:
 It does not run the program (that is tested under Pulumi's mocks).
 
 Scenario (environment): FAKE_PULUMI_LOG (a JSON line per call: argv, cwd, the Pulumi variables
-it saw, SIGINTs received), FAKE_PULUMI_UP = ok | fail:<AWS code> | hang, FAKE_PULUMI_MARK (a
+it saw, SIGINTs received), FAKE_PULUMI_UP = ok | fail:<AWS code> | hang, FAKE_PULUMI_DESTROY = ok |
+timeout (the group's delete outlasts its custom timeout: the provider's error, the state kept), FAKE_PULUMI_MARK (a
 file touched once a hanging `up` has created its instance), FAKE_PULUMI_VERSION (3.220.0),
 FAKE_PULUMI_INPUTS (JSON: the instance inputs the engine would report).
 """
@@ -181,6 +182,17 @@ def operate(command: str, args: list[str], backend: Backend) -> int:
         return 0
     if command == "up":
         return up(stack, state, backend, events)
+    if command == "destroy" and os.environ.get("FAKE_PULUMI_DESTROY") == "timeout":
+        group = urn(stack, "aws:autoscaling/group:Group", stack)
+        events.add(diagnosticEvent={"urn": group, "prefix": "error: ", "severity": "error", "color": "never",
+                                    "message": f"deleting Auto Scaling Group ({stack}): waiting for Auto Scaling Group "
+                                               f"({stack}) delete: timeout while waiting for state to become 'deleted' "
+                                               "(last state: 'Delete in progress', timeout: 30m0s)"})
+        events.add(resOpFailedEvent={"metadata": step("delete", stack, "aws:autoscaling/group:Group", stack),
+                                     "status": 1, "steps": 0})
+        events.add(cancelEvent={})
+        events.flush()
+        return fail("destroy failed")
     if command == "destroy":
         client = ec2()
         ids = state.get("instances", [])

@@ -144,6 +144,21 @@ def test_verify_fix_removes_the_record_once_the_cli_is_there(target, fake):  # n
     assert stack_records(target) == []
 
 
+def test_a_destroy_that_times_out_leaves_a_record_verify_cleanup_lists(target, fake, monkeypatch):  # noqa: F811
+    """The group's delete may outlast even its 30-minute timeout (the biggest machines end
+    slowly): the run is over and billed nothing more, its stack record stays, verify-cleanup
+    lists it and --fix says why it could not remove it."""
+    monkeypatch.setenv("FAKE_PULUMI_DESTROY", "timeout")
+    named, tagged = running_run(target)
+    ended = force_end(target, ec2_executor(target), RUN, "failed", "lost")
+    assert "destroy failed" in ended.stack_left or "timeout" in ended.stack_left, ended.stack_left
+    assert {instance_state(target.ec2, i) for i in (named, tagged)} == {"terminated"}
+    report = verify(target, ec2_executor(target), do_fix=True)
+    assert report.clean, "nothing bills: the machines ended before the destroy"
+    assert [(f.kind, f.id) for f in report.records] == [("stack", RUN)]
+    assert "timeout" in report.not_fixed[RUN] or "destroy failed" in report.not_fixed[RUN], report.not_fixed
+
+
 def test_billable_leftovers_and_records_are_told_apart(target, no_pulumi):
     orphan = run_machine(target, "run-20261128-070000-beef")
     target.s3.put_object(Bucket=BUCKET, Key=STACK_KEY, Body=b"{}")
