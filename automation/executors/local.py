@@ -12,7 +12,8 @@ from pathlib import Path
 from instance.protocol.aws import AwsTarget, client, error_code
 from instance.protocol.ec2 import LIVE_STATES, instances_by_tag, run_tags, tags_of
 from instance.protocol.ec2 import instance_state as ec2_instance_state
-from instance.protocol.group import describe_group, end_group, group_name, mixed_instances_policy, wants_machine
+from instance.protocol.group import (CAPACITY_REBALANCE, describe_group, end_group, group_name, mixed_instances_policy,
+                                     wants_machine)
 from instance.protocol.layout import PROJECT_TAG, Layout
 
 from .bundle import unpack_bundle
@@ -101,7 +102,7 @@ class LocalExecutor:
             AutoScalingGroupName=group_name(req.run_id), MinSize=0, MaxSize=1, DesiredCapacity=1,
             VPCZoneIdentifier=",".join(req.infra.subnets.values()),
             MixedInstancesPolicy=mixed_instances_policy(req.run_id, cfg.instance_types, cfg.spot),
-            CapacityRebalance=cfg.spot,
+            CapacityRebalance=CAPACITY_REBALANCE,
             Tags=[{**t, "PropagateAtLaunch": True, "ResourceId": group_name(req.run_id),
                    "ResourceType": "auto-scaling-group"} for t in tags],
         )
@@ -115,7 +116,10 @@ class LocalExecutor:
             if ids and process_alive(self._pid(run_id), run_id):
                 return ids[0]
             if not process_alive(self._player_pid(run_id), run_id):
-                raise RuntimeError(f"the group's player exited; see {work_root() / run_id / 'group.stdout'}")
+                out = work_root() / run_id / "group.stdout"
+                lines = [ln for ln in out.read_text(errors="replace").splitlines() if ln.strip()] if out.exists() else []
+                last = f" (its last words: {lines[-1].strip()})" if lines else ""
+                raise RuntimeError(f"the group's player exited{last}; see {out}")
             time.sleep(0.1)
         raise RuntimeError(f"no machine came up in {timeout_s:.0f} s")
 

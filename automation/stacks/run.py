@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from instance.protocol.group import group_name, mixed_instances_policy
+from instance.protocol.group import CAPACITY_REBALANCE, group_name, mixed_instances_policy
 from instance.protocol.layout import PROJECT_TAG
 
 ROOT_VOLUME_GB = 100
@@ -96,11 +96,7 @@ class RunMachines(pulumi.ComponentResource):
             max_size=1,
             desired_capacity=1,
             vpc_zone_identifiers=list(cfg.subnet_ids),
-            # Off: in a group of one, rebalancing either launches a second machine that finds the
-            # lock held and leaves, then ends the training one with no two-minute notice, or
-            # never acts at max size. The agent saves a checkpoint on the rebalance
-            # recommendation itself (instance/agent/), which needs no group feature.
-            capacity_rebalance=False,
+            capacity_rebalance=CAPACITY_REBALANCE,
             mixed_instances_policy={
                 "launch_template": {
                     "launch_template_specification": {"launch_template_id": self.template.id,

@@ -87,6 +87,11 @@ def failed_launches(autoscaling, run_id: str, limit: int = 10) -> list[str]:
 # pools least likely to be interrupted first, the order between pools alike). AWS's default
 # recommendation, price-capacity-optimized, ignores the order altogether.
 SPOT_ALLOCATION = "capacity-optimized-prioritized"
+# Off: in a group of one, rebalancing either launches a second machine (which finds the lock
+# held and leaves) and then ends the training one with no two-minute notice, or never acts at
+# max size. The agent saves a checkpoint on the rebalance recommendation itself, which needs no
+# group feature.
+CAPACITY_REBALANCE = False
 ON_DEMAND_ALLOCATION = "prioritized"
 
 
