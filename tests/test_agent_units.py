@@ -161,10 +161,12 @@ def test_the_tests_fault_hooks_parse_fire_and_pause():
 
 
 def test_an_ec2_agent_has_no_hooks_and_a_local_one_loads_what_it_is_told():
-    from instance.agent.hooks import Hooks, load
+    from instance.agent.hooks import Hooks, for_agent
 
-    assert type(load(None)) is Hooks
-    assert isinstance(load("tests.agent_hooks:EnvFaults"), EnvFaults)
+    told = {"CHRONOS_AGENT_HOOKS": "tests.agent_hooks:EnvFaults"}
+    assert type(for_agent(False, told)) is Hooks, "an EC2 agent ignores the variable"
+    assert isinstance(for_agent(True, told), EnvFaults)
+    assert type(for_agent(True, {})) is Hooks
 
 
 def test_cost_estimates():
@@ -243,9 +245,29 @@ def test_gpu_check_names_what_failed():
         check_gpu("g4dn.xlarge", run=missing)
     with pytest.raises(GpuUnavailable, match="couldn't communicate with the NVIDIA driver"):
         check_gpu("g4dn.xlarge", run=driver_down)
-    with pytest.raises(GpuUnavailable, match="torch cannot use CUDA"):  # this machine's torch is a CPU build
-        check_gpu("g4dn.xlarge", run=driver_up)
+    with pytest.raises(GpuUnavailable, match="torch cannot use CUDA"):  # a CPU build of torch, or a broken CUDA
+        check_gpu("g4dn.xlarge", run=driver_up, cuda_devices=lambda: 0)
     assert GpuUnavailable.reason == "gpu_unavailable"
+
+
+def test_gpu_check_asks_this_machines_torch():
+    """With no stand-in for torch, the check's answer is this machine's: a CPU build (this dev
+    machine) is refused naming torch's build; a machine whose torch sees CUDA passes."""
+    import re
+    import subprocess
+
+    import torch
+
+    from instance.agent.gpucheck import GpuUnavailable, check_gpu
+
+    def driver_up(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 0, "GPU 0: NVIDIA H200 (UUID: GPU-1)\n", "")
+
+    if torch.cuda.is_available() and torch.cuda.device_count() >= 1:
+        assert "H200" in check_gpu("p5.48xlarge", run=driver_up)
+    else:
+        with pytest.raises(GpuUnavailable, match=re.escape(f"torch cannot use CUDA (torch {torch.__version__}")):
+            check_gpu("g4dn.xlarge", run=driver_up)
 
 
 def test_gpu_check_counts_the_gpus_the_run_trains_on():

@@ -26,6 +26,13 @@ class Hooks:
         return []
 
 
+def for_agent(local: bool, environ) -> Hooks:
+    """The agent's hooks: an EC2 agent has none, whatever its environment says (a variable left
+    in a machine's environment must never reach into a real run); a --local one loads
+    CHRONOS_AGENT_HOOKS."""
+    return load(environ.get("CHRONOS_AGENT_HOOKS")) if local else Hooks()
+
+
 def load(spec: str | None) -> Hooks:
     if not spec:
         return Hooks()

@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = AgentContext(
         env=args.env, bucket=args.bucket, run_id=args.run_id, target=target, local=args.local,
         instance_id=instance_id, work_dir=work_dir, owns_work_dir=owns, s3=s3, holder=holder, record=record,
-        hooks=hooks.load(os.environ.get("CHRONOS_AGENT_HOOKS")) if args.local else hooks.Hooks(), expect_gpu=args.expect_gpu,
+        hooks=hooks.for_agent(args.local, os.environ), expect_gpu=args.expect_gpu,
         shutdown_at=args.shutdown_at, attempt=max(boot.attempt, 1), in_group=bool(state.get("group")),
         replaceable=bool(state.get("group")) and boot.works and not boot.last_machine,
         run_left_s=(due - now).total_seconds() if due is not None and state.get("group") else None,
