@@ -98,6 +98,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._gate: dict | None = None
         self._answers: dict[str, object] = {}
+        self.answered_for: list[tuple[str, str]] = []  # (X-Amz-Target, access key id) of each answered request
         self.max_faults = None
         self.configure(rate=rate, faults=faults, paths=paths, methods=methods, max_faults=max_faults)
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
@@ -268,6 +269,10 @@ class FaultProxy:
                 import json
 
                 status, doc = respond(json.loads(body or b"{}"))
+                # Who asked, so a test can check the caller's policy allows what moto cannot play.
+                signer = (self.headers.get("Authorization") or "").partition("Credential=")[2].split("/", 1)[0]
+                with proxy._lock:
+                    proxy.answered_for.append((self.headers.get("X-Amz-Target", ""), signer))
                 data = json.dumps(doc).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/x-amz-json-1.1")

@@ -2,7 +2,6 @@
 parts, what non-interactive output looks like (one line per change, nothing cut), knobs."""
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
@@ -41,16 +40,7 @@ def test_status_is_monitor_registered_twice():
     assert cli.commands["status"] is cli.commands["monitor"]
 
 
-def test_no_command_carries_its_own_error_decorator():
-    import inspect
-    import pkgutil
-
-    import automation.cli
-
-    for module in pkgutil.iter_modules(automation.cli.__path__, "automation.cli."):
-        if not module.name.endswith("__main__"):  # importing it runs the CLI
-            assert "handles_errors" not in inspect.getsource(importlib.import_module(module.name))
-    assert type(cli).__name__ == "ChronosGroup"
+RUN_ARG = "run-20261128-090000-cccc"
 
 
 @pytest.mark.parametrize("command,where,raised,code,sentence", [
@@ -58,8 +48,21 @@ def test_no_command_carries_its_own_error_decorator():
     (["--local", "data", "ls"], "automation.datasets.listing", RuntimeError("disk on fire"), 1,
      "error: RuntimeError: disk on fire (set CHRONOS_DEBUG=1 for a traceback)"),
     (["--local", "verify-cleanup"], "automation.runs.verify.verify", LookupError("x"), 1, "error: LookupError: x"),
+    (["--local", "monitor", "--json"], "automation.runs.records.view", OSError("gone"), 1, "error: OSError: gone"),
+    (["--local", "logs", RUN_ARG], "automation.cli.logs.stream", ValueError("v"), 1, "error: ValueError: v"),
+    (["--local", "kill", RUN_ARG], "automation.runs.ending.kill", KeyboardInterrupt(), 130, "error: interrupted"),
+    (["--local", "report", RUN_ARG], "automation.report.page.write_report", RuntimeError("r"), 1,
+     "error: RuntimeError: r"),
+    (["--local", "runs", "compare", RUN_ARG, RUN], "automation.report.compare.compare", RuntimeError("c"), 1,
+     "error: RuntimeError: c"),
+    (["--local", "doctor"], "automation.runs.doctor.doctor", RuntimeError("d"), 1, "error: RuntimeError: d"),
+    (["data", "validate", "x.parquet"], "automation.datasets.validate", RuntimeError("e"), 1, "error: RuntimeError: e"),
+    (["--local", "sandbox", "status"], "automation.sandbox.control.status", RuntimeError("s"), 1,
+     "error: RuntimeError: s"),
 ])
 def test_every_command_maps_errors_the_same_way(env, monkeypatch, command, where, raised, code, sentence):
+    """One mapping (ChronosGroup) for every subject's commands: whatever a command's one function
+    raises becomes one sentence and its exit code, never a traceback."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     module, attr = where.rsplit(".", 1)

@@ -24,6 +24,7 @@ from instance.protocol.layout import Layout, bucket_name
 from tests.agent_fixtures import DATA_PREFIX, parquet_bytes, run_config, synthetic_frame
 from tests.cli_helpers import cli_env, run_cli
 from tests.faultproxy import FaultProxy
+from tests.policy_eval import allowed
 from tests.test_pulumi_seam import calls, install_fake_pulumi
 
 ENV = "dev"
@@ -105,6 +106,15 @@ def on_aws(aws, sandbox, tmp_path):
         yield env, proxy, sandbox
 
 
+def attached_operator_policy(aws) -> dict:
+    """The policy document the sandbox's operator holds (what seed attached)."""
+    iam = client("iam", aws)
+    [attached] = iam.list_attached_user_policies(UserName=OPERATORS[ENV].user)["AttachedPolicies"]
+    version = iam.get_policy(PolicyArn=attached["PolicyArn"])["Policy"]["DefaultVersionId"]
+    document = iam.get_policy_version(PolicyArn=attached["PolicyArn"], VersionId=version)["PolicyVersion"]["Document"]
+    return json.loads(document) if isinstance(document, str) else document
+
+
 def checks_of(result) -> dict[str, dict]:
     return {c["name"]: c for c in json.loads(result.stdout)["checks"]}
 
@@ -151,7 +161,7 @@ def test_doctor_says_what_a_customer_managed_ebs_key_must_grant_auto_scaling(aws
     assert checks_of(run_cli(env, "--local", "doctor", "--json"))["EBS default key"]["status"] == "pass"
 
 
-def test_doctor_on_a_ready_account_passes_every_check(on_aws, tmp_path):
+def test_doctor_on_a_ready_account_passes_every_check(on_aws, aws, tmp_path):
     env, proxy, _ = on_aws
     result = run_cli(env, "doctor", "--config", write_config(tmp_path), "--json")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -161,7 +171,13 @@ def test_doctor_on_a_ready_account_passes_every_check(on_aws, tmp_path):
         checks["vCPU quota"]["detail"]
     assert checks["Pulumi CLI"]["detail"].startswith("v3.220.0")
     assert "AES256" in checks["bucket encryption"]["detail"] and "14 days" in checks["bucket lifecycle"]["detail"]
-    assert proxy.stats["answered"] == 1
+    # moto plays no Service Quotas, so the proxy answers it before any IAM check: the call was
+    # the operator's, and the operator policy (evaluated as IAM would) allows exactly it.
+    assert proxy.answered_for == [(QUOTA_TARGET, OPERATORS[ENV].access_key_id)]
+    policy = attached_operator_policy(aws)
+    quota = f"arn:aws:servicequotas:{REGION}:{motoserver.SANDBOX_ACCOUNT}:ec2/L-DB2E81BA"
+    assert allowed(policy, "servicequotas:GetServiceQuota", quota)
+    assert not allowed(policy, "servicequotas:GetServiceQuota", quota.replace(":ec2/", ":sagemaker/"))
 
 
 def test_a_zero_quota_is_the_first_launch_failure_doctor_names(on_aws, tmp_path):

@@ -328,11 +328,15 @@ def test_finalize_refreshes_destroys_removes_and_is_idempotent():
 
 
 def test_finalize_tolerates_a_stack_removed_meanwhile():
+    """Listed, then gone by the time refresh asks (another cleaner removed it): done, no error,
+    and nothing more is asked of Pulumi."""
     class Racing(FakeOps):
         def list_stacks(self):
             return [RUN_ID]
 
-    executor(Racing()).finalize(RUN_ID)
+    ops = Racing()
+    assert executor(ops).finalize(RUN_ID) is None
+    assert ops.calls == [("refresh", RUN_ID)]
 
 
 def test_finalize_failure_names_the_stack_and_keeps_it():
