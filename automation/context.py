@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from instance.protocol.aws import AwsTarget, client, error_code
+from instance.protocol.aws import AwsTarget, client, error_code, refused_action
 from instance.protocol.layout import Layout, LayoutError, bucket_name, check_env
 
 from .errors import BadInput, ChronosError
@@ -74,6 +74,10 @@ class Target:
             raise BadInput(f"{self.layout.infra} is invalid: {exc}") from None
 
 
+# How each service says "not allowed": S3, IAM and Auto Scaling; KMS and SSM; EC2; an S3 HEAD.
+DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccessDeniedException", "UnauthorizedOperation", "403"})
+
+
 def translate_aws_error(exc: Exception, target: Target) -> Exception:
     """Turn the usual environment problems into one sentence and exit code 2."""
     name = type(exc).__name__
@@ -87,8 +91,12 @@ def translate_aws_error(exc: Exception, target: Target) -> Exception:
             f"infrastructure for env {target.env} is not deployed (no bucket {target.bucket}); "
             "run `pulumi up` first, or use --local"
         )
-    if code in ("AccessDenied", "AllAccessDisabled", "403"):
-        return BadInput(f"access to bucket {target.bucket} was denied; check your AWS identity and region")
+    if code in DENIED_CODES:
+        # The refused action comes with the error (the client factory names it): never a guess.
+        action = refused_action(exc)
+        what = f"{action} on bucket {target.bucket}" if action and action.startswith("s3:") else action or "a call"
+        return BadInput(f"AWS refused {what} to these credentials ({code}); give this identity the operator "
+                        "policy (docs/deploy.md) and check the region")
     if name in ("EndpointConnectionError", "ConnectTimeoutError"):
         where = target.endpoint_url or f"AWS in {target.region}"
         hint = "; start it with `chronos-train sandbox start`" if target.local else ""

@@ -6,6 +6,7 @@ tests/test_persistent_stack.py instead (docs/reliability.md)."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -82,8 +83,8 @@ def test_the_agent_ends_its_own_machine_and_no_other(sandbox):
     info, record = sandbox
     own, other = _instance(info, record), _instance(info, record)
     ec2 = client("ec2", _agent(info, own))
-    assert _code(lambda: ec2.terminate_instances(InstanceIds=[other])) == "AccessDenied"
-    assert _code(lambda: ec2.describe_instances()) == "AccessDenied"  # self-termination needs no describe
+    assert _code(lambda: ec2.terminate_instances(InstanceIds=[other])) == "UnauthorizedOperation"
+    assert _code(lambda: ec2.describe_instances()) == "UnauthorizedOperation"  # self-termination needs no describe
     assert ec2.terminate_instances(InstanceIds=[own])["TerminatingInstances"][0]["CurrentState"]["Name"] == "shutting-down"
 
 
@@ -134,6 +135,99 @@ def test_verify_cleanup_fix_as_the_operator_aborts_every_incomplete_upload(sandb
     fixed = run_cli(env, "--local", "verify-cleanup", "--fix", "--json")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert client("s3", info.target(DEPLOYER)).list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+# The sandbox's own code (it seeds as the deployer) and the player of EC2 and Auto Scaling (AWS's
+# own services, granted "*") are not callers a policy scopes; everything else is.
+NOT_CALLERS = ("automation/sandbox/", "automation/executors/localgroup.py")
+NOT_PLAYED = {("service-quotas", "GetServiceQuota")}  # answered by tests' proxy; tests/test_doctor.py evaluates it
+SAMPLE = {"InstanceId.1": ["i-0abc"], "ResourceId.1": ["i-0abc"], "VolumeId": ["vol-0abc"],
+          "AutoScalingGroupName": ["run-20261129-101500-ab12"], "InstanceProfileName": ["profile"],
+          "Name": ["/chronos/x"], "KeyId": ["1234abcd"], "LaunchTemplateName": ["run-20261129-101500-ab12"]}
+
+
+def project_calls() -> dict[tuple[str, str], set[str]]:
+    """(service, operation) of every boto3 call the project's own code makes, by a look at its
+    source: client methods and paginators, matched against botocore's service models."""
+    import re
+    from pathlib import Path
+
+    import botocore.session
+    from botocore import xform_name
+
+    session = botocore.session.get_session()
+    ops: dict[str, list[tuple[str, str]]] = {}
+    for service in ("ec2", "autoscaling", "iam", "ssm", "sts", "kms", "service-quotas"):
+        for op in session.get_service_model(service).operation_names:
+            ops.setdefault(xform_name(op), []).append((service, op))
+    root = Path(__file__).resolve().parents[1]
+    found: dict[tuple[str, str], set[str]] = {}
+    for path in [*root.joinpath("automation").rglob("*.py"), *root.joinpath("instance").rglob("*.py")]:
+        where = path.relative_to(root).as_posix()
+        if where.startswith(NOT_CALLERS):
+            continue
+        text = path.read_text()
+        for name in re.findall(r"\.([a-z_0-9]+)\(", text) + re.findall(r'get_paginator\("([a-z_0-9]+)"\)', text):
+            for call in ops.get(name, []):
+                found.setdefault(call, set()).add(where)
+    return found
+
+
+def test_every_call_the_project_makes_is_authorised_against_its_real_resource():
+    """Stock moto checks every non-S3 call against "*", so a statement scoped to a resource never
+    matched (the operator's `volume/*` could not delete a volume). The sandbox maps each call to
+    the ARN AWS authorises; a new call with no mapping fails here."""
+    from automation.sandbox.strictmoto import UNSCOPED, glob_to_regex, resource_of
+
+    calls = project_calls()
+    assert ("ec2", "DeleteVolume") in calls and ("autoscaling", "UpdateAutoScalingGroup") in calls
+    unmapped = []
+    for (service, op), where in sorted(calls.items()):
+        if (service, op) in NOT_PLAYED or any(s == service and re.match(glob_to_regex(p), op) for s, p in UNSCOPED):
+            continue
+        if resource_of(service, op, SAMPLE, "us-east-1", SANDBOX_ACCOUNT) == ["*"]:
+            unmapped.append(f"{service}:{op} ({', '.join(sorted(where))})")
+    assert not unmapped, f"calls the sandbox authorises against '*' although AWS scopes them: {unmapped}"
+
+
+def test_verify_cleanup_fix_as_the_operator_deletes_an_orphan_volume(sandbox, aws, tmp_path):
+    info, record = sandbox
+    ec2 = client("ec2", info.target(DEPLOYER))
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=100, VolumeType="gp3", TagSpecifications=[
+        {"ResourceType": "volume", "Tags": [{"Key": "Project", "Value": "Chronos-Training"},
+                                            {"Key": "RunId", "Value": "run-20261129-101500-ab12"}]}])["VolumeId"]
+    env = cli_env(aws.endpoint_url, tmp_path / "home")
+    assert run_cli(env, "--local", "verify-cleanup").returncode == 6
+    fixed = run_cli(env, "--local", "verify-cleanup", "--fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume]}])["Volumes"] == []
+
+
+def test_a_refusal_names_the_action_that_was_refused(sandbox, aws, tmp_path):
+    """An operator whose policy lacks ec2:DeleteVolume: --fix says exactly that, not a guess
+    about the bucket."""
+    info, record = sandbox
+    from automation.sandbox.control import put_operator_policy
+    from automation.stacks.policies import operator_policy
+
+    deployer = info.target(DEPLOYER)
+    policy = operator_policy(f"arn:aws:s3:::{BUCKET}", "dev", info.region, SANDBOX_ACCOUNT, record.vpc_id,
+                             f"arn:aws:iam::{SANDBOX_ACCOUNT}:role/{instance_role_name('dev')}", record.instance_profile_arn,
+                             record.ami_ssm_parameter)
+    for statement in policy["Statement"]:
+        if statement["Sid"] == "ManageProjectMachines":
+            statement["Action"].remove("ec2:DeleteVolume")
+    put_operator_policy(deployer, "dev", policy)
+    try:
+        client("ec2", deployer).create_volume(AvailabilityZone="us-east-1a", Size=1, TagSpecifications=[
+            {"ResourceType": "volume", "Tags": [{"Key": "Project", "Value": "Chronos-Training"}]}])
+        fixed = run_cli(cli_env(aws.endpoint_url, tmp_path / "home"), "--local", "verify-cleanup", "--fix")
+        assert fixed.returncode == 2
+        assert fixed.stderr.strip().startswith("error: AWS refused ec2:DeleteVolume to these credentials "
+                                               "(UnauthorizedOperation)"), fixed.stderr
+        assert "bucket" not in fixed.stderr
+    finally:
+        seed(info, "dev")
 
 
 @pytest.mark.parametrize("statement,may", [

@@ -241,7 +241,7 @@ def dry_run_lines(result) -> list[str]:
     """launch --dry-run for people: the run it would start, the checks, the preview, the verdict."""
     cfg, est = result.plan.config, result.plan.estimate
     market = "spot" if cfg.instance.spot else "on-demand"
-    types = cfg.instance.instance_types()
+    types = cfg.instance.instance_types
     machine = f"{types[0]} ({PRICES[types[0]].gpu})" + (f", else {', '.join(types[1:])}" if len(types) > 1 else "")
     lines = [
         "dry run: no lock taken, nothing written to the bucket, nothing started",

@@ -20,7 +20,7 @@ from instance.protocol.layout import is_region_name
 from instance.protocol.pricing import PRICES
 from instance.protocol.runconfig import RunConfig
 
-from ..context import Target
+from ..context import DENIED_CODES, Target
 from ..errors import ChronosError
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
@@ -81,7 +81,7 @@ def _guard(name: str, fix: str, probe: Callable[[], Check]) -> Check:
         return Check(name, FAIL, str(exc), fix)
     except Exception as exc:  # noqa: BLE001 - every AWS error becomes one line
         code = error_code(exc) or type(exc).__name__
-        if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation"):
+        if code in DENIED_CODES:
             return Check(name, FAIL, f"these credentials may not look ({code})",
                          "attach the operator policy (`pulumi stack output operatorPolicyArn`) to this identity")
         return Check(name, FAIL, f"AWS answered {code}", fix)
@@ -291,7 +291,7 @@ def _ebs_key(target: Target) -> Check:
         try:
             policy = json.loads(kms.get_key_policy(KeyId=meta["KeyId"], PolicyName="default")["Policy"])
         except Exception as exc:
-            if error_code(exc) not in ("AccessDeniedException", "AccessDenied"):
+            if error_code(exc) not in DENIED_CODES:
                 raise
             return Check(name, SKIP, f"customer managed key {meta['KeyId']}, whose policy this identity may not read; "
                          "every launch fails unless Auto Scaling's service-linked role may use it", fix)

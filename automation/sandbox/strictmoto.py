@@ -14,6 +14,7 @@ it set, it checks signatures and evaluates IAM policies for IAM users and assume
   PUTs can both win (`SerializeConditionalRequests`);
 - it evaluates only `StringEquals` on `sts:ExternalId` among conditions: every other `Condition`
   block is ignored (docs/reliability.md lists them and the tests that check them instead);
+- it refuses an EC2 call with AccessDenied; EC2 says UnauthorizedOperation;
 - it answers a GET or HEAD of a missing key with 404 whoever asks. S3 answers 404 only to a
   caller allowed s3:ListBucket on the bucket, else 403 AccessDenied (S3 API reference, GetObject
   and HeadObject, "Permissions"). Such a request carries no `s3:prefix`, so the sandbox counts
@@ -91,9 +92,16 @@ _INSTANCE_ACTIONS = {"TerminateInstances", "StopInstances", "StartInstances", "R
                      "ModifyInstanceAttribute"}
 
 
+# What AWS authorises against "*" (the Service Authorization Reference lists no resource type
+# for them): tests/test_sandbox_iam.py checks every call the project makes is here or mapped.
+UNSCOPED = {("ec2", "Describe*"), ("ec2", "GetEbsDefaultKmsKeyId"), ("autoscaling", "Describe*"),
+            ("sts", "GetCallerIdentity")}
+
+
 def resource_of(service: str, action: str, params: dict[str, list[str]], region: str, account: str) -> list[str]:
     """The ARNs AWS authorises an action against, for the actions this project calls; "*" for
-    the rest (describes are authorised against "*" on AWS too)."""
+    the rest (describes are authorised against "*" on AWS too). `params`: the request's
+    parameters, each a list of values (a query request's `InstanceId.1`, a JSON request's `Name`)."""
     if service == "ec2" and action in _INSTANCE_ACTIONS:
         ids = [values[0] for key, values in sorted(params.items()) if key.startswith("InstanceId.")]
         return [f"arn:aws:ec2:{region}:{account}:instance/{i}" for i in ids] or ["*"]
@@ -108,8 +116,14 @@ def resource_of(service: str, action: str, params: dict[str, list[str]], region:
         return [f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:{GROUP_ID}:autoScalingGroupName/{name}"]
     if service == "ec2" and action in ("CreateLaunchTemplate", "DeleteLaunchTemplate"):
         return [f"arn:aws:ec2:{region}:{account}:launch-template/*"]
+    if service == "ec2" and action == "DeleteVolume":
+        return [f"arn:aws:ec2:{region}:{account}:volume/{v}" for v in params.get("VolumeId", [])] or ["*"]
     if service == "iam" and action == "GetInstanceProfile":
         return [f"arn:aws:iam::{account}:instance-profile/{params['InstanceProfileName'][0]}"]
+    if service == "ssm" and action in ("GetParameter", "GetParameters"):
+        return [ssm_parameter_arn(n, region, account) for n in params.get("Name", []) + params.get("Names", [])] or ["*"]
+    if service == "kms" and params.get("KeyId"):
+        return [kms_key_arn(params["KeyId"][0], region, account)]
     return ["*"]
 
 
@@ -242,19 +256,19 @@ def install() -> None:
     def authorize(self, resource: str = "*") -> None:
         service = getattr(self, "service_name", "")
         action = self._get_action()
-        if service == "ssm" and action in ("GetParameter", "GetParameters"):
-            names = [self._get_param("Name")] if action == "GetParameter" else (self._get_param("Names") or [])
-            resources = [ssm_parameter_arn(n, self.region, self.current_account) for n in names if n] or ["*"]
-        elif service == "kms" and self._get_param("KeyId"):
-            resources = [kms_key_arn(self._get_param("KeyId"), self.region, self.current_account)]
-        elif resource == "*":
-            resources = resource_of(service, action, self.querystring, self.region, self.current_account)
+        if resource == "*":
+            params = dict(self.querystring)
+            if service in ("ssm", "kms"):  # JSON requests: their parameters are in the body
+                params = {name: [v for v in ([value] if isinstance(value, str) else value or []) if v]
+                          for name in ("Name", "Names", "KeyId") if (value := self._get_param(name))}
+            resources = resource_of(service, action, params, self.region, self.current_account)
         else:
             resources = [resource]
         for arn in resources:
             original_authorize(self, arn)
 
     BaseResponse._authenticate_and_authorize_normal_action = authorize
+    _refuse_ec2_as_ec2_does()
     _answer_missing_keys_as_s3()
     _answer_ebs_default_kms_key()
 
@@ -266,6 +280,28 @@ def install() -> None:
 
     type(moto_api_backend).reset = reset
     create_identities()
+
+
+def _refuse_ec2_as_ec2_does() -> None:
+    """EC2 refuses with UnauthorizedOperation (403), not the AccessDenied moto gives every service."""
+    from moto.core.exceptions import _RESTError
+    from moto.iam.access_control import IAMRequest
+
+    class UnauthorizedOperation(_RESTError):
+        code = 403
+
+        def __init__(self, user_arn: str, action: str):
+            super().__init__("UnauthorizedOperation", f"You are not authorized to perform this operation. "
+                                                      f"User: {user_arn} is not authorized to perform: {action}")
+
+    original = IAMRequest._raise_access_denied
+
+    def raise_access_denied(self) -> None:
+        if self._service == "ec2":
+            raise UnauthorizedOperation(self._access_key.arn, self._action)
+        original(self)
+
+    IAMRequest._raise_access_denied = raise_access_denied
 
 
 def _answer_missing_keys_as_s3() -> None:

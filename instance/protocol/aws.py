@@ -83,9 +83,24 @@ def client(service: str, target: AwsTarget | None = None, **config: Any):
         keys = dict(zip(("aws_access_key_id", "aws_secret_access_key", "aws_session_token"), target.credentials))
     with _lock:
         session = boto3.session.Session()
-        return session.client(
+        made = session.client(
             service, region_name=target.region, endpoint_url=target.endpoint_url, config=cfg, **keys
         )
+    made.meta.events.register("after-call", _name_the_action)
+    return made
+
+
+def _name_the_action(parsed=None, model=None, **_) -> None:
+    """Every error response carries the IAM action that was refused or failed (`ec2:DeleteVolume`):
+    a sentence about an AccessDenied names it instead of guessing the service."""
+    if isinstance(parsed, dict) and "Error" in parsed and model is not None:
+        parsed["Error"].setdefault("Action", f"{model.service_model.signing_name}:{model.name}")
+
+
+def refused_action(exc: BaseException) -> str | None:
+    """The IAM action of a failed call (`s3:GetObject`), when the client factory made its client."""
+    response = getattr(exc, "response", None) or {}
+    return response.get("Error", {}).get("Action")
 
 
 def error_code(exc: BaseException) -> str:
