@@ -93,3 +93,43 @@ def test_kill_during_training_follower_exits_5_and_lock_is_held_meanwhile(env, a
     record = json.loads(s3.get_object(Bucket=BUCKET, Key=Layout("dev").training_record(run_id))["Body"].read())
     assert record["final_status"] == "killed"
     assert run_cli(env, "--local", "verify-cleanup").returncode == 0
+
+
+def test_a_run_whose_machine_came_late_stops_at_its_max_runtime_counted_from_the_launch(env, aws, tmp_path):
+    """No override of the deadline: the agent's soft deadline comes from the lock (its
+    deadline_at: the lock's creation on S3's clock plus max_runtime_minutes), less the margin to
+    save and clean up, as a machine that the group found only after a long wait for capacity
+    meets it. The run ends failed / max_runtime_exceeded as a user sees it, and nothing is left."""
+    import datetime
+
+    from instance.protocol.state import StateStore
+    from instance.protocol.timeutil import iso, utcnow
+
+    slow_boot = {**env, "CHRONOS_SANDBOX_BOOT_SECONDS": "8"}
+    config = local_config(tmp_path, {"max_runtime_minutes": 10}, num_steps=100_000)
+    follower = start_cli(slow_boot, "--local", "launch", config, "--follow", cwd=tmp_path)
+    store = StateStore(client("s3", aws), BUCKET, "dev")
+    try:
+        lease = None
+        deadline = time.monotonic() + 60
+        while lease is None and time.monotonic() < deadline:
+            lease = store.read()
+            time.sleep(0.05)
+        assert lease is not None, "the launch never took the lock"
+        # The lock was taken 7 min 10 s before this machine boots (the group waited for
+        # capacity): 10 min - 430 s - the 150 s margin leaves the agent about 20 s.
+        began = utcnow() - datetime.timedelta(seconds=430)
+        store.update(lease, lambda s: {**s, "started_at": iso(began),
+                                       "deadline_at": iso(began + datetime.timedelta(minutes=10))},
+                     pin_status=False, heartbeat=False)
+        code = follower.wait(timeout=240)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert code == 4, follower.stderr.read()[-3000:]
+    run_id = follower.stdout.read().splitlines()[0].strip()
+    record = json.loads(client("s3", aws).get_object(Bucket=BUCKET, Key=Layout("dev").final_record(run_id))["Body"].read())
+    assert (record["final_status"], record["reason"]) == ("failed", "max_runtime_exceeded"), record.get("error")
+    shown = run_cli(env, "--local", "monitor", record["run_id"])
+    assert "max_runtime_exceeded" in shown.stdout, shown.stdout
+    assert run_cli(env, "--local", "verify-cleanup").returncode == 0
