@@ -14,7 +14,9 @@ import pytest
 
 from automation.cli.render import verify_lines
 from automation.runs.verify import verify
+from automation.sandbox import motoserver
 from instance.protocol.aws import client
+from instance.protocol.group import describe_group, failed_launches
 from instance.protocol.layout import bucket_name
 from instance.protocol.state import StateStore
 from tests.cli_helpers import (
@@ -101,6 +103,37 @@ def test_a_machine_with_a_replacement_coming_is_waited_for_not_declared_dead(env
     assert live_state(s3, BUCKET)["instance_id"] != first
     assert run_cli(env, "--local", "kill", "--force").returncode == 0
     assert run_cli(env, "--local", "verify-cleanup").returncode == 0
+
+
+@pytest.mark.slow
+def test_a_replacement_the_group_cannot_launch_is_waited_for_with_awss_words(env, home, aws, tmp_path):  # noqa: F811
+    """The machine dies and EC2 has no capacity for its replacement now: the group records the
+    failed launch, monitor says the run waits for a replacement and why, in AWS's words, and
+    kill --force ends the run with nothing left."""
+    s3 = client("s3", aws)
+    config = local_config(tmp_path, instance={"max_interruptions": 1})
+    run_id = launched_run_id(run_cli({**env, "CHRONOS_PAUSE": "data_sync:300"}, "--local", "launch", config,
+                                     cwd=tmp_path))
+    wait_until(reached_phase(s3, BUCKET, "data_sync"), timeout=180, what="the run to reach data_sync")
+    first = live_state(s3, BUCKET)["instance_id"]
+    motoserver.set_launch_conditions(aws.endpoint_url, no_capacity=["g4dn.xlarge"])
+    _kill_agent(home, run_id)
+    autoscaling = client("autoscaling", aws)
+    wait_until(lambda: failed_launches(autoscaling, run_id), timeout=30, what="the group's replacement to fail")
+
+    shown = json.loads(run_cli(env, "--local", "monitor", run_id, "--json").stdout)
+    assert (shown["machine"], shown["lost"]) == ("gone", False), shown
+    assert shown["waiting"].startswith("waiting for a replacement machine (attempt 2 of 2); waiting for capacity: "
+                                       "the group keeps trying every listed type in every zone"), shown["waiting"]
+    assert shown["waiting"].endswith("the group's last failed launch: We currently do not have sufficient g4dn.xlarge "
+                                     "capacity in the Availability Zone you requested (us-east-1a). Our system will be "
+                                     "working on provisioning additional capacity. Launching EC2 instance failed.")
+    assert [i["InstanceId"] for i in describe_group(autoscaling, run_id)["Instances"]] == [], "no replacement"
+    assert live_state(s3, BUCKET)["instance_id"] == first
+
+    assert run_cli(env, "--local", "kill", "--force").returncode == 0
+    assert run_cli(env, "--local", "verify-cleanup").returncode == 0
+    assert live_state(s3, BUCKET) is None and describe_group(autoscaling, run_id) is None
 
 
 def test_a_just_launched_instance_ec2_does_not_know_yet_is_not_dead(target, executor):  # noqa: F811

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from automation.sandbox import motoserver
-from automation.sandbox.control import REGION, SandboxInfo, instance_role_name, put_operator_policy, seed
+from automation.sandbox.control import (REGION, SANDBOX_AMI_PARAMETER, SandboxInfo, instance_role_name,
+                                       put_operator_policy, seed)
 from automation.sandbox.strictmoto import OPERATORS
 from automation.stacks.persistent_config import PersistentConfig, lifecycle_rules
 from automation.stacks.policies import operator_policy
@@ -100,8 +101,7 @@ def on_aws(aws, sandbox, tmp_path):
         # As a person holding the operator policy: doctor must need nothing more (docs/deploy.md).
         env = cli_env(aws.endpoint_url, tmp_path / "home", AWS_ENDPOINT_URL=proxy.url, CHRONOS_BUCKET=BUCKET,
                       **OPERATORS[ENV].env(),
-                      PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_PULUMI_LOG=str(tmp_path / "calls.jsonl"),
-                      FAKE_PULUMI_INPUTS=json.dumps({"instanceType": "g4dn.xlarge", "availabilityZone": "us-east-1a"}))
+                      PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_PULUMI_LOG=str(tmp_path / "calls.jsonl"))
         env.pop("CHRONOS_SANDBOX_URL")
         yield env, proxy, sandbox
 
@@ -267,22 +267,28 @@ def test_dry_run_under_local_checks_everything_and_changes_nothing(aws, sandbox,
     assert client("ec2", aws).describe_instances()["Reservations"] == []
 
 
-def test_dry_run_on_aws_previews_the_run_stack_and_writes_nothing(on_aws, tmp_path):
+def test_dry_run_on_aws_previews_the_run_stack_and_writes_nothing(aws, on_aws, tmp_path):
     env, _, s3 = on_aws
     before = bucket_keys(s3)
     result = run_cli(env, "launch", write_config(tmp_path), "--dry-run")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "zones     us-east-1a, us-east-1b (the group launches in whichever has capacity)" in out
-    assert "create   aws:ec2/instance:Instance" in out and "instanceType g4dn.xlarge" in out
-    assert "changes: 3 to create" in out and "pass  vCPU quota" in out
+    # What the program declares, as the real CLI previews it (the template's image is the AMI
+    # parameter's, read as the operator), and the counts `pulumi preview` prints.
+    ami = client("ssm", aws).get_parameter(Name=SANDBOX_AMI_PARAMETER)["Parameter"]["Value"]
+    steps = [line.split()[:2] for line in out.splitlines() if line.startswith("  create ")]
+    assert [typ for _, typ in steps] == ["pulumi:pulumi:Stack", "pulumi:providers:aws", "chronos:run:Machines",
+                                         "aws:ec2/launchTemplate:LaunchTemplate", "aws:autoscaling/group:Group"]
+    assert f"(instanceType g4dn.xlarge; imageId {ami})" in out and "(types g4dn.xlarge; 2 subnets)" in out
+    assert "changes: 5 to create" in out and "pass  vCPU quota" in out
     assert bucket_keys(s3) == before, "no lock, no upload, no stack state in the bucket"
     backends = {c["env"]["PULUMI_BACKEND_URL"] for c in calls(tmp_path / "calls.jsonl")}
     assert backends and all(b.startswith("file://") for b in backends)
 
     doc = json.loads(run_cli(env, "launch", write_config(tmp_path), "--dry-run", "--json").stdout)
     assert doc["ready"] and doc["zones"] == ["us-east-1a", "us-east-1b"] and doc["instance_type"] == "g4dn.xlarge"
-    assert {"op": "create", "type": "aws:ec2/instance:Instance"}.items() <= doc["preview"]["steps"][-1].items()
+    assert {"op": "create", "type": "aws:autoscaling/group:Group"}.items() <= doc["preview"]["steps"][-1].items()
     assert doc["estimate"]["worst_case_usd"] > 0
 
 

@@ -21,19 +21,43 @@ RUN_ID = "run-20261128-203700-1a2b"
 INSTANCE_ID = "i-0123456789abcdef0"
 
 
-INSTANCE_URN = f"urn:pulumi:{RUN_ID}::chronos-run::aws:ec2/instance:Instance::{RUN_ID}"
+MACHINES = f"urn:pulumi:{RUN_ID}::chronos-run::chronos:run:Machines"
+TEMPLATE_URN = f"{MACHINES}$aws:ec2/launchTemplate:LaunchTemplate::{RUN_ID}"
+GROUP_URN = f"{MACHINES}$aws:autoscaling/group:Group::{RUN_ID}"
 STACK_URN = f"urn:pulumi:{RUN_ID}::chronos-run::pulumi:pulumi:Stack::chronos-run-{RUN_ID}"
-STATUS = {"InsufficientInstanceCapacity": 500, "InsufficientCapacity": 500, "UnauthorizedOperation": 403}
+# What `up` can be refused with now (it creates a launch template, then the group, and returns):
+# (operation, HTTP status, AWS's message). RunInstances' refusals come later, from the group.
+REFUSED = {
+    "UnauthorizedOperation": ("CreateLaunchTemplate", 403, "You are not authorized to perform this operation. User: "
+                              "arn:aws:iam::123456789012:user/ci is not authorized to perform: ec2:CreateLaunchTemplate "
+                              "on resource: arn:aws:ec2:us-east-1:123456789012:launch-template/* because no "
+                              "identity-based policy allows the ec2:CreateLaunchTemplate action. Encoded authorization "
+                              "failure message: 3kq9..."),
+    "InvalidParameterValue": ("CreateLaunchTemplate", 400, "Value (ami-0unknown) for parameter imageId is invalid."),
+    "AccessDenied": ("CreateAutoScalingGroup", 403, "You are not authorized to use launch template: lt-0abc"),
+    "ValidationError": ("CreateAutoScalingGroup", 400, "You must use a valid fully-formed launch template. Value "
+                        "(chronos-training-dev-instance) for parameter iamInstanceProfile.name is invalid. Invalid IAM "
+                        "Instance Profile name"),
+    "LimitExceeded": ("CreateAutoScalingGroup", 400, "AutoScalingGroup limit exceeded - You may only have 500 Auto "
+                      "Scaling groups"),
+    "ServiceLinkedRoleFailure": ("CreateAutoScalingGroup", 500, "The service-linked role is not yet ready for use."),
+}
+KIND = {"UnauthorizedOperation": "permissions", "AccessDenied": "permissions", "LimitExceeded": "quota",
+        "InvalidParameterValue": "other", "ValidationError": "other", "ServiceLinkedRoleFailure": "other"}
 
 
-def up_failed(code: str, message: str) -> StackCommandFailed:
-    """A failed `up` as the seam reports it: the engine's error diagnostics, as pulumi-aws emits
-    them for a refused RunInstances (the AWS SDK for Go v2's error text inside the provider's
-    "1 error occurred" list), then the engine's own summary diagnostic on the stack."""
-    sdk = (f"operation error EC2: RunInstances, https response error StatusCode: {STATUS.get(code, 400)}, "
-           f"RequestID: 5f1c2e4a-0b7d-4c8e-9f61-2a3b4c5d6e7f, api error {code}: {message}")
+def up_failed(code: str, message: str | None = None) -> StackCommandFailed:
+    """A failed `up` as the seam reports it: the engine's error diagnostics, as pulumi-aws 7 emits
+    them for a refused create (the AWS SDK for Go v2's error inside the Terraform bridge's framing),
+    then the engine's own summary diagnostic on the stack."""
+    operation, status, words = REFUSED[code]
+    what, service, urn = (("EC2 Launch Template", "EC2", TEMPLATE_URN) if operation == "CreateLaunchTemplate"
+                          else ("Auto Scaling Group", "Auto Scaling", GROUP_URN))
+    sdk = (f"operation error {service}: {operation}, https response error StatusCode: {status}, "
+           f"RequestID: 5f1c2e4a-0b7d-4c8e-9f61-2a3b4c5d6e7f, api error {code}: {message or words}")
     return StackCommandFailed("error: update failed", [
-        Diagnostic("error", f"1 error occurred:\n\t* creating EC2 Instance: {sdk}\n\n", INSTANCE_URN),
+        Diagnostic("error", f"sdk-v2/provider2.go:572: sdk.helper_schema: creating {what} ({RUN_ID}): {sdk}: "
+                            f"provider=aws@7.51.1", urn),
         Diagnostic("error", "update failed", STACK_URN),
     ])
 
@@ -149,18 +173,17 @@ def test_the_run_stack_gets_everything_from_infra_and_config():
     assert cfg.instance_tags()["RunId"] == RUN_ID and cfg.instance_tags()["CostCenter"] == "train"
 
 
-@pytest.mark.parametrize("code", ["VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded"])
-def test_quota_error_cleans_up_and_says_quota(code):
-    ops = FakeOps(up_failed(code, "You have requested more vCPU capacity"))
+def test_the_account_group_quota_cleans_up_and_says_which_quota_to_raise():
+    ops = FakeOps(up_failed("LimitExceeded"))
     with pytest.raises(ProvisionError) as err:
-        executor(ops).provision(request(spot=code.startswith("MaxSpot")))
+        executor(ops).provision(request())
     assert err.value.kind == "quota"
-    assert ops.ops() == ["up", "destroy", "remove_stack"], "a quota error must not wander to other zones"
+    assert ops.ops() == ["up", "destroy", "remove_stack"]
     assert ops.stacks == set()
     message = str(err.value)
-    assert "Service Quotas" in message and code in message and "\n" not in message
-    expected = "All G and VT Spot Instance Requests" if code.startswith("MaxSpot") else "Running On-Demand G and VT"
-    assert expected in message
+    assert message.startswith("AWS refused Auto Scaling CreateAutoScalingGroup (LimitExceeded)")
+    assert "\"Auto Scaling groups per region\" in Service Quotas" in message and "us-east-1" in message
+    assert "\n" not in message
 
 
 def test_no_capacity_yet_is_a_started_run_waiting_for_its_machine():
@@ -171,86 +194,74 @@ def test_no_capacity_yet_is_a_started_run_waiting_for_its_machine():
     assert result.instance_id is None and ops.stacks == {RUN_ID}
 
 
-@pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow"])
-def test_a_capacity_error_from_up_itself_cleans_up_and_says_capacity(code):
-    ops = FakeOps(up_failed(code, "try later"))
-    with pytest.raises(ProvisionError) as err:
-        executor(ops).provision(request())
-    assert err.value.kind == "capacity"
-    assert ops.ops() == ["up", "destroy", "remove_stack"] and ops.stacks == set()
-    message = str(err.value)
-    assert "us-east-1a, us-east-1b" in message and "quota" not in message.lower() and "\n" not in message
-
-
-@pytest.mark.parametrize("code", ["UnauthorizedOperation", "AccessDenied", "AccessDeniedException"])
-def test_permission_error_cleans_up_and_says_permissions(code):
-    ops = FakeOps(up_failed(code, "You are not authorized to perform this operation"))
+@pytest.mark.parametrize("code", ["UnauthorizedOperation", "AccessDenied"])
+def test_permission_error_cleans_up_and_names_the_refused_call(code):
+    ops = FakeOps(up_failed(code))
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request())
     assert err.value.kind == "permissions"
     assert ops.ops() == ["up", "destroy", "remove_stack"]
-    assert "iam:PassRole" in str(err.value)
+    operation = {"UnauthorizedOperation": "EC2 CreateLaunchTemplate",
+                 "AccessDenied": "Auto Scaling CreateAutoScalingGroup"}[code]
+    assert str(err.value).startswith(f"AWS refused {operation} ({code}): these credentials need")
+    assert "iam:PassRole" in str(err.value) and "operator policy" in str(err.value)
 
 
-def test_other_errors_show_the_cli_error_line():
-    ops = FakeOps(up_failed("InvalidParameterValue", "bad user data"))
+def test_other_errors_show_the_providers_error_without_its_framing():
+    ops = FakeOps(up_failed("ValidationError"))
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request())
     assert err.value.kind == "other"
-    assert "InvalidParameterValue: bad user data" in str(err.value)
+    message = str(err.value)
+    assert f"creating Auto Scaling Group ({RUN_ID}): operation error Auto Scaling: CreateAutoScalingGroup" in message
+    assert "ValidationError: You must use a valid fully-formed launch template" in message
+    assert "sdk-v2" not in message and "provider=aws" not in message
     assert ops.stacks == set()
 
 
-def test_quota_wins_over_capacity_codes_in_the_same_failure():
-    assert classify(["InsufficientInstanceCapacity", "VcpuLimitExceeded"]) == ("quota", "VcpuLimitExceeded")
+def test_a_group_made_while_aws_creates_its_service_role_says_launch_again():
+    ops = FakeOps(up_failed("ServiceLinkedRoleFailure"))
+    with pytest.raises(ProvisionError) as err:
+        executor(ops).provision(request())
+    assert err.value.kind == "other" and "launch again in a minute" in str(err.value)
+    assert "(ServiceLinkedRoleFailure)" in str(err.value) and ops.stacks == set()
+
+
+def test_quota_wins_over_permission_codes_and_run_instances_codes_are_not_ups():
+    assert classify(["AccessDenied", "LimitExceeded"]) == ("quota", "LimitExceeded")
     assert classify([]) == ("other", "")
     assert classify(["UnsupportedOperation"]) == ("other", "UnsupportedOperation")
+    # The group's launches report these in its scaling activities; `up` itself never does.
+    for code in ("VcpuLimitExceeded", "InsufficientInstanceCapacity", "MaxSpotInstanceCountExceeded"):
+        assert classify([code]) == ("other", code)
 
 
-REAL_LOOKING = {
-    # (code, HTTP status, message) as AWS words them for RunInstances
-    "InsufficientInstanceCapacity": "We currently do not have sufficient g5.xlarge capacity in the Availability "
-                                    "Zone you requested (us-east-1a). Our system will be working on provisioning "
-                                    "additional capacity.",
-    "Unsupported": "Your requested instance type (g5.xlarge) is not supported in your requested Availability Zone "
-                   "(us-east-1e).",
-    "VcpuLimitExceeded": "You have requested more vCPU capacity than your current vCPU limit of 0 allows for the "
-                         "instance bucket that the specified instance type belongs to. Please visit "
-                         "http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this limit.",
-    "MaxSpotInstanceCountExceeded": "Max spot instance count exceeded",
-    "UnauthorizedOperation": "You are not authorized to perform this operation. User: arn:aws:iam::123456789012:"
-                             "user/ci is not authorized to perform: ec2:RunInstances on resource: arn:aws:ec2:"
-                             "us-east-1:123456789012:instance/* because no identity-based policy allows the "
-                             "ec2:RunInstances action. Encoded authorization failure message: 3kq9...",
-}
-KIND = {"InsufficientInstanceCapacity": "capacity", "Unsupported": "capacity", "VcpuLimitExceeded": "quota",
-        "MaxSpotInstanceCountExceeded": "quota", "UnauthorizedOperation": "permissions"}
-
-
-@pytest.mark.parametrize("code", list(REAL_LOOKING))
+@pytest.mark.parametrize("code", list(REFUSED))
 def test_the_kind_comes_from_the_code_in_the_resources_error_diagnostic(code):
-    failure = up_failed(code, REAL_LOOKING[code])
+    failure = up_failed(code)
     assert failure.aws_error_codes == [code]
+    assert failure.aws_operations == [("EC2 " if REFUSED[code][0] == "CreateLaunchTemplate" else "Auto Scaling ")
+                                      + REFUSED[code][0]]
     assert classify(failure.aws_error_codes) == (KIND[code], code)
 
 
 @pytest.mark.parametrize("diagnostics", [
-    pytest.param([Diagnostic("warning", "api error InsufficientInstanceCapacity: We currently do not have "
-                             "sufficient capacity", INSTANCE_URN)], id="a warning, not an error"),
+    pytest.param([Diagnostic("warning", "api error LimitExceeded: AutoScalingGroup limit exceeded", GROUP_URN)],
+                 id="a warning, not an error"),
     pytest.param([Diagnostic("error", "update failed", STACK_URN),
-                  Diagnostic("info", "Unsupported VcpuLimitExceeded MaxSpotInstanceCountExceeded", INSTANCE_URN)],
+                  Diagnostic("info", "LimitExceeded AccessDenied UnauthorizedOperation", GROUP_URN)],
                  id="the words in an info line"),
-    pytest.param([Diagnostic("error", "1 error occurred:\n\t* creating EC2 Instance: operation error EC2: "
-                             "RunInstances, https response error StatusCode: 400, RequestID: 1, api error "
-                             "InvalidParameterValue: Unsupported value for UserData; not InsufficientInstanceCapacity "
-                             "nor UnauthorizedOperation", INSTANCE_URN)], id="the words inside another code's message"),
-    pytest.param([Diagnostic("error", "Unsupported: the engine refused the plan (VcpuLimitExceeded)", "")],
+    pytest.param([Diagnostic("error", "creating Auto Scaling Group (x): operation error Auto Scaling: "
+                             "CreateAutoScalingGroup, https response error StatusCode: 400, RequestID: 1, api error "
+                             "ValidationError: Invalid value; not LimitExceeded nor AccessDenied", GROUP_URN)],
+                 id="the words inside another code's message"),
+    pytest.param([Diagnostic("error", "LimitExceeded: the engine refused the plan (AccessDenied)", "")],
                  id="an error with no resource"),
-    pytest.param([Diagnostic("error", "creating EC2 Instance: Unsupported instance type", INSTANCE_URN)],
-                 id="the word Unsupported without an api error code"),
+    pytest.param([Diagnostic("error", "creating Auto Scaling Group: LimitExceeded", GROUP_URN)],
+                 id="the word LimitExceeded without an api error code"),
 ])
 def test_text_that_merely_contains_the_words_is_not_classified(diagnostics):
-    failure = StackCommandFailed("error: update failed (InsufficientInstanceCapacity Unsupported)", diagnostics)
+    failure = StackCommandFailed("error: update failed (LimitExceeded AccessDenied)", diagnostics)
     kind, _ = classify(failure.aws_error_codes)
     assert kind == "other"
     ops = FakeOps(failure)
@@ -264,7 +275,7 @@ def test_a_failed_cleanup_keeps_the_original_error():
         def destroy(self, stack):
             raise StackCommandFailed("error: the stack is currently locked by 1 lock(s)")
 
-    ops = StuckOps(up_failed("VcpuLimitExceeded", "quota"))
+    ops = StuckOps(up_failed("LimitExceeded"))
     with pytest.raises(ProvisionError) as err:
         executor(ops).provision(request())
     assert err.value.kind == "quota"
@@ -343,9 +354,10 @@ def test_finalize_failure_names_the_stack_and_keeps_it():
     class Denied(FakeOps):
         def destroy(self, stack):
             raise StackCommandFailed("error: update failed", [Diagnostic(
-                "error", "deleting EC2 Instance (i-0123): operation error EC2: TerminateInstances, https response "
-                "error StatusCode: 403, RequestID: 9, api error UnauthorizedOperation: You are not authorized",
-                INSTANCE_URN)])
+                "error", f"sdk-v2/provider2.go:572: sdk.helper_schema: deleting Auto Scaling Group ({RUN_ID}): "
+                "operation error Auto Scaling: DeleteAutoScalingGroup, https response error StatusCode: 403, "
+                "RequestID: 9, api error AccessDenied: User: arn:aws:iam::123456789012:user/ci is not authorized "
+                "to perform: autoscaling:DeleteAutoScalingGroup: provider=aws@7.51.1", GROUP_URN)])
 
     ops = Denied()
     ops.stacks.add(RUN_ID)

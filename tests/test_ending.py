@@ -26,11 +26,13 @@ from automation.sandbox.control import REGION, SandboxInfo, seed
 from instance.protocol.artifacts import get_json, get_json_versioned, put_json
 from instance.protocol.aws import client
 from instance.protocol.ec2 import instance_state, run_tags
+from instance.protocol.group import describe_group
 from instance.protocol.layout import Layout, bucket_name
 from instance.protocol.status import Status
 from instance.protocol.timeutil import utcnow
 from tests.agent_fixtures import DATA_PREFIX, parquet_bytes, run_config, synthetic_frame
 from tests.faultproxy import CONFLICT, FaultProxy
+from tests.fake_pulumi import recorded
 from tests.test_pulumi_seam import fake  # noqa: F401 - the fixture
 
 ENV = "dev"
@@ -81,7 +83,7 @@ def running_run(target) -> tuple[str, str]:
     store = target.state_store()
     lease = store.acquire(RUN, executor="ec2", instance_type="g4dn.xlarge", instance_id=named)
     store.move(store.move(lease, Status.DATA_SYNC), Status.TRAINING)
-    target.s3.put_object(Bucket=BUCKET, Key=STACK_KEY, Body=b"{}")
+    target.s3.put_object(Bucket=BUCKET, Key=STACK_KEY, Body=json.dumps(recorded(RUN)).encode())
     return named, tagged
 
 
@@ -138,30 +140,35 @@ def test_verify_lists_a_stack_record_without_a_machine_as_costing_nothing(target
 
 def test_verify_fix_removes_the_record_once_the_cli_is_there(target, fake):  # noqa: F811
     # What kill --force left without a CLI: no lock, no machine, the stack record.
-    target.s3.put_object(Bucket=BUCKET, Key=STACK_KEY, Body=b'{"instances": [], "outputs": {}}')
+    target.s3.put_object(Bucket=BUCKET, Key=STACK_KEY, Body=json.dumps(recorded(RUN)).encode())
     fixed = verify(target, ec2_executor(target), do_fix=True)
     assert fixed.clean and fixed.records == [] and [f.kind for f in fixed.fixed] == ["stack"]
     assert stack_records(target) == []
 
 
-def test_a_destroy_that_times_out_leaves_a_record_verify_cleanup_lists(target, fake, monkeypatch):  # noqa: F811
+def test_a_destroy_that_times_out_leaves_a_record_verify_cleanup_lists(target, fake, monkeypatch,  # noqa: F811
+                                                                     tmp_path):
     """The group's delete may outlast even its 30-minute timeout (the biggest machines end
-    slowly): the run is over and billed nothing more, its stack record stays, verify-cleanup
-    lists it and --fix says why it could not remove it."""
+    slowly): the run is over and billed nothing more, its stack record and a group of no machine
+    stay, verify-cleanup lists the record and --fix says why it could not remove it."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(run_config()))
+    launched = launch(target, plan(target, config), ec2_executor(target))  # the real stack: template, group, machine
     monkeypatch.setenv("FAKE_PULUMI_DESTROY", "timeout")
-    named, tagged = running_run(target)
-    ended = force_end(target, ec2_executor(target), RUN, "failed", "lost")
-    assert "destroy failed" in ended.stack_left or "timeout" in ended.stack_left, ended.stack_left
-    assert {instance_state(target.ec2, i) for i in (named, tagged)} == {"terminated"}
+    ended = force_end(target, ec2_executor(target), launched.run_id, "failed", "lost")
+    assert f"deleting Auto Scaling Group ({launched.run_id})" in ended.stack_left and "timeout" in ended.stack_left
+    assert instance_state(target.ec2, launched.instance_id) == "terminated"
+    group = describe_group(target.autoscaling, launched.run_id)
+    assert (group["DesiredCapacity"], group["MaxSize"], group["Instances"]) == (0, 0, []), "it can launch nothing"
     report = verify(target, ec2_executor(target), do_fix=True)
-    assert report.clean, "nothing bills: the machines ended before the destroy"
-    assert [(f.kind, f.id) for f in report.records] == [("stack", RUN)]
-    assert "timeout" in report.not_fixed[RUN] or "destroy failed" in report.not_fixed[RUN], report.not_fixed
+    assert report.clean, "nothing bills: the machine ended before the destroy"
+    assert [(f.kind, f.id) for f in report.records] == [("stack", launched.run_id)]
+    assert "timeout" in report.not_fixed[launched.run_id], report.not_fixed
 
 
 def test_billable_leftovers_and_records_are_told_apart(target, no_pulumi):
     orphan = run_machine(target, "run-20261128-070000-beef")
-    target.s3.put_object(Bucket=BUCKET, Key=STACK_KEY, Body=b"{}")
+    target.s3.put_object(Bucket=BUCKET, Key=STACK_KEY, Body=json.dumps(recorded(RUN)).encode())
     report = verify(target, ec2_executor(target), do_fix=False)
     assert not report.clean
     assert [(f.kind, f.id) for f in report.leftovers] == [("instance", orphan)]
@@ -171,15 +178,16 @@ def test_billable_leftovers_and_records_are_told_apart(target, no_pulumi):
 
 
 def test_the_next_launch_removes_ended_runs_stack_records(target, fake, tmp_path):  # noqa: F811
-    target.s3.put_object(Bucket=BUCKET, Key=STACK_KEY, Body=b'{"instances": [], "outputs": {}}')
+    target.s3.put_object(Bucket=BUCKET, Key=STACK_KEY, Body=json.dumps(recorded(RUN)).encode())
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(run_config()))
     lines: list[str] = []
     launched = launch(target, plan(target, config), ec2_executor(target, lines.append), progress=lines.append)
     assert stack_records(target) == [launched.run_id], "the ended run's record is gone; the new run's stays"
     assert f"removed the stack record of ended run {RUN}" in lines
-    assert any(line.startswith("pulumi: create aws:ec2/instance:Instance") for line in lines), \
+    assert f"pulumi: create aws:autoscaling/group:Group {launched.run_id} done" in lines, \
         "the launch says what Pulumi does while it works"
+    assert launched.instance_id in [i["InstanceId"] for i in describe_group(target.autoscaling, launched.run_id)["Instances"]]
 
 
 # -- staleness by S3's clock ------------------------------------------------------------------------

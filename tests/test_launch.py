@@ -48,8 +48,10 @@ def target(aws, s3):
 
 
 @pytest.mark.parametrize("kind,message", [
-    ("quota", "the vCPU quota for G instances (VcpuLimitExceeded) is too low; request an increase"),
-    ("capacity", "no g4dn.xlarge capacity in any zone (InsufficientInstanceCapacity); retry later or use spot"),
+    ("quota", "AWS refused Auto Scaling CreateAutoScalingGroup (LimitExceeded): the account's quota of Auto "
+              "Scaling groups in us-east-1 is used up"),
+    ("permissions", "AWS refused EC2 CreateLaunchTemplate (UnauthorizedOperation): these credentials need the "
+                    "environment's operator policy"),
 ])
 def test_failed_provisioning_releases_the_lock_and_records_the_kind(target, tmp_path, kind, message):
     cfg = tmp_path / "run.yaml"

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,14 @@ from automation.executors.base import ProvisionError
 from automation.executors.ec2 import Ec2Executor
 from automation.executors.run_stacks import PulumiStackOps, StackCommandFailed
 from automation.sandbox import motoserver
-from automation.sandbox.control import REGION, SandboxInfo, seed
+from automation.sandbox.control import REGION, SandboxInfo, instance_role_name, put_operator_policy, seed
 from automation.sandbox.strictmoto import OPERATORS
+from automation.stacks.policies import operator_policy
 from automation.stacks.run import RunStackConfig
 from instance.protocol.artifacts import get_json
-from instance.protocol.aws import client
+from instance.protocol.aws import AwsTarget, client
 from instance.protocol.ec2 import instance_state, instances_by_tag
+from instance.protocol.group import describe_group, failed_launches
 from instance.protocol.layout import Layout, bucket_name
 from tests.agent_fixtures import DATA_PREFIX, parquet_bytes, run_config, synthetic_frame
 from tests.cli_helpers import REPO, cli_env, wait_until
@@ -75,25 +78,59 @@ def fake(aws, seeded, tmp_path, monkeypatch):
     return log, scratch
 
 
-def stack_config() -> RunStackConfig:
-    return RunStackConfig(run_id=RUN_ID, env=ENV, region=REGION, instance_types=("g4dn.xlarge",), spot=False,
-                          subnet_ids=("subnet-0aaa", "subnet-0bbb"), security_group_id="sg-0bbb",
-                          instance_profile="chronos-dev-access-instance", ami_ssm_parameter="/x/ami-id",
+def stack_config(infra, types: tuple[str, ...] = ("g4dn.xlarge", "g5.xlarge"), spot: bool = False) -> RunStackConfig:
+    """The run stack over the seeded environment (its subnets, security group, profile, AMI)."""
+    return RunStackConfig(run_id=RUN_ID, env=ENV, region=REGION, instance_types=types, spot=spot,
+                          subnet_ids=tuple(infra.subnets.values()), security_group_id=infra.security_group_id,
+                          instance_profile=infra.instance_profile, ami_ssm_parameter=infra.ami_ssm_parameter,
                           user_data="#!/bin/bash\n")
 
 
-def test_every_call_gets_our_backend_passphrase_and_its_own_work_dir(aws, fake):
+def on_aws(infra):
+    """The seeded environment as a deployed one (the EC2 executor refuses the sandbox's)."""
+    return infra.__class__(**{**infra.__dict__, "extra": {}})
+
+
+def left_of_the_run(aws) -> dict:
+    """What AWS still holds of the run: its group, its launch template, its live machines."""
+    autoscaling, ec2 = client("autoscaling", aws), client("ec2", aws)
+    return {"group": describe_group(autoscaling, RUN_ID),
+            "templates": [t["LaunchTemplateName"] for t in ec2.describe_launch_templates()["LaunchTemplates"]],
+            "machines": [i["InstanceId"] for i in instances_by_tag(ec2, {"RunId": RUN_ID})]}
+
+
+# The run stack as the engine names it: the component's children carry its type in their URN.
+STACK_STEPS = [
+    ("pulumi:pulumi:Stack", f"urn:pulumi:{RUN_ID}::chronos-run::pulumi:pulumi:Stack::chronos-run-{RUN_ID}"),
+    ("pulumi:providers:aws", f"urn:pulumi:{RUN_ID}::chronos-run::pulumi:providers:aws::{RUN_ID}-aws"),
+    ("chronos:run:Machines", f"urn:pulumi:{RUN_ID}::chronos-run::chronos:run:Machines::{RUN_ID}"),
+    ("aws:ec2/launchTemplate:LaunchTemplate",
+     f"urn:pulumi:{RUN_ID}::chronos-run::chronos:run:Machines$aws:ec2/launchTemplate:LaunchTemplate::{RUN_ID}"),
+    ("aws:autoscaling/group:Group",
+     f"urn:pulumi:{RUN_ID}::chronos-run::chronos:run:Machines$aws:autoscaling/group:Group::{RUN_ID}"),
+]
+
+
+def test_every_call_gets_our_backend_passphrase_and_its_own_work_dir(aws, seeded, fake):
     log, scratch = fake
-    ops = PulumiStackOps(BUCKET, ENV, REGION, target=aws)
-    outputs = ops.up(RUN_ID, stack_config())
-    assert outputs["group"] == RUN_ID
-    [machine] = [i["InstanceId"] for i in instances_by_tag(client("ec2", aws), {"RunId": RUN_ID})]
+    lines: list[str] = []
+    ops = PulumiStackOps(BUCKET, ENV, REGION, target=aws, progress=lines.append)
+    outputs = ops.up(RUN_ID, stack_config(seeded))
+    assert outputs["group"] == RUN_ID and outputs["launch_template"].startswith("lt-")
+    [machine] = left_of_the_run(aws)["machines"]
+    lt, group = "aws:ec2/launchTemplate:LaunchTemplate", "aws:autoscaling/group:Group"
+    assert lines == [f"pulumi: create pulumi:providers:aws {RUN_ID}-aws", f"pulumi: create pulumi:providers:aws {RUN_ID}-aws done",
+                     f"pulumi: create chronos:run:Machines {RUN_ID}",
+                     f"pulumi: create {lt} {RUN_ID}", f"pulumi: create {lt} {RUN_ID} done",
+                     f"pulumi: create {group} {RUN_ID}", f"pulumi: create {group} {RUN_ID} done",
+                     f"pulumi: create chronos:run:Machines {RUN_ID} done"], "what a launch shows while Pulumi works"
     assert ops.list_stacks() == [RUN_ID], "the stack is in the bucket's backend, where list_stacks looks"
     ops.refresh(RUN_ID)
     ops.destroy(RUN_ID)
     ops.remove_stack(RUN_ID)
     assert ops.list_stacks() == []
     assert instance_state(client("ec2", aws), machine) == "terminated"
+    assert left_of_the_run(aws) == {"group": None, "templates": [], "machines": []}
     seen = calls(log)
     assert {c["argv"][1] for c in seen} >= {"stack", "up", "refresh", "destroy"}
     for call in seen:
@@ -106,42 +143,127 @@ def test_every_call_gets_our_backend_passphrase_and_its_own_work_dir(aws, fake):
     assert list(scratch.iterdir()) == [], "no automation-* (or other) folder left in the temp dir"
 
 
-def test_a_failed_up_carries_the_engines_error_diagnostics(aws, fake, monkeypatch):
-    monkeypatch.setenv("FAKE_PULUMI_UP", "fail:InsufficientInstanceCapacity")
+def test_up_makes_what_the_program_declares_and_the_group_launches_its_machine(aws, seeded, fake):
+    """The template and the group are the program's (types in order, every zone's subnet, the
+    run's tags); the group's machine is tagged through the template's tag specifications, as on AWS."""
+    PulumiStackOps(BUCKET, ENV, REGION, target=aws).up(RUN_ID, stack_config(seeded))
+    group = describe_group(client("autoscaling", aws), RUN_ID)
+    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (0, 1, 1)
+    assert sorted(group["VPCZoneIdentifier"].split(",")) == sorted(seeded.subnets.values())
+    policy = group["MixedInstancesPolicy"]
+    assert [o["InstanceType"] for o in policy["LaunchTemplate"]["Overrides"]] == ["g4dn.xlarge", "g5.xlarge"]
+    assert policy["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 100
+    [machine] = [i for r in client("ec2", aws).describe_instances(
+        Filters=[{"Name": "tag:RunId", "Values": [RUN_ID]}])["Reservations"] for i in r["Instances"]]
+    tags = {t["Key"]: t["Value"] for t in machine["Tags"]}
+    assert {k: tags[k] for k in ("Project", "Environment", "CostCenter", "RunId")} == {
+        "Project": "Chronos-Training", "Environment": ENV, "CostCenter": "train", "RunId": RUN_ID}
+    assert tags["aws:ec2launchtemplate:id"] == policy["LaunchTemplate"]["LaunchTemplateSpecification"]["LaunchTemplateId"]
+    assert machine["InstanceType"] == "g4dn.xlarge", "the first listed type"
+    [activity] = client("autoscaling", aws).describe_scaling_activities(AutoScalingGroupName=RUN_ID)["Activities"]
+    assert (activity["StatusCode"], activity["Description"]) == ("Successful", f"Launching a new EC2 instance: "
+                                                                              f"{machine['InstanceId']}")
+
+
+def test_a_failed_up_carries_the_providers_error_diagnostic_on_the_groups_urn(aws, seeded, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_PULUMI_UP", "fail:CreateAutoScalingGroup:LimitExceeded")
     ops = PulumiStackOps(BUCKET, ENV, REGION, target=aws)
     with pytest.raises(StackCommandFailed) as err:
-        ops.up(RUN_ID, stack_config())
+        ops.up(RUN_ID, stack_config(seeded))
     failure = err.value
-    assert failure.aws_error_codes == ["InsufficientInstanceCapacity"]
-    assert "We currently do not have sufficient g4dn.xlarge capacity" in str(failure) and "\n" not in str(failure)
-    assert [d.severity for d in failure.diagnostics] == ["error", "error"]
+    assert failure.aws_error_codes == ["LimitExceeded"]
+    assert failure.aws_operations == ["Auto Scaling CreateAutoScalingGroup"]
+    assert [(d.severity, d.urn) for d in failure.diagnostics] == [("error", STACK_STEPS[4][1]),
+                                                                   ("error", STACK_STEPS[0][1])]
+    text = str(failure)
+    assert text.startswith(f"creating Auto Scaling Group ({RUN_ID}): operation error Auto Scaling: CreateAutoScalingGroup")
+    assert "AutoScalingGroup limit exceeded" in text and "sdk-v2" not in text and "provider=aws" not in text
+    assert "\n" not in text
+    assert left_of_the_run(aws)["templates"] == [RUN_ID], "the template was made before the group was refused"
 
 
-@pytest.mark.reliability  # the classification itself is tested through a fake seam in test_ec2_executor.py
-def test_a_capacity_error_from_up_through_the_real_seam_cleans_up(aws, fake, monkeypatch):
-    from tests.test_ec2_executor import INFRA, Renderer, request
+@pytest.mark.parametrize("refusal,kind,says", [
+    ("CreateAutoScalingGroup:LimitExceeded", "quota", "Auto Scaling groups per region"),
+    pytest.param("CreateAutoScalingGroup:AccessDenied", "permissions", "operator policy",
+                 marks=pytest.mark.reliability),
+    pytest.param("CreateLaunchTemplate:UnauthorizedOperation", "permissions", "ec2:CreateLaunchTemplate",
+                 marks=pytest.mark.reliability),
+    pytest.param("CreateAutoScalingGroup:ServiceLinkedRoleFailure", "other", "launch again in a minute",
+                 marks=pytest.mark.reliability),
+])
+def test_a_refused_up_through_the_real_seam_says_what_to_do_and_leaves_nothing(aws, seeded, fake, monkeypatch,
+                                                                               refusal, kind, says):
+    from tests.test_ec2_executor import Renderer, request
 
-    monkeypatch.setenv("FAKE_PULUMI_UP", "fail:InsufficientInstanceCapacity")
+    monkeypatch.setenv("FAKE_PULUMI_UP", f"fail:{refusal}")
     ex = Ec2Executor(ENV, BUCKET, REGION, target=aws, render_user_data=Renderer())
     with pytest.raises(ProvisionError) as err:
-        ex.provision(request(infra=INFRA.__class__(**{**INFRA.__dict__, "bucket": BUCKET})))
-    assert err.value.kind == "capacity" and "us-east-1a, us-east-1b" in str(err.value)
+        ex.provision(request(infra=on_aws(seeded)))
+    operation, code = refusal.split(":")
+    assert err.value.kind == kind and f"({code})" in str(err.value) and operation in str(err.value)
+    assert says in str(err.value) and "\n" not in str(err.value)
     ups = [c for c in calls(fake[0]) if c["argv"][1] == "up"]
     assert len(ups) == 1, "one up: the group spans the zones"
     assert ex.leftover_stacks() == []
+    assert left_of_the_run(aws) == {"group": None, "templates": [], "machines": []}
 
 
-def test_preview_runs_in_a_throwaway_backend_and_writes_nothing_to_the_bucket(aws, fake, monkeypatch):
+def test_a_missing_grant_in_the_operator_policy_shows_as_the_refusal_of_its_call(aws, seeded, fake, monkeypatch):
+    """`up` acts with the credentials the CLI was given: an operator policy without the group
+    statement is refused by the sandbox (IAM enforced), and the user is told which call."""
+    from tests.test_ec2_executor import Renderer, request
+
+    policy = operator_policy(f"arn:aws:s3:::{BUCKET}", ENV, REGION, motoserver.SANDBOX_ACCOUNT, seeded.vpc_id,
+                             f"arn:aws:iam::{motoserver.SANDBOX_ACCOUNT}:role/{instance_role_name(ENV)}",
+                             seeded.instance_profile_arn, seeded.ami_ssm_parameter)
+    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != "CreateTaggedRunGroups"]
+    put_operator_policy(aws, ENV, policy)
+    for name, value in OPERATORS[ENV].env().items():
+        monkeypatch.setenv(name, value)
+    operator = AwsTarget(REGION, aws.endpoint_url, OPERATORS[ENV].credentials)
+    ex = Ec2Executor(ENV, BUCKET, REGION, target=operator, render_user_data=Renderer())
+    with pytest.raises(ProvisionError) as err:
+        ex.provision(request(infra=on_aws(seeded)))
+    assert err.value.kind == "permissions"
+    assert "AWS refused Auto Scaling CreateAutoScalingGroup (AccessDenied)" in str(err.value)
+    assert left_of_the_run(aws) == {"group": None, "templates": [], "machines": []}
+
+
+@pytest.mark.parametrize("conditions,words", [
+    ({"vcpu_quotas": {"L-DB2E81BA": 0}}, "You have requested more vCPU capacity than your current vCPU limit of 0"),
+    ({"no_capacity": ["g5.xlarge"]}, "We currently do not have sufficient g5.xlarge capacity"),
+], ids=["quota", "capacity"])
+def test_a_group_that_cannot_launch_is_a_started_run_waiting_for_its_machine(aws, seeded, fake, conditions, words):
+    """`up` succeeds whatever EC2 then says: the group records the failed launch in its scaling
+    activities, and provisioning returns no machine yet, with AWS's words, at once."""
+    from tests.test_ec2_executor import Renderer, request
+
+    motoserver.set_launch_conditions(aws.endpoint_url, **conditions)
+    ex = Ec2Executor(ENV, BUCKET, REGION, target=aws, render_user_data=Renderer())
+    began = time.monotonic()
+    done = ex.provision(request(infra=on_aws(seeded)))
+    assert done.instance_id is None and words in done.last_failed_launch
+    assert time.monotonic() - began < ex.first_machine_wait, "no need to wait: the group said why"
+    left = left_of_the_run(aws)
+    assert left["group"]["DesiredCapacity"] == 1 and left["group"]["Instances"] == [] and left["machines"] == []
+    assert failed_launches(client("autoscaling", aws), RUN_ID)[0].endswith("Launching EC2 instance failed.")
+    ex.finalize(RUN_ID)
+    assert left_of_the_run(aws) == {"group": None, "templates": [], "machines": []}
+
+
+def test_preview_runs_in_a_throwaway_backend_and_writes_nothing_to_the_bucket(aws, seeded, fake):
     log, scratch = fake
-    monkeypatch.setenv("FAKE_PULUMI_INPUTS", json.dumps({"instanceType": "g4dn.xlarge",
-                                                         "availabilityZone": "us-east-1a"}))
     s3 = client("s3", aws)
     before = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
-    preview = PulumiStackOps(BUCKET, ENV, REGION, target=aws).preview(stack_config())
+    preview = PulumiStackOps(BUCKET, ENV, REGION, target=aws).preview(stack_config(seeded))
     after = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
     assert after == before
-    assert ("create", "aws:ec2/instance:Instance", RUN_ID) in [(s.op, s.type, s.name) for s in preview.steps]
-    assert preview.changes == {"create": 3}
+    assert [(s.op, s.type, s.name) for s in preview.steps] == [("create", t, u.rsplit("::", 1)[1]) for t, u in STACK_STEPS]
+    assert preview.changes == {"create": 5}
+    template = preview.steps[3].inputs
+    assert (template["instanceType"], template["imageId"]) == ("g4dn.xlarge", client("ssm", aws).get_parameter(
+        Name=seeded.ami_ssm_parameter)["Parameter"]["Value"])
+    assert left_of_the_run(aws) == {"group": None, "templates": [], "machines": []}, "a preview makes nothing"
     backends = {c["env"]["PULUMI_BACKEND_URL"] for c in calls(log)}
     assert len(backends) == 1 and next(iter(backends)).startswith("file://")
     assert not Path(next(iter(backends)).removeprefix("file://")).exists()
@@ -182,7 +304,8 @@ def test_ctrl_c_during_up_cancels_destroys_removes_releases_and_exits_130(aws, a
                             # job (whose shell set SIGINT to ignored, which a child would inherit).
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        wait_until(mark.exists, timeout=120, what="the fake `pulumi up` to start its instance")
+        wait_until(lambda: mark.exists() and mark.read_text(), timeout=120,
+                   what="the fake `pulumi up` to create the group and its machine")
         instance = mark.read_text()
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=120)
@@ -199,6 +322,9 @@ def test_ctrl_c_during_up_cancels_destroys_removes_releases_and_exits_130(aws, a
     after_up = [c["argv"][1] for c in seen[seen.index(ups[0]) + 1:] if c["argv"][1] != "up"]
     assert "destroy" in after_up and "stack" in after_up
     assert instance_state(client("ec2", aws), instance) == "terminated"
+    assert instances_by_tag(client("ec2", aws), {"RunId": run_id}) == [], "nor a replacement the group launched"
+    assert describe_group(client("autoscaling", aws), run_id) is None
+    assert client("ec2", aws).describe_launch_templates()["LaunchTemplates"] == []
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="dev/pulumi/").get("Contents", [])}
     assert not [k for k in keys if "/stacks/" in k or "/locks/" in k], keys
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=Layout(ENV).state), "the lock is released"

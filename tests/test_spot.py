@@ -10,6 +10,7 @@ import time
 import pytest
 import yaml
 
+from automation.sandbox import motoserver
 from instance.protocol.aws import client
 from instance.protocol.ec2 import instance_state, instances_by_tag
 from instance.protocol.group import describe_group
@@ -80,9 +81,8 @@ def test_an_interrupted_spot_run_resumes_on_a_new_machine_and_completes(env, aws
     num_steps = 400
     run_id = launched_run_id(run_cli(env, "--local", "launch", spot_config(tmp_path, num_steps=num_steps), cwd=tmp_path))
     wait_until(lambda: training_at(s3, run_id, 10, attempt=1), 180, what="training on the first machine")
-    # The group may launch any listed type: the next machine is the config's third choice.
-    client("ec2", aws).create_launch_template_version(LaunchTemplateName=run_id, SourceVersion="$Latest",
-                                                      LaunchTemplateData={"InstanceType": "g4dn.xlarge"})
+    # The group launches the first listed type EC2 has capacity for: now the config's third choice.
+    motoserver.set_launch_conditions(aws.endpoint_url, no_capacity=["g6.xlarge", "g5.xlarge"])
     interrupt(env, run_id)
 
     waiting = wait_until(lambda: (lock(s3) or {}).get("interruptions"), 60, 0.1, what="the interruption recorded")

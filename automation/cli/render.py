@@ -237,6 +237,18 @@ def verify_lines(report) -> list[str]:
     return lines
 
 
+def _preview_facts(inputs: dict) -> str:
+    """What a planned step's inputs say about the machine: the template's type and image, the
+    group's types (in order) and how many subnets (zones) it may launch in."""
+    facts = [f"{key} {inputs[key]}" for key in ("instanceType", "imageId") if inputs.get(key)]
+    overrides = ((inputs.get("mixedInstancesPolicy") or {}).get("launchTemplate") or {}).get("overrides") or []
+    if overrides:
+        facts.append("types " + ", ".join(o.get("instanceType", "?") for o in overrides))
+    if inputs.get("vpcZoneIdentifiers"):
+        facts.append(f"{len(inputs['vpcZoneIdentifiers'])} subnets")
+    return "; ".join(facts)
+
+
 def dry_run_lines(result) -> list[str]:
     """launch --dry-run for people: the run it would start, the checks, the preview, the verdict."""
     cfg, est = result.plan.config, result.plan.estimate
@@ -257,9 +269,7 @@ def dry_run_lines(result) -> list[str]:
     lines += [f"  {c.line()}" for c in result.checks]
     lines.append(f"preview   {result.preview_note}")
     for step in getattr(result.preview, "steps", []):
-        inputs = step.inputs or {}
-        where = ", ".join(f"{k} {inputs[k]}" for k in ("instanceType", "availabilityZone", "subnetId", "ami")
-                          if inputs.get(k))
+        where = _preview_facts(step.inputs or {})
         lines.append(f"  {step.op:8} {step.type}  {step.name}" + (f"  ({where})" if where else ""))
     changes = getattr(result.preview, "changes", None)
     if changes:

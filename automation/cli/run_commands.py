@@ -54,7 +54,8 @@ def launch(opts: Options, config: Path, follow: bool, download: bool, dry_run: b
     launched = do_launch(target, lp, executor, progress=say)
     click.echo(launched.run_id)
     flag = " --local" if opts.local else ""
-    say(f"run {launched.run_id} started on {executor.name} (instance {launched.instance_id}, dataset "
+    machine = f"instance {launched.instance_id}" if launched.instance_id else "waiting for its first machine"
+    say(f"run {launched.run_id} started on {executor.name} ({machine}, dataset "
         f"{launched.dataset_prefix})\n  watch: chronos-train{flag} monitor {launched.run_id} --follow\n"
         f"  logs:  chronos-train{flag} logs {launched.run_id} --follow\n  stop:  chronos-train{flag} kill {launched.run_id}")
     if follow:

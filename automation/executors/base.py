@@ -21,6 +21,7 @@ class ProvisionRequest:
 class Provisioned:
     instance_id: str | None  # None: the group is still looking for capacity for its first machine
     zone: str | None = None
+    last_failed_launch: str | None = None  # no machine yet: why the group's launch failed, in AWS's words
 
 
 class ProvisionError(Exception):

@@ -19,13 +19,16 @@ from .run_stacks import PulumiStackOps, StackCommandFailed, StackMissing, StackO
 
 log = logging.getLogger(__name__)
 
-# AWS error codes of a failed RunInstances, compared whole (never searched for in text).
-QUOTA_CODES = frozenset({"VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded"})
-CAPACITY_CODES = frozenset({"InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported",
-                            "SpotMaxPriceTooLow"})
+# The AWS error codes `up` can be refused with, compared whole (never searched for in text). `up`
+# creates a launch template and an Auto Scaling group and returns: RunInstances' own refusals
+# (VcpuLimitExceeded, InsufficientInstanceCapacity...) come later, in the group's scaling
+# activities (automation/runs/capacity.py), and make a run wait, not a launch fail.
+QUOTA_CODES = frozenset({"LimitExceeded"})  # CreateAutoScalingGroup: the account's groups per Region
 PERMISSION_CODES = frozenset({"UnauthorizedOperation", "AccessDeniedException", "AccessDenied"})
-# Quota first: it decides what the user must do (ask for vCPUs), whatever else went wrong.
-_KINDS = (("quota", QUOTA_CODES), ("capacity", CAPACITY_CODES), ("permissions", PERMISSION_CODES))
+# CreateAutoScalingGroup while AWS still creates the account's Auto Scaling service-linked role
+# (the first group of an account): a launch a minute later succeeds.
+NOT_YET_CODES = frozenset({"ServiceLinkedRoleFailure"})
+_KINDS = (("quota", QUOTA_CODES), ("permissions", PERMISSION_CODES))
 _GONE = ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed")
 
 
@@ -36,12 +39,6 @@ def classify(codes: list[str]) -> tuple[str, str]:
             if code in known:
                 return kind, code
     return "other", (codes[0] if codes else "")
-
-
-def quota_name(instance_type: str, spot: bool) -> str:
-    family = instance_type[:1].upper()
-    group = "G and VT" if family == "G" else family
-    return f"All {group} Spot Instance Requests" if spot else f"Running On-Demand {group} instances"
 
 
 class Ec2Executor:
@@ -125,10 +122,15 @@ class Ec2Executor:
         except StackCommandFailed as exc:
             kind, code = classify(exc.aws_error_codes)
             self._discard(req.run_id)
-            raise ProvisionError(self._message(req, kind, code, self.zones(req), str(exc)), kind) from exc
+            operation = next(iter(exc.aws_operations), "")
+            raise ProvisionError(self._message(req, kind, code, operation, str(exc)), kind) from exc
 
     def _first_machine(self, run_id: str) -> Provisioned:
-        ec2 = client("ec2", self.target)
+        """The group's first machine once EC2 lists it; no machine (the run waits) once the
+        wait is over or the group has reported a failed launch, which it retries on its own."""
+        from instance.protocol.group import failed_launches
+
+        ec2, autoscaling = client("ec2", self.target), client("autoscaling", self.target)
         deadline = time.monotonic() + self.first_machine_wait
         while True:
             found = instances_by_tag(ec2, {"RunId": run_id})
@@ -136,28 +138,27 @@ class Ec2Executor:
                 first = found[0]
                 return Provisioned(instance_id=first["InstanceId"],
                                    zone=(first.get("Placement") or {}).get("AvailabilityZone"))
+            failed = failed_launches(autoscaling, run_id, limit=5)
             left = deadline - time.monotonic()
-            if left <= 0:
-                log.warning("run %s: no machine yet; its group keeps looking for capacity", run_id)
-                return Provisioned(instance_id=None)
+            if failed or left <= 0:
+                log.info("run %s: no machine yet; its group keeps looking for capacity", run_id)
+                return Provisioned(instance_id=None, last_failed_launch=failed[0] if failed else None)
             time.sleep(min(5.0, left))
 
     @staticmethod
-    def _message(req: ProvisionRequest, kind: str, code: str, zones: list[str], text: str) -> str:
-        itype, spot = req.config.instance.type, req.config.instance.spot
-        market = "spot" if spot else "on-demand"
+    def _message(req: ProvisionRequest, kind: str, code: str, operation: str, text: str) -> str:
+        refused = f"AWS refused {operation} ({code})" if operation else f"AWS refused the launch ({code})"
         if kind == "quota":
-            return (f"AWS refused {itype} ({market}) because the account's EC2 quota is too low ({code}); "
-                    f"ask for more vCPUs of \"{quota_name(itype, spot)}\" in Service Quotas for "
-                    f"{req.infra.region}, or choose a smaller instance type")
-        if kind == "capacity":
-            other = "on-demand (spot: false)" if spot else "spot (spot: true)"
-            return (f"AWS has no {market} capacity for {itype} in {', '.join(zones)} right now ({code}); "
-                    f"launch again later, try {other}, or choose another instance type")
+            return (f"{refused}: the account's quota of Auto Scaling groups in {req.infra.region} is used up; delete "
+                    "groups no longer in use or ask for more \"Auto Scaling groups per region\" in Service Quotas, "
+                    "then launch again")
         if kind == "permissions":
-            return (f"AWS denied the launch ({code}); these credentials need ec2:RunInstances, "
-                    "ec2:TerminateInstances, iam:PassRole on the instance role, ssm:GetParameter and "
-                    "access to the bucket, so fix the IAM policy and launch again")
+            return (f"{refused}: these credentials need the environment's operator policy (docs/deploy.md: "
+                    "ec2:CreateLaunchTemplate, autoscaling:CreateAutoScalingGroup, ec2:RunInstances on the "
+                    "template, iam:PassRole on the instance role), so attach it and launch again")
+        if code in NOT_YET_CODES:
+            return (f"{refused}: AWS is still creating Auto Scaling's service-linked role for this account; "
+                    "launch again in a minute")
         return f"provisioning {req.run_id} failed: {text}"
 
     def _discard(self, run_id: str) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 from instance.protocol.aws import AwsTarget, client, error_code
 from instance.protocol.ec2 import LIVE_STATES, instances_by_tag, run_tags, tags_of
 from instance.protocol.ec2 import instance_state as ec2_instance_state
-from instance.protocol.group import (CAPACITY_REBALANCE, describe_group, end_group, group_name, mixed_instances_policy,
-                                     wants_machine)
+from instance.protocol.group import (CAPACITY_REBALANCE, describe_group, end_group, failed_launches, group_name,
+                                     mixed_instances_policy, wants_machine)
 from instance.protocol.layout import PROJECT_TAG, Layout
 
 from .bundle import unpack_bundle
@@ -75,10 +75,13 @@ class LocalExecutor:
         try:
             start_player(run_dir, {**os.environ, "PYTHONPATH": os.pathsep.join(
                 filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))})
-            instance_id = self._first_machine(req.run_id)
+            instance_id, failed = self._first_machine(req.run_id)
         except Exception as exc:
             end_group(self.autoscaling, req.run_id)
             raise ProvisionError(f"the local agent could not start: {exc}") from exc
+        if instance_id is None:
+            # As on AWS: the group could not launch (the sandbox's quota or capacity); the run waits.
+            return Provisioned(instance_id=None, last_failed_launch=failed)
         zone = next(iter(req.infra.subnets), None)
         return Provisioned(instance_id=instance_id, zone=zone)
 
@@ -107,14 +110,18 @@ class LocalExecutor:
                    "ResourceType": "auto-scaling-group"} for t in tags],
         )
 
-    def _first_machine(self, run_id: str, timeout_s: float = 60.0) -> str:
-        """The group's first instance, once the player has booted its agent."""
+    def _first_machine(self, run_id: str, timeout_s: float = 60.0) -> tuple[str | None, str | None]:
+        """The group's first instance once the player has booted its agent, or (None, AWS's
+        words) once the group has failed to launch one."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             group = describe_group(self.autoscaling, run_id) or {}
             ids = [i["InstanceId"] for i in group.get("Instances", [])]
             if ids and process_alive(self._pid(run_id), run_id):
-                return ids[0]
+                return ids[0], None
+            failed = [] if ids else failed_launches(self.autoscaling, run_id, limit=1)
+            if failed:
+                return None, failed[0]
             if not process_alive(self._player_pid(run_id), run_id):
                 out = work_root() / run_id / "group.stdout"
                 lines = [ln for ln in out.read_text(errors="replace").splitlines() if ln.strip()] if out.exists() else []

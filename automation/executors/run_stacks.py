@@ -58,6 +58,13 @@ MIN_PULUMI_CLI = (3, 181, 0)
 # "operation error <Service>: <Operation>, https response error StatusCode: <n>, RequestID: <id>,
 # api error <Code>: <message>". The code is that field; nothing else in the text is read.
 _API_ERROR_CODE = re.compile(r"\bapi error ([A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z0-9]+)*): ")
+# The same format's "operation error <Service>: <Operation>," names the call that was refused.
+_API_OPERATION = re.compile(r"\boperation error ([A-Za-z][A-Za-z0-9 ]*): ([A-Za-z0-9]+), https response error ")
+# How the provider (pulumi-aws 7, through the Terraform bridge) frames a resource's error:
+# "sdk-v2/provider2.go:572: sdk.helper_schema: <error>: provider=aws@7.x.y"; older versions
+# "1 error occurred:\n\t* <error>". Only dropped for people; nothing is classified by it.
+_PROVIDER_FRAMING = (re.compile(r"^\s*\d+ errors? occurred:\s*"), re.compile(r"^\s*sdk-v2/\S+: sdk\.helper_schema:\s*"),
+                     re.compile(r":\s*provider=[a-z0-9-]+@[0-9][^\s]*\s*$"))
 
 
 class ToolingMissing(RuntimeError):
@@ -78,8 +85,10 @@ class Diagnostic:
 
     @property
     def summary(self) -> str:
-        """The message on one line, without the provider's "1 error occurred: *" list framing."""
-        text = re.sub(r"^\s*\d+ errors? occurred:\s*", "", self.message)
+        """The message on one line, without the provider's framing around the AWS error."""
+        text = self.message
+        for framing in _PROVIDER_FRAMING:
+            text = framing.sub("", text)
         return " ".join(text.replace("* ", " ").split())[:400]
 
     @property
@@ -89,6 +98,15 @@ class Diagnostic:
             return None
         found = _API_ERROR_CODE.search(self.message)
         return found.group(1) if found else None
+
+    @property
+    def aws_operation(self) -> str | None:
+        """The AWS call a resource's error diagnostic reports refused ("Auto Scaling
+        CreateAutoScalingGroup"); None for anything else."""
+        if self.aws_error_code is None:
+            return None
+        found = _API_OPERATION.search(self.message)
+        return f"{found.group(1)} {found.group(2)}" if found else None
 
 
 class StackCommandFailed(RuntimeError):
@@ -106,11 +124,15 @@ class StackCommandFailed(RuntimeError):
     def aws_error_codes(self) -> list[str]:
         return [c for c in (d.aws_error_code for d in self.diagnostics) if c]
 
+    @property
+    def aws_operations(self) -> list[str]:
+        return [o for o in (d.aws_operation for d in self.diagnostics) if o]
+
 
 @dataclass(frozen=True)
 class PlannedStep:
     op: str  # create, update, replace, delete, same...
-    type: str  # aws:ec2/instance:Instance
+    type: str  # aws:autoscaling/group:Group
     name: str
     inputs: dict = field(default_factory=dict)
 

@@ -1,5 +1,6 @@
 """Why a run's group finds no machine: capacity or quota. Told apart by Service Quotas (a quota
-code and a number of vCPUs), never by the wording of Auto Scaling's failed-launch messages."""
+code and a number of vCPUs), never by the wording of Auto Scaling's failed-launch messages; those
+are shown as they are, AWS's own words. The sandbox plays both (automation/sandbox/grouplaunches.py)."""
 from __future__ import annotations
 
 import logging
@@ -7,10 +8,9 @@ from typing import Any, Mapping
 
 from instance.protocol.aws import client, error_code
 from instance.protocol.pricing import PRICES
+from instance.protocol.quotas import quota_code, quota_name
 
 from ..context import Target
-from .doctor import quota_code
-from ..executors.ec2 import quota_name
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,8 @@ def quota_short(quotas: Mapping[str, float | None], types: list[str], spot: bool
 
 
 def vcpu_quotas(target: Target, types: list[str], spot: bool) -> dict[str, float | None]:
-    """Each type's family quota in vCPUs; None where unknown (no code, refused, the sandbox)."""
-    if target.local:
-        return {t: None for t in types}  # moto knows no EC2 quotas
+    """Each type's family quota in vCPUs; None where unknown (no code, refused, or a quota the
+    sandbox was not given)."""
     quotas: dict[str, float | None] = {}
     by_code: dict[str, float | None] = {}
     service = client("service-quotas", target.aws)
@@ -53,4 +52,8 @@ def why_no_machine(target: Target, state: Mapping[str, Any], last_failure: str) 
     """What `monitor` adds to its waiting line once the group has failed to launch."""
     types, spot = list(state.get("instance_types") or [state.get("instance_type")]), bool(state.get("spot"))
     short = quota_short(vcpu_quotas(target, types, spot), types, spot)
-    return short or f"waiting for capacity; the group's last failed launch: {last_failure}"
+    if short:
+        return f"{short}; the group's last failed launch: {last_failure}"
+    return (f"waiting for capacity: the group keeps trying every listed type in every zone (list more types in "
+            f"instance.types to widen the search, or end the run with `chronos-train kill`); "
+            f"the group's last failed launch: {last_failure}")

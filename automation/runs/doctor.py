@@ -18,19 +18,13 @@ from typing import Callable
 from instance.protocol.aws import error_code
 from instance.protocol.layout import is_region_name
 from instance.protocol.pricing import PRICES
+from instance.protocol.quotas import quota_code, quota_name
 from instance.protocol.runconfig import RunConfig
 
 from ..context import DENIED_CODES, Target
 from ..errors import ChronosError
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
-# Service Quotas codes of the vCPU quotas per instance family (EC2 "instance buckets").
-VCPU_QUOTAS = {
-    ("G", False): "L-DB2E81BA",  # Running On-Demand G and VT instances
-    ("G", True): "L-3819A6DF",  # All G and VT Spot Instance Requests
-    ("P", False): "L-417A185B",  # Running On-Demand P instances
-    ("P", True): "L-7212CCBC",  # All P Spot Instance Requests
-}
 LOCAL_PULUMI = "a --local run needs no Pulumi CLI"
 LOCAL_QUOTA = "the sandbox (moto) knows no EC2 service quotas, and a --local run uses none"
 LOCAL_BUCKET = "the sandbox's bucket is seeded by chronos-train, not deployed by `pulumi up`, so it has no {what} to check"
@@ -185,13 +179,7 @@ def _pulumi_cli(target: Target) -> Check:
     return Check("Pulumi CLI", PASS, f"{found} (needs {wanted} or newer)")
 
 
-def quota_code(instance_type: str, spot: bool) -> str | None:
-    return VCPU_QUOTAS.get((instance_type[:1].upper(), spot))
-
-
 def _quota(target: Target, config: RunConfig | None) -> Check:
-    from ..executors.ec2 import quota_name
-
     itype = config.instance.type if config else RunConfig.model_fields["instance"].default.type
     spot = bool(config and config.instance.spot)
     market = "spot" if spot else "on-demand"

@@ -29,7 +29,6 @@ from .strictmoto import DEPLOYER, EC2_SERVICE, OPERATORS, Identity
 
 REGION = "us-east-1"
 ZONES = ("us-east-1a", "us-east-1b")
-SANDBOX_AMI = "ami-0c0ffee00c0ffee00"
 # moto reserves /aws/ parameter names, so the sandbox publishes its AMI under its own name;
 # infra.json carries the parameter name, so launches read it like the real one.
 SANDBOX_AMI_PARAMETER = "/chronos-training/sandbox/ami-id"
@@ -185,7 +184,7 @@ def seed(info: SandboxInfo, env: str) -> InfraRecord:
     }
     sg = ec2.create_security_group(GroupName=f"chronos-training-{env}", Description="egress 443 only", VpcId=vpc)["GroupId"]
     role_arn, profile_arn = put_instance_role(target, env, instance_policy(bucket_arn, env, info.region, info.account))
-    ssm.put_parameter(Name=SANDBOX_AMI_PARAMETER, Value=SANDBOX_AMI, Type="String", Overwrite=True)
+    ssm.put_parameter(Name=SANDBOX_AMI_PARAMETER, Value=sandbox_ami(ec2), Type="String", Overwrite=True)
     operator_arn = put_operator_policy(target, env, operator_policy(bucket_arn, env, info.region, info.account, vpc, role_arn,
                                                           profile_arn, SANDBOX_AMI_PARAMETER))
     record = InfraRecord(
@@ -195,6 +194,13 @@ def seed(info: SandboxInfo, env: str) -> InfraRecord:
     )
     put_json(s3, bucket, layout.infra, json.loads(record.to_json()))
     return record
+
+
+def sandbox_ami(ec2) -> str:
+    """An Amazon-owned Linux image moto ships, as the Deep Learning AMI is Amazon's on AWS: the
+    run program looks the parameter's image up among Amazon's (`get_ami(owners=["amazon"])`)."""
+    images = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["ubuntu/images/*"]}])["Images"]
+    return min(image["ImageId"] for image in images)
 
 
 def put_instance_role(target: AwsTarget, env: str, policy: dict) -> tuple[str, str]:

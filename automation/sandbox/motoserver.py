@@ -6,6 +6,7 @@ the actions we call, atomic conditional writes. Only the identities in strictmot
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -62,6 +63,20 @@ def reset(endpoint_url: str) -> None:
         pass
 
 
+def set_launch_conditions(endpoint_url: str, vcpu_quotas: dict[str, float] | None = None,
+                          no_capacity: list[str] | tuple[str, ...] = ()) -> None:
+    """What the sandbox's EC2 lets its Auto Scaling groups launch from now on: the account's vCPU
+    quotas (Service Quotas codes) and the instance types it has no capacity for
+    (automation/sandbox/grouplaunches.py). Without arguments: no limit, capacity everywhere."""
+    from .grouplaunches import CONTROL_PATH
+
+    body = json.dumps({"vcpu_quotas": vcpu_quotas or {}, "no_capacity": list(no_capacity)}).encode()
+    req = urllib.request.Request(f"{endpoint_url}{CONTROL_PATH}", method="POST", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10):
+        pass
+
+
 def serve(port: int) -> None:
     """Serve moto with waitress rather than moto's own werkzeug dev server: that one closes the
     connection after every reply (so each request pays a new TCP connection and a new thread, where
@@ -72,6 +87,7 @@ def serve(port: int) -> None:
     import waitress
     from moto.moto_server.werkzeug_app import create_backend_app
 
+    from .grouplaunches import LaunchControl
     from .strictmoto import SerializeConditionalRequests, install
 
     os.environ.setdefault("MOTO_PORT", str(port))
@@ -84,7 +100,7 @@ def serve(port: int) -> None:
         environ.setdefault("RAW_URI", environ.get("REQUEST_URI", ""))
         return dispatcher(environ, start_response)
 
-    app = SerializeConditionalRequests(app)
+    app = LaunchControl(SerializeConditionalRequests(app))
     # Replies up to 64 MiB stay in memory (the default spills anything over 1 MiB to a temp file);
     # a single PUT may be as large as S3 allows one (5 GiB); a body is read 1 MiB at a time, not
     # 8 KiB (for 1 GB uploaded that took moto's CPU from ~9 to ~7 s); many clients at once (a sync

@@ -15,6 +15,8 @@ it set, it checks signatures and evaluates IAM policies for IAM users and assume
 - it evaluates only `StringEquals` on `sts:ExternalId` among conditions: every other `Condition`
   block is ignored (docs/reliability.md lists them and the tests that check them instead);
 - it refuses an EC2 call with AccessDenied; EC2 says UnauthorizedOperation;
+- it launches every machine an Auto Scaling group wants and records no scaling activity; the
+  sandbox's groups launch as AWS's do, short of quota or capacity (grouplaunches.py);
 - it answers a GET or HEAD of a missing key with 404 whoever asks. S3 answers 404 only to a
   caller allowed s3:ListBucket on the bucket, else 403 AccessDenied (S3 API reference, GetObject
   and HeadObject, "Permissions"). Such a request carries no `s3:prefix`, so the sandbox counts
@@ -32,6 +34,8 @@ import threading
 from dataclasses import dataclass
 
 from instance.protocol.layout import KNOWN_ENVS
+
+from . import grouplaunches
 
 SANDBOX_ACCOUNT = "123456789012"
 
@@ -124,6 +128,8 @@ def resource_of(service: str, action: str, params: dict[str, list[str]], region:
         return [ssm_parameter_arn(n, region, account) for n in params.get("Name", []) + params.get("Names", [])] or ["*"]
     if service == "kms" and params.get("KeyId"):
         return [kms_key_arn(params["KeyId"][0], region, account)]
+    if service == "service-quotas" and action == "GetServiceQuota" and params.get("QuotaCode"):
+        return [f"arn:aws:servicequotas:{region}:{account}:{params['ServiceCode'][0]}/{params['QuotaCode'][0]}"]
     return ["*"]
 
 
@@ -258,9 +264,10 @@ def install() -> None:
         action = self._get_action()
         if resource == "*":
             params = dict(self.querystring)
-            if service in ("ssm", "kms"):  # JSON requests: their parameters are in the body
+            if service in ("ssm", "kms", "service-quotas"):  # JSON requests: their parameters are in the body
                 params = {name: [v for v in ([value] if isinstance(value, str) else value or []) if v]
-                          for name in ("Name", "Names", "KeyId") if (value := self._get_param(name))}
+                          for name in ("Name", "Names", "KeyId", "ServiceCode", "QuotaCode")
+                          if (value := self._get_param(name))}
             resources = resource_of(service, action, params, self.region, self.current_account)
         else:
             resources = [resource]
@@ -271,11 +278,13 @@ def install() -> None:
     _refuse_ec2_as_ec2_does()
     _answer_missing_keys_as_s3()
     _answer_ebs_default_kms_key()
+    grouplaunches.install()
 
     original_reset = type(moto_api_backend).reset
 
     def reset(self) -> None:
         original_reset(self)
+        grouplaunches.set_conditions(grouplaunches.LaunchConditions())
         create_identities()
 
     type(moto_api_backend).reset = reset
