@@ -15,6 +15,7 @@ import pytest
 from automation.cli.render import verify_lines
 from automation.runs.verify import verify
 from instance.protocol.aws import client
+from instance.protocol.ec2 import instances_by_tag
 from instance.protocol.layout import bucket_name
 from instance.protocol.state import StateStore
 from tests.cli_helpers import (
@@ -32,6 +33,7 @@ from tests.test_reliability_crash import env, home  # noqa: F401 - fixtures
 from tests.test_verify import RUN, executor, target  # noqa: F401 - fixtures
 
 BUCKET = bucket_name("dev", "123456789012", "us-east-1")
+ALL_STATES = ("pending", "running", "shutting-down", "terminated", "stopping", "stopped")
 
 
 def _kill_agent(home_dir, run_id: str) -> float:
@@ -64,13 +66,18 @@ def test_a_follower_ends_with_exit_4_within_a_poll_of_the_machine_dying(env, hom
         if follower.poll() is None:
             follower.kill()
     assert follower.returncode == 4, err[-3000:]
-    assert f"run {run_id} is lost: its machine i-" in err and "is terminated and no replacement is coming" in err
+    # Its process ended without a termination through EC2: a power-off, which (on the worse
+    # reading the sandbox plays) stops the machine. It bills its volume until --fix ends it.
+    assert f"run {run_id} is lost: its machine i-" in err and "is stopped and no replacement is coming" in err
     assert "verify-cleanup --fix" in err and "Traceback" not in err
     # One poll (0.5 s locally) plus the EC2 check, and the CLI's own start-up on a busy machine.
     assert ended_after < 10, f"the follower took {ended_after:.1f} s"
     print(f"\nlaunch --follow ended {ended_after:.1f} s after the kill")
     assert run_cli(env, "--local", "verify-cleanup", "--fix").returncode == 0
     assert live_state(s3, BUCKET) is None
+    ec2 = client("ec2", aws)
+    states = {i["State"]["Name"] for i in instances_by_tag(ec2, {"RunId": run_id}, states=ALL_STATES)}
+    assert states == {"terminated"}, states
 
 
 @pytest.mark.slow

@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 
 class RunLost(Exception):
     def __init__(self, view: RunView, verdict: Verdict):
-        super().__init__(
-            f"run {view.run_id} is lost: {verdict.why} (last heartbeat {view.heartbeat_at or 'never'}). "
-            "Run `chronos-train verify-cleanup --fix` to record it and release the lock"
-        )
+        if verdict.error:  # the machine said why: the run failed, and with what
+            head = f"run {view.run_id} failed ({verdict.reason}): {verdict.why}"
+        else:
+            head = f"run {view.run_id} is lost: {verdict.why} (last heartbeat {view.heartbeat_at or 'never'})"
+        super().__init__(f"{head}. Run `chronos-train verify-cleanup --fix` to record it and release the lock")
         self.view = view
         self.verdict = verdict
 

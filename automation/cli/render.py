@@ -74,7 +74,7 @@ def run_panel(v: RunView) -> Panel:
         head.add_row("machines", f"attempt {v.attempt or 1} of {v.max_machines or '?'} · "
                                  f"{n} interruption{'s' if n != 1 else ''}")
     if v.lost:
-        head.add_row("now", Text(f"lost: {v.machine_note}; `chronos-train verify-cleanup --fix` records it and "
+        head.add_row("now", Text(f"{lost_label(v)}: {v.machine_note}; `chronos-train verify-cleanup --fix` records it and "
                                  "releases the lock", style="bold red"))
     elif v.waiting:
         head.add_row("now", Text(v.waiting, style="yellow"))
@@ -179,12 +179,18 @@ def console(stderr: bool = False) -> Console:
     return out if out.is_terminal else Console(stderr=stderr, highlight=False, width=UNCUT_WIDTH)
 
 
+def lost_label(v: RunView) -> str:
+    """A run whose machine is gone for good: `lost`, or `failed (boot_failed)` when the rule knows
+    why (the machine's boot failure record, its deadline)."""
+    return f"failed ({v.reason})" if v.reason and v.reason != "lost" else "lost"
+
+
 def progress_line(v: RunView) -> str:
     p = v.progress or {}
     step = f" step {p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else ""
     loss = f" loss {p['loss']:.4f}" if p.get("loss") is not None else ""
     if v.lost:
-        return f"{v.run_id}: {v.status}: lost: {v.machine_note}"
+        return f"{v.run_id}: {v.status}: {lost_label(v)}: {v.machine_note}"
     if v.waiting:
         return f"{v.run_id}: {v.status}: {v.waiting}"
     return f"{v.run_id}: {v.status}{step}{loss}"

@@ -56,6 +56,8 @@ class RunView:
         """With what the liveness rule says of the active run's machine."""
         self.machine, self.machine_note, self.lost = verdict.machine.value, verdict.why, verdict.stale
         self.waiting = verdict.waiting or self.waiting
+        if verdict.stale:  # what the run will be recorded with (`boot_failed`: the machine's own word)
+            self.reason, self.error = verdict.reason, self.error or verdict.error
         return self
 
 
