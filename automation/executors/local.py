@@ -11,7 +11,6 @@ from pathlib import Path
 
 from instance.protocol.aws import AwsTarget, client, error_code
 from instance.protocol.ec2 import LIVE_STATES, instances_by_tag, run_tags, tags_of
-from instance.protocol.ec2 import instance_state as ec2_instance_state
 from instance.protocol.group import (CAPACITY_REBALANCE, describe_group, end_group, group_name, mixed_instances_policy,
                                      wants_machine)
 from instance.protocol.layout import PROJECT_TAG, Layout
