@@ -40,7 +40,7 @@ from typing import Any, Callable
 from ..protocol.aws import AwsTarget, client
 from ..protocol.layout import check_env, check_run_id
 from ..protocol.attempts import (END, NOT_HOLDER, RESUME, TOO_MANY_INTERRUPTIONS, MAX_RUNTIME_EXCEEDED, Boot,
-                                 deadline, decide_boot, interruption_entry, machine_entry)
+                                 deadline, decide_boot, interruption_entry, machine_entry, with_lost_machine)
 from ..protocol.group import leave_group
 from ..protocol.pricing import quoted
 from ..protocol.record import RunRecord
@@ -354,6 +354,7 @@ def begin(agent: Agent, boot: Boot, now) -> int | None:
                                             {k: earlier.get(k) for k in ("host", "phases", "training")}])
 
     def enter(state: dict) -> dict:
+        state = with_lost_machine(state, ctx.instance_id, now) if boot.action == RESUME else state
         return {**state, "attempt": boot.attempt, "instance_id": ctx.instance_id, "awaiting_machine": False,
                 "machines": [*(state.get("machines") or []), machine]}
 
