@@ -68,12 +68,7 @@ def _poll(target: Target, executor, store, run_id: str, on_update, watched: dict
         view.judged(verdict)
         on_update(view)
         if verdict.stale:
-            # The agent releases the lock, then its machine ends: a lock read just before the
-            # release and a machine seen just after it make a run that ended look lost. Only a
-            # lock still held after the machine was judged means lost.
-            again = store.read()
-            if again is not None and again.run_id == run_id:
-                raise RunLost(view, verdict)
+            raise RunLost(view, verdict)
         return None
     record = read_record(target, run_id)
     if not (record and record.get("final_status")) and watched:

@@ -24,6 +24,21 @@ def check_run(target: Target, executor, lease: Lease, groups: list[dict] | None 
     machine (unless the caller just did)."""
     if not reconciled:
         executor.reconcile()
+    verdict = _judge(target, lease, groups, stale_after)
+    if not verdict.stale:
+        return verdict
+    # The lock was read before the machine was judged, and it may have moved on meanwhile: the
+    # agent releases it and then its machine ends, or a replacement takes it over and then, as the
+    # run's last machine, leaves its group. Only a lock unchanged after the judgement is stale.
+    again = target.state_store().read()
+    if again is not None and again.etag == lease.etag:
+        return verdict
+    if again is None or again.run_id != lease.run_id:
+        return Verdict(verdict.machine, False, "its run ended while it was judged")
+    return _judge(target, again, None, stale_after)
+
+
+def _judge(target: Target, lease: Lease, groups: list[dict] | None, stale_after: timedelta | None) -> Verdict:
     state = lease.state
     seen = instance_state(target, state.get("instance_id"))
     wants, failure = False, None
