@@ -119,9 +119,9 @@ def aws_region() -> str:
     region = settings().region
     if region:
         return region
-    import boto3
+    from instance.protocol.aws import session
 
-    region = boto3.session.Session().region_name
+    region = session().region_name
     if not region:
         raise BadInput("no AWS region configured; set AWS_REGION or run `aws configure`, or use --local")
     return region
