@@ -82,6 +82,9 @@ def translate_aws_error(exc: Exception, target: Target) -> Exception:
         "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidClientTokenId"
     ):
         return BadInput("no valid AWS credentials found; run `aws configure` (or set AWS_PROFILE), or use --local")
+    if code == "NoSuchBucket" and target.local:
+        return BadInput(f"the sandbox has no bucket for env {target.env} (was it reset?); "
+                        "`chronos-train sandbox start` seeds it again")
     if code == "NoSuchBucket":
         return BadInput(
             f"infrastructure for env {target.env} is not deployed (no bucket {target.bucket}); "
@@ -96,7 +99,9 @@ def translate_aws_error(exc: Exception, target: Target) -> Exception:
     return exc
 
 
-def resolve(env: str, local: bool) -> Target:
+def resolve(env: str, local: bool, verify: bool = False) -> Target:
+    """`verify`: a --local command that builds on the sandbox's seeding (launch) has the sandbox
+    asked whether `env` is seeded (and seeded again if not); the others trust its record."""
     try:
         check_env(env)
     except LayoutError as exc:
@@ -104,7 +109,7 @@ def resolve(env: str, local: bool) -> Target:
     if local:
         from .sandbox import control as sandbox
 
-        info = sandbox.ensure_running(env)
+        info = sandbox.start((env,)) if verify else sandbox.ensure_running(env)
         sandbox.export_credentials(env)
         return Target(env=env, local=True, region=info.region, bucket=bucket_name(env, info.account, info.region),
                       endpoint_url=info.endpoint_url)

@@ -42,7 +42,7 @@ def launch(opts: Options, config: Path, follow: bool, download: bool, dry_run: b
         raise CliError("--json goes with --dry-run (a launch prints its run id on stdout)", BAD_INPUT)
     if follow and dry_run:
         raise CliError("--follow and --dry-run exclude each other: a dry run starts nothing to follow", BAD_INPUT)
-    target = opts.target()
+    target = opts.target(verify=True)  # a launch builds on the infrastructure: --local asks the sandbox
     executor = executors.for_target(target, progress=say)
     if dry_run:
         _dry_run(target, config, executor, as_json)
