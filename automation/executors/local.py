@@ -25,17 +25,28 @@ def work_root() -> Path:
     return home() / "work"
 
 
+# A process Popen has just started may show no arguments yet: the kernel sets up the new
+# program's command line after Popen's parent is let go (seen here 56 times in 300 under heavy
+# load), and a launch that looked then called its group's player dead.
+EXEC_SETTLE_S = 0.5
+
+
 def process_alive(pid: int | None, run_id: str) -> bool:
-    """True when `pid` is still this run's agent (guards against pid reuse)."""
+    """True when `pid` is still this run's agent or player (guards against pid reuse)."""
     if not pid:
         return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return run_id in cmdline and state not in ("Z", "X")
+    deadline = time.monotonic() + EXEC_SETTLE_S
+    while True:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
+        if cmdline or time.monotonic() > deadline:
+            return run_id in cmdline.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.005)
 
 
 class LocalExecutor:
