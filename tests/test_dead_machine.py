@@ -170,3 +170,23 @@ def test_a_replacement_that_takes_the_run_while_it_is_judged_is_not_called_lost(
     report = verify(target, executor, do_fix=True)
     assert report.active_run == RUN and not report.active["stale"]
     assert store.read().state["instance_id"] == replacement
+
+
+def test_a_machine_just_started_is_not_taken_for_dead():
+    """Right after Popen returns, a new process may not show its arguments yet (the kernel sets
+    them up after letting the parent go). A launch that looked then called its group's player
+    dead ("the group's player exited"): about 4 times in 10 on this machine under load."""
+    import subprocess
+    import sys
+
+    from automation.executors.local import process_alive
+
+    for i in range(40):
+        run_id = f"run-20261128-090000-{i:04x}"
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", run_id], start_new_session=True)
+        try:
+            assert process_alive(proc.pid, run_id), f"start {i}: a process that runs was called dead"
+        finally:
+            proc.kill()
+            proc.wait()
+        assert not process_alive(proc.pid, run_id)

@@ -48,9 +48,20 @@ class LocalExecutor:
         self.target = target
         self.env = env
         self.bucket = bucket
-        self.ec2 = client("ec2", target)
-        self.s3 = client("s3", target)
-        self.autoscaling = client("autoscaling", target)
+
+    # Clients on first use (the process's own, from the one factory): a command that only reads
+    # a run's state builds none of them.
+    @property
+    def ec2(self):
+        return client("ec2", self.target)
+
+    @property
+    def s3(self):
+        return client("s3", self.target)
+
+    @property
+    def autoscaling(self):
+        return client("autoscaling", self.target)
 
     def provision(self, req: ProvisionRequest) -> Provisioned:
         """The run's launch template and Auto Scaling group in the sandbox, as the run stack
@@ -140,24 +151,29 @@ class LocalExecutor:
         (stopped, on the worse reading, unless the agent terminated it). While the run's group
         player lives, it plays that end itself within a poll (and the group's health check after
         it): that is waited for, not done here."""
-        from ..sandbox.poweroff import power_off
-
         ended = []
         for inst in self.instances(states=("pending", "running")):
             tags = tags_of(inst)
-            if tags.get("Executor") != self.name:
-                continue
-            run_id, instance_id = tags.get("RunId", ""), inst["InstanceId"]
-            if process_alive(self._player_pid(run_id), run_id):
-                machine = work_root() / run_id / "agents" / instance_id
-                booted = _read_pid(machine / AGENT_PID)
-                if booted and not process_alive(booted, run_id):
-                    self._await_player_end(machine / ENDED)
-                continue
-            if not process_alive(self._pid(run_id), run_id):
-                power_off(self._ec2_service(), instance_id)
-                ended.append(instance_id)
+            if tags.get("Executor") == self.name and self.reconcile_machine(tags.get("RunId", ""), inst["InstanceId"]):
+                ended.append(inst["InstanceId"])
         return ended
+
+    def reconcile_machine(self, run_id: str, instance_id: str) -> bool:
+        """`reconcile` for one machine EC2 calls live, from local facts only (its processes): True
+        when its agent is gone, once EC2's record of it has ended (powered off: stopped)."""
+        from ..sandbox.poweroff import power_off
+
+        machine = work_root() / run_id / "agents" / instance_id
+        if process_alive(self._player_pid(run_id), run_id):
+            booted = _read_pid(machine / AGENT_PID)
+            if booted and not process_alive(booted, run_id):
+                self._await_player_end(machine / ENDED)
+                return True
+            return False
+        if not process_alive(self._pid(run_id), run_id):
+            power_off(self._ec2_service(), instance_id)
+            return True
+        return False
 
     def _ec2_service(self):
         """EC2 itself (the sandbox's stand-in), which the operator is not: only it stops a machine."""

@@ -1,7 +1,6 @@
 """What the CLI knows about runs, read from S3 only: the live state and the run records."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -174,6 +173,8 @@ def latest_run_id(target: Target) -> str | None:
 
 
 def history(target: Target, limit: int = 50) -> list[RunView]:
+    from concurrent.futures import ThreadPoolExecutor
+
     ids = run_ids(target)[-limit:]
     lease = target.state_store().read()
     with ThreadPoolExecutor(8) as pool:

@@ -19,12 +19,11 @@ def check_run(target: Target, executor, lease: Lease, groups: list[dict] | None 
               stale_after: timedelta | None = None, reconciled: bool = False) -> Verdict:
     """The verdict on `lease`'s run. `groups`: the project's groups when the caller listed them
     already (verify-cleanup); otherwise the run's group is asked for only when its machine is not
-    alive, and so is the boot failure record (one GET). A --local run's machine is its agent
-    process: the executor first plays the end of an agent that is gone, as EC2 reports a dead
-    machine (unless the caller just did)."""
-    if not reconciled:
-        executor.reconcile()
-    verdict = _judge(target, lease, groups, stale_after)
+    alive, and so is the boot failure record (one GET). One EC2 call for a run whose machine
+    lives: a --local run's machine is its agent process, so when EC2 calls it live the executor
+    checks the process (unless the caller has just reconciled every machine), plays the end of an
+    agent that is gone as EC2 reports a dead machine, and EC2 is asked again."""
+    verdict = _judge(target, executor, lease, groups, stale_after, reconciled)
     if not verdict.stale:
         return verdict
     # The lock was read before the machine was judged, and it may have moved on meanwhile: the
@@ -35,12 +34,17 @@ def check_run(target: Target, executor, lease: Lease, groups: list[dict] | None 
         return verdict
     if again is None or again.run_id != lease.run_id:
         return Verdict(verdict.machine, False, "its run ended while it was judged")
-    return _judge(target, again, None, stale_after)
+    return _judge(target, executor, again, None, stale_after, reconciled=True)
 
 
-def _judge(target: Target, lease: Lease, groups: list[dict] | None, stale_after: timedelta | None) -> Verdict:
+def _judge(target: Target, executor, lease: Lease, groups: list[dict] | None, stale_after: timedelta | None,
+           reconciled: bool) -> Verdict:
     state = lease.state
-    seen = instance_state(target, state.get("instance_id"))
+    instance_id = state.get("instance_id")
+    seen = instance_state(target, instance_id)
+    if (not reconciled and Machine.from_ec2(seen) is Machine.ALIVE
+            and executor.reconcile_machine(lease.run_id, instance_id)):
+        seen = instance_state(target, instance_id)
     wants, failure = False, None
     if Machine.from_ec2(seen) is not Machine.ALIVE:
         failure = read_boot_failure(target.s3, target.bucket, target.layout.boot_failure(lease.run_id))
