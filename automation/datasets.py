@@ -7,10 +7,16 @@ every file's path and bytes. So a dataset is never mixed with another one upload
 sends nothing: the folder is listed once and files already there with their size are skipped.
 Files go through the project's one transfer path (instance/protocol/transfer.py), in parallel;
 any failure is reported with its key, never swallowed.
+
+Column roles (the run config's `columns:`) are checked wherever the data is: a local dataset is
+validated in full; of a bucket dataset, launch reads the parquet footers (two ranged GETs a file,
+at most MAX_SCHEMA_FILES files spread over the dataset), and the agent checks every row after
+the sync.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -37,6 +43,9 @@ if TYPE_CHECKING:
     from instance.protocol.runconfig import RunConfig
 
 HASH_CHUNK = 1024 * 1024
+# A bucket dataset's footers read before launch: enough to catch a misnamed column in a dataset
+# of a few files, and every file's schema sampled evenly in one of thousands, at a few seconds.
+MAX_SCHEMA_FILES = 64
 
 
 @dataclass(frozen=True)
@@ -47,15 +56,31 @@ class Uploaded:
     skipped: int  # already in the bucket (same content address, same size)
 
 
-def validate(path: Path) -> dict:
-    """`data validate`: every problem, and the dataset's size."""
+def validate(path: Path, config: Path | None = None) -> dict:
+    """`data validate`: every problem, the dataset's size and each column's role and type (with a
+    run config, as its `columns:` names them, its series lengths judged as launch judges them)."""
     from instance.model.dataset import validate_dataset
+    from instance.protocol.runconfig import ConfigError, load_config
 
+    try:
+        cfg = load_config(config) if config is not None else None
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
     dataset = _local(path)
-    result = validate_dataset(dataset.files)
+    result = validate_dataset(dataset.files, **_judged_by(cfg))
     problems = [str(p) for p in result.problems]
+    columns = [{"name": c.name, "role": c.role, "type": c.kind, "dtype": c.dtype}
+               for c in (result.roles.columns if result.roles else ())]
     return {"ok": result.ok, "files": len(dataset.files), "problems": problems,
-            "series": result.series if result.ok else None, "rows": result.rows if result.ok else None}
+            "series": result.series if result.ok else None, "rows": result.rows if result.ok else None,
+            "columns": columns}
+
+
+def _judged_by(cfg: "RunConfig | None") -> dict:
+    if cfg is None:
+        return {}
+    return dict(context_length=cfg.training.context_length, prediction_length=cfg.training.prediction_length,
+                windows=cfg.evaluation.windows, columns=cfg.columns)
 
 
 def check_local_dataset(path: Path, cfg: "RunConfig | None" = None) -> LocalDataset:
@@ -63,28 +88,98 @@ def check_local_dataset(path: Path, cfg: "RunConfig | None" = None) -> LocalData
     from instance.model.dataset import validate_parquet_paths
 
     dataset = _local(path)
-    problems = validate_parquet_paths(
-        dataset.files,
-        context_length=cfg.training.context_length if cfg else None,
-        prediction_length=cfg.training.prediction_length if cfg else None,
-        windows=cfg.evaluation.windows if cfg else 1,
-    )
+    problems = validate_parquet_paths(dataset.files, **_judged_by(cfg))
     if problems:
-        more = f" (and {len(problems) - 1} more problems; see `chronos-train data validate {path}`)" if len(problems) > 1 else ""
+        config = " --config RUN.yaml" if cfg is not None and not cfg.columns.is_default else ""
+        more = f" (and {len(problems) - 1} more problems; see `chronos-train data validate {path}{config}`)" \
+            if len(problems) > 1 else ""
         raise BadInput(f"dataset is not valid: {problems[0]}{more}")
     return dataset
 
 
-def check_remote_dataset(target: Target, prefix: str) -> RemoteDataset:
-    """The dataset at a bucket prefix, or BadInput: missing, or ambiguous (datasets in folders
-    below it and no file of its own)."""
+def check_remote_dataset(target: Target, prefix: str, cfg: "RunConfig | None" = None) -> RemoteDataset:
+    """The dataset at a bucket prefix, or BadInput: missing, ambiguous (datasets in folders below
+    it and no file of its own), or (with `cfg`) a file whose columns do not fit the config's roles."""
     try:
-        return list_dataset(target.s3, target.bucket, prefix)
+        dataset = list_dataset(target.s3, target.bucket, prefix)
     except DatasetError as exc:
         hint = "" if "dataset folder" in str(exc) else "; upload one with `chronos-train data upload PATH --month YYYY/MM`"
         raise BadInput(f"dataset {exc}{hint}") from None
     except Exception as exc:
         raise translate_aws_error(exc, target) from None
+    if cfg is not None:
+        _check_remote_columns(target, dataset, cfg)
+    return dataset
+
+
+def _check_remote_columns(target: Target, dataset: RemoteDataset, cfg: "RunConfig") -> None:
+    """The columns of (up to MAX_SCHEMA_FILES of) a bucket dataset's files against the config's
+    roles, read from their parquet footers: a misnamed column costs no machine."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from instance.model.covariates import check_schema
+
+    files = _spread(dataset.files, MAX_SCHEMA_FILES)
+
+    def problems_of(f):
+        try:
+            schema = pq.read_schema(_S3Range(target.s3, target.bucket, f.key, f.size))
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            if error_code(getattr(exc, "__cause__", None) or exc):
+                raise
+            return [f"s3://{target.bucket}/{f.key}: is not a readable parquet file ({str(exc).splitlines()[0]})"]
+        return [f"s3://{target.bucket}/{f.key} (column {column!r}): {message}"
+                for column, message in check_schema(schema, cfg.columns)[1]]
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            problems = [p for found in pool.map(problems_of, files) for p in found]
+    except Exception as exc:
+        if error_code(exc):
+            raise translate_aws_error(exc, target) from None
+        raise
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BadInput(f"dataset is not valid: {problems[0]}{more}")
+
+
+def _spread(items: list, n: int) -> list:
+    """At most n of `items`, evenly spaced, the first and the last among them."""
+    if len(items) <= n:
+        return list(items)
+    step = (len(items) - 1) / (n - 1)
+    return [items[round(i * step)] for i in range(n)]
+
+
+class _S3Range(io.RawIOBase):
+    """A read-only file over one S3 object, each read a ranged GET: pyarrow reads a parquet
+    footer with one or two of them (the last 64 KiB, then the rest of a larger footer)."""
+
+    def __init__(self, s3, bucket: str, key: str, size: int):
+        self.s3, self.bucket, self.key, self._size, self.pos = s3, bucket, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self._size}[whence] + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        end = min(self.pos + len(buffer), self._size)
+        if end <= self.pos:
+            return 0
+        body = self.s3.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-{end - 1}")["Body"].read()
+        buffer[:len(body)] = body
+        self.pos += len(body)
+        return len(body)
 
 
 def upload(target: Target, path: Path, month: str) -> Uploaded:

@@ -135,7 +135,11 @@ def test_unparseable_and_missing_config_files(invoke, seeded, tmp_path):
 
 
 def test_second_launch_while_locked_exits_3_and_names_holder(env, seeded, aws, tmp_path):
-    seeded.put_object(Bucket=BUCKET, Key="cached-datasets/2026/11/d.parquet", Body=b"PAR1")
+    from tests.agent_fixtures import parquet_bytes, synthetic_frame
+
+    # A real parquet file: launch reads a bucket dataset's footers before it takes the lock.
+    seeded.put_object(Bucket=BUCKET, Key="cached-datasets/2026/11/d.parquet",
+                      Body=parquet_bytes(synthetic_frame(n_items=2, length=64)))
     holder = StateStore(seeded, BUCKET, "dev").acquire("run-20261128-090000-abcd")
     before = _keys(seeded)
     result = run_cli(env, "--local", "launch", _config(tmp_path))

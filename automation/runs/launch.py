@@ -95,7 +95,7 @@ def plan(target: Target, config_path: str | Path) -> LaunchPlan:
     readable = _check_readable_by_the_machine(target, cfg)
     local = None
     if cfg.dataset_in_bucket or "dataset" in readable:
-        check_remote_dataset(target, readable.get("dataset", cfg.dataset))
+        check_remote_dataset(target, readable.get("dataset", cfg.dataset), cfg)
     else:
         path = _resolve_local(cfg.dataset, config_path)
         if not path.exists():
