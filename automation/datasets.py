@@ -60,12 +60,15 @@ def validate(path: Path, config: Path | None = None) -> dict:
     """`data validate`: every problem, the dataset's size and each column's role and type (with a
     run config, as its `columns:` names them, its series lengths judged as launch judges them)."""
     from instance.model.dataset import validate_dataset
-    from instance.protocol.runconfig import ConfigError, load_config
 
-    try:
-        cfg = load_config(config) if config is not None else None
-    except ConfigError as exc:
-        raise BadInput(str(exc)) from None
+    cfg = None
+    if config is not None:  # pydantic only then: a plain `data validate` stays light
+        from instance.protocol.runconfig import ConfigError, load_config
+
+        try:
+            cfg = load_config(config)
+        except ConfigError as exc:
+            raise BadInput(str(exc)) from None
     dataset = _local(path)
     result = validate_dataset(dataset.files, **_judged_by(cfg))
     problems = [str(p) for p in result.problems]
@@ -80,7 +83,7 @@ def _judged_by(cfg: "RunConfig | None") -> dict:
     if cfg is None:
         return {}
     return dict(context_length=cfg.training.context_length, prediction_length=cfg.training.prediction_length,
-                windows=cfg.evaluation.windows, columns=cfg.columns)
+                windows=cfg.evaluation.windows, columns=cfg.columns.names())
 
 
 def check_local_dataset(path: Path, cfg: "RunConfig | None" = None) -> LocalDataset:
@@ -90,7 +93,7 @@ def check_local_dataset(path: Path, cfg: "RunConfig | None" = None) -> LocalData
     dataset = _local(path)
     problems = validate_parquet_paths(dataset.files, **_judged_by(cfg))
     if problems:
-        config = " --config RUN.yaml" if cfg is not None and not cfg.columns.is_default else ""
+        config = " --config RUN.yaml" if cfg is not None and not cfg.columns.names().is_default else ""
         more = f" (and {len(problems) - 1} more problems; see `chronos-train data validate {path}{config}`)" \
             if len(problems) > 1 else ""
         raise BadInput(f"dataset is not valid: {problems[0]}{more}")
@@ -130,7 +133,7 @@ def _check_remote_columns(target: Target, dataset: RemoteDataset, cfg: "RunConfi
                 raise
             return [f"s3://{target.bucket}/{f.key}: is not a readable parquet file ({str(exc).splitlines()[0]})"]
         return [f"s3://{target.bucket}/{f.key} (column {column!r}): {message}"
-                for column, message in check_schema(schema, cfg.columns)[1]]
+                for column, message in check_schema(schema, cfg.columns.names())[1]]
 
     try:
         with ThreadPoolExecutor(16) as pool:

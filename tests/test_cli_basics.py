@@ -168,6 +168,17 @@ def test_data_validate_upload_and_ls(invoke, seeded, tmp_path):
     good = write_parquet(tmp_path / "good" / "sales.parquet", synthetic_frame(n_items=3, length=64))
     result = invoke("data", "validate", str(good))
     assert result.exit_code == 0 and "ok: 1 file(s), 3 series, 192 rows" in result.output
+    # Each column's role and type, one aligned line each.
+    assert "  target       target          numeric (double)" in result.output
+    assert "  temperature  past covariate  numeric (double)" in result.output
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset: x\ncolumns: {known_covariates: [temperature]}\n"
+                      "training: {prediction_length: 8, context_length: 32}\n")
+    result = invoke("data", "validate", str(good), "--config", str(config))
+    assert result.exit_code == 0 and "  temperature  known covariate  numeric (double)" in result.output
+    config.write_text("dataset: x\ncolumns: {known_covariates: [price]}\n")
+    result = invoke("data", "validate", str(good), "--config", str(config))
+    assert result.exit_code == 2 and "(column 'price'): the run config names it as a known covariate" in result.output
 
     bad = write_parquet(tmp_path / "bad" / "sales.parquet", synthetic_frame(n_items=2, length=64).drop(columns="target"))
     result = invoke("data", "validate", str(bad))

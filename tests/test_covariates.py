@@ -15,12 +15,17 @@ from chronos.chronos2.dataset import Chronos2Dataset, DatasetMode
 from instance.model.covariates import forecast_inputs, roles_of_frame, training_inputs
 from instance.model.dataset import validate_dataset
 from instance.model.evaluation import backtest_split, evaluate
-from instance.protocol.columns import ColumnRoles
+from instance.protocol.columns import ColumnNames, ColumnRoles
 from instance.protocol.runconfig import ColumnsSpec, ConfigError, parse_config
 from tests.agent_fixtures import write_parquet
 
 H, W, C, LENGTH = 8, 2, 64, 72
-PROMO = ColumnsSpec(target="sales", known_covariates=["promo"])
+def names(**columns) -> ColumnNames:
+    """The roles as a run config's `columns:` gives them to the validator and to training."""
+    return ColumnsSpec(**columns).names()
+
+
+PROMO = names(target="sales", known_covariates=["promo"])
 
 
 def promo_frame(n_items: int = 4, length: int = LENGTH) -> pd.DataFrame:
@@ -43,10 +48,12 @@ def promo_frame(n_items: int = 4, length: int = LENGTH) -> pd.DataFrame:
 # -- the roles -------------------------------------------------------------------------------------
 def test_roles_default_to_the_long_format_and_read_back_from_json():
     cfg = parse_config({"dataset": "d.parquet"})
-    assert cfg.columns.is_default and cfg.columns.targets == ["target"] and cfg.columns.known_covariates == []
+    assert cfg.columns.names() == ColumnNames() and ColumnNames().is_default
+    assert cfg.columns.targets == ["target"] and cfg.columns.known_covariates == []
     cfg = parse_config({"dataset": "d.parquet", "columns": {"id": "store_id", "timestamp": "day",
                                                             "target": ["sales", "returns"], "known_covariates": ["price"]}})
-    assert cfg.columns.targets == ["sales", "returns"] and not cfg.columns.is_default
+    assert cfg.columns.names() == ColumnNames("store_id", "day", ("sales", "returns"), ("price",))
+    assert ColumnNames.from_json(cfg.columns.names().to_json()) == cfg.columns.names()
     roles = roles_of_frame(promo_frame(), PROMO)
     assert roles.targets == ["sales"] and roles.known_covariates == ["promo"]
     assert roles.past_covariates == ["footfall", "store"]
@@ -74,7 +81,7 @@ def test_the_validator_refuses_what_the_roles_cannot_train_on(tmp_path):
     frame = promo_frame()
     frame["label"] = frame["sales"].astype(str)
     path = write_parquet(tmp_path / "d.parquet", frame)
-    refused = validate_dataset([path], C, H, W, ColumnsSpec(target="label", known_covariates=["price"]))
+    refused = validate_dataset([path], C, H, W, names(target="label", known_covariates=["price"]))
     said = {p.column: p.message for p in refused.problems}
     assert said["price"] == ("the run config names it as a known covariate (columns.known_covariates) but the file "
                              "has no such column; fix columns.known_covariates or the data")
@@ -95,7 +102,7 @@ def test_a_known_covariate_missing_where_the_backtest_shows_it_is_refused(tmp_pa
     assert problems[0].message.startswith(f"the known covariate is missing at 3 of the last {W * H} points, which "
                                           f"the backtest shows the model ({W} windows of {H}; first at 2026-03-11")
     # The same gap in a past-only covariate is no problem: the model never sees its future.
-    assert validate_dataset([tmp_path / "b.parquet"], C, H, W, ColumnsSpec(target="sales")).ok
+    assert validate_dataset([tmp_path / "b.parquet"], C, H, W, names(target="sales")).ok
 
 
 # -- what Chronos is given ----------------------------------------------------------------------------
@@ -187,7 +194,7 @@ def test_a_categorical_known_covariate_is_encoded_by_chronos_in_the_window_too()
 
 
 # -- training and scoring with covariates ------------------------------------------------------------
-def _train(frame, spec: ColumnsSpec, tmp_path, steps: int = 6):
+def _train(frame, spec: ColumnNames, tmp_path, steps: int = 6):
     from instance.model.basemodel import build_scratch
     from instance.model.evaluation import training_data
     from instance.model.training import TrainingSettings, train_model
@@ -206,17 +213,20 @@ def test_a_categorical_string_column_trains_and_is_scored(tmp_path):
     frame = promo_frame()
     frame["weekday"] = frame["timestamp"].dt.day_name()  # a string Chronos encodes
     frame["open"] = frame["timestamp"].dt.day_of_week < 6  # bool: categorical too
-    bt, result = _train(frame, ColumnsSpec(target="sales", known_covariates=["weekday", "open"]), tmp_path)
-    assert [c.kind for c in bt.roles.covariates] == ["numeric", "categorical", "numeric", "categorical", "categorical"]
+    frame["region"] = np.where(frame["item_id"].isin(["item-0", "item-1"]), "east", "west")  # static: constant a series
+    bt, result = _train(frame, names(target="sales", known_covariates=["weekday", "open"]), tmp_path)
+    assert [c.kind for c in bt.roles.covariates] == ["numeric", "categorical", "numeric", "categorical", "categorical",
+                                                     "categorical"]
     for model in ("finetuned", "finetuned_no_covariates", "seasonal_naive"):
         assert 0 < result.metrics[model]["wql"] < 10 and np.isfinite(result.metrics[model]["mase"])
-    assert result.info["covariates"] | {"note": ""} == {"known": ["weekday", "open"], "past": ["footfall", "store", "promo"], "note": ""}
+    assert result.info["covariates"] | {"note": ""} == {"known": ["weekday", "open"],
+                                                        "past": ["footfall", "store", "promo", "region"], "note": ""}
 
 
 def test_two_targets_train_jointly_and_are_scored_each(tmp_path):
     frame = promo_frame()
     frame["returns"] = 0.1 * frame["sales"] + 1
-    bt, result = _train(frame, ColumnsSpec(target=["sales", "returns"], known_covariates=["promo"]), tmp_path)
+    bt, result = _train(frame, names(target=["sales", "returns"], known_covariates=["promo"]), tmp_path)
     per_target = result.info["per_target"]
     assert list(per_target) == ["sales", "returns"] and result.info["targets"] == ["sales", "returns"]
     for model in ("finetuned", "finetuned_no_covariates", "seasonal_naive"):

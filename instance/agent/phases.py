@@ -15,8 +15,8 @@ from typing import Any
 from ..model.dataset import DataValidationError, expand_dataset_path, validate_dataset
 from ..model.datasync import sync_prefix
 from ..protocol.datasets import fingerprint, local_fingerprint
-from ..protocol.columns import ColumnRoles
-from ..protocol.runconfig import ColumnsSpec, ConfigError, check_runtime_support, parse_config
+from ..protocol.columns import ColumnNames, ColumnRoles
+from ..protocol.runconfig import ConfigError, check_runtime_support, parse_config
 from ..protocol.timeutil import iso
 from .context import AgentContext, CheckpointUploader, download_prefix, latest_checkpoint
 from .lockholder import TrainingWatch
@@ -84,7 +84,7 @@ class DataSyncInput:
     prediction_length: int
     context_length: int
     windows: int = 1  # backtest windows held out at the end of every series
-    columns: ColumnsSpec = ColumnsSpec()  # the run config's column roles
+    columns: ColumnNames = ColumnNames()  # the run config's column roles
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
     cfg = inp.config
     settings = TrainingSettings.from_config(cfg)
     world = cfg.instance.gpu_count
-    backtest, inputs = training_data(inp.files, settings.prediction_length, settings.eval_windows, cfg.columns)
+    backtest, inputs = training_data(inp.files, settings.prediction_length, settings.eval_windows, cfg.columns.names())
     log.info("training on %d series, %d of %d rows (the last %d points of each held out: %d backtest windows)",
              len(backtest.items), len(backtest.frame) - len(backtest.items) * backtest.held_out, len(backtest.frame),
              backtest.held_out, backtest.windows)
@@ -259,7 +259,7 @@ def _train_on_ranks(ctx: AgentContext, base, inp: TrainingInput, settings, world
         files=[str(f) for f in inp.files], settings=asdict(settings), base_dir=str(ctx.base_model_dir),
         output_dir=str(inp.output_dir), staging_dir=str(ctx.staging_dir), agent_pid=os.getpid(),
         world_size=world, fault_ranks=ctx.hooks.failing_ranks(world),
-        resume_from=str(resume_from) if resume_from else None, columns=inp.config.columns.model_dump(mode="json"),
+        resume_from=str(resume_from) if resume_from else None, columns=inp.config.columns.names().to_json(),
     )
     try:
         return train_on_ranks(job, ctx.ranks_dir, stop_reason=lambda: stop_reason(ctx.holder),

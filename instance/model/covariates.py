@@ -1,7 +1,7 @@
 """Covariates as Chronos-2 takes them: which column plays which role, and the inputs Chronos is
 given in training and in each backtest window.
 
-Roles come from the run config (`columns:`, runconfig.ColumnsSpec) and the data: the id, the
+Roles come from the run config (`columns:`, as ColumnNames) and the data: the id, the
 timestamp, one target or several (forecast jointly), the covariates known into the future
 (`known_covariates`), and every other column, a past-only covariate. A covariate is numeric
 (integer, float, decimal) or categorical (string, bool, dictionary); anything else is refused.
@@ -22,10 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..protocol.columns import (CATEGORICAL, DATETIME, ID, IDENTIFIER, KNOWN, NUMERIC, PAST, TARGET, TIMESTAMP,
-                                Column, ColumnRoles)
-from ..protocol.runconfig import ColumnsSpec
+                                Column, ColumnNames, ColumnRoles)
 
-DEFAULT_COLUMNS = ColumnsSpec()
+DEFAULT_COLUMNS = ColumnNames()
 ACCEPTED = "numeric (integer, float, decimal) or categorical (string, bool, dictionary)"
 
 
@@ -43,7 +42,7 @@ def kind_of(arrow_type) -> str | None:
     return None
 
 
-def check_schema(schema, spec: ColumnsSpec = DEFAULT_COLUMNS) -> tuple[list[Column], list[tuple[str, str]], bool]:
+def check_schema(schema, spec: ColumnNames = DEFAULT_COLUMNS) -> tuple[list[Column], list[tuple[str, str]], bool]:
     """One file's schema against the roles: (its columns with role and kind, the problems as
     (column, sentence), whether its rows can be read for the series checks). Shared by the
     validator and the check of a bucket dataset's footers before launch."""
@@ -63,7 +62,7 @@ def check_schema(schema, spec: ColumnsSpec = DEFAULT_COLUMNS) -> tuple[list[Colu
     return columns, problems + kind_problems, readable
 
 
-def _missing(spec: ColumnsSpec, column: str) -> str:
+def _missing(spec: ColumnNames, column: str) -> str:
     if spec.is_default:
         return "required column is missing (long format needs item_id, timestamp, target)"
     key, role = (("id", "the id") if column == spec.id else ("timestamp", "the timestamp") if column == spec.timestamp
@@ -72,7 +71,7 @@ def _missing(spec: ColumnsSpec, column: str) -> str:
     return f"the run config names it as {role} (columns.{key}) but the file has no such column; fix columns.{key} or the data"
 
 
-def resolve_schema(schema, spec: ColumnsSpec = DEFAULT_COLUMNS) -> tuple[list[Column], list[tuple[str, str]]]:
+def resolve_schema(schema, spec: ColumnNames = DEFAULT_COLUMNS) -> tuple[list[Column], list[tuple[str, str]]]:
     """Each column of one file with its role and kind, and the problems as (column, sentence):
     targets must be numeric, covariates numeric or categorical."""
     import pyarrow as pa
@@ -133,7 +132,7 @@ def merge_files(per_file: list[tuple[str, list[Column]]]) -> tuple[ColumnRoles |
     return roles, problems
 
 
-def roles_of_frame(frame, spec: ColumnsSpec = DEFAULT_COLUMNS) -> ColumnRoles:
+def roles_of_frame(frame, spec: ColumnNames = DEFAULT_COLUMNS) -> ColumnRoles:
     """The roles of an in-memory frame (pandas or Arrow), for callers that hold one."""
     import pyarrow as pa
 

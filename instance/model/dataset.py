@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..protocol.columns import ColumnRoles
+from ..protocol.columns import ColumnNames, ColumnRoles
 from ..protocol.datasets import DatasetNotFound, RemoteFile, fingerprint  # noqa: F401 - re-exported
-from ..protocol.runconfig import ColumnsSpec
+from .covariates import DEFAULT_COLUMNS
 
 log = logging.getLogger(__name__)
 
-ID, TIME, TARGET = "item_id", "timestamp", "target"  # the defaults (ColumnsSpec)
-REQUIRED_COLUMNS = (ID, TIME, TARGET)
-DEFAULT_COLUMNS = ColumnsSpec()
+# The long format's default names (ColumnNames), and the column names of the evaluation files.
+ID, TIME, TARGET = "item_id", "timestamp", "target"
 # One Chronos-2 patch: the least context worth training or forecasting from.
 MIN_CONTEXT = 16
 # Beyond this many items with the same problem in one file, one summary line says how many more.
@@ -111,7 +110,7 @@ def validate_parquet_paths(
     context_length: int | None = None,
     prediction_length: int | None = None,
     windows: int = 1,
-    columns: ColumnsSpec = DEFAULT_COLUMNS,
+    columns: ColumnNames = DEFAULT_COLUMNS,
 ) -> list[DataProblem]:
     """Every problem that would stop training, naming file, column and item. Empty = valid."""
     return validate_dataset(paths, context_length, prediction_length, windows, columns).problems
@@ -122,7 +121,7 @@ def validate_dataset(
     context_length: int | None = None,
     prediction_length: int | None = None,
     windows: int = 1,
-    columns: ColumnsSpec = DEFAULT_COLUMNS,
+    columns: ColumnNames = DEFAULT_COLUMNS,
 ) -> Validation:
     """The problems, the dataset's size and its columns' roles.
 
@@ -211,7 +210,7 @@ class _FileColumns:
     present: Any = None  # the distinct codes of this file
     _grouped: Any = None
 
-    def check_rows(self, out: "_Collector", codes: _SeriesCodes, spec: ColumnsSpec = DEFAULT_COLUMNS) -> None:
+    def check_rows(self, out: "_Collector", codes: _SeriesCodes, spec: ColumnNames = DEFAULT_COLUMNS) -> None:
         """What is checked within one file: rows without id or time, timestamps out of order."""
         import numpy as np
 
@@ -248,7 +247,7 @@ class _FileColumns:
         return self._grouped
 
 
-def _read_file(path: Path, codes: _SeriesCodes, spec: ColumnsSpec = DEFAULT_COLUMNS):
+def _read_file(path: Path, codes: _SeriesCodes, spec: ColumnNames = DEFAULT_COLUMNS):
     """(columns or None, schema problems, row count, (name, its columns' roles) or None)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -293,7 +292,7 @@ def _missing_values(chunk):
     return chunk.is_null().to_numpy(zero_copy_only=False)
 
 
-def _read_columns(pf, name: str, codes: _SeriesCodes, spec: ColumnsSpec = DEFAULT_COLUMNS) -> _FileColumns:
+def _read_columns(pf, name: str, codes: _SeriesCodes, spec: ColumnNames = DEFAULT_COLUMNS) -> _FileColumns:
     """The id, timestamp and target(s) as flat arrays, one row group at a time into arrays sized
     once from the footer's row count (no list of parts to concatenate: that would double the
     peak); a known covariate's gaps, only where it has any."""
@@ -381,7 +380,7 @@ class _Collector:
 
 
 def _check_series(columns: list[_FileColumns], codes: _SeriesCodes, out: _Collector, context_length,
-                  prediction_length, windows: int = 1, spec: ColumnsSpec = DEFAULT_COLUMNS) -> None:
+                  prediction_length, windows: int = 1, spec: ColumnNames = DEFAULT_COLUMNS) -> None:
     """Duplicates, all-NaN targets, lengths and known covariates' gaps in the backtest, per series
     over every file."""
     import numpy as np
@@ -510,12 +509,12 @@ def _count_adjacent_duplicates(c, t, count, first) -> None:
 
 
 # -- loading ------------------------------------------------------------------------------------
-def load_long_frame(paths: Sequence[Path], columns: ColumnsSpec | ColumnRoles = DEFAULT_COLUMNS):
+def load_long_frame(paths: Sequence[Path], columns: ColumnNames | ColumnRoles = DEFAULT_COLUMNS):
     """All files as one pandas frame sorted by (id, timestamp); ids as strings."""
     return load_long_table(paths, columns).to_pandas(self_destruct=True, split_blocks=True)
 
 
-def load_long_table(paths: Sequence[Path], columns: ColumnsSpec | ColumnRoles = DEFAULT_COLUMNS):
+def load_long_table(paths: Sequence[Path], columns: ColumnNames | ColumnRoles = DEFAULT_COLUMNS):
     """All files as one Arrow table sorted by (id, timestamp); ids as strings. `columns` names
     the id and timestamp columns (the run config's, or the roles the validator found).
 

@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..protocol.columns import ColumnRoles
-from ..protocol.runconfig import ColumnsSpec
+from ..protocol.columns import ColumnNames, ColumnRoles
 from .dataset import ID, TARGET, TIME
 
 log = logging.getLogger(__name__)
@@ -169,7 +168,7 @@ def backtest_split(data, prediction_length: int, windows: int = 1, roles: Column
     return Backtest(frame, prediction_length, windows, items, freq, seasonality_of(freq), roles)
 
 
-def training_data(files, prediction_length: int, windows: int = 1, columns: ColumnsSpec | None = None):
+def training_data(files, prediction_length: int, windows: int = 1, columns: ColumnNames | None = None):
     """(backtest, Chronos inputs of what training may see): what training and scoring start from.
     `columns`: the run config's roles (by default the long format's names, every other column a
     past-only covariate), resolved against the data's own types as the validator does."""

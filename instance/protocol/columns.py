@@ -1,9 +1,11 @@
-"""The column roles a model was trained with: what model_metadata.json records under `columns`,
-what `data validate` shows, and what a forecast's input is checked against.
+"""Column roles: the names a run config gives them (`ColumnNames`) and, once the data is read,
+every column with its role and kind (`ColumnRoles`): what model_metadata.json records under
+`columns`, what `data validate` shows, and what a forecast's input is checked against.
 
-The run config names the roles (`columns:`; runconfig.ColumnsSpec); the data fills in the rest:
-every other column is a past-only covariate, and each covariate is numeric or categorical by its
-parquet type (instance/model/covariates.py decides). Pure data, no imports of the project.
+The run config names the roles (`columns:`, parsed by runconfig.ColumnsSpec into ColumnNames);
+the data fills in the rest: every other column is a past-only covariate, and each covariate is
+numeric or categorical by its parquet type (instance/model/covariates.py decides). Pure data, no
+imports of the project, no pydantic: the validator (`data validate`) stays light.
 """
 from __future__ import annotations
 
@@ -13,6 +15,30 @@ from typing import Any
 ID, TIMESTAMP, TARGET, KNOWN, PAST = "id", "timestamp", "target", "known_covariate", "past_covariate"
 NUMERIC, CATEGORICAL, DATETIME, IDENTIFIER = "numeric", "categorical", "datetime", "identifier"
 ROLE_NAMES = {ID: "id", TIMESTAMP: "timestamp", TARGET: "target", KNOWN: "known covariate", PAST: "past covariate"}
+# The long format's defaults (AutoGluon's and Chronos-2 predict_df's).
+DEFAULT_ID, DEFAULT_TIMESTAMP, DEFAULT_TARGET = "item_id", "timestamp", "target"
+
+
+@dataclass(frozen=True)
+class ColumnNames:
+    """The roles as a run config names them; every column not named is a past-only covariate."""
+
+    id: str = DEFAULT_ID
+    timestamp: str = DEFAULT_TIMESTAMP
+    targets: tuple[str, ...] = (DEFAULT_TARGET,)
+    known_covariates: tuple[str, ...] = ()
+
+    @property
+    def is_default(self) -> bool:
+        return self == ColumnNames()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "timestamp": self.timestamp, "targets": list(self.targets),
+                "known_covariates": list(self.known_covariates)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "ColumnNames":
+        return cls(doc["id"], doc["timestamp"], tuple(doc["targets"]), tuple(doc["known_covariates"]))
 
 
 @dataclass(frozen=True)

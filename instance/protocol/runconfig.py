@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .columns import DEFAULT_ID, DEFAULT_TARGET, DEFAULT_TIMESTAMP, ColumnNames
 from .pricing import PRICES
 
 # Chronos-2 core sizes for `scratch:<size>` (random init, offline). `tiny` trains on a CPU in
@@ -159,15 +160,12 @@ class EvaluationSpec(_Strict):
     windows: int = Field(3, ge=1, le=20)
 
 
-# The long format's default column names (AutoGluon's and Chronos-2 predict_df's).
-DEFAULT_ID, DEFAULT_TIMESTAMP, DEFAULT_TARGET = "item_id", "timestamp", "target"
-
-
 class ColumnsSpec(_Strict):
     """The data's column roles. Every column not named here is a past-only covariate (known up to
     now, masked over the horizon); `known_covariates` are known into the future (price, promotion,
     holiday): their horizon values are shown to the model in training windows, backtest windows
-    and forecasts. Numeric or categorical, Chronos encodes them (instance/model/covariates.py)."""
+    and forecasts. Numeric or categorical, Chronos encodes them (instance/model/covariates.py,
+    which takes them as `names()`)."""
 
     id: str = DEFAULT_ID
     timestamp: str = DEFAULT_TIMESTAMP
@@ -205,9 +203,8 @@ class ColumnsSpec(_Strict):
     def targets(self) -> list[str]:
         return [self.target] if isinstance(self.target, str) else list(self.target)
 
-    @property
-    def is_default(self) -> bool:
-        return self == ColumnsSpec()
+    def names(self) -> ColumnNames:
+        return ColumnNames(self.id, self.timestamp, tuple(self.targets), tuple(self.known_covariates))
 
 
 class RunConfig(_Strict):
