@@ -114,7 +114,7 @@ def best_of(values: list[Any], better: str | None) -> list[int]:
 
 def target_rows(records: list[dict]) -> list[tuple[str, Callable[[dict], Any], str | None]]:
     """For runs with several targets: the fine-tuned model's WQL and MASE on each, in the runs' order."""
-    targets = dict.fromkeys(t for r in records for t in ((r.get("evaluation") or {}).get("per_target") or {}))
+    targets = dict.fromkeys(t for r in records for t in ((r.get("evaluation") or {}).get("targets") or []))
     return [(f"{name} fine-tuned · {target}", _per_target(target, "finetuned", name.lower()), "lower")
             for target in targets for name in ("WQL", "MASE")]
 

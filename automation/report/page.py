@@ -285,8 +285,10 @@ def _model_cell(model: str) -> str:
     return f'<td><span class="dot" style="background:{_color(model)}"></span>{MODEL_NAMES[model]}</td>'
 
 
-def _table(head: list[str], rows: list[str]) -> str:
-    return (f'<div class="scroll"><table><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead>'
+def _table(head: list[str], rows: list[str], cls: str = "") -> str:
+    """`cls`: "text" left-aligns every column (words, not numbers); "text2" the second too."""
+    table = f'<table class="{cls}">' if cls else "<table>"
+    return (f'<div class="scroll">{table}<thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
@@ -354,12 +356,13 @@ def per_target_table(summary: dict) -> str:
     if not per_target:
         return ""
     rows = []
-    for target, models in per_target.items():
+    for target in summary.get("targets") or sorted(per_target):  # the config's order (JSON keys are sorted)
+        models = per_target.get(target) or {}
         for m in MODEL_NAMES:
             if models.get(m):
                 rows.append(f"<tr><td>{html.escape(target)}</td>{_model_cell(m)}<td>{_num(models[m].get('wql'))}</td>"
                             f"<td>{_num(models[m].get('mase'), 3)}</td></tr>")
-    return _table(["target", "model", "WQL ↓", "MASE ↓"], rows)
+    return _table(["target", "model", "WQL ↓", "MASE ↓"], rows, "text2")
 
 
 def covariates_section(art: RunArtifacts) -> str:
@@ -370,7 +373,7 @@ def covariates_section(art: RunArtifacts) -> str:
     if not covariates:
         return ""
     e = html.escape
-    listed = _table(["covariate", "role", "type"], [
+    listed = _table(["covariate", "role", "type"], cls="text", rows=[
         f"<tr><td><code>{e(c['name'])}</code></td><td>{e(ROLE_NAMES.get(c['role'], c['role']))}</td>"
         f"<td>{e(c.get('kind', ''))} <span class=\"muted\">({e(c.get('dtype', ''))})</span></td></tr>"
         for c in covariates])
@@ -510,6 +513,7 @@ footer { color: var(--muted); font-size: 12px; text-align: center; }
 .key i.dash { border-top-style: dashed; }
 .key i.band { height: 10px; border: 0; background: var(--c); opacity: .25; }
 table.kv td { text-align: left; }
+table.text th, table.text td, table.text2 th:nth-child(2), table.text2 td:nth-child(2) { text-align: left; }
 @media (max-width: 640px) {
   main { padding: 10px 8px 24px; }
   header, section { padding: 12px; border-radius: 6px; }
