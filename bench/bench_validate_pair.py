@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 LAUNCHER = ("import os, subprocess, sys, json; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True); "
             "out = p.stdout.read(); _, status, usage = os.wait4(p.pid, 0); "
             "print(json.dumps([os.waitstatus_to_exitcode(status), usage.ru_maxrss, out[-300:]]))")
@@ -37,26 +38,23 @@ KNOWN = ("from instance.protocol.columns import ColumnNames; ", ", 3, ColumnName
 
 
 def series_file(path: Path, covariates: bool = False) -> Path:
+    """bench_data.py's file; with `covariates`, the same with promo, price and store added."""
+    from bench.bench_data import big_series_file
+
+    plain = big_series_file(path.with_name("series.parquet"))
+    if not covariates or path.exists():
+        return plain if not covariates else path
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if path.exists():
-        return path
-    n_items, length = 20_000, 500
+    table = pq.read_table(plain)
     rng = np.random.default_rng(0)
-    names = np.array([f"item-{i:05d}" for i in range(n_items)])
-    t = np.arange(length)
-    target = (10 + np.arange(n_items)[:, None] % 50 + 3 * np.sin(2 * np.pi * t / 24)[None, :]
-              + rng.normal(0, 0.5, (n_items, length))).ravel()
-    columns = {"item_id": pa.array(np.repeat(names, length)),
-               "timestamp": pa.array(np.tile(t * 3_600_000_000 + 1_790_000_000_000_000, n_items), type=pa.timestamp("us")),
-               "target": target}
-    if covariates:
-        columns["promo"] = (rng.random(n_items * length) < 0.15).astype("int8")
-        columns["price"] = rng.uniform(1, 10, n_items * length)
-        columns["store"] = pa.array(np.repeat(np.array([f"store-{i % 40}" for i in range(n_items)]), length))
-    pq.write_table(pa.table(columns), path)
+    n, stores = table.num_rows, np.array([f"store-{i % 40}" for i in range(20_000)])
+    table = table.append_column("promo", pa.array((rng.random(n) < 0.15).astype("int8")))
+    table = table.append_column("price", pa.array(rng.uniform(1, 10, n)))
+    table = table.append_column("store", pa.array(np.repeat(stores, n // len(stores))))
+    pq.write_table(table, path)
     return path
 
 
