@@ -38,7 +38,9 @@ def sandbox(moto_endpoint):
     so later cases also check that no earlier refusal left anything behind."""
     motoserver.reset(moto_endpoint)
     seed(SandboxInfo(moto_endpoint, REGION, "123456789012", None), "dev")
-    return AwsTarget(region=REGION, endpoint_url=moto_endpoint)
+    # As the deployer whatever this process's environment holds: an in-process CLI test run
+    # before on the same xdist worker leaves it the operator's, who may not list buckets.
+    return AwsTarget(region=REGION, endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials)
 
 
 @pytest.fixture
