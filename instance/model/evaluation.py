@@ -135,14 +135,15 @@ class Backtest:
         item_id, timestamp, target (and target_name, with several targets)."""
         import pandas as pd
 
-        rows = self.restrict(items)._rows(0, points)
+        rows = self.restrict(items)._rows(0, points).reset_index(drop=True)
         r = self.roles
+
+        def of(target: str):  # the evaluation files' names, whatever the data's
+            return rows[[r.id, r.timestamp, target]].set_axis([ID, TIME, TARGET], axis=1)
+
         if len(r.targets) == 1:
-            return pd.DataFrame({ID: rows[r.id].to_numpy(), TIME: rows[r.timestamp].to_numpy(),
-                                 TARGET: rows[r.targets[0]].to_numpy()})
-        return pd.concat([pd.DataFrame({ID: rows[r.id].to_numpy(), TIME: rows[r.timestamp].to_numpy(),
-                                        TARGET_NAME: name, TARGET: rows[name].to_numpy()}) for name in r.targets],
-                         ignore_index=True)
+            return of(r.targets[0])
+        return pd.concat([of(name).assign(**{TARGET_NAME: name}) for name in r.targets], ignore_index=True)
 
 
 def backtest_split(data, prediction_length: int, windows: int = 1, roles: ColumnRoles | None = None) -> Backtest:
