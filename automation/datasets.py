@@ -40,6 +40,7 @@ from .context import Target, translate_aws_error
 from .errors import BadInput, ChronosError
 
 if TYPE_CHECKING:
+    from instance.protocol.columns import ColumnRoles
     from instance.protocol.runconfig import RunConfig
 
 HASH_CHUNK = 1024 * 1024
@@ -88,63 +89,71 @@ def _judged_by(cfg: "RunConfig | None") -> dict:
 
 def check_local_dataset(path: Path, cfg: "RunConfig | None" = None) -> LocalDataset:
     """A local file or folder that is one valid dataset, or BadInput with one sentence."""
-    from instance.model.dataset import validate_parquet_paths
+    return checked_local_dataset(path, cfg)[0]
+
+
+def checked_local_dataset(path: Path, cfg: "RunConfig | None" = None) -> tuple[LocalDataset, "ColumnRoles | None"]:
+    """check_local_dataset, and the roles of its columns as the validator found them."""
+    from instance.model.dataset import validate_dataset
 
     dataset = _local(path)
-    problems = validate_parquet_paths(dataset.files, **_judged_by(cfg))
+    checked = validate_dataset(dataset.files, **_judged_by(cfg))
+    problems = checked.problems
     if problems:
         config = " --config RUN.yaml" if cfg is not None and not cfg.columns.names().is_default else ""
         more = f" (and {len(problems) - 1} more problems; see `chronos-train data validate {path}{config}`)" \
             if len(problems) > 1 else ""
         raise BadInput(f"dataset is not valid: {problems[0]}{more}")
-    return dataset
+    return dataset, checked.roles
 
 
-def check_remote_dataset(target: Target, prefix: str, cfg: "RunConfig | None" = None) -> RemoteDataset:
-    """The dataset at a bucket prefix, or BadInput: missing, ambiguous (datasets in folders below
-    it and no file of its own), or (with `cfg`) a file whose columns do not fit the config's roles."""
+def check_remote_dataset(target: Target, prefix: str) -> RemoteDataset:
+    """The dataset at a bucket prefix, or BadInput: missing, or ambiguous (datasets in folders
+    below it and no file of its own)."""
     try:
-        dataset = list_dataset(target.s3, target.bucket, prefix)
+        return list_dataset(target.s3, target.bucket, prefix)
     except DatasetError as exc:
         hint = "" if "dataset folder" in str(exc) else "; upload one with `chronos-train data upload PATH --month YYYY/MM`"
         raise BadInput(f"dataset {exc}{hint}") from None
     except Exception as exc:
         raise translate_aws_error(exc, target) from None
-    if cfg is not None:
-        _check_remote_columns(target, dataset, cfg)
-    return dataset
 
 
-def _check_remote_columns(target: Target, dataset: RemoteDataset, cfg: "RunConfig") -> None:
+def check_remote_columns(target: Target, dataset: RemoteDataset, cfg: "RunConfig") -> "ColumnRoles | None":
     """The columns of (up to MAX_SCHEMA_FILES of) a bucket dataset's files against the config's
-    roles, read from their parquet footers: a misnamed column costs no machine."""
+    roles, read from their parquet footers: a misnamed column costs no machine. Returns the
+    roles those files give; BadInput names the first file and column that do not fit."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from instance.model.covariates import check_schema
+    from instance.model.covariates import check_schema, merge_files
 
     files = _spread(dataset.files, MAX_SCHEMA_FILES)
+    names = cfg.columns.names()
 
-    def problems_of(f):
+    def schema_of(f):
+        uri = f"s3://{target.bucket}/{f.key}"
         try:
             schema = pq.read_schema(_S3Range(target.s3, target.bucket, f.key, f.size))
         except (pa.ArrowException, OSError, ValueError) as exc:
-            if error_code(getattr(exc, "__cause__", None) or exc):
-                raise
-            return [f"s3://{target.bucket}/{f.key}: is not a readable parquet file ({str(exc).splitlines()[0]})"]
-        return [f"s3://{target.bucket}/{f.key} (column {column!r}): {message}"
-                for column, message in check_schema(schema, cfg.columns.names())[1]]
+            return uri, [], [f"{uri}: is not a readable parquet file ({str(exc).splitlines()[0]})"]
+        columns, problems, _ = check_schema(schema, names)
+        return uri, columns, [f"{uri} (column {column!r}): {message}" for column, message in problems]
 
     try:
         with ThreadPoolExecutor(16) as pool:
-            problems = [p for found in pool.map(problems_of, files) for p in found]
+            found = list(pool.map(schema_of, files))
     except Exception as exc:
         if error_code(exc):
             raise translate_aws_error(exc, target) from None
         raise
+    roles, conflicts = merge_files([(uri, columns) for uri, columns, _ in found])
+    problems = [p for _, _, file_problems in found for p in file_problems]
+    problems += [f"{uri} (column {column!r}): {message}" for uri, column, message in conflicts]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise BadInput(f"dataset is not valid: {problems[0]}{more}")
+    return roles
 
 
 def _spread(items: list, n: int) -> list:

@@ -58,11 +58,13 @@ def run(moto_endpoint, tmp_path_factory):
     config.write_text(yaml.safe_dump(doc))
     env = cli_env(moto_endpoint, tmp / "home", CHRONOS_HEARTBEAT_SECONDS="1")
     validated = run_cli(env, "data", "validate", str(data), "--config", str(config), "--json")
+    dry = run_cli(env, "--local", "launch", str(config), "--dry-run", "--json", cwd=tmp)
     result = run_cli(env, "--local", "launch", str(config), "--follow", cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     os.environ.update(DEPLOYER.env())  # test code reads and plants records as the deployer
     s3 = client("s3", AwsTarget(region="us-east-1", endpoint_url=moto_endpoint))
-    return dict(run_id=result.stdout.splitlines()[0], env=env, tmp=tmp, s3=s3, result=result, validated=validated)
+    return dict(run_id=result.stdout.splitlines()[0], env=env, tmp=tmp, s3=s3, result=result, validated=validated,
+                dry=dry)
 
 
 def test_data_validate_says_each_column_s_role_and_type(run):
@@ -73,6 +75,13 @@ def test_data_validate_says_each_column_s_role_and_type(run):
         ("store_id", "id", "identifier"), ("day", "timestamp", "datetime"), ("sales", "target", "numeric"),
         ("returns", "target", "numeric"), ("promo", "known_covariate", "numeric"),
         ("weather", "past_covariate", "categorical")]
+
+
+def test_launch_says_the_roles_it_will_train_with(run):
+    said = "columns: targets sales, returns; known covariates: promo (numeric); past-only covariates: weather (categorical)"
+    assert said in run["result"].stderr
+    dry = json.loads(run["dry"].stdout)
+    assert dry["columns"]["known_covariates"] == ["promo"] and dry["columns"]["id"] == "store_id"
 
 
 def test_the_model_s_metadata_records_the_roles(run):

@@ -248,6 +248,7 @@ def dry_run_lines(result) -> list[str]:
         f"{cfg.training.num_steps} steps",
         f"dataset   {cfg.dataset}" + (f" ({len(result.plan.local_dataset.files)} local file(s), uploaded at launch)"
                                       if result.plan.local_dataset else ""),
+        *([f"columns   {result.plan.columns.sentence()}"] if result.plan.columns else []),
         f"price     {est.sentence()}",
         f"zones     {', '.join(result.zones)} (tried in this order when one has no capacity)",
         "checks",

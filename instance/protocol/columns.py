@@ -101,6 +101,15 @@ class ColumnRoles:
         """One line per covariate, e.g. "promo (known covariate, numeric)"."""
         return [f"{c.name} ({ROLE_NAMES[c.role]}, {c.kind})" for c in self.covariates]
 
+    def sentence(self) -> str:
+        """"target sales; known covariates: promo (numeric); past-only: weather (categorical)"."""
+        parts = [("targets " if len(self.targets) > 1 else "target ") + ", ".join(self.targets)]
+        for role, title in ((KNOWN, "known covariates"), (PAST, "past-only covariates")):
+            named = [f"{c.name} ({c.kind})" for c in self.covariates if c.role == role]
+            if named:
+                parts.append(f"{title}: {', '.join(named)}")
+        return "; ".join(parts if len(parts) > 1 else [*parts, "no covariates"])
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "timestamp": self.timestamp, "targets": self.targets,
