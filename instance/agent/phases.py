@@ -144,8 +144,7 @@ def data_sync(ctx: AgentContext, inp: DataSyncInput) -> DataSyncOutput:
             log.error("data problem: %s", p)
         raise DataValidationError(f"the dataset {source} cannot be trained on", checked.problems)
     out = DataSyncOutput(files, source, fp, downloaded, skipped, got, total, names, checked.roles)
-    if checked.roles.covariates:
-        log.info("covariates: %s", ", ".join(checked.roles.describe()))
+    log.info("columns: %s", checked.roles.sentence())
     ctx.record.update(data={"uri": source, "fingerprint": fp, "files": len(files), "bytes": total,
                             "columns": checked.roles.to_json()})
     return out
