@@ -93,7 +93,9 @@ def run_panel(v: RunView) -> Panel:
 
 def metrics_table(metrics: dict, windows: int | None = None) -> Table | None:
     rows = [(name, metrics.get(key)) for name, key in
-            (("fine-tuned", "finetuned"), ("zero-shot (base)", "zero_shot"), ("seasonal naive", "seasonal_naive"))]
+            (("fine-tuned", "finetuned"), ("fine-tuned, target(s) alone", "finetuned_no_covariates"),
+             ("zero-shot (base)", "zero_shot"), ("zero-shot, target(s) alone", "zero_shot_no_covariates"),
+             ("seasonal naive", "seasonal_naive"))]
     rows = [(n, m) for n, m in rows if m]
     if not rows:
         return None
@@ -104,7 +106,7 @@ def metrics_table(metrics: dict, windows: int | None = None) -> Table | None:
     table.add_column("WQL ↓", justify="right")
     table.add_column("MASE ↓", justify="right")
     for name, m in rows:
-        table.add_row(name, f"{m.get('wql', float('nan')):.4f}", f"{m.get('mase', float('nan')):.4f}")
+        table.add_row(name, *(f"{m[k]:.4f}" if m.get(k) is not None else "-" for k in ("wql", "mase")))
     return table
 
 
@@ -256,6 +258,7 @@ def dry_run_lines(result) -> list[str]:
         f"{cfg.training.num_steps} steps",
         f"dataset   {cfg.dataset}" + (f" ({len(result.plan.local_dataset.files)} local file(s), uploaded at launch)"
                                       if result.plan.local_dataset else ""),
+        *([f"columns   {result.plan.columns.sentence()}"] if result.plan.columns else []),
         f"price     {est.sentence()}",
         f"zones     {', '.join(result.zones)} (the group launches in whichever has capacity)",
         "checks",

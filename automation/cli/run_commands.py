@@ -50,6 +50,8 @@ def launch(opts: Options, config: Path, follow: bool, download: bool, dry_run: b
     from ..runs.launch import launch as do_launch, plan
 
     lp = plan(target, config)
+    if lp.columns is not None:
+        say(f"columns: {lp.columns.sentence()}")
     say(lp.estimate.sentence())
     launched = do_launch(target, lp, executor, progress=say)
     click.echo(launched.run_id)

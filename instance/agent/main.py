@@ -163,7 +163,7 @@ class Agent:
             Phase(Status.INITIALIZATION, lambda: ph.initialization(ctx, ph.InitInput())),
             Phase(Status.DATA_SYNC, lambda: ph.data_sync(ctx, ph.DataSyncInput(
                 ctx.config.dataset, ctx.data_dir, ctx.config.training.prediction_length, ctx.config.training.context_length,
-                ctx.config.evaluation.windows))),
+                ctx.config.evaluation.windows, ctx.config.columns.names()))),
             Phase(Status.TRAINING, lambda: ph.training(ctx, ph.TrainingInput(ctx.config, state["data_sync"].files, ctx.train_dir))),
             Phase(Status.RESULTS_SYNC, lambda: ph.results_sync(ctx, ph.ResultsInput(
                 state["training"].model_dir, state["training"], state["data_sync"], ctx.config))),
