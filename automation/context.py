@@ -86,6 +86,9 @@ def translate_aws_error(exc: Exception, target: Target) -> Exception:
         "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidClientTokenId"
     ):
         return BadInput("no valid AWS credentials found; run `aws configure` (or set AWS_PROFILE), or use --local")
+    if code == "NoSuchBucket" and target.local:
+        return BadInput(f"the sandbox has no bucket for env {target.env} (was it reset?); "
+                        "`chronos-train sandbox start` seeds it again")
     if code == "NoSuchBucket":
         return BadInput(
             f"infrastructure for env {target.env} is not deployed (no bucket {target.bucket}); "
@@ -104,7 +107,9 @@ def translate_aws_error(exc: Exception, target: Target) -> Exception:
     return exc
 
 
-def resolve(env: str, local: bool) -> Target:
+def resolve(env: str, local: bool, verify: bool = False) -> Target:
+    """`verify`: a --local command that builds on the sandbox's seeding (launch) has the sandbox
+    asked whether `env` is seeded (and seeded again if not); the others trust its record."""
     try:
         check_env(env)
     except LayoutError as exc:
@@ -112,7 +117,7 @@ def resolve(env: str, local: bool) -> Target:
     if local:
         from .sandbox import control as sandbox
 
-        info = sandbox.ensure_running(env)
+        info = sandbox.start((env,)) if verify else sandbox.ensure_running(env)
         sandbox.export_credentials(env)
         return Target(env=env, local=True, region=info.region, bucket=bucket_name(env, info.account, info.region),
                       endpoint_url=info.endpoint_url)
@@ -127,9 +132,9 @@ def aws_region() -> str:
     region = settings().region
     if region:
         return region
-    import boto3
+    from instance.protocol.aws import session
 
-    region = boto3.session.Session().region_name
+    region = session().region_name
     if not region:
         raise BadInput("no AWS region configured; set AWS_REGION or run `aws configure`, or use --local")
     return region

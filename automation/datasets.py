@@ -7,10 +7,16 @@ every file's path and bytes. So a dataset is never mixed with another one upload
 sends nothing: the folder is listed once and files already there with their size are skipped.
 Files go through the project's one transfer path (instance/protocol/transfer.py), in parallel;
 any failure is reported with its key, never swallowed.
+
+Column roles (the run config's `columns:`) are checked wherever the data is: a local dataset is
+validated in full; of a bucket dataset, launch reads the parquet footers (two ranged GETs a file,
+at most MAX_SCHEMA_FILES files spread over the dataset), and the agent checks every row after
+the sync.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -34,9 +40,13 @@ from .context import Target, translate_aws_error
 from .errors import BadInput, ChronosError
 
 if TYPE_CHECKING:
+    from instance.protocol.columns import ColumnRoles
     from instance.protocol.runconfig import RunConfig
 
 HASH_CHUNK = 1024 * 1024
+# A bucket dataset's footers read before launch: enough to catch a misnamed column in a dataset
+# of a few files, and every file's schema sampled evenly in one of thousands, at a few seconds.
+MAX_SCHEMA_FILES = 64
 
 
 @dataclass(frozen=True)
@@ -47,32 +57,54 @@ class Uploaded:
     skipped: int  # already in the bucket (same content address, same size)
 
 
-def validate(path: Path) -> dict:
-    """`data validate`: every problem, and the dataset's size."""
+def validate(path: Path, config: Path | None = None) -> dict:
+    """`data validate`: every problem, the dataset's size and each column's role and type (with a
+    run config, as its `columns:` names them, its series lengths judged as launch judges them)."""
     from instance.model.dataset import validate_dataset
 
+    cfg = None
+    if config is not None:  # pydantic only then: a plain `data validate` stays light
+        from instance.protocol.runconfig import ConfigError, load_config
+
+        try:
+            cfg = load_config(config)
+        except ConfigError as exc:
+            raise BadInput(str(exc)) from None
     dataset = _local(path)
-    result = validate_dataset(dataset.files)
+    result = validate_dataset(dataset.files, **_judged_by(cfg))
     problems = [str(p) for p in result.problems]
+    columns = [{"name": c.name, "role": c.role, "type": c.kind, "dtype": c.dtype}
+               for c in (result.roles.columns if result.roles else ())]
     return {"ok": result.ok, "files": len(dataset.files), "problems": problems,
-            "series": result.series if result.ok else None, "rows": result.rows if result.ok else None}
+            "series": result.series if result.ok else None, "rows": result.rows if result.ok else None,
+            "columns": columns}
+
+
+def _judged_by(cfg: "RunConfig | None") -> dict:
+    if cfg is None:
+        return {}
+    return dict(context_length=cfg.training.context_length, prediction_length=cfg.training.prediction_length,
+                windows=cfg.evaluation.windows, columns=cfg.columns.names())
 
 
 def check_local_dataset(path: Path, cfg: "RunConfig | None" = None) -> LocalDataset:
     """A local file or folder that is one valid dataset, or BadInput with one sentence."""
-    from instance.model.dataset import validate_parquet_paths
+    return checked_local_dataset(path, cfg)[0]
+
+
+def checked_local_dataset(path: Path, cfg: "RunConfig | None" = None) -> tuple[LocalDataset, "ColumnRoles | None"]:
+    """check_local_dataset, and the roles of its columns as the validator found them."""
+    from instance.model.dataset import validate_dataset
 
     dataset = _local(path)
-    problems = validate_parquet_paths(
-        dataset.files,
-        context_length=cfg.training.context_length if cfg else None,
-        prediction_length=cfg.training.prediction_length if cfg else None,
-        windows=cfg.evaluation.windows if cfg else 1,
-    )
+    checked = validate_dataset(dataset.files, **_judged_by(cfg))
+    problems = checked.problems
     if problems:
-        more = f" (and {len(problems) - 1} more problems; see `chronos-train data validate {path}`)" if len(problems) > 1 else ""
+        config = " --config RUN.yaml" if cfg is not None and not cfg.columns.names().is_default else ""
+        more = f" (and {len(problems) - 1} more problems; see `chronos-train data validate {path}{config}`)" \
+            if len(problems) > 1 else ""
         raise BadInput(f"dataset is not valid: {problems[0]}{more}")
-    return dataset
+    return dataset, checked.roles
 
 
 def check_remote_dataset(target: Target, prefix: str) -> RemoteDataset:
@@ -85,6 +117,81 @@ def check_remote_dataset(target: Target, prefix: str) -> RemoteDataset:
         raise BadInput(f"dataset {exc}{hint}") from None
     except Exception as exc:
         raise translate_aws_error(exc, target) from None
+
+
+def check_remote_columns(target: Target, dataset: RemoteDataset, cfg: "RunConfig") -> "ColumnRoles | None":
+    """The columns of (up to MAX_SCHEMA_FILES of) a bucket dataset's files against the config's
+    roles, read from their parquet footers: a misnamed column costs no machine. Returns the
+    roles those files give; BadInput names the first file and column that do not fit."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from instance.model.covariates import check_schema, merge_files
+
+    files = _spread(dataset.files, MAX_SCHEMA_FILES)
+    names = cfg.columns.names()
+
+    def schema_of(f):
+        uri = f"s3://{target.bucket}/{f.key}"
+        try:
+            schema = pq.read_schema(_S3Range(target.s3, target.bucket, f.key, f.size))
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            return uri, [], [f"{uri}: is not a readable parquet file ({str(exc).splitlines()[0]})"]
+        columns, problems, _ = check_schema(schema, names)
+        return uri, columns, [f"{uri} (column {column!r}): {message}" for column, message in problems]
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            found = list(pool.map(schema_of, files))
+    except Exception as exc:
+        if error_code(exc):
+            raise translate_aws_error(exc, target) from None
+        raise
+    roles, conflicts = merge_files([(uri, columns) for uri, columns, _ in found])
+    problems = [p for _, _, file_problems in found for p in file_problems]
+    problems += [f"{uri} (column {column!r}): {message}" for uri, column, message in conflicts]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BadInput(f"dataset is not valid: {problems[0]}{more}")
+    return roles
+
+
+def _spread(items: list, n: int) -> list:
+    """At most n of `items`, evenly spaced, the first and the last among them."""
+    if len(items) <= n:
+        return list(items)
+    step = (len(items) - 1) / (n - 1)
+    return [items[round(i * step)] for i in range(n)]
+
+
+class _S3Range(io.RawIOBase):
+    """A read-only file over one S3 object, each read a ranged GET: pyarrow reads a parquet
+    footer with one or two of them (the last 64 KiB, then the rest of a larger footer)."""
+
+    def __init__(self, s3, bucket: str, key: str, size: int):
+        self.s3, self.bucket, self.key, self._size, self.pos = s3, bucket, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self._size}[whence] + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        end = min(self.pos + len(buffer), self._size)
+        if end <= self.pos:
+            return 0
+        body = self.s3.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-{end - 1}")["Body"].read()
+        buffer[:len(body)] = body
+        self.pos += len(body)
+        return len(body)
 
 
 def upload(target: Target, path: Path, month: str) -> Uploaded:

@@ -272,27 +272,7 @@ class Bench:
 
     # -- validate and fit ----------------------------------------------------------------------
     def big_series_file(self) -> Path:
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        path = self.work / "series" / "series.parquet"
-        if path.exists():
-            return path
-        path.parent.mkdir(exist_ok=True)
-        n_items, length = 20_000, 500
-        rng = np.random.default_rng(0)
-        names = np.array([f"item-{i:05d}" for i in range(n_items)])
-        t = np.arange(length)
-        target = (10 + np.arange(n_items)[:, None] % 50 + 3 * np.sin(2 * np.pi * t / 24)[None, :]
-                  + rng.normal(0, 0.5, (n_items, length))).ravel()
-        table = pa.table({
-            "item_id": pa.array(np.repeat(names, length)),
-            "timestamp": pa.array(np.tile(t * 3_600_000_000 + 1_790_000_000_000_000, n_items), type=pa.timestamp("us")),
-            "target": target,
-        })
-        pq.write_table(table, path)
-        return path
+        return big_series_file(self.work / "series" / "series.parquet")
 
     def validate(self) -> dict:
         import pyarrow.parquet as pq
@@ -322,6 +302,30 @@ class Bench:
         row = {**child, "process_wall_s": round(wall, 1), "process_peak_rss_mb": round(rss)}
         print(f"fit inputs: {row}", flush=True)
         return row
+
+
+def big_series_file(path: Path) -> Path:
+    """20,000 hourly series x 500 points (10 M rows): item_id, timestamp, target. Kept once made."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_items, length = 20_000, 500
+    rng = np.random.default_rng(0)
+    names = np.array([f"item-{i:05d}" for i in range(n_items)])
+    t = np.arange(length)
+    target = (10 + np.arange(n_items)[:, None] % 50 + 3 * np.sin(2 * np.pi * t / 24)[None, :]
+              + rng.normal(0, 0.5, (n_items, length))).ravel()
+    table = pa.table({
+        "item_id": pa.array(np.repeat(names, length)),
+        "timestamp": pa.array(np.tile(t * 3_600_000_000 + 1_790_000_000_000_000, n_items), type=pa.timestamp("us")),
+        "target": target,
+    })
+    pq.write_table(table, path)
+    return path
 
 
 def child(kind: str, path: Path, out: Path) -> None:

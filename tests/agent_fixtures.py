@@ -169,9 +169,11 @@ def keys_under(s3, bucket: str, prefix: str) -> list[str]:
 
 # -- a stand-in for the `aws` CLI ----------------------------------------------------------------
 def fake_aws_main(argv: list[str]) -> int:
-    """The two commands the bootstrap uses (`s3 cp` between a local file and S3,
-    `s3api head-object`), over boto3 against the sandbox. Arguments and exit codes follow the
-    real CLI (a missing object: exit 254 with "(404)")."""
+    """The commands the bootstrap uses (`s3 cp` between a local file and S3, `s3api head-object`,
+    and the two ways it ends its machine: `autoscaling detach-instances` /
+    `update-auto-scaling-group`, `ec2 terminate-instances`), over boto3 against the sandbox with
+    whatever credentials the caller holds. Arguments and exit codes follow the real CLI (a
+    service error: exit 254, "An error occurred (Code) when calling the X operation")."""
     import boto3
 
     opts, rest = {}, []
@@ -181,6 +183,14 @@ def fake_aws_main(argv: list[str]) -> int:
             opts[arg] = next(it)
         elif arg != "--only-show-errors":
             rest.append(arg)
+    if rest[0] in ("autoscaling", "ec2"):
+        from botocore.config import Config
+
+        # moto answers a DetachInstances on a group it lacks with a 500 (AWS: ValidationError):
+        # not retried here, or every group-less boot would wait out botocore's backoff.
+        return _fake_aws_call(boto3.client(rest[0], region_name=opts.get("--region"),
+                                           endpoint_url=opts.get("--endpoint-url"),
+                                           config=Config(retries={"max_attempts": 1})), rest[1], rest[2:])
     s3 = boto3.client("s3", region_name=opts.get("--region"), endpoint_url=opts.get("--endpoint-url"))
     if rest[:2] == ["s3", "cp"]:
         src, dst = rest[2], rest[3]
@@ -210,6 +220,42 @@ def fake_aws_main(argv: list[str]) -> int:
         return 0
     print(f"fake aws: unsupported command {rest}", file=sys.stderr)
     return 2
+
+
+# The real CLI's options for the calls the bootstrap makes, as botocore parameters.
+_CALLS = {
+    "detach-instances": ("detach_instances", {"--auto-scaling-group-name": "AutoScalingGroupName",
+                                              "--instance-ids": "InstanceIds"},
+                         {"--should-decrement-desired-capacity": ("ShouldDecrementDesiredCapacity", True)}),
+    "update-auto-scaling-group": ("update_auto_scaling_group", {"--auto-scaling-group-name": "AutoScalingGroupName",
+                                                                "--min-size": "MinSize",
+                                                                "--desired-capacity": "DesiredCapacity"}, {}),
+    "terminate-instances": ("terminate_instances", {"--instance-ids": "InstanceIds"}, {}),
+}
+
+
+def _fake_aws_call(api, command: str, args: list[str]) -> int:
+    method, valued, flags = _CALLS[command]
+    params: dict[str, Any] = {}
+    it = iter(args)
+    for arg in it:
+        if arg in flags:
+            params[flags[arg][0]] = flags[arg][1]
+            continue
+        value = next(it)
+        name = valued[arg]
+        params[name] = [value] if name.endswith("Ids") else int(value) if name.endswith(("Size", "Capacity")) else value
+    try:
+        print(json.dumps(getattr(api, method)(**params), default=str))
+    except api.exceptions.ClientError as exc:
+        error = exc.response["Error"]
+        print(f"An error occurred ({error['Code']}) when calling the {exc.operation_name} operation: "
+              f"{error.get('Message', '')}", file=sys.stderr)
+        return 254
+    except Exception as exc:  # noqa: BLE001 - the real CLI's answer to an unreadable reply
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 255
+    return 0
 
 
 def install_fake_aws(bin_dir: Path) -> Path:

@@ -10,7 +10,10 @@ What stands in, and why:
   requirements file names one local wheel whose .pth file lends the venv this checkout's
   installed packages (UV_FIND_LINKS + UV_OFFLINE, uv's own settings);
 - `aws`: the DLAMI ships the AWS CLI; tests/agent_fixtures.py has the stand-in;
-- IMDSv2: a local server at AWS_EC2_METADATA_SERVICE_ENDPOINT, as botocore reads it.
+- IMDSv2: a local server at AWS_EC2_METADATA_SERVICE_ENDPOINT, as botocore reads it;
+- `shutdown`: recorded; `shutdown -h now` powers the machine off as EC2 would on the worse reading
+  (automation/sandbox/poweroff.py): a machine not already terminated through the API is stopped;
+- `systemd-run`: recorded, not run; a test fires the dead-man switch's timer itself (timer_command).
 """
 from __future__ import annotations
 
@@ -33,19 +36,27 @@ from tests.agent_fixtures import ROOT, install_fake_aws
 
 # What bootstrap.sh and environment.sh call, and nothing else: no python, no apt-get.
 TOOLS = ("bash", "sh", "env", "date", "mkdir", "tee", "uname", "cut", "curl", "sha256sum", "tar", "gzip",
-         "sleep", "kill", "cat", "rm", "mv", "ls", "head", "du", "dirname", "basename", "chmod", "grep")
+         "sleep", "kill", "cat", "rm", "mv", "ls", "head", "du", "dirname", "basename", "chmod", "grep", "tr", "cp")
 SITE_WHEEL = "chronos_test_site-1.0-py3-none-any.whl"
+TIMER_CALLS = "systemd-run.calls"
 
 
 def scratch_bin(bin_dir: Path, shutdown_calls: Path) -> str:
-    """A PATH of symlinked tools, the fake AWS CLI, a recording `shutdown` and this checkout's uv."""
+    """A PATH of symlinked tools, the fake AWS CLI, a `shutdown` that records its call and plays
+    the power-off, a recording `systemd-run` (its arguments in systemd-run.calls beside the
+    shutdown calls, one a line) and this checkout's uv."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     for tool in TOOLS:
         (bin_dir / tool).symlink_to(shutil.which(tool))
     install_fake_aws(bin_dir)
     (bin_dir / "uv").symlink_to(Path(sys.executable).parent / "uv")
-    (bin_dir / "shutdown").write_text(f'#!/bin/sh\necho "$@" >> {shutdown_calls}\n')
+    power_off = "from tests.boot_fixtures import power_off_main; power_off_main()"
+    (bin_dir / "shutdown").write_text(f'#!/bin/sh\necho "$@" >> {shutdown_calls}\n'
+                                      f'[ "$2" = now ] && PYTHONPATH={ROOT} exec {sys.executable} -c "{power_off}"\n'
+                                      'exit 0\n')
     (bin_dir / "shutdown").chmod(0o755)
+    (bin_dir / "systemd-run").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {shutdown_calls.parent / TIMER_CALLS}\n')
+    (bin_dir / "systemd-run").chmod(0o755)
     path = str(bin_dir)
     assert not [p for p in ("python3", "python3.11", "python3.12", "apt-get") if shutil.which(p, path=path)]
     return path
@@ -177,3 +188,51 @@ def boot_env(path: str, tmp: Path, endpoint_url: str, credentials: dict[str, str
     env.update(extra)
     (tmp / "home").mkdir(parents=True, exist_ok=True)
     return {k: v for k, v in env.items() if v is not None}
+
+
+def power_off_main() -> None:
+    """`shutdown -h now` on the scratch machine: EC2 (the sandbox's EC2 service) powers off the
+    instance IMDS names; it stops unless it was already terminated through the API."""
+    import os
+    import urllib.request
+
+    from automation.sandbox.poweroff import power_off
+    from automation.sandbox.strictmoto import EC2_SERVICE
+    from instance.protocol.aws import AwsTarget, client
+
+    imds = os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"]
+    token = urllib.request.urlopen(urllib.request.Request(
+        f"{imds}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})).read()
+    instance_id = urllib.request.urlopen(urllib.request.Request(
+        f"{imds}/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token.decode()})).read().decode()
+    target = AwsTarget(os.environ.get("AWS_REGION", "us-east-1"), os.environ["AWS_ENDPOINT_URL"], EC2_SERVICE.credentials)
+    power_off(client("ec2", target), instance_id)
+
+
+def timer_command(shutdown_calls: Path) -> list[str]:
+    """The command the bootstrap's dead-man timer would run (what it gave systemd-run)."""
+    args = (shutdown_calls.parent / TIMER_CALLS).read_text().splitlines()
+    first = next(i for i, arg in enumerate(args) if not arg.startswith("-"))
+    return args[first:]
+
+
+def group_machine(aws, env: str, run_id: str) -> str:
+    """The run's launch template and group of one (desired = max = 1), as the run stack declares
+    them, and the machine it launched. Returns that machine's instance id."""
+    from instance.protocol.aws import client
+    from instance.protocol.ec2 import run_tags
+    from instance.protocol.group import describe_group, group_name, mixed_instances_policy
+
+    ec2, autoscaling = client("ec2", aws), client("autoscaling", aws)
+    tags = run_tags(run_id, env, "ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+    ec2.create_launch_template(LaunchTemplateName=run_id, LaunchTemplateData={
+        "ImageId": "ami-12345678", "InstanceType": "g4dn.xlarge", "InstanceInitiatedShutdownBehavior": "terminate",
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}]})
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=group_name(run_id), MinSize=0, MaxSize=1, DesiredCapacity=1, VPCZoneIdentifier=subnet,
+        MixedInstancesPolicy=mixed_instances_policy(run_id, ["g4dn.xlarge"], False),
+        Tags=[{**t, "PropagateAtLaunch": True, "ResourceId": group_name(run_id), "ResourceType": "auto-scaling-group"}
+              for t in tags])
+    return describe_group(autoscaling, run_id)["Instances"][0]["InstanceId"]

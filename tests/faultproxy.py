@@ -19,7 +19,8 @@ same region (tens of ms a request), so that a benchmark shows what concurrency b
 than on loopback. It costs the proxy no CPU (a timed wait) and applies to every method and path
 except moto's own control API.
 Which requests may be hit: `paths` (substrings of the URL path, query string excluded; all when
-empty) and `methods` (all when empty). moto's own control API (/moto-api/) is never hit: it is
+empty) and `methods` (all when empty); never those of the sandbox's EC2 service (`AWS_OWN_KEYS`:
+AWS's own side is not behind the network a fault stands for). moto's own control API (/moto-api/) is never hit: it is
 not AWS, and the CLI probes it to find the sandbox. `configure()` changes all of this while
 requests flow (a test can start failing everything mid-run, then heal the proxy), and
 `max_faults` caps how many faults are injected from then on.
@@ -51,7 +52,13 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from automation.sandbox.strictmoto import EC2_SERVICE
+
 ALL_FAULTS = ("slowdown", "error500", "reset", "lost", "latency")
+# Requests AWS's own services make (the sandbox's EC2 and Auto Scaling stand-in, which starts and
+# replaces machines): they do not cross the network between the user's machines and AWS, so no
+# fault of that network reaches them.
+AWS_OWN_KEYS = frozenset({EC2_SERVICE.access_key_id})
 FAILING_FAULTS = ("slowdown", "error500", "reset", "lost")  # every one of these costs a retry
 CONFLICT = "conflict"  # 409 on a conditional write: never retried by botocore, so no retry cost
 DENIED = "denied"  # 403 AccessDenied: never retried by botocore
@@ -287,9 +294,11 @@ class FaultProxy:
                 if self._canned(body):
                     return
                 proxy._wait_at_gate(self.command, urlsplit(self.path).path, self.headers)
-                fault = proxy.pick(self.path, self.command, self.headers.get("amz-sdk-request"),
-                                   self.headers.get("amz-sdk-invocation-id"),
-                                   conditional=any(h in self.headers for h in CONDITIONAL_HEADERS))
+                signer = (self.headers.get("Authorization") or "").partition("Credential=")[2].split("/", 1)[0]
+                fault = None if signer in AWS_OWN_KEYS else proxy.pick(
+                    self.path, self.command, self.headers.get("amz-sdk-request"),
+                    self.headers.get("amz-sdk-invocation-id"),
+                    conditional=any(h in self.headers for h in CONDITIONAL_HEADERS))
                 if fault == CONFLICT:
                     return self._error(409, "ConditionalRequestConflict", CONFLICT_MESSAGE)
                 if fault == DENIED:

@@ -50,18 +50,22 @@ def _record(s3, bucket, run, name="training_record"):
 
 
 def test_two_ranks_complete_and_the_model_loads(s3, bucket, aws, data, tmp_path, monkeypatch):
+    """With a known covariate: the ranks train with it (what they show Chronos is in
+    test_distributed.py), the model's metadata records it, the backtest scores it."""
     from chronos import Chronos2Pipeline
 
-    run = launch(s3, bucket, aws, ENV, two_rank_config())
+    run = launch(s3, bucket, aws, ENV, two_rank_config() | {"columns": {"known_covariates": ["temperature"]}})
     proc = run_agent(run, tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     record = _record(s3, bucket, run)
     training = record["training"]
     assert record["final_status"] == "completed"
+    assert set(record["metrics"]) >= {"finetuned", "finetuned_no_covariates", "seasonal_naive"}
     assert training["world_size"] == 2 and training["steps_by_rank"] == [20, 20]
     assert training["batch_size_per_rank"] == 8 and training["device"] == "cpu" and training["precision"] == "fp32"
     assert training["samples_per_second"] > 0
     meta = _record(s3, bucket, run, "model_metadata")
+    assert meta["columns"]["known_covariates"] == ["temperature"] and meta["columns"]["targets"] == ["target"]
     assert meta["trained_on"] == {
         "executor": "local", "instance_type": None, "gpu": None, "gpus": 0, "processes": 2,
         "precision": "fp32", "tf32": False, "batch_size": 16, "batch_size_per_rank": 8,

@@ -71,3 +71,36 @@ def test_monitor_says_what_the_run_waits_for():
     assert waiting_line({**lock(), "awaiting_machine": True}) == \
         "waiting for its first machine: the group looks for capacity"
     assert waiting_line(lock("training", attempt=1)) is None
+
+
+def _machine(instance_id: str, attempt: int = 1) -> dict:
+    return {"attempt": attempt, "instance_id": instance_id, "instance_type": "g5.xlarge", "zone": "us-east-1b",
+            "market": "on-demand", "started_at": iso(NOW - timedelta(minutes=30)), "ended_at": None}
+
+
+@pytest.mark.parametrize("state, counted", [
+    # The machine the lock names vanished while training: counted, at the step it had reached.
+    (lock("training", attempt=1, instance_id="i-old", machines=[_machine("i-old")], progress={"step": 420}), True),
+    # A spot notice already recorded that machine's interruption: not twice.
+    (lock("training", attempt=1, instance_id="i-old", machines=[_machine("i-old")],
+          interruptions=[{"instance_id": "i-old", "step": 400, "notice": "{}"}], awaiting_machine=True), False),
+    # Waiting for a machine (the previous one handed over): nothing was lost.
+    (lock("training", attempt=1, instance_id="i-old", awaiting_machine=True), False),
+    # The machine booting is the one the lock names (its agent restarted): nothing was lost.
+    (lock("training", attempt=1, instance_id="i-new"), False),
+    # No machine before this one.
+    (lock("initialization", attempt=0), False),
+])
+def test_a_machine_lost_without_notice_counts_as_an_interruption(state, counted):
+    from instance.protocol.attempts import LOST_WITHOUT_NOTICE, with_lost_machine
+
+    after = with_lost_machine(state, "i-new", NOW)
+    added = (after.get("interruptions") or [])[len(state.get("interruptions") or []):]
+    if not counted:
+        assert after == state
+        return
+    [entry] = added
+    assert (entry["instance_id"], entry["step"], entry["notice"]) == ("i-old", 420, LOST_WITHOUT_NOTICE)
+    assert (entry["instance_type"], entry["zone"]) == ("g5.xlarge", "us-east-1b")
+    assert after["machines"][0]["ended_at"] == iso(NOW), "its cost stops when its loss is seen"
+    assert state.get("interruptions") is None and state["machines"][0]["ended_at"] is None, "the input is untouched"

@@ -32,11 +32,11 @@ def test_windows_tile_the_end_of_every_series_and_training_sees_none_of_them(fra
     evaluated = []
     for k in range(W):
         window = bt.window(k)
-        assert window.actuals.shape == window.timestamps.shape == (4, H)
+        assert window.actuals.shape == (4, 1, H) and window.timestamps.shape == (4, H)
         for i, item in enumerate(window.items):
             series = frame[frame.item_id == item]
             end = len(series) - (W - k - 1) * H
-            assert np.array_equal(window.actuals[i], series.target.to_numpy()[end - H:end])
+            assert np.array_equal(window.actuals[i, 0], series.target.to_numpy()[end - H:end])
             # A window's context is everything before it, and nothing of it.
             ctx = window.context[window.context.item_id == item]
             assert ctx.timestamp.max() < window.timestamps[i, 0]
@@ -95,19 +95,21 @@ class MedianOfContext:
 def test_the_evaluation_keeps_forecasts_scores_and_history_in_shape(frame, tmp_path):
     bt = backtest_split(frame, H, W)
     result = evaluate(MedianOfContext(), None, bt, batch_size=8)
-    assert set(result.per_window) == {"finetuned", "seasonal_naive"} and result.metrics["zero_shot"] is None
+    # The frame has a covariate (temperature): the model is scored on the target alone too.
+    assert set(result.per_window) == {"finetuned", "finetuned_no_covariates", "seasonal_naive"}
+    assert result.metrics["zero_shot"] is None
     assert all(len(rows) == W for rows in result.per_window.values())
     for model, rows in result.per_window.items():
         mean = np.mean([r["wql"] for r in rows])
         assert result.metrics[model]["wql"] == pytest.approx(mean)
 
     f = result.forecasts
-    assert len(f) == 4 * W * H * 2  # series x windows x horizon x models
+    assert len(f) == 4 * W * H * 3  # series x windows x horizon x models
     assert list(f.columns) == ["item_id", "window", "model", "timestamp", "target", *QUANTILE_COLUMNS]
     q = f[QUANTILE_COLUMNS].to_numpy()
     assert (np.diff(q, axis=1) >= 0).all(), "quantiles are in increasing order in every row"
     s = result.series_scores
-    assert len(s) == 4 * W * 2 and set(s.columns) == {"item_id", "window", "model", "wql", "mase"}
+    assert len(s) == 4 * W * 3 and set(s.columns) == {"item_id", "window", "model", "wql", "mase"}
     # History holds every evaluated point and some context before the first window.
     merged = f[f.model == "finetuned"].merge(result.history, on=["item_id", "timestamp"], suffixes=("", "_h"))
     assert len(merged) == 4 * W * H and np.allclose(merged.target, merged.target_h)

@@ -1,29 +1,45 @@
 """The EC2 user data: rendering (pure, checked, valid bash), and real boots of it on a machine
 with no Python and no apt (tests/boot_fixtures.py): cache miss and save, cache hit, a refused
-save, a GPU type without a GPU, the boot log before the agent, an agent that cannot start."""
+save, a GPU type without a GPU, the boot log before the agent, an agent that cannot start, an
+environment that cannot be built and an agent that crashes on a group's machine, the dead-man
+switch. Every end goes through EC2 before the power-off, which here stops a machine that is
+still running (the worse reading, automation/sandbox/poweroff.py)."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import time
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from automation.context import Target
+from automation.cli.follow import RunLost, follow
 from automation.cli.logs import stream
+from automation.executors.local import LocalExecutor
+from automation.runs.records import view
+from automation.runs.runcheck import check_run
+from automation.runs.verify import verify
+from automation.sandbox.poweroff import replace_unhealthy
 from automation.sandbox.control import instance_credentials
 from automation.stacks.policies import instance_policy
 from automation.sandbox.strictmoto import SANDBOX_ACCOUNT as ACCOUNT
 from instance.boot.bootstrap import PYTHON_BUILD, render_bootstrap
-from instance.protocol.layout import python_env_key
-from tests.agent_fixtures import (ROOT, instance_role, keys_under, launch, parquet_bytes, run_config, synthetic_frame,
-                                  upload_dataset)
-from tests.boot_fixtures import Imds, boot_env, bundle, scratch_bin
+from instance.protocol.aws import AwsTarget, client
+from instance.protocol.ec2 import instances_by_tag
+from instance.protocol.group import describe_group
+from instance.protocol.layout import Layout, python_env_key
+from instance.protocol.state import StateStore
+from tests.agent_fixtures import (ROOT, LaunchedRun, instance_role, instance_state, keys_under, launch, parquet_bytes,
+                                  run_config, synthetic_frame, upload_dataset)
+from tests.boot_fixtures import Imds, boot_env, bundle, group_machine, scratch_bin, timer_command
 from tests.conftest import ENV, REGION
 
 RID = "run-20261128-203700-1a2b"
@@ -46,9 +62,16 @@ def test_render_fills_every_value_and_is_valid_bash(tmp_path):
 
 
 def test_dead_man_switch_comes_first():
+    """Both halves of it come before anything that can hang (a function, IMDS, S3): the timer that
+    ends the machine through EC2 at max_runtime_minutes, the OS power-off after it."""
     cmds = _commands(render_bootstrap(**{**GOOD, "max_runtime_minutes": 45}))
     assert cmds[0] == "set -uo pipefail"
-    assert cmds[1].startswith("shutdown -h +45")
+    first_call = next(i for i, c in enumerate(cmds) if "()" in c or "aws_cli" in c or "curl" in c)
+    power_off = next(i for i, c in enumerate(cmds) if c.strip().startswith("shutdown -h +"))
+    timer = next(i for i, c in enumerate(cmds) if "systemd-run" in c)
+    assert power_off < timer < first_call
+    assert cmds[power_off].strip() == "shutdown -h +$((MAX_RUNTIME_MINUTES + 5)) || true"
+    assert "MAX_RUNTIME_MINUTES=45" in cmds and '--on-active="${MAX_RUNTIME_MINUTES}m"' in cmds[timer]
 
 
 def test_script_fetches_bundle_env_then_starts_the_agent():
@@ -93,6 +116,11 @@ def machine(s3, bucket, aws, tmp_path):
     upload_dataset(s3, bucket, {"part-0.parquet": parquet_bytes(synthetic_frame())})
     run = launch(s3, bucket, aws, ENV, run_config(), run_id=RID)
     s3.put_object(Bucket=bucket, Key=run.layout.bundle(RID), Body=bundle(SITE))
+    yield from scratch_machine(run, s3, bucket, aws, tmp_path)
+
+
+def scratch_machine(run: LaunchedRun, s3, bucket: str, aws, tmp_path):
+    """The scratch machine that boots as `run`'s instance: its IMDS, PATH, rendered user data."""
     imds = Imds(run.instance_id)
     calls = tmp_path / "shutdown.calls"
     path = scratch_bin(tmp_path / "bin", calls)
@@ -145,7 +173,7 @@ def test_boot_from_nothing_builds_and_saves_the_environment_and_the_next_machine
     assert not [line for line in agent_log.splitlines() if line.startswith("bootstrap: ")]  # two logs, never one
     (tarball,) = env_tarballs(s3, bucket)
     assert tarball == python_env_key(PYTHON_BUILD, platform.machine(), hashlib.sha256(SITE.encode()).hexdigest()[:16])
-    assert m.calls.read_text().splitlines() == ["-h +45", "-h now"]
+    assert m.calls.read_text().splitlines() == ["-h +50", "-h now"]
     # `chronos-train logs` shows the boot, then the agent, each headed by its name.
     shown = "".join(stream(Target(ENV, False, REGION, bucket, aws.endpoint_url), RID, follow=False))
     assert shown.startswith("==> bootstrap.log <==\nbootstrap: " + RID)
@@ -191,17 +219,162 @@ def test_a_gpu_type_without_a_working_gpu_fails_at_once(machine, bucket):
     assert record["error"]["phase"] == "initialization" and "nvidia-smi" in record["error"]["message"]
     assert "training" not in record["phases"]
     assert time.monotonic() - started < 120
-    assert m.calls.read_text().splitlines() == ["-h +45", "-h now"]
+    assert m.calls.read_text().splitlines() == ["-h +50", "-h now"]
 
 
-def test_an_agent_that_cannot_start_leaves_the_boot_log_and_powers_off(machine, bucket):
-    """Empty requirements: the venv builds but lacks boto3, so the agent dies on import; the boot
-    log says so, agent.log is never written, and the machine powers off."""
+def test_an_agent_that_cannot_start_leaves_the_boot_log_and_ends_its_machine_through_ec2(machine, bucket):
+    """Empty requirements: the venv builds but lacks boto3, so the agent cannot be imported; the
+    boot log and the boot failure record say so, agent.log is never written, and the machine is
+    terminated through EC2 before the power-off (which then finds nothing to stop)."""
     m = machine
     m.s3.put_object(Bucket=bucket, Key=m.run.layout.bundle(RID), Body=bundle(""))
     proc = boot(m, CHRONOS_EXPECT_GPU="no")
     assert proc.returncode == 1, proc.stdout[-3000:]
-    assert m.calls.read_text().splitlines() == ["-h +45", "-h now"]
+    assert m.calls.read_text().splitlines() == ["-h +50", "-h now"]
+    assert instance_state(m.aws, m.run.instance_id) == "terminated"
     boot_log = text(m.s3, bucket, m.run.layout.bootstrap_log(RID))
-    assert "bootstrap: the agent exited with 1" in boot_log and "ModuleNotFoundError" in boot_log
+    last = boot_log.rstrip().splitlines()[-1]
+    assert last.startswith("bootstrap: the agent cannot start: ModuleNotFoundError: No module named"), boot_log[-2000:]
+    failure = json.loads(text(m.s3, bucket, m.run.layout.boot_failure(RID)))
+    assert failure["reason"] == "boot_failed" and f"bootstrap: {failure['message']}" == last
+    assert failure["instance_id"] == m.run.instance_id
     assert not keys_under(m.s3, bucket, m.run.layout.agent_log(RID))
+
+
+# -- a group's machine: every end through EC2, so nothing replaces it and nothing stays stopped ---
+@pytest.fixture
+def group_boot(s3, bucket, aws, tmp_path):
+    """A launched run whose machine comes from its group of one (the run stack's shape), and the
+    scratch machine booting as that group's instance."""
+    upload_dataset(s3, bucket, {"part-0.parquet": parquet_bytes(synthetic_frame())})
+    instance_role(aws, ENV, bucket)
+    instance_id = group_machine(aws, ENV, RID)
+    StateStore(s3, bucket, ENV).acquire(RID, instance_id=instance_id, executor="ec2", instance_type="g4dn.xlarge",
+                                        spot=False, group=RID, attempt=0, max_machines=1)
+    config = run_config()
+    s3.put_object(Bucket=bucket, Key=Layout(ENV).run_config(RID), Body=yaml.safe_dump(config).encode())
+    yield from scratch_machine(LaunchedRun(RID, ENV, bucket, instance_id, aws), s3, bucket, aws, tmp_path)
+
+
+def machines_of_run(aws) -> dict[str, str]:
+    """Every machine the run ever had (terminated ones included), by id: its state."""
+    found = instances_by_tag(client("ec2", aws), {"RunId": RID},
+                             states=("pending", "running", "shutting-down", "terminated", "stopping", "stopped"))
+    return {i["InstanceId"]: i["State"]["Name"] for i in found}
+
+
+def health_check(aws) -> list[str]:
+    """What Auto Scaling does next on AWS: its health check over the group's members, as the
+    service. A member that is not running is replaced while the group wants a machine."""
+    from automation.sandbox.strictmoto import EC2_SERVICE
+
+    service = AwsTarget(aws.region, aws.endpoint_url, EC2_SERVICE.credentials)
+    autoscaling = client("autoscaling", service)
+    group = describe_group(autoscaling, RID)
+    return replace_unhealthy(autoscaling, client("ec2", service), group, set(machines_of_run(aws)))
+
+
+def test_an_environment_that_cannot_be_built_ends_the_run_on_one_machine(group_boot, bucket, aws):
+    """The first run's uncached environment build fails: the machine takes its group to 0,
+    records why, terminates itself through EC2, and powers off last. Exactly one machine ever;
+    the CLI sees the run failed / boot_failed within a poll; verify-cleanup --fix records it and
+    releases the lock; nothing is left."""
+    m = group_boot
+    m.s3.put_object(Bucket=bucket, Key=m.run.layout.bundle(RID), Body=bundle("chronos-no-such-package==9.9\n"))
+    proc = boot(m, CHRONOS_EXPECT_GPU="no")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    first = m.run.instance_id
+
+    assert describe_group(client("autoscaling", aws), RID)["DesiredCapacity"] == 0
+    assert health_check(aws) == []
+    assert machines_of_run(aws) == {first: "terminated"}, "one machine, ended through EC2, never stopped"
+    assert m.calls.read_text().splitlines() == ["-h +50", "-h now"]
+    boot_log = text(m.s3, bucket, m.run.layout.bootstrap_log(RID))
+    assert f"bootstrap: left group {RID} (desired capacity 0)" in boot_log
+    assert boot_log.rstrip().splitlines()[-1] == "bootstrap: cannot restore or build the python environment"
+
+    target = Target(ENV, True, REGION, bucket, aws.endpoint_url)
+    executor = LocalExecutor(target.aws, ENV, bucket)
+    with pytest.raises(RunLost) as lost:
+        follow(target, executor, RID, on_update=lambda view: None, interval=0.01)
+    assert str(lost.value).startswith(f"run {RID} failed (boot_failed): its machine {first} could not run the agent: "
+                                      "cannot restore or build the python environment. Run `chronos-train "
+                                      "verify-cleanup --fix`")
+    shown = view(target, RID, check=lambda lease: check_run(target, executor, lease))
+    assert (shown.lost, shown.reason, shown.error["class"]) == (True, "boot_failed", "boot_failed")
+
+    found = verify(target, executor, do_fix=False)
+    assert [(f.kind, f.reason) for f in found.findings] == [("stale_lock", "boot_failed")], found.findings
+    fixed = verify(target, executor, do_fix=True)
+    assert fixed.clean and target.state_store().read() is None
+    record = json.loads(text(m.s3, bucket, m.run.layout.training_record(RID)))
+    assert (record["final_status"], record["reason"]) == ("failed", "boot_failed")
+    assert record["error"]["message"] == "cannot restore or build the python environment"
+    assert verify(target, executor, do_fix=False).clean
+    assert len(machines_of_run(aws)) == 1
+
+
+def test_an_agent_that_crashes_ends_its_machine_and_its_group_through_ec2(group_boot, bucket, aws):
+    """The agent SIGKILLed mid-run (an exit code it never gives): the bootstrap leaves the group,
+    records agent_crashed, terminates its machine: no replacement, nothing stopped."""
+    m = group_boot
+    m.s3.put_object(Bucket=bucket, Key=m.run.layout.bundle(RID), Body=bundle(SITE))
+    proc = subprocess.Popen(["bash", str(m.script)], env=m.env(CHRONOS_EXPECT_GPU="no"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def agent_pid():
+            state = json.loads(text(m.s3, bucket, m.run.layout.state))
+            return (state.get("agent") or {}).get("pid")
+        pid = None
+        deadline = time.monotonic() + 240
+        while pid is None:
+            assert time.monotonic() < deadline and proc.poll() is None, "the agent never wrote its heartbeat"
+            time.sleep(0.2)
+            pid = agent_pid()
+        os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out[-3000:]
+    assert describe_group(client("autoscaling", aws), RID)["DesiredCapacity"] == 0
+    assert health_check(aws) == []
+    assert machines_of_run(aws) == {m.run.instance_id: "terminated"}
+    failure = json.loads(text(m.s3, bucket, m.run.layout.boot_failure(RID)))
+    assert (failure["reason"], failure["message"]) == ("agent_crashed", "the agent exited with 137")
+
+
+def test_the_dead_man_switch_ends_the_machine_through_ec2_then_powers_off(group_boot, bucket, aws):
+    """The timer the bootstrap gives systemd, fired: out of the group, terminated through EC2,
+    powered off last. Without it, the power-off alone would leave a stopped machine that its group
+    replaces (shown first, as the sandbox plays it)."""
+    m = group_boot
+    m.s3.put_object(Bucket=bucket, Key=m.run.layout.bundle(RID), Body=b"not a tarball")
+    boot(m)  # fails at once; what matters here is what it gave systemd-run
+    timer = timer_command(m.calls)
+    assert timer[:2] == ["/bin/bash", str(m.tmp / "root" / "user-data.sh")]
+    assert timer[2:] == ["--end-machine", "the dead-man switch: max_runtime_minutes (45) is over"]
+    args = (m.calls.parent / "systemd-run.calls").read_text().splitlines()
+    assert "--on-active=45m" in args
+
+    # A fresh group machine that only powers off: stopped, and its group replaces it.
+    autoscaling = client("autoscaling", aws)
+    autoscaling.update_auto_scaling_group(AutoScalingGroupName=RID, MinSize=0, DesiredCapacity=1)
+    [second] = [i for i, state in machines_of_run(aws).items() if state == "running"]
+    m.imds.instance_id = second
+    subprocess.run(["shutdown", "-h", "now"], env=m.env(), check=True, timeout=60)
+    assert machines_of_run(aws)[second] == "stopped"
+    assert health_check(aws) == [second], "a stopped member is replaced while the group wants a machine"
+    [third] = [i for i, state in machines_of_run(aws).items() if state == "running"]
+
+    # The timer, on the group's machine: no replacement, nothing stopped.
+    m.imds.instance_id = third
+    m.calls.write_text("")
+    as_third = {**m.env(), **instance_credentials(aws, ENV, third)}  # its role session, as IMDS gives it
+    fired = subprocess.run(timer, env=as_third, capture_output=True, text=True, timeout=120)
+    assert fired.returncode == 0, fired.stdout + fired.stderr
+    assert m.calls.read_text().splitlines() == ["-h now"]
+    assert machines_of_run(aws)[third] == "terminated"
+    assert describe_group(autoscaling, RID)["DesiredCapacity"] == 0 and health_check(aws) == []
+    boot_log = text(m.s3, bucket, m.run.layout.bootstrap_log(RID))
+    assert boot_log.rstrip().splitlines()[-1] == "bootstrap: the dead-man switch: max_runtime_minutes (45) is over"

@@ -135,7 +135,11 @@ def test_unparseable_and_missing_config_files(invoke, seeded, tmp_path):
 
 
 def test_second_launch_while_locked_exits_3_and_names_holder(env, seeded, aws, tmp_path):
-    seeded.put_object(Bucket=BUCKET, Key="cached-datasets/2026/11/d.parquet", Body=b"PAR1")
+    from tests.agent_fixtures import parquet_bytes, synthetic_frame
+
+    # A real parquet file: launch reads a bucket dataset's footers before it takes the lock.
+    seeded.put_object(Bucket=BUCKET, Key="cached-datasets/2026/11/d.parquet",
+                      Body=parquet_bytes(synthetic_frame(n_items=2, length=64)))
     holder = StateStore(seeded, BUCKET, "dev").acquire("run-20261128-090000-abcd")
     before = _keys(seeded)
     result = run_cli(env, "--local", "launch", _config(tmp_path))
@@ -164,6 +168,17 @@ def test_data_validate_upload_and_ls(invoke, seeded, tmp_path):
     good = write_parquet(tmp_path / "good" / "sales.parquet", synthetic_frame(n_items=3, length=64))
     result = invoke("data", "validate", str(good))
     assert result.exit_code == 0 and "ok: 1 file(s), 3 series, 192 rows" in result.output
+    # Each column's role and type, one aligned line each.
+    assert "  target       target          numeric (double)" in result.output
+    assert "  temperature  past covariate  numeric (double)" in result.output
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset: x\ncolumns: {known_covariates: [temperature]}\n"
+                      "training: {prediction_length: 8, context_length: 32}\n")
+    result = invoke("data", "validate", str(good), "--config", str(config))
+    assert result.exit_code == 0 and "  temperature  known covariate  numeric (double)" in result.output
+    config.write_text("dataset: x\ncolumns: {known_covariates: [price]}\n")
+    result = invoke("data", "validate", str(good), "--config", str(config))
+    assert result.exit_code == 2 and "(column 'price'): the run config names it as a known covariate" in result.output
 
     bad = write_parquet(tmp_path / "bad" / "sales.parquet", synthetic_frame(n_items=2, length=64).drop(columns="target"))
     result = invoke("data", "validate", str(bad))

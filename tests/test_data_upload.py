@@ -108,7 +108,8 @@ def test_an_upload_failure_is_reported_with_its_key(target, tmp_path):
         with pytest.raises(BadInput) as refused:
             upload_dataset(_through(proxy, target), dataset, "2026/11")
     assert f"could not upload s3://{target.bucket}/cached-datasets/2026/11/sales-" in str(refused.value)
-    assert "/region=2/part.parquet" in str(refused.value) and "access to bucket" in str(refused.value)
+    assert "/region=2/part.parquet" in str(refused.value)
+    assert "AWS refused s3:PutObject" in str(refused.value) and "operator policy" in str(refused.value)
     missing_bucket = Target(env="dev", local=False, region=target.region, bucket="chronos-training-dev-0-nowhere",
                             endpoint_url=target.endpoint_url)
     with pytest.raises(BadInput, match="not deployed"):

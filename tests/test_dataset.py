@@ -65,13 +65,32 @@ def test_missing_required_column(tmp_path, column):
     assert "required column is missing" in p.message
 
 
-def test_non_numeric_target_and_covariate(tmp_path):
+def test_non_numeric_target_and_covariate_of_no_usable_type(tmp_path):
     frame = synthetic_frame()
     frame["target"] = frame["target"].astype(str)
-    frame["weather"] = "sunny"
+    frame["readings"] = [[1.0, 2.0]] * len(frame)
     problems = _problems(tmp_path, frame)
-    assert "must be numeric" in _one(problems, column="target").message
-    assert "covariate" in _one(problems, column="weather").message
+    assert "is the target and must be numeric, found large_string" in _one(problems, column="target").message
+    assert "is a past-only covariate (every column without a role is one) and must be numeric (integer, float, " \
+           "decimal) or categorical (string, bool, dictionary), found list<element: double>" in \
+           _one(problems, column="readings").message
+
+
+def test_string_bool_and_dictionary_covariates_are_categorical(tmp_path):
+    from instance.model.dataset import validate_dataset
+
+    frame = synthetic_frame()
+    frame["weather"] = np.where(frame.index % 3, "sunny", "rain")
+    frame["holiday"] = frame.index % 7 == 0
+    frame["store"] = pd.Categorical(frame["item_id"].str[-1])
+    path = write_parquet(tmp_path / "d.parquet", frame)
+    result = validate_dataset([path], C, H)
+    assert result.ok, result.problems
+    kinds = {c.name: (c.role, c.kind) for c in result.roles.columns}
+    assert kinds == {"item_id": ("id", "identifier"), "timestamp": ("timestamp", "datetime"),
+                     "target": ("target", "numeric"), "temperature": ("past_covariate", "numeric"),
+                     "weather": ("past_covariate", "categorical"), "holiday": ("past_covariate", "categorical"),
+                     "store": ("past_covariate", "categorical")}
 
 
 def test_non_datetime_timestamp(tmp_path):

@@ -126,3 +126,29 @@ def test_two_ranks_draw_different_batches_and_stop_at_the_same_step(tmp_path):
     assert (Path(checkpoints[0]["path"]) / "adapter_model.safetensors").exists()  # staged by rank 0 after the barrier
     assert outcome.model_dir.name == "merged" and (outcome.model_dir / "model.safetensors").exists()
     assert channel.errors() == [] and "rank1 " in proc.stderr and "rank0 " in proc.stderr
+
+
+@pytest.mark.slow
+def test_ranks_show_the_model_the_known_covariate_over_each_training_horizon(tmp_path):
+    """The roles travel in the job: on every rank, every series of every batch has its known
+    covariate's horizon values revealed (prediction_length finite values each) and nothing else."""
+    from instance.model.basemodel import build_scratch
+    from instance.protocol.columns import ColumnNames
+
+    frame = synthetic_frame(n_items=4, length=64)  # temperature: here a known covariate
+    frame["store"] = frame["item_id"].str[-1].map({"0": "north", "1": "south", "2": "north", "3": "east"})
+    write_parquet(tmp_path / "a.parquet", frame)
+    build_scratch("tiny", 64, on="cpu").save_pretrained(tmp_path / "base")
+    channel = RankChannel(tmp_path / "ranks")
+    channel.write_job(_job(tmp_path, columns=ColumnNames(known_covariates=("temperature",)).to_json()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "_rank_probe.py"), str(channel.job_path)]
+    proc = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=240,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in (0, 1):
+        futures = json.loads((channel.folder / f"futures-rank{rank}.json").read_text())
+        assert len(futures) >= 6  # one batch a step
+        assert all(finite == series * 8 for finite, series in futures), futures
+    outcome = TrainingOutcome.from_json(next(e["outcome"] for e in channel.new_events() if e["event"] == "outcome"))
+    assert outcome.steps_done == 6 and outcome.steps_by_rank == [6, 6]

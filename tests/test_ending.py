@@ -23,8 +23,9 @@ from automation.runs.records import record_end_from_cli
 from automation.runs.verify import verify
 from automation.sandbox import motoserver
 from automation.sandbox.control import REGION, SandboxInfo, seed
+from automation.sandbox.strictmoto import DEPLOYER
 from instance.protocol.artifacts import get_json, get_json_versioned, put_json
-from instance.protocol.aws import client
+from instance.protocol.aws import AwsTarget, client
 from instance.protocol.ec2 import instance_state, run_tags
 from instance.protocol.group import describe_group
 from instance.protocol.layout import Layout, bucket_name
@@ -294,7 +295,10 @@ def test_an_agent_that_finishes_while_the_cli_closes_the_record_wins(target):
     write is refused (412), it reads again, finds a final record and leaves it."""
     key = LAYOUT.training_record(RUN)
     put_json(target.s3, BUCKET, key, {**AGENT_FINAL, "final_status": None})
-    agent_s3 = client("s3", target.aws)
+    # The agent is another process with a client of its own (the factory gives one process one
+    # client per target, so it is told apart by its credentials).
+    agent_s3 = client("s3", AwsTarget(target.region, target.endpoint_url, DEPLOYER.credentials))
+    assert agent_s3 is not target.s3
     raced = threading.Event()
 
     def agent_writes_first(params, **kwargs):
@@ -302,8 +306,12 @@ def test_an_agent_that_finishes_while_the_cli_closes_the_record_wins(target):
             raced.set()
             put_json(agent_s3, BUCKET, key, AGENT_FINAL)
 
-    target.s3.meta.events.register("before-parameter-build.s3.PutObject", agent_writes_first)
-    record = record_end_from_cli(target, RUN, "killed", "killed_by_user", {}, [])
+    hook = "before-parameter-build.s3.PutObject"
+    target.s3.meta.events.register(hook, agent_writes_first, unique_id="agent-writes-first")
+    try:
+        record = record_end_from_cli(target, RUN, "killed", "killed_by_user", {}, [])
+    finally:
+        target.s3.meta.events.unregister(hook, unique_id="agent-writes-first")
     assert raced.is_set() and record == AGENT_FINAL == get_json(target.s3, BUCKET, key)
 
 

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 
+from instance.protocol.bootfailure import BootFailure
 from instance.protocol.liveness import Machine, judge
 from instance.protocol.state import Lease
 from instance.protocol.timeutil import iso, utcnow
@@ -40,7 +41,11 @@ TABLE = [
     ("not known to EC2 yet, fresh lock", ONE_MACHINE, FRESH, None, False, False, Machine.UNKNOWN, None),
     ("no instance id yet (provisioning), fresh lock", NO_ID, FRESH, None, True, False, Machine.UNKNOWN, None),
     ("unknown machine, silent past the limit", ONE_MACHINE, OLD, None, False, True, Machine.UNKNOWN, None),
-    ("stopped machine counts as unknown", ONE_MACHINE, OLD, "stopped", False, True, Machine.UNKNOWN, None),
+    ("stopped, no group wants one: dead at once (it runs nothing; nobody starts it)", ONE_MACHINE, FRESH, "stopped",
+     False, True, Machine.GONE, None),
+    ("stopping, no group wants one: dead at once", ONE_MACHINE, FRESH, "stopping", False, True, Machine.GONE, None),
+    ("stopped member, group wants one, attempts left: its health check replaces it", SPARE_MACHINES, FRESH, "stopped",
+     True, False, Machine.GONE, "waiting for a replacement machine (attempt 2 of 6)"),
     ("unknown machine, age not told by S3: never stale", ONE_MACHINE, None, None, False, False, Machine.UNKNOWN, None),
     ("unknown while awaiting a machine: the capacity wait on top", AWAITING, OLD, None, True, False, Machine.UNKNOWN,
      "interrupted at step 420, waiting for a machine (attempt 2 of 6)"),
@@ -82,3 +87,45 @@ def test_a_lease_read_from_s3_carries_what_the_rule_needs():
 def test_a_dead_run_is_recorded_with_the_reason_a_booting_machine_would_give(state, age, wants, reason):
     verdict = judge(state, age, NOW, "terminated", wants, LIMIT)
     assert verdict.dead and verdict.reason == reason
+
+
+WRITTEN = NOW - timedelta(minutes=1)  # the lock's last write, by S3's clock (age 1 min)
+EARLIER, LATER = WRITTEN - timedelta(seconds=30), WRITTEN + timedelta(seconds=30)
+ENV_FAILED = "cannot restore or build the python environment"
+
+# (case, lock, EC2's state of its machine, the group wants one, the boot failure record) -> stale, reason
+BOOT_TABLE = [
+    ("its machine failed at boot and is terminating", ONE_MACHINE, "shutting-down", False,
+     BootFailure("boot_failed", ENV_FAILED, "i-0abc", EARLIER), True, "boot_failed"),
+    ("its machine failed at boot and was stopped by a power-off", ONE_MACHINE, "stopped", False,
+     BootFailure("boot_failed", ENV_FAILED, "i-0abc", EARLIER), True, "boot_failed"),
+    ("failed at boot while the group still looked like it wanted one: the machine took it to 0 first",
+     SPARE_MACHINES, "terminated", True, BootFailure("boot_failed", ENV_FAILED, "i-0abc", EARLIER), True, "boot_failed"),
+    ("the lock names no machine yet (a group run whose first machine failed)", NO_ID, None, True,
+     BootFailure("boot_failed", ENV_FAILED, "i-0def", EARLIER), True, "boot_failed"),
+    ("a replacement failed at boot after the interruption was written", AWAITING, "terminated", True,
+     BootFailure("boot_failed", ENV_FAILED, "i-0def", LATER), True, "boot_failed"),
+    ("an older machine's failure, the lock written since by another: not about this run's state", SPARE_MACHINES,
+     "terminated", True, BootFailure("boot_failed", ENV_FAILED, "i-0def", EARLIER), False, "lost"),
+    ("the agent crashed: the machine's reason", ONE_MACHINE, "terminated", False,
+     BootFailure("agent_crashed", "the agent exited with 137", "i-0abc", EARLIER), True, "agent_crashed"),
+    ("its machine still runs (it writes the record before it ends itself): alive is never stale", ONE_MACHINE,
+     "running", False, BootFailure("boot_failed", ENV_FAILED, "i-0abc", EARLIER), False, "lost"),
+]
+
+
+@pytest.mark.parametrize("case,state,ec2,wants,failure,stale,reason", BOOT_TABLE, ids=[row[0] for row in BOOT_TABLE])
+def test_a_machine_that_could_not_run_the_agent_ends_its_run_with_its_reason(case, state, ec2, wants, failure, stale,
+                                                                             reason):
+    verdict = judge(state, timedelta(minutes=1), NOW, ec2, wants, LIMIT, failure)
+    assert (verdict.stale, verdict.reason) == (stale, reason), verdict
+    if stale:
+        assert verdict.why.endswith(f"could not run the agent: {failure.message}")
+        assert verdict.error == {"class": reason, "message": failure.message, "phase": "boot"}
+
+
+def test_a_run_past_its_deadline_whose_machine_left_its_group_is_recorded_as_such():
+    """The dead-man switch takes the machine out of its group, then terminates it."""
+    verdict = judge({**ONE_MACHINE, "deadline_at": iso(NOW - timedelta(minutes=1))}, FRESH, NOW, "terminated",
+                    False, LIMIT)
+    assert verdict.dead and verdict.reason == "max_runtime_exceeded"

@@ -3,8 +3,9 @@
 The real `chronos-train launch` runs as a subprocess. Each case must exit 2 with one sentence on
 stderr (`error: ...`, no traceback, nothing on stdout) and change nothing: the same objects in
 every bucket of the endpoint, no lock, no instance. tests/test_cli_basics.py already holds 13
-cases (11 configs, an unparseable and a missing config file); the 21 here complete the catalogue
-of docs/reliability.md. All run in `make test`: none of them starts an agent.
+cases (11 configs, an unparseable and a missing config file); the 32 here complete the catalogue
+of docs/reliability.md, with the column roles (a run config's `columns:`). All run in `make test`:
+none of them starts an agent.
 """
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ def sandbox(moto_endpoint):
     so later cases also check that no earlier refusal left anything behind."""
     motoserver.reset(moto_endpoint)
     seed(SandboxInfo(moto_endpoint, REGION, "123456789012", None), "dev")
-    return AwsTarget(region=REGION, endpoint_url=moto_endpoint)
+    # As the deployer whatever this process's environment holds: an in-process CLI test run
+    # before on the same xdist worker leaves it the operator's, who may not list buckets.
+    return AwsTarget(region=REGION, endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials)
 
 
 @pytest.fixture
@@ -221,6 +224,60 @@ def test_bad_local_dataset(case, env, sandbox, tmp_path):
     before = snapshot(sandbox)
     line = assert_refused(run_cli(env, "--local", "launch", config), expected)
     assert "dataset" in line
+    assert_unchanged(before, sandbox)
+
+
+# -- column roles (the run config's columns:) -----------------------------------------------------
+def _with_weather(tmp_path: Path) -> Path:
+    frame = synthetic_frame(n_items=3, length=96)
+    frame["weather"] = np.where(frame.index % 2, "sun", "rain")
+    return write_parquet(tmp_path / "d.parquet", frame)
+
+
+def _known_gap_in_backtest(tmp_path: Path) -> Path:
+    frame = synthetic_frame(n_items=3, length=96)
+    frame.loc[frame.index[(frame["item_id"] == "item-1").to_numpy()][-3], "temperature"] = np.nan
+    return write_parquet(tmp_path / "d.parquet", frame)
+
+
+COLUMNS = {
+    "a known covariate the data lacks": (_with_weather, {"known_covariates": ["price"]},
+                                         "(column 'price'): the run config names it as a known covariate "
+                                         "(columns.known_covariates) but the file has no such column"),
+    "a target the data lacks": (_with_weather, {"target": "sales"},
+                                "(column 'sales'): the run config names it as the target (columns.target)"),
+    "a column in two roles": (_with_weather, {"target": "temperature", "known_covariates": ["temperature"]},
+                              "columns: column 'temperature' is both a target and a known covariate; give each "
+                              "column one role"),
+    "a non-numeric target": (_with_weather, {"target": "weather"},
+                             "(column 'weather'): is the target and must be numeric, found large_string"),
+    "a known covariate missing in the backtest": (_known_gap_in_backtest, {"known_covariates": ["temperature"]},
+                                                  "(column 'temperature', item 'item-1'): the known covariate is "
+                                                  "missing at 1 of the last 24 points, which the backtest shows the model"),
+}
+
+
+@pytest.mark.parametrize("case", list(COLUMNS), ids=list(COLUMNS))
+def test_bad_column_roles(case, env, sandbox, tmp_path):
+    make, columns, expected = COLUMNS[case]
+    config = write_config(tmp_path, str(make(tmp_path)), columns=columns)
+    before = snapshot(sandbox)
+    assert_refused(run_cli(env, "--local", "launch", config), expected)
+    assert_unchanged(before, sandbox)
+
+
+def test_a_bucket_dataset_without_a_named_column_is_refused_from_its_footers(env, sandbox, tmp_path):
+    """A dataset already in the bucket: launch reads its parquet footers (ranged GETs, as the
+    operator), so a misnamed column costs no machine."""
+    from tests.agent_fixtures import parquet_bytes
+
+    key = "cached-datasets/2026/11/footers/d.parquet"
+    client("s3", sandbox).put_object(Bucket=BUCKET, Key=key, Body=parquet_bytes(synthetic_frame(n_items=3, length=96)))
+    config = write_config(tmp_path, "cached-datasets/2026/11/footers/", columns={"known_covariates": ["price"]})
+    before = snapshot(sandbox)
+    assert_refused(run_cli(env, "--local", "launch", config),
+                   f"dataset is not valid: s3://{BUCKET}/{key} (column 'price'): the run config names it as a known "
+                   "covariate (columns.known_covariates) but the file has no such column")
     assert_unchanged(before, sandbox)
 
 

@@ -1,11 +1,14 @@
 """Crash matrix: the agent of a real `chronos-train --local launch` is SIGKILLed in each phase.
 
-A SIGKILLed agent is a machine that died: on EC2 the bootstrap powers the instance off when the
-agent exits with anything but 0/3/4/5 (and shutdown = terminate), locally the group's player ends
-the machine of an agent that exited, as EC2 would report it. The run has one machine
-(max_interruptions 0), so nothing replaces it, and EC2's `terminated` is final: no clock is
-involved, and no knob shortens the stale limit. What the user must find, per phase, at once:
-- `verify-cleanup` exits 6, names the run and says its machine is gone with no replacement coming;
+A SIGKILLed agent is a machine that died without ending itself through EC2: locally the group's
+player powers it off, which on the worse reading the sandbox plays leaves it `stopped` (its
+volume bills; automation/sandbox/poweroff.py). (On EC2 the bootstrap would still end it through
+EC2: it leaves the group and terminates the machine when the agent exits with a code it never
+gives.) The run has one machine (max_interruptions 0), so nothing replaces it, and a stopped
+machine runs nothing and is started by nobody: no clock is involved, and no knob shortens the
+stale limit. What the user must find, per phase, at once:
+- `verify-cleanup` exits 6, names the run and says its machine is stopped with no replacement
+  coming, and lists the stopped machine itself;
 - `monitor RUN` says the run is lost;
 - `verify-cleanup --fix` exits 0, releases the lock and closes the run as `failed`, reason `lost`,
   with a cleanup_status.json that says the CLI did it; `runs` shows it so;
@@ -14,10 +17,10 @@ The time from the kill to the lock's release through `--fix` is printed (docs/re
 In cleanup the agent is held (CHRONOS_PAUSE) after the state moved to `cleanup` and before the
 final record and the lock release: the run's outcome was not yet written, so `lost` is the honest
 record there too, even though results_sync had already uploaded the model (asserted).
-Once the lock is released there is nothing left to find: the last case SIGKILLs the agent in the
-2-second pause before it retries a failed cleanup step (CHRONOS_FAULT=cleanup:instance), after it
-released the lock and wrote its final record; `verify-cleanup` then exits 0 at once and the run
-reads `completed`.
+Once the lock is released only the machine can be left: the last case SIGKILLs the agent in the
+2-second pause before it retries a failed termination (CHRONOS_FAULT=cleanup:instance), after it
+released the lock and wrote its final record; the machine, out of its group, powers off and stays
+stopped, `verify-cleanup` finds it (exit 6), `--fix` terminates it, and the run reads `completed`.
 
 The agent is held in the phase with CHRONOS_PAUSE, except in training, where it is SIGKILLed in
 the middle of Chronos2Pipeline.fit (after its first reported step). `make test` runs the training
@@ -87,12 +90,12 @@ def test_sigkilled_agent_is_found_fixed_and_the_next_run_completes(phase, env, h
     found = run_cli(env, "--local", "verify-cleanup")
     assert found.returncode == 6, found.stdout + found.stderr
     assert f"LEFT: stale_lock {LAYOUT.state} (run {run_id} ({phase})" in found.stdout, found.stdout
-    assert "is terminated and no replacement is coming" in found.stdout, found.stdout
-    assert found.stdout.splitlines()[-1] == "1 leftover(s) that bill; run with --fix", found.stdout
+    assert "is stopped and no replacement is coming" in found.stdout, found.stdout
+    assert found.stdout.splitlines()[-1] == "2 leftover(s) that bill; run with --fix", found.stdout
     doc = json.loads(run_cli(env, "--local", "verify-cleanup", "--json").stdout)
-    assert [(f["kind"], f["run_id"]) for f in doc["findings"]] == [("stale_lock", run_id)], doc
-    # The dead machine's instance record is already terminated: EC2 itself reports nothing live.
-    assert doc["starting"] == []
+    # The dead machine powered off: stopped, its volume billing, so it is a leftover too.
+    assert [(f["kind"], f["run_id"]) for f in doc["findings"]] == [("stale_lock", run_id), ("instance", run_id)], doc
+    assert "stopped" in doc["findings"][1]["detail"] and doc["starting"] == []
     lost = json.loads(run_cli(env, "--local", "monitor", run_id, "--json").stdout)
     assert (lost["active"], lost["lost"], lost["machine"]) == (True, True, "gone"), lost
 
@@ -100,6 +103,7 @@ def test_sigkilled_agent_is_found_fixed_and_the_next_run_completes(phase, env, h
     released_after = time.monotonic() - killed_at
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert f"fixed: stale_lock {LAYOUT.state}" in fixed.stdout and fixed.stdout.rstrip().endswith("clean")
+    assert f"fixed: instance {doc['findings'][1]['id']}" in fixed.stdout
     assert live_state(s3, BUCKET) is None  # the lock is released
     print(f"\n{phase}: kill -> lock released through verify-cleanup --fix in {released_after:.1f} s")
 
@@ -150,9 +154,12 @@ def test_sigkill_after_the_lock_release_leaves_nothing_to_fix(env, home, aws, tm
     record = json.loads(s3.get_object(Bucket=BUCKET, Key=LAYOUT.training_record(run_id))["Body"].read())
     assert record["final_status"] == "completed", record  # written before the lock was released
     assert [s["resource"] for s in first["steps"] if s["result"] == "error"][0].startswith("instance ")
+    # Out of its group, the machine powered off without a termination: stopped, and found.
+    left = run_cli(env, "--local", "verify-cleanup")
+    assert left.returncode == 6 and "stopped with no active run" in left.stdout, left.stdout + left.stderr
+    assert run_cli(env, "--local", "verify-cleanup", "--fix").stdout.count("fixed: instance") == 1
     clean = run_cli(env, "--local", "verify-cleanup")
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    assert run_cli(env, "--local", "verify-cleanup", "--fix").stdout.count("fixed:") == 0
     again = run_cli(env, "--local", "launch", local_config(tmp_path / "again"), "--follow", "--no-download",
                     cwd=tmp_path, timeout=240)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -183,68 +183,100 @@ def test_faults_beyond_the_retry_budget_fail_the_run_and_clean_up(aws, sandbox, 
         assert not keys_under(sandbox, BUCKET, LAYOUT.models(run_id))
 
 
-# -- S3 unreachable mid-run: the honest end state ----------------------------------------------------
-OUTAGES = {
-    # Only the state file fails: the agent still writes its records, but can neither move the
-    # state nor release the lock.
-    "state-file": dict(paths=(LAYOUT.state,), faults=("reset",)),
-    # Everything fails (S3 and EC2): the agent can record nothing and cannot end its instance.
-    "everything": dict(paths=(), faults=("reset", "error500")),
-}
+# -- S3 unreachable mid-run: the honest end states -------------------------------------------------
+def _outage_in_training(proxy: FaultProxy, sandbox, tmp_path, home, **outage) -> tuple[str, dict, float]:
+    """A followed run whose network fails from the start of training on: the follower exits 1
+    (it cannot read the state: an error, not a hang) and the first machine's agent ends (both
+    bounded). (run id, the follower's env, seconds from the outage to the agent's end)."""
+    # Paused 3 s at the start of training (the state already says training): the outage starts there.
+    env = faulty_env(proxy, home, CHRONOS_PAUSE="training:3", CHRONOS_STALE_SECONDS="2")
+    follower = start_cli(env, "--local", "launch", bucket_config(sandbox, tmp_path), "--follow", cwd=tmp_path)
+    try:
+        run_id = follower.stdout.readline().strip()
+        assert run_id.startswith("run-"), follower.stderr.read() if follower.poll() is not None else run_id
+        wait_until(lambda: (live_state(sandbox, BUCKET) or {}).get("status") == "training", 120, what="training")
+        pid = agent_pid(home, run_id)
+        proxy.configure(rate=1.0, **outage)
+        began = time.monotonic()
+        assert follower.wait(timeout=120) == 1
+        assert "error:" in follower.stderr.read()
+        wait_until(lambda: not pid_running(pid), 180, what="the agent process to end")
+        return run_id, env, time.monotonic() - began
+    finally:
+        if follower.poll() is None:
+            follower.kill()
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("outage", list(OUTAGES))
-def test_s3_unreachable_mid_run_leaves_a_lock_that_verify_cleanup_finds_stale(aws, sandbox, tmp_path, outage):
-    """When the outage starts in training and never ends for the agent, nothing can release the
-    lock: the honest end is that the lock stays, the agent process ends anyway (bounded), the
-    follower exits 1 (bounded), and once S3 answers again verify-cleanup finds the lock stale
-    (exit 6), --fix records the run failed and releases it (exit 0), and a re-check is clean."""
-    home = tmp_path / "home"
+def test_the_state_file_unreachable_leaves_a_lock_that_verify_cleanup_finds_stale(aws, sandbox, tmp_path):
+    """Only the state file fails, for good: the agent records its failure (the records are other
+    keys) and ends its machine, but can neither move the state nor release the lock. Once S3
+    answers again verify-cleanup finds the lock stale (exit 6), --fix releases it (exit 0), and a
+    re-check is clean."""
     with FaultProxy(aws.endpoint_url) as proxy:
-        # Paused 3 s at the start of training (the state already says training): the outage starts there.
-        env = faulty_env(proxy, home, CHRONOS_PAUSE="training:3", CHRONOS_STALE_SECONDS="2")
-        follower = start_cli(env, "--local", "launch", bucket_config(sandbox, tmp_path), "--follow", cwd=tmp_path)
-        try:
-            run_id = follower.stdout.readline().strip()
-            assert run_id.startswith("run-"), follower.stderr.read() if follower.poll() is not None else run_id
-            wait_until(lambda: (live_state(sandbox, BUCKET) or {}).get("status") == "training", 120, what="training")
-            proxy.configure(rate=1.0, **OUTAGES[outage])
-            began = time.monotonic()
-            assert follower.wait(timeout=120) == 1  # it cannot read the state any more: an error, not a hang
-            assert "error:" in follower.stderr.read()
-            pid = agent_pid(home, run_id)
-            wait_until(lambda: not pid_running(pid), 180, what="the agent process to end")
-            ended_after = time.monotonic() - began
-        finally:
-            if follower.poll() is None:
-                follower.kill()
+        run_id, env, ended_after = _outage_in_training(proxy, sandbox, tmp_path, tmp_path / "home",
+                                                       paths=(LAYOUT.state,), faults=("reset",))
         stuck = live_state(sandbox, BUCKET)
         assert stuck and stuck["run_id"] == run_id  # the lock stays: nobody could delete it
         record = get_json(sandbox, LAYOUT.training_record(run_id))
-        if outage == "state-file":
-            # The agent recorded its failure (the records are not the state file) and ended its instance.
-            assert record["final_status"] == "failed" and record["error"]["class"] == "ConnectionClosedError"
-            releases = [s for s in get_json(sandbox, LAYOUT.cleanup_status(run_id))["steps"] if s["resource"] == "lock"]
-            assert [s["result"] for s in releases] == ["error"]
-            assert instance_state(aws, stuck["instance_id"]) == "terminated"
-        else:
-            assert record["final_status"] is None  # nothing could be written after training began
-            assert instance_state(aws, stuck["instance_id"]) == "running"  # EC2 refused it too
+        assert record["final_status"] == "failed" and record["error"]["class"] == "ConnectionClosedError"
+        releases = [s for s in get_json(sandbox, LAYOUT.cleanup_status(run_id))["steps"] if s["resource"] == "lock"]
+        assert [s["result"] for s in releases] == ["error"]
+        assert instance_state(aws, stuck["instance_id"]) == "terminated"
 
         proxy.configure(rate=0.0)  # S3 answers again
         found = run_cli(env, "--local", "verify-cleanup", "--json", timeout=120)
         assert found.returncode == 6, found.stdout + found.stderr
-        kinds = {f["kind"] for f in json.loads(found.stdout)["findings"]}
-        assert "stale_lock" in kinds
+        assert "stale_lock" in {f["kind"] for f in json.loads(found.stdout)["findings"]}
         fixed = run_cli(env, "--local", "verify-cleanup", "--fix", timeout=120)
         assert fixed.returncode == 0, fixed.stdout + fixed.stderr
         assert run_cli(env, "--local", "verify-cleanup", timeout=120).returncode == 0
-        print("OUTAGE", json.dumps({"outage": outage, "agent_ended_after_s": round(ended_after, 1),
+        print("OUTAGE", json.dumps({"outage": "state-file", "agent_ended_after_s": round(ended_after, 1),
                                     "failed_calls": proxy.failed_calls,
                                     **{k: proxy.stats[k] for k in ("calls", "retries", "exhausted", *FAILING_FAULTS)}}))
     assert live_state(sandbox, BUCKET) is None
     record = get_json(sandbox, LAYOUT.training_record(run_id))
-    assert record["final_status"] == "failed"
-    assert record["reason"] == ("ConnectionClosedError" if outage == "state-file" else "lost")
-    assert instance_state(aws, stuck["instance_id"]) == "terminated"
+    assert (record["final_status"], record["reason"]) == ("failed", "ConnectionClosedError")
+
+
+@pytest.mark.reliability
+def test_everything_unreachable_the_group_replaces_the_machine_and_the_run_resumes(aws, sandbox, tmp_path):
+    """S3 and EC2 both unreachable from the machine from training on: its agent can record
+    nothing, cannot end its machine, and ends; the machine powers off (stopped, on the worse
+    reading) and its group replaces it, as it replaces any machine lost without notice, on
+    on-demand as on spot. While nothing answers, each new machine fails at once and is replaced
+    too (bounded only by the outage: docs/reliability.md). Once S3 answers, the next machine
+    counts the lost one as an interruption, resumes from the last complete checkpoint (here the
+    start: 10 steps save none) and completes; every machine ends terminated, nothing is left."""
+    with FaultProxy(aws.endpoint_url) as proxy:
+        run_id, env, ended_after = _outage_in_training(proxy, sandbox, tmp_path, tmp_path / "home",
+                                                       paths=(), faults=("reset", "error500"))
+        first = live_state(sandbox, BUCKET)["instance_id"]
+        proxy.configure(rate=0.0)  # the network is back
+        record = wait_until(lambda: _final(sandbox, run_id), 300, what="the run to end")
+        machines = _run_machines(aws, run_id)
+        # The last machine writes its record, releases the lock, then ends itself through EC2.
+        wait_until(lambda: all(instance_state(aws, m) == "terminated" for m in machines), 60,
+                   what="every machine of the run terminated")
+        assert run_cli(env, "--local", "verify-cleanup", timeout=120).returncode == 0
+        print("OUTAGE", json.dumps({"outage": "everything", "agent_ended_after_s": round(ended_after, 1),
+                                    "machines": len(machines), "failed_calls": proxy.failed_calls,
+                                    **{k: proxy.stats[k] for k in ("calls", "retries", "exhausted", *FAILING_FAULTS)}}))
+    assert record["final_status"] == "completed", record.get("error")
+    lost = [i for i in record["interruptions"] if i["instance_id"] == first]
+    assert len(lost) == 1 and lost[0]["notice"].startswith("none: the machine was lost without notice")
+    assert record["attempt"] >= 2 and record["attempt"] == len(record["machines"])
+    assert live_state(sandbox, BUCKET) is None
+
+
+def _final(s3, run_id: str) -> dict | None:
+    try:
+        return get_json(s3, LAYOUT.final_record(run_id))
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def _run_machines(aws, run_id: str) -> list[str]:
+    ec2 = client("ec2", aws)
+    pages = ec2.get_paginator("describe_instances").paginate(Filters=[{"Name": "tag:RunId", "Values": [run_id]}])
+    return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]

@@ -41,6 +41,16 @@ def test_final_report_has_the_three_metrics_rows_and_artifacts():
         assert expected in out, expected
 
 
+def test_final_report_shows_the_target_alone_rows_of_a_run_with_covariates():
+    record = {**RECORD, "metrics": {**RECORD["metrics"], "finetuned_no_covariates": {"wql": 0.08, "mase": None},
+                                    "zero_shot_no_covariates": {"wql": 0.09, "mase": 1.1}}}
+    out = text(final_report(from_record(record)))
+    assert "fine-tuned, target(s) alone" in out and "0.0800" in out and "zero-shot, target(s) alone" in out
+    lines = out.splitlines()
+    assert lines.index(next(x for x in lines if "fine-tuned, target(s) alone" in x)) == \
+        lines.index(next(x for x in lines if "│ fine-tuned " in x)) + 1
+
+
 def test_runs_table_shows_status_duration_cost_and_ratio_to_naive():
     out = text(runs_table([from_state(STATE), from_record(RECORD)]))
     assert "training (active)" in out and "completed" in out and "0.50×" in out and "$0.78" in out

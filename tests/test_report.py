@@ -73,7 +73,7 @@ def test_the_report_command_prints_the_path_and_needs_no_network(run):
     images = re.findall(r'<img [^>]*src="([^"]{0,40})', page)
     assert len(images) >= 5 and all(src.startswith("data:image/svg+xml;base64,") for src in images)
     for text in ("completed", "Training loss", "fine-tuned", "seasonal naive", "Where the time went", "cleanup",
-                 f"{ITEMS} series"):
+                 f"{ITEMS} series", "Covariates", "temperature", "past-only covariate", "WQL alone"):
         assert text in page or text in _svg_texts(page), text
 
 
@@ -87,8 +87,10 @@ def _svg_texts(page: str) -> str:
 # -- the evaluation files --------------------------------------------------------------------------
 def test_forecasts_cover_exactly_the_held_out_windows_with_ordered_quantiles(run):
     f = _parquet(run, "forecasts.parquet")
-    assert len(f) == ITEMS * W * H * 2  # series x windows x horizon x (fine-tuned, seasonal naive)
-    assert set(f.model) == {"finetuned", "seasonal_naive"} and set(f.window) == set(range(W))
+    # series x windows x horizon x (fine-tuned, fine-tuned on the target alone, seasonal naive): the
+    # data has a covariate (temperature, past-only), so the model is scored without it too.
+    assert len(f) == ITEMS * W * H * 3
+    assert set(f.model) == {"finetuned", "finetuned_no_covariates", "seasonal_naive"} and set(f.window) == set(range(W))
     q = f[QUANTILE_COLUMNS].to_numpy()
     assert np.isfinite(q).all() and (np.diff(q, axis=1) >= 0).all()
     # No leakage: what was scored is exactly the last W*H points of every series, which training
@@ -103,7 +105,7 @@ def test_forecasts_cover_exactly_the_held_out_windows_with_ordered_quantiles(run
 
 def test_scores_summary_and_loss_history_are_saved_with_the_run(run):
     scores = _parquet(run, "series_scores.parquet")
-    assert len(scores) == ITEMS * W * 2 and scores.wql.notna().all()
+    assert len(scores) == ITEMS * W * 3 and scores.wql.notna().all()
     loss = _parquet(run, "loss_history.parquet")
     assert loss.step.is_monotonic_increasing and loss.step.iloc[-1] == 30
     assert {"loss", "learning_rate", "grad_norm", "epoch", "attempt"} <= set(loss.columns)

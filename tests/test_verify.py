@@ -67,6 +67,36 @@ def test_orphans_found_by_tag_then_fixed_idempotently(target, executor):
     assert again.clean and again.fixed == []
 
 
+def test_a_stopped_machine_is_a_leftover_that_fix_terminates(target, executor, monkeypatch):
+    """A machine that powered off may be stopped, not terminated: it runs nothing, its volume
+    bills. No grace window (it is not starting), and --fix ends it and records its run."""
+    monkeypatch.setenv("CHRONOS_LAUNCH_GRACE_SECONDS", "600")
+    instance = _orphan_instance(target)
+    target.ec2.stop_instances(InstanceIds=[instance])
+    report = verify(target, executor, do_fix=False)
+    assert [(f.kind, f.id, f.run_id) for f in report.findings] == [("instance", instance, RUN)]
+    assert "stopped with no active run" in report.findings[0].detail and report.starting == []
+    fixed = verify(target, executor, do_fix=True)
+    assert fixed.clean and [f.id for f in fixed.fixed] == [instance]
+    state = target.ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state == "terminated"
+
+
+def test_a_stopped_former_machine_of_a_live_run_is_ended_and_the_run_goes_on(target, executor):
+    running, stopped = _orphan_instance(target), _orphan_instance(target)
+    target.ec2.stop_instances(InstanceIds=[stopped])
+    store = StateStore(target.s3, target.bucket, "dev")
+    lease = store.acquire(RUN, executor="ec2", instance_id=running)
+    report = verify(target, executor, do_fix=False)
+    assert report.active_run == RUN and [(f.kind, f.id) for f in report.findings] == [("instance", stopped)]
+    assert "a former machine of the active run" in report.findings[0].detail
+    fixed = verify(target, executor, do_fix=True)
+    assert fixed.clean and fixed.active_run == RUN and store.read().etag == lease.etag  # the run untouched
+    states = {i: target.ec2.describe_instances(InstanceIds=[i])["Reservations"][0]["Instances"][0]["State"]["Name"]
+              for i in (running, stopped)}
+    assert states == {running: "running", stopped: "terminated"}
+
+
 def test_just_created_instance_gets_a_grace_window(target, executor, monkeypatch):
     monkeypatch.setenv("CHRONOS_LAUNCH_GRACE_SECONDS", "600")
     instance = _orphan_instance(target)

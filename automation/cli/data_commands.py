@@ -23,17 +23,21 @@ def data() -> None:
 
 @data.command(name="validate")
 @click.argument("path", type=click.Path(path_type=Path))
+@click.option("--config", "config", type=click.Path(path_type=Path),
+              help="A run config: its columns: roles, and its series lengths as launch judges them.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def data_validate(path: Path, as_json: bool) -> None:
-    """Check a parquet file or folder against the long format (item_id, timestamp, target).
+def data_validate(path: Path, config: Path | None, as_json: bool) -> None:
+    """Check a parquet file or folder against the long format (item_id, timestamp, target, every
+    other column a covariate, numeric or categorical) and say each column's role and type.
 
     \b
     Example:
       chronos-train data validate ./my-data/
+      chronos-train data validate ./sales.parquet --config run.yaml
     """
     from ..datasets import validate
 
-    result = validate(path)
+    result = validate(path, config)
     if as_json:
         emit_json(result)
     else:
@@ -41,8 +45,23 @@ def data_validate(path: Path, as_json: bool) -> None:
             click.echo(p, err=True)
         if result["ok"]:
             click.echo(f"ok: {result['files']} file(s), {result['series']} series, {result['rows']} rows")
+            for line in column_lines(result["columns"]):
+                click.echo(line)
     if not result["ok"]:
         raise SystemExit(BAD_INPUT)
+
+
+def column_lines(columns: list[dict]) -> list[str]:
+    """`  promo  known covariate  numeric (int64)`: one aligned line per column."""
+    from instance.protocol.columns import ROLE_NAMES
+
+    if not columns:
+        return []
+    width = max(len(c["name"]) for c in columns)
+    roles = [ROLE_NAMES.get(c["role"], c["role"]) for c in columns]
+    role_width = max(len(r) for r in roles)
+    return ["columns:"] + [f"  {c['name']:<{width}}  {role:<{role_width}}  {c['type']} ({c['dtype']})"
+                           for c, role in zip(columns, roles)]
 
 
 @data.command(name="upload")

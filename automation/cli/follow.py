@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 
 class RunLost(Exception):
     def __init__(self, view: RunView, verdict: Verdict):
-        super().__init__(
-            f"run {view.run_id} is lost: {verdict.why} (last heartbeat {view.heartbeat_at or 'never'}). "
-            "Run `chronos-train verify-cleanup --fix` to record it and release the lock"
-        )
+        if verdict.error:  # the machine said why: the run failed, and with what
+            head = f"run {view.run_id} failed ({verdict.reason}): {verdict.why}"
+        else:
+            head = f"run {view.run_id} is lost: {verdict.why} (last heartbeat {view.heartbeat_at or 'never'})"
+        super().__init__(f"{head}. Run `chronos-train verify-cleanup --fix` to record it and release the lock")
         self.view = view
         self.verdict = verdict
 
@@ -67,12 +68,7 @@ def _poll(target: Target, executor, store, run_id: str, on_update, watched: dict
         view.judged(verdict)
         on_update(view)
         if verdict.stale:
-            # The agent releases the lock, then its machine ends: a lock read just before the
-            # release and a machine seen just after it make a run that ended look lost. Only a
-            # lock still held after the machine was judged means lost.
-            again = store.read()
-            if again is not None and again.run_id == run_id:
-                raise RunLost(view, verdict)
+            raise RunLost(view, verdict)
         return None
     record = read_record(target, run_id)
     if not (record and record.get("final_status")) and watched:

@@ -59,10 +59,11 @@ class Options:
     env: str
     local: bool
 
-    def target(self):
+    def target(self, verify: bool = False):
+        """Where the command acts; `verify`: see context.resolve."""
         from ..context import resolve
 
-        target = resolve(self.env, self.local)
+        target = resolve(self.env, self.local, verify)
         click.get_current_context().meta["chronos.target"] = target  # for error messages
         return target
 

@@ -74,7 +74,7 @@ def run_panel(v: RunView) -> Panel:
         head.add_row("machines", f"attempt {v.attempt or 1} of {v.max_machines or '?'} · "
                                  f"{n} interruption{'s' if n != 1 else ''}")
     if v.lost:
-        head.add_row("now", Text(f"lost: {v.machine_note}; `chronos-train verify-cleanup --fix` records it and "
+        head.add_row("now", Text(f"{lost_label(v)}: {v.machine_note}; `chronos-train verify-cleanup --fix` records it and "
                                  "releases the lock", style="bold red"))
     elif v.waiting:
         head.add_row("now", Text(v.waiting, style="yellow"))
@@ -93,7 +93,9 @@ def run_panel(v: RunView) -> Panel:
 
 def metrics_table(metrics: dict, windows: int | None = None) -> Table | None:
     rows = [(name, metrics.get(key)) for name, key in
-            (("fine-tuned", "finetuned"), ("zero-shot (base)", "zero_shot"), ("seasonal naive", "seasonal_naive"))]
+            (("fine-tuned", "finetuned"), ("fine-tuned, target(s) alone", "finetuned_no_covariates"),
+             ("zero-shot (base)", "zero_shot"), ("zero-shot, target(s) alone", "zero_shot_no_covariates"),
+             ("seasonal naive", "seasonal_naive"))]
     rows = [(n, m) for n, m in rows if m]
     if not rows:
         return None
@@ -104,7 +106,7 @@ def metrics_table(metrics: dict, windows: int | None = None) -> Table | None:
     table.add_column("WQL ↓", justify="right")
     table.add_column("MASE ↓", justify="right")
     for name, m in rows:
-        table.add_row(name, f"{m.get('wql', float('nan')):.4f}", f"{m.get('mase', float('nan')):.4f}")
+        table.add_row(name, *(f"{m[k]:.4f}" if m.get(k) is not None else "-" for k in ("wql", "mase")))
     return table
 
 
@@ -179,12 +181,18 @@ def console(stderr: bool = False) -> Console:
     return out if out.is_terminal else Console(stderr=stderr, highlight=False, width=UNCUT_WIDTH)
 
 
+def lost_label(v: RunView) -> str:
+    """A run whose machine is gone for good: `lost`, or `failed (boot_failed)` when the rule knows
+    why (the machine's boot failure record, its deadline)."""
+    return f"failed ({v.reason})" if v.reason and v.reason != "lost" else "lost"
+
+
 def progress_line(v: RunView) -> str:
     p = v.progress or {}
     step = f" step {p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else ""
     loss = f" loss {p['loss']:.4f}" if p.get("loss") is not None else ""
     if v.lost:
-        return f"{v.run_id}: {v.status}: lost: {v.machine_note}"
+        return f"{v.run_id}: {v.status}: {lost_label(v)}: {v.machine_note}"
     if v.waiting:
         return f"{v.run_id}: {v.status}: {v.waiting}"
     return f"{v.run_id}: {v.status}{step}{loss}"
@@ -262,6 +270,7 @@ def dry_run_lines(result) -> list[str]:
         f"{cfg.training.num_steps} steps",
         f"dataset   {cfg.dataset}" + (f" ({len(result.plan.local_dataset.files)} local file(s), uploaded at launch)"
                                       if result.plan.local_dataset else ""),
+        *([f"columns   {result.plan.columns.sentence()}"] if result.plan.columns else []),
         f"price     {est.sentence()}",
         f"zones     {', '.join(result.zones)} (the group launches in whichever has capacity)",
         "checks",

@@ -42,7 +42,7 @@ def launch(opts: Options, config: Path, follow: bool, download: bool, dry_run: b
         raise CliError("--json goes with --dry-run (a launch prints its run id on stdout)", BAD_INPUT)
     if follow and dry_run:
         raise CliError("--follow and --dry-run exclude each other: a dry run starts nothing to follow", BAD_INPUT)
-    target = opts.target()
+    target = opts.target(verify=True)  # a launch builds on the infrastructure: --local asks the sandbox
     executor = executors.for_target(target, progress=say)
     if dry_run:
         _dry_run(target, config, executor, as_json)
@@ -50,6 +50,8 @@ def launch(opts: Options, config: Path, follow: bool, download: bool, dry_run: b
     from ..runs.launch import launch as do_launch, plan
 
     lp = plan(target, config)
+    if lp.columns is not None:
+        say(f"columns: {lp.columns.sentence()}")
     say(lp.estimate.sentence())
     launched = do_launch(target, lp, executor, progress=say)
     click.echo(launched.run_id)
@@ -128,13 +130,20 @@ def monitor(opts: Options, run_id, follow, as_json, download) -> None:
     from ..runs.records import view
     from ..runs.runcheck import check_run
 
-    target = opts.target()
     if run_id:
         check_run_id(run_id)
-    executor = executors.for_target(target)
-    v = view(target, run_id, check=lambda lease: check_run(target, executor, lease))
+    target = opts.target()
+    executor = None
+
+    def check(lease):
+        # Only a live run needs the executor: it reports a local machine that died.
+        nonlocal executor
+        executor = executors.for_target(target)
+        return check_run(target, executor, lease)
+
+    v = view(target, run_id, check=check)
     if follow and v.active:
-        _follow(target, executor, v.run_id, download, as_json)
+        _follow(target, executor or executors.for_target(target), v.run_id, download, as_json)
         return
     _show(v, as_json)
     if follow:

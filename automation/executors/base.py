@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
-
-from instance.protocol.runconfig import RunConfig
+from typing import TYPE_CHECKING, Protocol
 
 from ..infra_record import InfraRecord
+
+if TYPE_CHECKING:  # the config's model (pydantic) loads with a launch, not with every command that reads
+    from instance.protocol.runconfig import RunConfig
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class Executor(Protocol):
     def reconcile(self) -> list[str]:
         """Bring EC2's view up to date with machines that died unseen; the instance ids marked
         gone. A no-op where EC2 itself is the machine (ec2)."""
+
+    def reconcile_machine(self, run_id: str, instance_id: str) -> bool:
+        """`reconcile` for the one machine EC2 just called live, without asking EC2: True when it
+        had died unseen and EC2's record of it has now ended (ask EC2 again). False on ec2."""
 
     def finalize(self, run_id: str) -> None:
         """Remove what the run left in the executor (stack, process record). Idempotent; the only

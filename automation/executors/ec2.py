@@ -197,6 +197,9 @@ class Ec2Executor:
     def reconcile(self) -> list[str]:
         return []  # EC2 itself knows when a machine is gone
 
+    def reconcile_machine(self, run_id: str, instance_id: str) -> bool:
+        return False
+
     def finalize(self, run_id: str) -> None:
         if run_id not in self.leftover_stacks():
             return  # nothing to do, and no Pulumi CLI needed to find that out

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from instance.protocol.aws import AwsTarget, client, error_code
 from instance.protocol.ec2 import LIVE_STATES, instances_by_tag, run_tags, tags_of
-from instance.protocol.ec2 import instance_state as ec2_instance_state
 from instance.protocol.group import (CAPACITY_REBALANCE, describe_group, end_group, failed_launches, group_name,
                                      mixed_instances_policy, wants_machine)
 from instance.protocol.layout import PROJECT_TAG, Layout
@@ -20,14 +19,17 @@ from .bundle import unpack_bundle
 from ..settings import home
 from ..settings import settings
 from .base import ProvisionError, Provisioned, ProvisionRequest
-from .localgroup import AGENT_PID, PLAYER_PID, GroupSpec, start_player
+from .localgroup import AGENT_PID, ENDED, PLAYER_PID, GroupSpec, start_player
 
 def work_root() -> Path:
     return home() / "work"
 
 
 def process_alive(pid: int | None, run_id: str) -> bool:
-    """True when `pid` is still this run's agent (guards against pid reuse)."""
+    """True when `pid` is still this run's agent or player (guards against pid reuse). A process
+    still inside its exec shows no command line yet: Popen returns once the exec is committed, not
+    done, and under load that window lasted long enough for a launch to call a starting player
+    gone. It counts as alive."""
     if not pid:
         return False
     try:
@@ -36,7 +38,7 @@ def process_alive(pid: int | None, run_id: str) -> bool:
     except OSError:
         return False
     state = stat.rsplit(")", 1)[1].split()[0]
-    return run_id in cmdline and state not in ("Z", "X")
+    return (run_id in cmdline or not cmdline) and state not in ("Z", "X")
 
 
 class LocalExecutor:
@@ -46,9 +48,20 @@ class LocalExecutor:
         self.target = target
         self.env = env
         self.bucket = bucket
-        self.ec2 = client("ec2", target)
-        self.s3 = client("s3", target)
-        self.autoscaling = client("autoscaling", target)
+
+    # Clients on first use (the process's own, from the one factory): a command that only reads
+    # a run's state builds none of them.
+    @property
+    def ec2(self):
+        return client("ec2", self.target)
+
+    @property
+    def s3(self):
+        return client("s3", self.target)
+
+    @property
+    def autoscaling(self):
+        return client("autoscaling", self.target)
 
     def provision(self, req: ProvisionRequest) -> Provisioned:
         """The run's launch template and Auto Scaling group in the sandbox, as the run stack
@@ -123,10 +136,10 @@ class LocalExecutor:
             if failed:
                 return None, failed[0]
             if not process_alive(self._player_pid(run_id), run_id):
+                # Its output is removed with the run's folder when the launch tears down: say it here.
                 out = work_root() / run_id / "group.stdout"
-                lines = [ln for ln in out.read_text(errors="replace").splitlines() if ln.strip()] if out.exists() else []
-                last = f" (its last words: {lines[-1].strip()})" if lines else ""
-                raise RuntimeError(f"the group's player exited{last}; see {out}")
+                said = out.read_text(errors="replace").strip().splitlines()[-5:] if out.exists() else []
+                raise RuntimeError("the group's player exited: " + (" | ".join(said) or "it said nothing"))
             time.sleep(0.1)
         raise RuntimeError(f"no machine came up in {timeout_s:.0f} s")
 
@@ -141,31 +154,44 @@ class LocalExecutor:
         return self._pid(run_id, PLAYER_PID)
 
     def reconcile(self) -> list[str]:
-        """Mark instance records whose agent process is gone as terminated (the machine died),
-        as EC2 would report it. While the run's group player lives, it ends such a machine itself
-        within a poll (through the group, which may replace it): that is waited for, not done here."""
+        """Make EC2 report a machine whose agent process is gone as EC2 would: it powered off
+        (stopped, on the worse reading, unless the agent terminated it). While the run's group
+        player lives, it plays that end itself within a poll (and the group's health check after
+        it): that is waited for, not done here."""
         ended = []
         for inst in self.instances(states=("pending", "running")):
             tags = tags_of(inst)
-            if tags.get("Executor") != self.name:
-                continue
-            run_id, instance_id = tags.get("RunId", ""), inst["InstanceId"]
-            if process_alive(self._player_pid(run_id), run_id):
-                booted = _read_pid(work_root() / run_id / "agents" / instance_id / AGENT_PID)
-                if booted and not process_alive(booted, run_id):
-                    self._await_player_end(instance_id)
-                continue
-            if not process_alive(self._pid(run_id), run_id):
-                self.ec2.terminate_instances(InstanceIds=[instance_id])
-                ended.append(instance_id)
+            if tags.get("Executor") == self.name and self.reconcile_machine(tags.get("RunId", ""), inst["InstanceId"]):
+                ended.append(inst["InstanceId"])
         return ended
 
-    def _await_player_end(self, instance_id: str, timeout_s: float = 5.0) -> None:
+    def reconcile_machine(self, run_id: str, instance_id: str) -> bool:
+        """`reconcile` for one machine EC2 calls live, from local facts only (its processes): True
+        when its agent is gone, once EC2's record of it has ended (powered off: stopped)."""
+        from ..sandbox.poweroff import power_off
+
+        machine = work_root() / run_id / "agents" / instance_id
+        if process_alive(self._player_pid(run_id), run_id):
+            booted = _read_pid(machine / AGENT_PID)
+            if booted and not process_alive(booted, run_id):
+                self._await_player_end(machine / ENDED)
+                return True
+            return False
+        if not process_alive(self._pid(run_id), run_id):
+            power_off(self._ec2_service(), instance_id)
+            return True
+        return False
+
+    def _ec2_service(self):
+        """EC2 itself (the sandbox's stand-in), which the operator is not: only it stops a machine."""
+        from ..sandbox.strictmoto import EC2_SERVICE
+
+        return client("ec2", AwsTarget(self.target.region, self.target.endpoint_url, EC2_SERVICE.credentials))
+
+    def _await_player_end(self, played: Path, timeout_s: float = 5.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if ec2_instance_state(self.ec2, instance_id) not in ("pending", "running"):
-                return
-            time.sleep(0.1)
+        while time.monotonic() < deadline and not played.exists():
+            time.sleep(0.05)
 
     def instances(self, states=LIVE_STATES) -> list[dict]:
         return instances_by_tag(self.ec2, {"Project": PROJECT_TAG}, states)

@@ -6,9 +6,10 @@ the local executor and living as long as the run's group wants a machine:
   The agent and the CLI change it with the calls they make on AWS (detach, desired 0);
 - every machine the group has gets an agent process (the machine's boot), holding the instance
   role's credentials for that instance and nothing else;
-- a machine whose agent exited is ended, as the OS shutdown ends an EC2 machine. While the group
-  still wants a machine, ending one of its instances through Auto Scaling (without decrementing)
-  makes it launch the replacement, as the group's health check does on AWS;
+- a machine whose agent exited powers off, on the worse reading (automation/sandbox/poweroff.py):
+  unless the agent ended it through EC2 first, it is `stopped`, not terminated. While the group
+  still wants a machine, a member that is not running (stopped, or terminated behind its back) is
+  replaced, as the group's health check does on AWS;
 - instance metadata: an IMDSv2 endpoint per machine (its id, type and zone, as the group
   launched it). `chronos-train --local sandbox interrupt`
   leaves a request file; the machine's metadata then answers spot/instance-action and, once the
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 SPEC = "group.json"
 PLAYER_PID = "group.pid"
 AGENT_PID = "agent.pid"  # the current machine's agent (kill and finalize read it)
+ENDED = "ended"  # beside a machine's agent.pid once its end is played (power-off, health check)
 INTERRUPT = "interrupt"  # `sandbox interrupt` writes it; the player takes it
 REBALANCE = "rebalance"  # `sandbox interrupt --rebalance` writes it
 POLL_S = 0.2
@@ -194,13 +196,17 @@ class Player:
         if group is None and self.missing >= GONE_AFTER_LOOKS:
             # A deleted group takes its instances with it; one detached from it lives on.
             self._take(self.members)
-            self._reap(set())
+            self._reap()
             return not self.agents
         if group is None:
             return False  # not seen once: look again before ending its machines
         members = self.members = {i["InstanceId"] for i in group.get("Instances", [])
                                   if i.get("LifecycleState") == "InService"}
-        self._reap(members)
+        ended_now = self._reap()
+        if members & self.ended:
+            self._health_check(members)
+        for instance_id in ended_now:
+            (self.run_dir / "agents" / instance_id / ENDED).write_text("")
         self._interrupt()
         for instance_id in sorted(members - set(self.agents) - self.ended):
             first = self.seen_at.setdefault(instance_id, time.monotonic())
@@ -245,31 +251,31 @@ class Player:
         (self.run_dir / AGENT_PID).write_text(str(proc.pid))
         log.info("machine %s booted: agent pid %d", instance_id, proc.pid)
 
-    def _reap(self, members: set[str]) -> None:
-        """Machines whose agent exited end, as an OS shutdown ends them on EC2."""
+    def _reap(self) -> list[str]:
+        """Machines whose agent exited power off: stopped, unless the agent ended them through EC2."""
+        from ..sandbox.poweroff import power_off
+
+        reaped = []
         for instance_id, proc in list(self.agents.items()):
             if proc.poll() is None:
                 continue
             del self.agents[instance_id]
             self.ended.add(instance_id)
             self.reclaim_at.pop(instance_id, None)
-            log.info("machine %s: agent exited with %s; the machine ends", instance_id, proc.returncode)
-            self._end_machine(instance_id, in_group=instance_id in members)
+            state = power_off(self.ec2, instance_id)
+            log.info("machine %s: agent exited with %s; the machine powers off: %s", instance_id, proc.returncode,
+                     state)
+            reaped.append(instance_id)
+        return reaped
 
-    def _end_machine(self, instance_id: str, in_group: bool) -> None:
-        from instance.protocol.aws import error_code
+    def _health_check(self, members: set[str]) -> None:
+        from instance.protocol.group import describe_group
 
-        try:
-            if in_group:
-                # The group notices its machine is gone and, still wanting one, launches another.
-                self.autoscaling.terminate_instance_in_auto_scaling_group(
-                    InstanceId=instance_id, ShouldDecrementDesiredCapacity=False)
-            else:
-                self.ec2.terminate_instances(InstanceIds=[instance_id])
-        except Exception as exc:
-            if error_code(exc) not in ("ValidationError", "InvalidInstanceID.NotFound"):
-                log.warning("could not end machine %s: %s", instance_id, exc)
-            self.ec2.terminate_instances(InstanceIds=[instance_id])
+        from ..sandbox.poweroff import replace_unhealthy
+
+        group = describe_group(self.autoscaling, self.spec.run_id)  # as it is after the power-offs
+        for instance_id in replace_unhealthy(self.autoscaling, self.ec2, group or {}, members & self.ended):
+            log.info("machine %s is not running: the group replaces it", instance_id)
 
     def _interrupt(self) -> None:
         advice = self.run_dir / REBALANCE
@@ -291,12 +297,13 @@ class Player:
             if proc is not None and time.monotonic() >= at and proc.poll() is None:
                 log.info("machine %s reclaimed", instance_id)
                 _kill(proc)
+                self.ec2.terminate_instances(InstanceIds=[instance_id])  # EC2 takes it back: terminated
 
     def _take(self, instance_ids: set[str]) -> None:
         for instance_id in sorted(instance_ids & set(self.agents)):
             _kill(self.agents.pop(instance_id))
             self.ended.add(instance_id)
-            self._end_machine(instance_id, in_group=False)
+            self.ec2.terminate_instances(InstanceIds=[instance_id])  # a deleted group ends its machines
         self.members = set()
 
 
@@ -311,6 +318,7 @@ def _kill(proc: subprocess.Popen) -> None:
 def main(argv: list[str] | None = None) -> int:
     run_dir = Path((argv or sys.argv[1:])[0])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s group %(message)s")
+    log.info("playing EC2 and Auto Scaling for %s (pid %d)", run_dir.name, os.getpid())
     Player(run_dir).run()
     log.info("the group wants no machine: done")
     return 0

@@ -1,6 +1,8 @@
 """`chronos-train runs compare A B [...]`: what differs between runs' configs, and their metrics
 side by side with the best of each row marked. Read from the runs' training.json only, so runs
-from before the evaluation folder existed compare too."""
+from before the evaluation folder existed compare too. Runs with covariates add the covariates
+used (role, type) and each model's scores given the target(s) alone; runs with several targets,
+each target's scores."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +62,21 @@ def _ratio(r: dict) -> float | None:
     return ft / naive if ft is not None and naive else None
 
 
+def _covariates(r: dict) -> str | None:
+    """"promo (known, numeric), store (past-only, categorical)"; None without covariates (or from
+    before runs recorded their columns)."""
+    columns = ((r.get("data") or {}).get("columns") or {}).get("columns")
+    if columns is None:
+        return None
+    roles = {"known_covariate": "known", "past_covariate": "past-only"}
+    named = [f"{c['name']} ({roles[c['role']]}, {c.get('kind')})" for c in columns if c.get("role") in roles]
+    return ", ".join(named) or None
+
+
+def _per_target(target: str, model: str, name: str) -> Callable[[dict], Any]:
+    return lambda r: ((((r.get("evaluation") or {}).get("per_target") or {}).get(target) or {}).get(model) or {}).get(name)
+
+
 # (row name, how to read it from a record, which way is better)
 ROWS: list[tuple[str, Callable[[dict], Any], str | None]] = [
     ("status", lambda r: r.get("final_status"), None),
@@ -70,6 +87,11 @@ ROWS: list[tuple[str, Callable[[dict], Any], str | None]] = [
     ("WQL seasonal naive", _metric("seasonal_naive", "wql"), "lower"),
     ("MASE seasonal naive", _metric("seasonal_naive", "mase"), "lower"),
     ("WQL fine-tuned ÷ naive", _ratio, "lower"),
+    ("covariates", _covariates, None),
+    ("WQL fine-tuned, target(s) alone", _metric("finetuned_no_covariates", "wql"), "lower"),
+    ("MASE fine-tuned, target(s) alone", _metric("finetuned_no_covariates", "mase"), "lower"),
+    ("WQL zero-shot, target(s) alone", _metric("zero_shot_no_covariates", "wql"), "lower"),
+    ("MASE zero-shot, target(s) alone", _metric("zero_shot_no_covariates", "mase"), "lower"),
     ("backtest windows", lambda r: (r.get("evaluation") or {}).get("windows", 1 if r.get("metrics") else None), None),
     ("final loss", lambda r: (r.get("training") or {}).get("final_loss"), "lower"),
     ("steps", lambda r: (r.get("training") or {}).get("steps_done"), None),
@@ -89,9 +111,16 @@ def best_of(values: list[Any], better: str | None) -> list[int]:
     return [] if len(best) == len(numbers) else best  # a tie between all is no news
 
 
+def target_rows(records: list[dict]) -> list[tuple[str, Callable[[dict], Any], str | None]]:
+    """For runs with several targets: the fine-tuned model's WQL and MASE on each, in the runs' order."""
+    targets = dict.fromkeys(t for r in records for t in ((r.get("evaluation") or {}).get("targets") or []))
+    return [(f"{name} fine-tuned · {target}", _per_target(target, "finetuned", name.lower()), "lower")
+            for target in targets for name in ("WQL", "MASE")]
+
+
 def compare_records(run_ids: list[str], records: list[dict]) -> Comparison:
     rows = []
-    for name, read, better in ROWS:
+    for name, read, better in ROWS + target_rows(records):
         values = [read(r) for r in records]
         if all(v is None for v in values):
             continue

@@ -2,7 +2,9 @@
 
 The data goes one way: `load` reads what the run left in S3 (its record, model metadata and
 evaluation folder) into `RunArtifacts`, `build` turns that into a page (charts from plots.py,
-inline as SVG images: no network is needed to view it), `write_report` saves it. A run that
+inline as SVG images: no network is needed to view it), `write_report` saves it. A run with
+covariates shows them (role, type) and what they bring: each model's scores with them against
+the same model given the target(s) alone; a run with several targets, the scores of each. A run that
 failed or was killed gets the report of what exists (timeline, loss so far, reason), and the
 page says what is missing and why. pandas and matplotlib load only when a report is made.
 
@@ -28,6 +30,10 @@ from ..runs.records import duration, read_record
 
 PHONE_PX = 640  # at most this wide, the page stacks its parts and shows the narrow charts
 MODEL_NAMES = {"finetuned": "fine-tuned", "zero_shot": "zero-shot (base)", "seasonal_naive": "seasonal naive"}
+# The same models given the target(s) alone (runs with covariates; evaluation.WITHOUT_COVARIATES).
+WITHOUT_COVARIATES = {"finetuned": "finetuned_no_covariates", "zero_shot": "zero_shot_no_covariates"}
+ROLE_NAMES = {"id": "id", "timestamp": "timestamp", "target": "target", "known_covariate": "known covariate",
+              "past_covariate": "past-only covariate"}
 PARQUETS = ("forecasts", "series_scores", "history", "loss_history")
 TYPICAL_SERIES = 4  # fan charts besides the best and the worst
 
@@ -78,8 +84,16 @@ def load(target: Target, run_id: str) -> RunArtifacts:
     for name in PARQUETS:
         if f"{name}.parquet" in present:
             body = target.s3.get_object(Bucket=target.bucket, Key=f"{prefix}{name}.parquet")["Body"].read()
-            art.frames[name] = pd.read_parquet(io.BytesIO(body))
+            art.frames[name] = by_series_and_target(pd.read_parquet(io.BytesIO(body)))
     return art
+
+
+def by_series_and_target(frame):
+    """With several targets, each (series, target) is charted and ranked as a series of its own:
+    `item_id` becomes "item · target"."""
+    if "target_name" not in frame:
+        return frame
+    return frame.assign(item_id=frame["item_id"].astype(str) + " · " + frame["target_name"].astype(str))
 
 
 def write_report(target: Target, run_id: str, out: Path) -> Path:
@@ -271,8 +285,10 @@ def _model_cell(model: str) -> str:
     return f'<td><span class="dot" style="background:{_color(model)}"></span>{MODEL_NAMES[model]}</td>'
 
 
-def _table(head: list[str], rows: list[str]) -> str:
-    return (f'<div class="scroll"><table><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead>'
+def _table(head: list[str], rows: list[str], cls: str = "") -> str:
+    """`cls`: "text" left-aligns every column (words, not numbers); "text2" the second too."""
+    table = f'<table class="{cls}">' if cls else "<table>"
+    return (f'<div class="scroll">{table}<thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
@@ -328,8 +344,61 @@ def evaluation_section(art: RunArtifacts) -> str:
     how = (f"Rolling-origin backtest: the last {s.get('windows')} windows of {s.get('prediction_length')} points "
            f"of every series, none of them seen in training; overall = mean of the windows. "
            f"{str(s.get('sample', '')).capitalize()}. Lower is better.")
+    if s.get("targets"):
+        how += f" {len(s['targets'])} targets, forecast jointly: a score is the mean of theirs (each below)."
     return (f'<section><h2>Evaluation</h2><p class="note">{html.escape(how)}</p>'
-            f"{evaluation_table(s)}</section>")
+            f"{evaluation_table(s)}{per_target_table(s)}</section>")
+
+
+def per_target_table(summary: dict) -> str:
+    """With several targets, each one's overall WQL and MASE by model."""
+    per_target = summary.get("per_target") or {}
+    if not per_target:
+        return ""
+    rows = []
+    for target in summary.get("targets") or sorted(per_target):  # the config's order (JSON keys are sorted)
+        models = per_target.get(target) or {}
+        for m in MODEL_NAMES:
+            if models.get(m):
+                rows.append(f"<tr><td>{html.escape(target)}</td>{_model_cell(m)}<td>{_num(models[m].get('wql'))}</td>"
+                            f"<td>{_num(models[m].get('mase'), 3)}</td></tr>")
+    return _table(["target", "model", "WQL ↓", "MASE ↓"], rows, "text2")
+
+
+def covariates_section(art: RunArtifacts) -> str:
+    """The columns the model was given (role, type) and, for each model, its scores with the
+    covariates against the target(s) alone."""
+    columns = ((art.metadata or {}).get("columns") or (art.record.get("data") or {}).get("columns") or {}).get("columns")
+    covariates = [c for c in columns or [] if c.get("role") in ("known_covariate", "past_covariate")]
+    if not covariates:
+        return ""
+    e = html.escape
+    listed = _table(["covariate", "role", "type"], cls="text", rows=[
+        f"<tr><td><code>{e(c['name'])}</code></td><td>{e(ROLE_NAMES.get(c['role'], c['role']))}</td>"
+        f"<td>{e(c.get('kind', ''))} <span class=\"muted\">({e(c.get('dtype', ''))})</span></td></tr>"
+        for c in covariates])
+    metrics = (art.summary or {}).get("metrics") or art.record.get("metrics") or {}
+    rows = []
+    for model, alone in WITHOUT_COVARIATES.items():
+        with_, without = metrics.get(model), metrics.get(alone)
+        if not with_ or not without:
+            continue
+        cells = [_model_cell(model)]
+        for key, digits in (("wql", 4), ("mase", 3)):
+            change, cls = gain_text(with_.get(key), without.get(key))
+            cells += [f"<td>{_num(with_.get(key), digits)}</td>", f"<td>{_num(without.get(key), digits)}</td>",
+                      f'<td class="gain"><span class="{cls}">{change}</span></td>']
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    brings = ""
+    if rows:
+        brings = (_table(["model", "WQL with", "WQL alone", "change", "MASE with", "MASE alone", "change"], rows) +
+                  '<p class="note">with: the model given its covariates (in each backtest window, the known ones\' '
+                  "actual values over the window); alone: the same model given the target(s) only. Negative: the "
+                  "covariates lowered the error.</p>")
+    note = ('<p class="note">Known covariates are shown to the model over the horizon (training windows, backtest '
+            "windows, forecasts); past-only ones up to the forecast's start. Categorical ones are encoded by "
+            "Chronos.</p>")
+    return f"<section><h2>Covariates</h2>{note}{listed}{brings}</section>"
 
 
 def forecasts_section(art: RunArtifacts) -> str:
@@ -399,7 +468,8 @@ def files_section(art: RunArtifacts) -> str:
 
 def build(art: RunArtifacts) -> str:
     body = "".join([
-        header(art), missing_section(art), loss_section(art), evaluation_section(art), forecasts_section(art),
+        header(art), missing_section(art), loss_section(art), evaluation_section(art), covariates_section(art),
+        forecasts_section(art),
         timeline_section(art), files_section(art),
     ])
     return PAGE.format(title=html.escape(f"{art.run_id} · {art.status}"), css=CSS, body=body)
@@ -443,6 +513,7 @@ footer { color: var(--muted); font-size: 12px; text-align: center; }
 .key i.dash { border-top-style: dashed; }
 .key i.band { height: 10px; border: 0; background: var(--c); opacity: .25; }
 table.kv td { text-align: left; }
+table.text th, table.text td, table.text2 th:nth-child(2), table.text2 td:nth-child(2) { text-align: left; }
 @media (max-width: 640px) {
   main { padding: 10px 8px 24px; }
   header, section { padding: 12px; border-radius: 6px; }

@@ -73,13 +73,16 @@ def run_instances(target: Target, run_id: str, known: str | None = None) -> list
     return list(dict.fromkeys(([known] if known else []) + found))
 
 
-def force_end(target: Target, executor, run_id: str, final_status: str, reason: str) -> Ended:
-    """Terminate the run's machine, release its lock and close its records, then tidy its stack.
-    Idempotent."""
+def force_end(target: Target, executor, run_id: str, final_status: str, reason: str,
+              error: dict | None = None) -> Ended:
+    """Terminate the run's machine, release its lock and close its records (with `error` when the
+    lock has none: what its machine said went wrong), then tidy its stack. Idempotent."""
     store = target.state_store()
     lease = store.read()
     held = lease if lease is not None and lease.run_id == run_id else None
     state = dict(held.state) if held else {}
+    if error and not state.get("error"):
+        state["error"] = error
     steps = end_machines(target, executor, run_id, state.get("instance_id"))
     steps.append(_release(store, run_id, Status(final_status), reason))
     record_end_from_cli(target, run_id, final_status, reason, state, steps)

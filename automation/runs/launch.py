@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from instance.protocol.aws import error_code
+from instance.protocol.columns import ColumnRoles
 from instance.protocol.datasets import LocalDataset
 from instance.protocol.group import group_name
 from instance.protocol.layout import DATASETS_PREFIX, new_run_id
@@ -19,7 +20,7 @@ from instance.protocol.runconfig import ConfigError, RunConfig, check_runtime_su
 from instance.protocol.timeutil import iso
 
 from ..context import Target, translate_aws_error
-from ..datasets import check_local_dataset, check_remote_dataset, upload_dataset
+from ..datasets import check_remote_columns, check_remote_dataset, checked_local_dataset, upload_dataset
 from ..errors import BadInput, Busy, ChronosError, Interrupted
 from ..executors.base import Executor, ProvisionError, ProvisionRequest
 from ..infra_record import InfraRecord
@@ -66,6 +67,7 @@ class LaunchPlan:
     infra: InfraRecord
     local_dataset: LocalDataset | None  # a local dataset to upload, or None for a bucket prefix
     estimate: Estimate
+    columns: ColumnRoles | None = None  # the data's column roles (a bucket dataset's: from its footers)
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def plan(target: Target, config_path: str | Path) -> LaunchPlan:
     readable = _check_readable_by_the_machine(target, cfg)
     local = None
     if cfg.dataset_in_bucket or "dataset" in readable:
-        check_remote_dataset(target, readable.get("dataset", cfg.dataset))
+        columns = check_remote_columns(target, check_remote_dataset(target, readable.get("dataset", cfg.dataset)), cfg)
     else:
         path = _resolve_local(cfg.dataset, config_path)
         if not path.exists():
@@ -103,8 +105,8 @@ def plan(target: Target, config_path: str | Path) -> LaunchPlan:
                 f"dataset {path} is neither a local file or folder nor a bucket prefix "
                 f"(bucket prefixes start with {DATASETS_PREFIX})"
             )
-        local = check_local_dataset(path, cfg)
-    return LaunchPlan(cfg, config_path, infra, local, estimate(cfg, target.local))
+        local, columns = checked_local_dataset(path, cfg)
+    return LaunchPlan(cfg, config_path, infra, local, estimate(cfg, target.local), columns)
 
 
 def _resolve_local(dataset: str, config_path: Path) -> Path:
@@ -338,6 +340,7 @@ class DryRun:
         return {
             "ready": self.ready, "config": str(self.plan.config_path), "instance_type": cfg.instance.type,
             "spot": cfg.instance.spot, "zones": self.zones, "dataset": cfg.dataset,
+            "columns": self.plan.columns.to_json() if self.plan.columns else None,
             "estimate": {"hourly_usd": self.plan.estimate.hourly_usd, "worst_case_usd": self.plan.estimate.worst_case_usd,
                          "max_runtime_minutes": cfg.instance.max_runtime_minutes},
             "checks": [c.to_json() for c in self.checks],

@@ -1,7 +1,6 @@
 """What the CLI knows about runs, read from S3 only: the live state and the run records."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -56,6 +55,8 @@ class RunView:
         """With what the liveness rule says of the active run's machine."""
         self.machine, self.machine_note, self.lost = verdict.machine.value, verdict.why, verdict.stale
         self.waiting = verdict.waiting or self.waiting
+        if verdict.stale:  # what the run will be recorded with (`boot_failed`: the machine's own word)
+            self.reason, self.error = verdict.reason, self.error or verdict.error
         return self
 
 
@@ -172,6 +173,8 @@ def latest_run_id(target: Target) -> str | None:
 
 
 def history(target: Target, limit: int = 50) -> list[RunView]:
+    from concurrent.futures import ThreadPoolExecutor
+
     ids = run_ids(target)[-limit:]
     lease = target.state_store().read()
     with ThreadPoolExecutor(8) as pool:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from instance.protocol.ec2 import instances_by_tag, tags_of
 from instance.protocol.layout import DATASETS_PREFIX, PROJECT_TAG
-from instance.protocol.liveness import Verdict
+from instance.protocol.liveness import ALIVE_STATES, Verdict
 from instance.protocol.state import Lease
 from instance.protocol.timeutil import utcnow
 
@@ -36,6 +36,7 @@ class Finding:
     run_id: str | None = None
     key: str | None = None  # the object key, for multipart uploads
     reason: str | None = None  # a stale lock's run is recorded failed with this (liveness.py)
+    error: dict | None = None  # and this error, when its machine said what went wrong
 
     @property
     def billable(self) -> bool:
@@ -115,7 +116,7 @@ def decide(target: Target, seen: Scan) -> Report:
             report.findings.append(Finding(
                 "stale_lock", target.layout.state,
                 f"run {lease.run_id} ({lease.status.value}) last written {_ago(lease)} ago by S3's clock: "
-                f"{verdict.why}", lease.run_id, reason=verdict.reason))
+                f"{verdict.why}", lease.run_id, reason=verdict.reason, error=verdict.error))
         else:
             live_run = report.active_run = lease.run_id
             report.active = {"run_id": lease.run_id, "status": lease.status.value, **verdict.to_json()}
@@ -126,9 +127,17 @@ def decide(target: Target, seen: Scan) -> Report:
         run_id = tags_of(inst).get("RunId")
         if run_id:
             machines.add(run_id)
-        if run_id and run_id == live_run:
+        alive = inst["State"]["Name"] in ALIVE_STATES
+        if run_id and run_id == live_run and alive:
             continue
-        if now - inst["LaunchTime"] < launch_grace:
+        if run_id and run_id == live_run:
+            # A stopped machine of a run that goes on (or waits for its replacement): nobody starts
+            # it again and its volume bills, but the run is not over. Only the machine is a leftover.
+            report.findings.append(Finding("instance", inst["InstanceId"],
+                                           f"{inst['InstanceType']} {inst['State']['Name']}, a former machine of "
+                                           "the active run (its volume bills)"))
+            continue
+        if alive and now - inst["LaunchTime"] < launch_grace:  # a stopped machine is never starting
             report.starting.append(inst["InstanceId"])
             continue
         report.findings.append(Finding("instance", inst["InstanceId"],
@@ -188,7 +197,7 @@ def act(target: Target, executor, findings: list[Finding]) -> dict[str, str]:
         if f.kind in ("stale_lock", "group") or (f.kind == "instance" and f.run_id):
             if f.run_id not in ended:  # ends every machine of the run, by tag
                 ended.add(f.run_id)
-                left = force_end(target, executor, f.run_id, "failed", f.reason or "lost").stack_left
+                left = force_end(target, executor, f.run_id, "failed", f.reason or "lost", f.error).stack_left
                 if left:
                     not_fixed[f.run_id] = left
         if f.kind == "instance" and not f.run_id:

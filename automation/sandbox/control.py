@@ -16,16 +16,21 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from instance.protocol.aws import AwsTarget, client, is_not_found
 from instance.protocol.layout import KNOWN_ENVS, Layout, bucket_name
 from instance.protocol.processes import pid_alive
 
-from ..infra_record import InfraRecord
 from ..settings import home
-from ..stacks.policies import assume_role_policy, instance_policy, operator_policy
-from . import motoserver
-from .strictmoto import DEPLOYER, EC2_SERVICE, OPERATORS, Identity
+from .strictmoto import DEPLOYER, EC2_SERVICE, OPERATORS, SANDBOX_ACCOUNT, Identity
+
+if TYPE_CHECKING:
+    from ..infra_record import InfraRecord
+
+# Every --local command comes through here (`ensure_running`, `export_credentials`): the server's
+# start-up, its HTTP probe and the seeding (policies, infra record) are imported where they are used.
+MOTOSERVER = f"{__package__}.motoserver"
 
 REGION = "us-east-1"
 ZONES = ("us-east-1a", "us-east-1b")
@@ -72,20 +77,48 @@ def _record_path() -> Path:
 def _external() -> SandboxInfo | None:
     """CHRONOS_SANDBOX_URL adopts a moto server someone else runs (the tests' fixture)."""
     url = os.environ.get("CHRONOS_SANDBOX_URL")
-    return SandboxInfo(url.rstrip("/"), REGION, motoserver.SANDBOX_ACCOUNT, None) if url else None
+    return SandboxInfo(url.rstrip("/"), REGION, SANDBOX_ACCOUNT, None) if url else None
 
 
 def status() -> SandboxInfo | None:
+    """The sandbox, if it answers (asked over HTTP: for the sandbox's own commands)."""
+    from . import motoserver
+
     external = _external()
     if external:
         return external if motoserver.is_up(external.endpoint_url) else None
-    try:
-        info = SandboxInfo(**json.loads(_record_path().read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-    if pid_alive(info.pid) and motoserver.is_up(info.endpoint_url):
-        return info
+    found = _read_record()
+    if found and _server_alive(found[0]) and motoserver.is_up(found[0].endpoint_url):
+        return found[0]
     return None
+
+
+def _read_record() -> tuple[SandboxInfo, frozenset[str]] | None:
+    """The record `start` wrote: where the server is, and the envs seeded in it since it started."""
+    try:
+        doc = json.loads(_record_path().read_text())
+        return SandboxInfo(**{k: doc[k] for k in ("endpoint_url", "region", "account", "pid")}), \
+            frozenset(doc.get("seeded") or ())
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _write_record(info: SandboxInfo, seeded) -> None:
+    from instance.protocol.artifacts import write_json_atomic
+
+    write_json_atomic(_record_path(), {**asdict(info), "seeded": sorted(seeded)})
+
+
+def _server_alive(info: SandboxInfo) -> bool:
+    """The recorded server process still runs (and, where /proc tells, is still our moto server,
+    not another process that got its pid after a reboot)."""
+    if not pid_alive(info.pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{info.pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): the pid is all there is to go on
+    return MOTOSERVER.encode() in cmdline
 
 
 @contextlib.contextmanager
@@ -100,7 +133,10 @@ def _start_lock():
 
 
 def start(envs: tuple[str, ...] = KNOWN_ENVS) -> SandboxInfo:
-    """Start moto (unless running) and seed each env that is not seeded yet."""
+    """Start moto (unless running) and make sure each env is seeded: asked of the server (one
+    HEAD each), seeded when it is not, and recorded as seeded for `ensure_running`."""
+    from . import motoserver
+
     with _start_lock():
         info = status()
         if info is None:
@@ -108,17 +144,31 @@ def start(envs: tuple[str, ...] = KNOWN_ENVS) -> SandboxInfo:
                 raise RuntimeError(f"the sandbox at {os.environ['CHRONOS_SANDBOX_URL']} does not answer")
             port = motoserver.free_port()
             proc = motoserver.start(port, log_path=_dir() / "moto.log", detach=True)
-            info = SandboxInfo(f"http://127.0.0.1:{port}", REGION, motoserver.SANDBOX_ACCOUNT, proc.pid)
-            from instance.protocol.artifacts import write_json_atomic
-
-            write_json_atomic(_record_path(), asdict(info))
+            info = SandboxInfo(f"http://127.0.0.1:{port}", REGION, SANDBOX_ACCOUNT, proc.pid)
+            _write_record(info, ())
         for env in envs:
             if not _seeded(info, env):
                 seed(info, env)
+        if not _external():
+            found = _read_record()
+            _write_record(info, (found[1] if found else frozenset()) | set(envs))
         return info
 
 
 def ensure_running(env: str) -> SandboxInfo:
+    """The sandbox for a --local command, started and seeded if need be. Every --local command
+    asks, so the answer is a local fact: the record says the server was started and `env` seeded
+    in it, and its process still runs; no request. (A server gone since is seen here; one that
+    hangs is seen by the command's first call, whose error says to start the sandbox.) Commands
+    that build on the seeding (launch) call `start`, which asks the server itself.
+
+    A sandbox someone else runs (CHRONOS_SANDBOX_URL: the tests' fixture, reset between tests)
+    has no record here: it is asked each time whether it answers and is seeded."""
+    if not _external():
+        found = _read_record()
+        if found and env in found[1] and _server_alive(found[0]):
+            return found[0]
+        return start((env,))
     info = status()
     if info is not None and _seeded(info, env):
         return info
@@ -167,6 +217,9 @@ def instance_role_name(env: str) -> str:
 def seed(info: SandboxInfo, env: str) -> InfraRecord:
     """Create, as the deployer, what `pulumi up` would have made for `env`, with the policies
     the persistent stack deploys. Idempotent."""
+    from ..infra_record import InfraRecord
+    from ..stacks.policies import instance_policy, operator_policy
+
     target = info.target(DEPLOYER)
     s3, ec2, ssm = (client(s, target) for s in ("s3", "ec2", "ssm"))
     bucket = info.bucket(env)
@@ -204,6 +257,8 @@ def sandbox_ami(ec2) -> str:
 
 
 def put_instance_role(target: AwsTarget, env: str, policy: dict) -> tuple[str, str]:
+    from ..stacks.policies import assume_role_policy
+
     iam = client("iam", target)
     name = instance_role_name(env)
     try:
@@ -221,7 +276,7 @@ def put_operator_policy(target: AwsTarget, env: str, policy: dict) -> str:
     """The env's operator user holds exactly the operator policy, as docs/deploy.md asks of a person."""
     iam = client("iam", target)
     name = f"chronos-training-{env}-operator"
-    arn = f"arn:aws:iam::{motoserver.SANDBOX_ACCOUNT}:policy/{name}"
+    arn = f"arn:aws:iam::{SANDBOX_ACCOUNT}:policy/{name}"
     try:
         iam.create_policy(PolicyName=name, PolicyDocument=json.dumps(policy))
     except iam.exceptions.EntityAlreadyExistsException:

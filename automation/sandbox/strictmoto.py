@@ -21,7 +21,10 @@ it set, it checks signatures and evaluates IAM policies for IAM users and assume
   caller allowed s3:ListBucket on the bucket, else 403 AccessDenied (S3 API reference, GetObject
   and HeadObject, "Permissions"). Such a request carries no `s3:prefix`, so the sandbox counts
   only a ListBucket grant that needs no condition (`may_list_bucket`): the worse of the two
-  readings public reports give for a prefix-limited grant.
+  readings public reports give for a prefix-limited grant;
+- it detaches an instance that is not in the group by decrementing the desired capacity anyway
+  (to -1 after a machine already left), and fails with a 500 for a group it lacks; Auto Scaling
+  answers ValidationError to both (`refuse_foreign_detach`).
 
 The fixed identities below exist from the server's start and again after every reset. Their
 keys are not secrets: they open a loopback sandbox and nothing else.
@@ -78,10 +81,12 @@ _EC2_SERVICE_POLICY = {
         {"Effect": "Allow", "Action": ["iam:GetInstanceProfile"],
          "Resource": [f"arn:aws:iam::{SANDBOX_ACCOUNT}:instance-profile/*"]},
         # Auto Scaling, as the service (its service-linked role on AWS): replaces and ends the
-        # machines of a group (--local's group player, automation/executors/localgroup.py).
+        # machines of a group (--local's group player, automation/executors/localgroup.py); and
+        # EC2 itself, which stops a machine whose OS powers off (automation/sandbox/poweroff.py).
         {"Effect": "Allow", "Action": ["autoscaling:DescribeAutoScalingGroups",
                                        "autoscaling:TerminateInstanceInAutoScalingGroup",
-                                       "ec2:TerminateInstances", "ec2:DescribeInstances"], "Resource": "*"},
+                                       "ec2:TerminateInstances", "ec2:StopInstances", "ec2:DescribeInstances"],
+         "Resource": "*"},
     ],
 }
 
@@ -279,6 +284,7 @@ def install() -> None:
     _answer_missing_keys_as_s3()
     _answer_ebs_default_kms_key()
     grouplaunches.install()
+    refuse_foreign_detach()
 
     original_reset = type(moto_api_backend).reset
 
@@ -361,6 +367,27 @@ def _answer_ebs_default_kms_key() -> None:
         return ActionResult({"KmsKeyId": self.ec2_backend.default_kms_key_id or "alias/aws/ebs"})
 
     EC2Response.get_ebs_default_kms_key_id = get_ebs_default_kms_key_id
+
+
+def refuse_foreign_detach() -> None:
+    """DetachInstances as Auto Scaling answers it: ValidationError for a group it does not have
+    or an instance that is not in the group, and nothing changed."""
+    from moto.autoscaling.exceptions import ValidationError
+    from moto.autoscaling.models import AutoScalingBackend
+
+    original_detach = AutoScalingBackend.detach_instances
+
+    def detach_instances(self, group_name: str, instance_ids: list[str], should_decrement: bool):
+        group = self.autoscaling_groups.get(group_name)
+        if group is None:
+            raise ValidationError(f"AutoScalingGroup name not found - AutoScalingGroup '{group_name}' not found")
+        members = {state.instance.id for state in group.instance_states}
+        for instance_id in instance_ids:
+            if instance_id not in members:
+                raise ValidationError(f"The instance {instance_id} is not part of Auto Scaling group {group_name}.")
+        return original_detach(self, group_name, instance_ids, should_decrement)
+
+    AutoScalingBackend.detach_instances = detach_instances
 
 
 def create_identities() -> None:

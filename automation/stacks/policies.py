@@ -9,8 +9,9 @@ from instance.protocol.layout import DATASETS_PREFIX, PYTHON_ENV_PREFIX, PROJECT
 # The instance may terminate only the instance it runs on. `${ec2:InstanceID}` resolves to the
 # instance whose role credentials sign the request, so both the target (Resource) and the
 # request's origin (ec2:SourceInstanceARN) must be that instance; credentials copied elsewhere
-# terminate nothing. The OS-level fallback (`shutdown -h now` with instance-initiated shutdown =
-# terminate) needs no permission at all, so a refused call here still ends the machine.
+# terminate nothing. Every end path calls it first (after leaving the group); the OS power-off
+# comes last and may only stop a group's machine (Auto Scaling may ignore the template's
+# shutdown behaviour), which its group then replaces: docs/reliability.md.
 SELF_INSTANCE_ARN = "arn:aws:ec2:*:*:instance/${ec2:InstanceID}"
 
 

@@ -72,9 +72,10 @@ class RunMachines(pulumi.ComponentResource):
             iam_instance_profile={"name": cfg.instance_profile},
             vpc_security_group_ids=[cfg.security_group_id],
             user_data=base64.b64encode(cfg.user_data.encode()).decode(),
-            # The bootstrap's dead-man switch and the agent's cleanup end the run with an OS
-            # shutdown; "terminate" makes that shutdown stop the billing instead of parking the
-            # instance (and its volume) in "stopped".
+            # Every end path terminates the machine through EC2 first; an OS power-off is the
+            # last resort, and "terminate" makes it end the billing where EC2 honours it (older
+            # Auto Scaling guides say a group ignores it: the machine would be stopped and
+            # replaced, which the sandbox plays).
             instance_initiated_shutdown_behavior="terminate",
             metadata_options={"http_tokens": "required", "http_endpoint": "enabled", "http_put_response_hop_limit": 1},
             block_device_mappings=[{

@@ -40,7 +40,7 @@ from typing import Any, Callable
 from ..protocol.aws import AwsTarget, client
 from ..protocol.layout import check_env, check_run_id
 from ..protocol.attempts import (END, NOT_HOLDER, RESUME, TOO_MANY_INTERRUPTIONS, MAX_RUNTIME_EXCEEDED, Boot,
-                                 deadline, decide_boot, interruption_entry, machine_entry)
+                                 deadline, decide_boot, interruption_entry, machine_entry, with_lost_machine)
 from ..protocol.group import leave_group
 from ..protocol.pricing import quoted
 from ..protocol.record import RunRecord
@@ -80,7 +80,7 @@ def soft_deadline(started_at: str | None, max_runtime_minutes: int, clock: Calla
                   shutdown_at: float | None = None, run_left_s: float | None = None) -> float:
     """The deadline on `clock`. With `shutdown_at` (the dead-man switch, in epoch seconds read
     from this machine's clock when it was set), one clock decides: the agent stops a margin
-    before the machine powers off. Without it, counted from the lock's creation (before the
+    before the machine is ended. Without it, counted from the lock's creation (before the
     machine even booted), so it still falls before a switch set at boot."""
     override = os.environ.get("CHRONOS_DEADLINE_SECONDS")
     if override:
@@ -163,7 +163,7 @@ class Agent:
             Phase(Status.INITIALIZATION, lambda: ph.initialization(ctx, ph.InitInput())),
             Phase(Status.DATA_SYNC, lambda: ph.data_sync(ctx, ph.DataSyncInput(
                 ctx.config.dataset, ctx.data_dir, ctx.config.training.prediction_length, ctx.config.training.context_length,
-                ctx.config.evaluation.windows))),
+                ctx.config.evaluation.windows, ctx.config.columns.names()))),
             Phase(Status.TRAINING, lambda: ph.training(ctx, ph.TrainingInput(ctx.config, state["data_sync"].files, ctx.train_dir))),
             Phase(Status.RESULTS_SYNC, lambda: ph.results_sync(ctx, ph.ResultsInput(
                 state["training"].model_dir, state["training"], state["data_sync"], ctx.config))),
@@ -354,6 +354,7 @@ def begin(agent: Agent, boot: Boot, now) -> int | None:
                                             {k: earlier.get(k) for k in ("host", "phases", "training")}])
 
     def enter(state: dict) -> dict:
+        state = with_lost_machine(state, ctx.instance_id, now) if boot.action == RESUME else state
         return {**state, "attempt": boot.attempt, "instance_id": ctx.instance_id, "awaiting_machine": False,
                 "machines": [*(state.get("machines") or []), machine]}
 
@@ -363,7 +364,7 @@ def begin(agent: Agent, boot: Boot, now) -> int | None:
         return None
     except Fenced as exc:
         log.error("fenced: %s", exc)
-        return EXIT_NOT_HOLDER
+        return agent._fenced_exit()  # writes nothing; ends this machine through EC2
     ctx.record.update(attempt=boot.attempt, interruptions=holder.lease.state.get("interruptions") or [])
     if boot.last_machine and ctx.in_group:
         # The last machine the run may have: out of the group now, so that nothing replaces it,
@@ -392,8 +393,31 @@ _END_MESSAGES = {
 }
 
 
+# What the agent needs before it can count itself as an attempt and report anything. A machine
+# whose environment lacks one cannot start its agent: the bootstrap checks first and ends the
+# run as boot_failed. The model stack (torch, chronos, ...) is imported inside the phases, where
+# a missing piece fails the run with its error, recorded and cleaned up like any other.
+START_MODULES = ("boto3", "botocore", "pydantic", "yaml")
+
+
+class CheckEnvironment(argparse.Action):
+    """`--check-environment`: import what the agent needs to start, then exit 0 (a traceback and
+    exit 1 name what is missing)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import importlib
+
+        for name in START_MODULES:
+            importlib.import_module(name)
+        from . import phases  # noqa: F401 - the agent's own modules import too
+        from ..protocol import runconfig  # noqa: F401
+        parser.exit(0)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m instance.agent", description="Run one chronos-train run on this machine.")
+    p.add_argument("--check-environment", action=CheckEnvironment, nargs=0,
+                   help="import what the agent needs to start and exit (0: it can start)")
     p.add_argument("--env", required=True)
     p.add_argument("--bucket", required=True)
     p.add_argument("--run-id", required=True)
@@ -403,7 +427,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--local", action="store_true", help="run against a sandbox on this machine: no IMDS, no OS shutdown")
     p.add_argument("--work-dir", type=Path)
     p.add_argument("--shutdown-at", type=float,
-                   help="when the dead-man switch powers the machine off (epoch seconds, this machine's clock)")
+                   help="when the dead-man switch ends the machine (epoch seconds, this machine's clock)")
     p.add_argument("--expect-gpu", choices=("auto", "yes", "no"), default="auto",
                    help="end the run as gpu_unavailable unless a working GPU is found (auto: on EC2)")
     return p.parse_args(argv)
@@ -458,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
             # No run for this machine: a group that would replace it must want nothing more.
             result, detail = leave_group(client("autoscaling", target), args.run_id, instance_id)
             log.info("group: %s (%s)", result, detail)
+        if instance_id:
+            # Through EC2, never by powering off: a group's machine that powers itself off may
+            # only stop, and go on billing its volume (docs/reliability.md).
+            result, detail = terminate_instance(client("ec2", target), instance_id)
+            log.info("instance %s: %s (%s)", instance_id, result, detail)
         return EXIT_NOT_HOLDER
     state = lease.state
     instance_id = instance_id or state.get("instance_id")

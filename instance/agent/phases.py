@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model.dataset import DataValidationError, expand_dataset_path, validate_parquet_paths
+from ..model.dataset import DataValidationError, expand_dataset_path, validate_dataset
 from ..model.datasync import sync_prefix
 from ..protocol.datasets import fingerprint, local_fingerprint
+from ..protocol.columns import ColumnNames, ColumnRoles
 from ..protocol.runconfig import ConfigError, check_runtime_support, parse_config
 from ..protocol.timeutil import iso
 from .context import AgentContext, CheckpointUploader, download_prefix, latest_checkpoint
@@ -84,6 +85,7 @@ class DataSyncInput:
     prediction_length: int
     context_length: int
     windows: int = 1  # backtest windows held out at the end of every series
+    columns: ColumnNames = ColumnNames()  # the run config's column roles
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class DataSyncOutput:
     bytes_downloaded: int
     total_bytes: int
     file_list: list[str] = field(default_factory=list)  # each file, relative to the dataset's prefix
+    columns: ColumnRoles | None = None  # every column's role and kind, as the validator found them
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -136,13 +139,15 @@ def data_sync(ctx: AgentContext, inp: DataSyncInput) -> DataSyncOutput:
         if report.dataset.others:
             log.info("not part of it (other datasets in folders below): %s", ", ".join(report.dataset.others[:10]))
     ctx.holder.check()
-    problems = validate_parquet_paths(files, inp.context_length, inp.prediction_length, inp.windows)
-    if problems:
-        for p in problems:
+    checked = validate_dataset(files, inp.context_length, inp.prediction_length, inp.windows, inp.columns)
+    if checked.problems:
+        for p in checked.problems:
             log.error("data problem: %s", p)
-        raise DataValidationError(f"the dataset {source} cannot be trained on", problems)
-    out = DataSyncOutput(files, source, fp, downloaded, skipped, got, total, names)
-    ctx.record.update(data={"uri": source, "fingerprint": fp, "files": len(files), "bytes": total})
+        raise DataValidationError(f"the dataset {source} cannot be trained on", checked.problems)
+    out = DataSyncOutput(files, source, fp, downloaded, skipped, got, total, names, checked.roles)
+    log.info("columns: %s", checked.roles.sentence())
+    ctx.record.update(data={"uri": source, "fingerprint": fp, "files": len(files), "bytes": total,
+                            "columns": checked.roles.to_json()})
     return out
 
 
@@ -177,7 +182,7 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
     cfg = inp.config
     settings = TrainingSettings.from_config(cfg)
     world = cfg.instance.gpu_count
-    backtest, inputs = training_data(inp.files, settings.prediction_length, settings.eval_windows)
+    backtest, inputs = training_data(inp.files, settings.prediction_length, settings.eval_windows, cfg.columns.names())
     log.info("training on %d series, %d of %d rows (the last %d points of each held out: %d backtest windows)",
              len(backtest.items), len(backtest.frame) - len(backtest.items) * backtest.held_out, len(backtest.frame),
              backtest.held_out, backtest.windows)
@@ -254,7 +259,7 @@ def _train_on_ranks(ctx: AgentContext, base, inp: TrainingInput, settings, world
         files=[str(f) for f in inp.files], settings=asdict(settings), base_dir=str(ctx.base_model_dir),
         output_dir=str(inp.output_dir), staging_dir=str(ctx.staging_dir), agent_pid=os.getpid(),
         world_size=world, fault_ranks=ctx.hooks.failing_ranks(world),
-        resume_from=str(resume_from) if resume_from else None,
+        resume_from=str(resume_from) if resume_from else None, columns=inp.config.columns.names().to_json(),
     )
     try:
         return train_on_ranks(job, ctx.ranks_dir, stop_reason=lambda: stop_reason(ctx.holder),
@@ -331,6 +336,8 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
         "finetune_mode": cfg.model.finetune_mode,
         "config": cfg.model_dump(mode="json"),
         "data_fingerprint": inp.data.fingerprint,
+        # What a forecast's input is checked against (protocol/columns.py reads it back).
+        "columns": inp.data.columns.to_json() if inp.data.columns else None,
         "dataset": {"uri": inp.data.source_uri, "files": len(inp.data.files), "bytes": inp.data.total_bytes,
                     "file_list": inp.data.file_list},
         "metrics": inp.training.metrics,

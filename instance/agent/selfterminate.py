@@ -1,5 +1,6 @@
-"""How the machine ends itself: the EC2 API (its role may terminate only itself) and, when that
-fails, an OS shutdown, which instance-initiated shutdown = terminate turns into a termination.
+"""How the machine ends itself: the EC2 API (its role may terminate only itself) and, only when
+that fails, an OS shutdown, the last resort: a group's machine that powers off may be stopped
+rather than terminated, whatever its launch template says (docs/reliability.md).
 Also the instance metadata (IMDSv2) the agent needs on EC2: its instance id and spot notices."""
 from __future__ import annotations
 

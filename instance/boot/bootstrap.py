@@ -9,6 +9,7 @@ import re
 import shlex
 from importlib import resources
 
+from ..protocol.group import group_name
 from ..protocol.layout import check_env, check_run_id
 
 # User data is limited to 16 KB; the script is far smaller, this keeps it so.
@@ -40,6 +41,7 @@ def render_bootstrap(*, env: str, bucket: str, run_id: str, region: str, max_run
         "ENV": shlex.quote(env),
         "BUCKET": shlex.quote(bucket),
         "RUN_ID": shlex.quote(run_id),
+        "GROUP": shlex.quote(group_name(run_id)),
         "REGION": shlex.quote(region),
         "MAX_RUNTIME_MINUTES": str(max_runtime_minutes),
         "UV_VERSION": UV_VERSION,

@@ -1,4 +1,4 @@
-# The agent's Python environment, sourced by bootstrap.sh from the run bundle (it brings s3,
+# The agent's Python environment, sourced by bootstrap.sh from the run bundle (it brings aws_cli,
 # uv_bin, BUCKET, ROOT and PYTHON_BUILD). One tarball in S3 holds a standalone CPython and the
 # venv built on it from instance/requirements.txt; it unpacks to the same path on every machine,
 # so the venv's links to its interpreter hold. A miss builds both with uv (over HTTPS: uv's own
@@ -20,7 +20,7 @@ restore_environment() {  # $1 env dir, $2 key; fails when the cache has no such 
   rm -rf "$dir.partial" && mkdir -p "$dir.partial" || return 1
   # Streamed from S3 into tar: the download and the unpack overlap, and the tarball never
   # touches the disk (on a gp3 root volume, disk throughput is what bounds a restore).
-  if ! s3 s3 cp --only-show-errors "s3://$BUCKET/$key" - | tar -I "$(gzip_program)" -xf - -C "$dir.partial"; then
+  if ! aws_cli s3 cp --only-show-errors "s3://$BUCKET/$key" - | tar -I "$(gzip_program)" -xf - -C "$dir.partial"; then
     rm -rf "$dir.partial"
     return 1
   fi
@@ -41,7 +41,7 @@ build_environment() {  # $1 env dir: $1/python (standalone CPython) and $1/venv
 
 save_environment() {  # $1 env dir, $2 key; a refusal is logged, never fatal
   local dir=$1 key=$2 tarball="$1.upload.tar.gz" started=$SECONDS
-  if tar -I "$(gzip_program)" -cf "$tarball" -C "$dir" . && s3 s3 cp --only-show-errors "$tarball" "s3://$BUCKET/$key"; then
+  if tar -I "$(gzip_program)" -cf "$tarball" -C "$dir" . && aws_cli s3 cp --only-show-errors "$tarball" "s3://$BUCKET/$key"; then
     echo "bootstrap: saved the environment as s3://$BUCKET/$key ($(du -m "$tarball" | cut -f1) MB, $((SECONDS - started)) s)"
   else
     echo "bootstrap: could not save the environment to s3://$BUCKET/$key; the next run builds it again"

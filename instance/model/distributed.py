@@ -68,6 +68,7 @@ class RankJob:
     report_every: float = 15.0
     fault_ranks: list[int] = field(default_factory=list)
     resume_from: str | None = None  # a full checkpoint every rank goes on from (its own RNG state in it)
+    columns: dict[str, Any] | None = None  # the run config's column roles (protocol.columns.ColumnNames)
 
     @property
     def training(self) -> TrainingSettings:
@@ -285,7 +286,10 @@ def run_rank(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingOutc
     settings = job.training
     on, backend = rank_device(info)
     ranks = ProcessGroupRanks(info, backend)
-    _, inputs = training_data([Path(f) for f in job.files], settings.prediction_length, settings.eval_windows)
+    from ..protocol.columns import ColumnNames
+
+    columns = ColumnNames.from_json(job.columns) if job.columns else None
+    _, inputs = training_data([Path(f) for f in job.files], settings.prediction_length, settings.eval_windows, columns)
     base = load_base(job.base_dir, context_length=settings.context_length, seed=settings.seed, on=on)
     log.info("rank %d of %d on %s (%s), %d series per step of %d", info.rank, info.world_size, on, backend,
              settings.batch_size // info.world_size, settings.batch_size)

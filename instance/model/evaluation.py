@@ -8,11 +8,19 @@ Each window is scored for the fine-tuned model, the base model zero-shot (when i
 model) and a seasonal-naive baseline, so a fine-tune that did not help is visible at a glance. A
 model's overall score is the mean of its window scores.
 
+Covariates (covariates.py): in each window a model gets the history of every column and, of the
+window itself, the actual values of the known covariates and nothing else. With covariates, the
+fine-tuned model (and the base model zero-shot) is scored a second time on the target(s) alone
+(`finetuned_no_covariates`, `zero_shot_no_covariates`): what the covariates bring. Several
+targets (forecast jointly) are scored each on its own (`per_target`); a model's score in a window
+is the mean over its targets.
+
 What a run keeps (`Evaluation.write`, uploaded under `{env}/{run_id}/evaluation/`):
     summary.json           overall and per-window scores, and how they were computed
     forecasts.parquet      item_id, window, model, timestamp, target, one column per quantile
     series_scores.parquet  item_id, window, model, wql, mase
     history.parquet        item_id, timestamp, target: the end of each series whose forecasts are kept
+(whatever the data's own column names; with several targets each file has a `target_name` too).
 (and loss_history.parquet, which the agent writes: see instance/agent/evaluation_files.py).
 """
 from __future__ import annotations
@@ -23,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..protocol.columns import ColumnNames, ColumnRoles
 from .dataset import ID, TARGET, TIME
 
 log = logging.getLogger(__name__)
@@ -31,6 +40,9 @@ QUANTILE_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 QUANTILE_COLUMNS = [str(q) for q in QUANTILE_LEVELS]
 MEDIAN = QUANTILE_LEVELS.index(0.5)
 MODELS = ("finetuned", "zero_shot", "seasonal_naive")
+# With covariates, the same models given the target(s) alone.
+WITHOUT_COVARIATES = {"finetuned": "finetuned_no_covariates", "zero_shot": "zero_shot_no_covariates"}
+TARGET_NAME = "target_name"  # the column that says which target a row is of, when there are several
 # Seasonal period by pandas frequency prefix (as in GluonTS/AutoGluon's defaults).
 SEASONALITY = {"s": 60, "min": 60, "t": 60, "h": 24, "d": 7, "b": 5, "w": 52, "m": 12, "ms": 12, "me": 12, "q": 4, "qs": 4, "qe": 4, "y": 1, "a": 1, "ys": 1, "ye": 1}
 # Scoring a huge dataset would dominate a short run: a random sample of series (seed 0) is scored.
@@ -41,12 +53,12 @@ SAMPLE_SEED = 0
 FILES = ("summary.json", "forecasts.parquet", "series_scores.parquet", "history.parquet")
 
 
-def infer_frequency(df) -> str | None:
+def infer_frequency(df, id_col: str = ID, time_col: str = TIME) -> str | None:
     import warnings
 
     import pandas as pd
 
-    for _, ts in df.groupby(ID, sort=True)[TIME]:
+    for _, ts in df.groupby(id_col, sort=True)[time_col]:
         if len(ts) >= 3:
             try:
                 with warnings.catch_warnings():
@@ -71,19 +83,21 @@ def seasonality_of(freq: str | None) -> int:
 class Window:
     index: int  # 0 = the oldest
     items: list[str]
-    context: Any  # frame: every series up to this window
-    actuals: Any  # ndarray (series, prediction_length)
+    context: Any  # frame: every series up to this window, every column
+    future: Any  # frame: the window's rows, every column (forecast_inputs passes on the known covariates alone)
+    actuals: Any  # ndarray (series, targets, prediction_length)
     timestamps: Any  # ndarray (series, prediction_length) of datetime64
 
 
 @dataclass
 class Backtest:
-    frame: Any  # every series, sorted by (item_id, timestamp), with its position from the end
+    frame: Any  # every series, sorted by (id, timestamp), with its position from the end
     prediction_length: int
     windows: int
     items: list[str]
     frequency: str | None
     seasonality: int
+    roles: ColumnRoles
 
     @property
     def held_out(self) -> int:
@@ -103,63 +117,76 @@ class Backtest:
         h = self.prediction_length
         start = (self.windows - k) * h  # first point of window k, counted from the end
         context = self._rows(start).drop(columns="_from_end").reset_index(drop=True)
-        target = self._rows(start - h, start)
-        n = len(self.items)
-        return Window(
-            index=k, items=self.items, context=context,
-            actuals=target[TARGET].to_numpy(dtype="float64").reshape(n, h),
-            timestamps=target[TIME].to_numpy().reshape(n, h),
-        )
+        future = self._rows(start - h, start).drop(columns="_from_end").reset_index(drop=True)
+        n, targets = len(self.items), self.roles.targets
+        actuals = future[targets].to_numpy(dtype="float64").reshape(n, h, len(targets)).transpose(0, 2, 1)
+        return Window(index=k, items=self.items, context=context, future=future, actuals=actuals,
+                      timestamps=future[self.roles.timestamp].to_numpy().reshape(n, h))
 
     def restrict(self, items: list[str]) -> "Backtest":
         if len(items) == len(self.items):
             return self
-        frame = self.frame[self.frame[ID].isin(set(items)).to_numpy()].reset_index(drop=True)
-        return Backtest(frame, self.prediction_length, self.windows, list(items), self.frequency, self.seasonality)
+        frame = self.frame[self.frame[self.roles.id].isin(set(items)).to_numpy()].reset_index(drop=True)
+        return Backtest(frame, self.prediction_length, self.windows, list(items), self.frequency, self.seasonality,
+                        self.roles)
 
     def tail(self, items: list[str], points: int):
-        """The last `points` of each named series (history and every window), for the report."""
-        rows = self.restrict(items)._rows(0, points)
-        return rows[[ID, TIME, TARGET]].reset_index(drop=True)
+        """The last `points` of each named series (history and every window), for the report:
+        item_id, timestamp, target (and target_name, with several targets)."""
+        import pandas as pd
+
+        rows = self.restrict(items)._rows(0, points).reset_index(drop=True)
+        r = self.roles
+
+        def of(target: str):  # the evaluation files' names, whatever the data's
+            return rows[[r.id, r.timestamp, target]].set_axis([ID, TIME, TARGET], axis=1)
+
+        if len(r.targets) == 1:
+            return of(r.targets[0])
+        return pd.concat([of(name).assign(**{TARGET_NAME: name}) for name in r.targets], ignore_index=True)
 
 
-def backtest_split(data, prediction_length: int, windows: int = 1) -> Backtest:
-    """`data` (an Arrow table or a pandas frame) sorted by (item_id, timestamp), as
-    dataset.load_long_table returns it. Each row's place from its series' end comes from the runs
-    of equal ids (no group-by over 10 M rows), and an Arrow table becomes pandas once."""
+def backtest_split(data, prediction_length: int, windows: int = 1, roles: ColumnRoles | None = None) -> Backtest:
+    """`data` (an Arrow table or a pandas frame) sorted by (id, timestamp), as
+    dataset.load_long_table returns it; `roles`: its columns' (by default: item_id, timestamp,
+    target, every other column a past-only covariate). Each row's place from its series' end
+    comes from the runs of equal ids (no group-by over 10 M rows), and an Arrow table becomes
+    pandas once."""
     import numpy as np
     import pyarrow as pa
 
+    from .covariates import roles_of_frame
+
+    roles = roles or roles_of_frame(data)
     frame = data.to_pandas() if isinstance(data, pa.Table) else data.copy()
-    ids = frame[ID].to_numpy()
+    ids = frame[roles.id].to_numpy()
     n = len(ids)
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if n else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], n]
     frame["_from_end"] = np.repeat(ends, ends - starts) - np.arange(n) - 1
     items = ids[starts].tolist()
-    freq = infer_frequency(frame)
-    return Backtest(frame, prediction_length, windows, items, freq, seasonality_of(freq))
+    freq = infer_frequency(frame, roles.id, roles.timestamp)
+    return Backtest(frame, prediction_length, windows, items, freq, seasonality_of(freq), roles)
 
 
-def training_data(files, prediction_length: int, windows: int = 1):
-    """(backtest, Chronos inputs of what training may see): what training and scoring start from."""
+def training_data(files, prediction_length: int, windows: int = 1, columns: ColumnNames | None = None):
+    """(backtest, Chronos inputs of what training may see): what training and scoring start from.
+    `columns`: the run config's roles (by default the long format's names, every other column a
+    past-only covariate), resolved against the data's own types as the validator does."""
+    from .covariates import DEFAULT_COLUMNS, roles_of_frame, training_inputs
     from .dataset import load_long_table
 
-    backtest = backtest_split(load_long_table(files), prediction_length, windows)
-    return backtest, to_chronos_inputs(backtest.train(), prediction_length)
+    columns = columns or DEFAULT_COLUMNS
+    table = load_long_table(files, columns)
+    backtest = backtest_split(table, prediction_length, windows, roles_of_frame(table, columns))
+    return backtest, training_inputs(backtest.train(), backtest.roles, prediction_length)
 
 
-def to_chronos_inputs(context_df, prediction_length: int):
-    """Long frame → Chronos prepared inputs; extra numeric columns become past covariates.
+def to_chronos_inputs(context_df, prediction_length: int, roles: ColumnRoles | None = None):
+    """A long frame (grouped by series, in time order) → Chronos's fit inputs (covariates.py)."""
+    from .covariates import roles_of_frame, training_inputs
 
-    The frame comes from backtest_split: grouped by item and in time order (load_long_table sorts
-    it), and checked by the validator. So Chronos's own validation, which re-sorts a copy of the
-    whole frame (seconds and a frame's worth of memory on 10 M rows), is skipped.
-    """
-    from chronos.chronos2.preprocess import from_data_frame
-
-    return from_data_frame(context_df, target_columns=[TARGET], prediction_length=prediction_length,
-                           validate_inputs=False)
+    return training_inputs(context_df, roles or roles_of_frame(context_df), prediction_length)
 
 
 def sample_items(items: list[str], n: int, seed: int = SAMPLE_SEED) -> list[str]:
@@ -243,32 +270,36 @@ def seasonal_naive(insample: list, prediction_length: int, season: int):
     return out
 
 
-def _insample(context) -> list:
-    return [g.to_numpy(dtype="float64") for _, g in context.groupby(ID, sort=False)[TARGET]]
+def _insample(context, roles: ColumnRoles) -> list[list]:
+    """Per target, each series' history as a float array."""
+    return [[g.to_numpy(dtype="float64") for _, g in context.groupby(roles.id, sort=False)[target]]
+            for target in roles.targets]
 
 
 # -- forecasting -----------------------------------------------------------------------------------
-def forecast_pipeline(pipeline, context, prediction_length: int, batch_size: int, context_length: int | None = None):
-    """(series, horizon, levels) quantile forecasts of a Chronos-2 pipeline."""
+def forecast_pipeline(pipeline, inputs, prediction_length: int, batch_size: int, context_length: int | None = None):
+    """(series, targets, horizon, levels) quantile forecasts of a Chronos-2 pipeline from its
+    prepared inputs (covariates.forecast_inputs)."""
     import numpy as np
     import torch
 
     quantiles, _ = pipeline.predict_quantiles(
-        to_chronos_inputs(context, prediction_length),
+        inputs,
         prediction_length=prediction_length,
         quantile_levels=QUANTILE_LEVELS,
         batch_size=batch_size,
         context_length=context_length,
     )
-    q = torch.stack([x[0] for x in quantiles]).float().cpu().numpy()
+    q = torch.stack(quantiles).float().cpu().numpy()
     # Quantile heads are trained independently and may cross; a forecast's levels are kept in order.
     return np.sort(np.asarray(q, dtype="float64"), axis=-1)
 
 
-def forecast_seasonal_naive(context, prediction_length: int, season: int):
+def forecast_seasonal_naive(insample: list[list], prediction_length: int, season: int):
+    """(series, targets, horizon, levels): the last season repeated, the same at every level."""
     import numpy as np
 
-    point = seasonal_naive(_insample(context), prediction_length, season)
+    point = np.stack([seasonal_naive(per_series, prediction_length, season) for per_series in insample], axis=1)
     return np.repeat(point[..., None], len(QUANTILE_LEVELS), axis=-1)
 
 
@@ -308,45 +339,65 @@ def evaluate(finetuned, base, backtest: Backtest, batch_size: int, context_lengt
     import numpy as np
     import pandas as pd
 
+    from .covariates import forecast_inputs
+
     started = time.monotonic()
     h = backtest.prediction_length
+    roles = backtest.roles
+    targets = roles.targets
+    several = len(targets) > 1
     scored = backtest.restrict(sample_items(backtest.items, MAX_EVAL_SERIES))
     kept = set(sample_items(scored.items, MAX_FORECAST_SERIES))
     keep_rows = np.array([item in kept for item in scored.items])
-    pipelines = {"finetuned": finetuned, "zero_shot": base}
-    per_window: dict[str, list[dict]] = {m: [] for m in MODELS if m != "zero_shot" or base is not None}
+    given = {"all": roles, "alone": roles.target_only()}  # the columns a model is given
+    # (model, pipeline, which columns it is given); the seasonal-naive baseline last.
+    runs: list[tuple[str, Any, str]] = [("finetuned", finetuned, "all")]
+    if base is not None:
+        runs.append(("zero_shot", base, "all"))
+    if roles.covariates:
+        runs += [(WITHOUT_COVARIATES[m], p, "alone") for m, p, _ in list(runs)]
+    runs.append(("seasonal_naive", None, ""))
+    per_window: dict[str, list[dict]] = {m: [] for m, _, _ in runs}
+    by_target: dict[str, dict[str, list[dict]]] = {t: {m: [] for m, _, _ in runs} for t in targets}
     forecast_frames, score_frames, bounds = [], [], []
     for k in range(backtest.windows):
         window = scored.window(k)
-        insample = _insample(window.context)
+        insample = _insample(window.context, roles)
         bounds.append({"window": k, "first": str(window.timestamps[:, 0].min()), "last": str(window.timestamps[:, -1].max())})
-        for model in per_window:
-            if model == "seasonal_naive":
-                q = forecast_seasonal_naive(window.context, h, scored.seasonality)
+        inputs: dict[str, list] = {}  # built once per window for each set of columns, shared by the pipelines
+        for model, pipeline, columns in runs:
+            if pipeline is None:
+                q = forecast_seasonal_naive(insample, h, scored.seasonality)
             else:
-                q = forecast_pipeline(pipelines[model], window.context, h, batch_size, context_length)
-            point = q[..., MEDIAN]
-            series_mase = mase_by_series(window.actuals, point, insample, scored.seasonality)
-            per_window[model].append({
-                "window": k,
-                "wql": wql(window.actuals, q),
-                "mase": float(np.nanmean(series_mase)) if np.isfinite(series_mase).any() else None,
-            })
-            score_frames.append(pd.DataFrame({
-                ID: window.items, "window": k, "model": model,
-                "wql": wql_by_series(window.actuals, q), "mase": series_mase,
-            }))
-            n = int(keep_rows.sum())
-            forecast_frames.append(pd.DataFrame({
-                ID: np.repeat(np.asarray(window.items, dtype=object)[keep_rows], h),
-                "window": k, "model": model,
-                TIME: window.timestamps[keep_rows].reshape(-1),
-                TARGET: window.actuals[keep_rows].reshape(-1),
-                **{col: q[keep_rows][..., j].reshape(-1) for j, col in enumerate(QUANTILE_COLUMNS)},
-            }) if n else None)
+                if columns not in inputs:
+                    inputs[columns] = forecast_inputs(window.context, window.future, given[columns], h)
+                q = forecast_pipeline(pipeline, inputs[columns], h, batch_size, context_length)
+            scores = []
+            for j, target in enumerate(targets):
+                actuals, quantiles = window.actuals[:, j], q[:, j]
+                series_mase = mase_by_series(actuals, quantiles[..., MEDIAN], insample[j], scored.seasonality)
+                score = {"window": k, "wql": wql(actuals, quantiles),
+                         "mase": float(np.nanmean(series_mase)) if np.isfinite(series_mase).any() else None}
+                by_target[target][model].append(score)
+                scores.append(score)
+                named = {TARGET_NAME: target} if several else {}
+                score_frames.append(pd.DataFrame({
+                    ID: window.items, "window": k, "model": model, **named,
+                    "wql": wql_by_series(actuals, quantiles), "mase": series_mase,
+                }))
+                if keep_rows.any():
+                    forecast_frames.append(pd.DataFrame({
+                        ID: np.repeat(np.asarray(window.items, dtype=object)[keep_rows], h),
+                        "window": k, "model": model, **named,
+                        TIME: window.timestamps[keep_rows].reshape(-1),
+                        TARGET: actuals[keep_rows].reshape(-1),
+                        **{col: quantiles[keep_rows][..., i].reshape(-1) for i, col in enumerate(QUANTILE_COLUMNS)},
+                    }))
+            per_window[model].append({"window": k, "wql": _mean(s["wql"] for s in scores),
+                                      "mase": _mean(s["mase"] for s in scores)})
     metrics: dict[str, dict | None] = {m: None for m in MODELS}
     for model, rows in per_window.items():
-        metrics[model] = {"wql": _mean(r["wql"] for r in rows), "mase": _mean(r["mase"] for r in rows)}
+        metrics[model] = _overall(rows)
     history_points = backtest.held_out + max(3 * h, 2 * scored.seasonality)
     info = {
         "windows": backtest.windows,
@@ -364,13 +415,28 @@ def evaluate(finetuned, base, backtest: Backtest, batch_size: int, context_lengt
                    "training saw none of them; overall = mean of the windows",
         "seconds": round(time.monotonic() - started, 3),
     }
+    if roles.covariates:
+        info["covariates"] = {
+            "known": roles.known_covariates, "past": roles.past_covariates,
+            "note": "in each window the model is given the history of every column and the window's actual values "
+                    "of the known covariates, nothing else of the window; *_no_covariates: the same model given "
+                    "the target(s) alone",
+        }
+    if several:
+        info["targets"] = targets
+        info["per_target"] = {t: {m: _overall(rows) for m, rows in models.items()} for t, models in by_target.items()}
+        info["holdout"] += f"; {len(targets)} targets scored each on its own, a window's score the mean over them"
     log.info("evaluation over %d window(s): %s", backtest.windows, metrics)
     return Evaluation(
         metrics=metrics, per_window=per_window, info=info,
-        forecasts=pd.concat([f for f in forecast_frames if f is not None], ignore_index=True),
+        forecasts=pd.concat(forecast_frames, ignore_index=True),
         series_scores=pd.concat(score_frames, ignore_index=True),
         history=scored.tail(sorted(kept), history_points),
     )
+
+
+def _overall(rows: list[dict]) -> dict[str, float | None]:
+    return {"wql": _mean(r["wql"] for r in rows), "mase": _mean(r["mase"] for r in rows)}
 
 
 def _sample_note(total: int, scored: int, kept: int) -> str:

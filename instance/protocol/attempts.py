@@ -107,6 +107,32 @@ def interruption_entry(step: int | None, instance_id: str | None, instance_type:
             "notice": notice}
 
 
+LOST_WITHOUT_NOTICE = "none: the machine was lost without notice"
+
+
+def with_lost_machine(state: Mapping[str, Any], instance_id: str | None, now: datetime) -> dict[str, Any]:
+    """The lock as a replacement machine finds it, with the machine before it counted as an
+    interruption when that one vanished without notice (hardware, a crash, an on-demand machine
+    the group replaced): the run resumes from its last complete checkpoint, as after a spot
+    notice, and the interruption shows in monitor, the record and the cost. A machine that had a
+    notice recorded its own interruption; a first boot has no machine before it."""
+    out = dict(state)
+    previous = state.get("instance_id")
+    interruptions = list(state.get("interruptions") or [])
+    if not previous or previous == instance_id or state.get("awaiting_machine") \
+            or any(i.get("instance_id") == previous for i in interruptions):
+        return out
+    machines = [dict(m) for m in state.get("machines") or []]
+    gone = next((m for m in reversed(machines) if m.get("instance_id") == previous), {})
+    if gone and not gone.get("ended_at"):
+        gone["ended_at"] = iso(now)
+    interruptions.append(interruption_entry((state.get("progress") or {}).get("step"), previous,
+                                            gone.get("instance_type") or state.get("instance_type"), gone.get("zone"),
+                                            LOST_WITHOUT_NOTICE, now))
+    out.update(interruptions=interruptions, machines=machines)
+    return out
+
+
 def waiting_line(state: Mapping[str, Any]) -> str | None:
     """What `monitor` says while a replacement machine is coming, or None when none is awaited:
     'interrupted at step 4200, waiting for a machine (attempt 2 of 6)'."""

@@ -5,6 +5,7 @@ import os
 import random
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -45,8 +46,6 @@ class ConflictBackoff:
 
 CONFLICT_BACKOFF = ConflictBackoff()
 
-_lock = threading.Lock()
-
 
 @dataclass(frozen=True)
 class AwsTarget:
@@ -65,29 +64,107 @@ class AwsTarget:
         )
 
 
-def client(service: str, target: AwsTarget | None = None, **config: Any):
-    import boto3
-    from botocore.config import Config
+class _Clients:
+    """The process's sessions and clients. A boto3 Session costs little; what costs is what it
+    loads: each new one resolves credentials again and reads and parses every service model it
+    is asked for (EC2's is 4 MB of JSON: 0.06 to 0.2 s of a command that must answer at once).
+    So one session per AWS environment of the process (credentials, profile and region come from
+    the AWS_* variables, which a --local command switches to the operator's, and the tests switch
+    between identities), all sharing one loader, so a model is parsed once per process; and one
+    client per (service, where, as whom, config), made on first use and kept. botocore's clients
+    are thread-safe; making them is not (the session's caches), hence the lock."""
 
-    target = target or AwsTarget.from_env()
-    cfg = Config(
-        retries=dict(RETRIES),
-        connect_timeout=config.pop("connect_timeout", CONNECT_TIMEOUT_S),
-        read_timeout=config.pop("read_timeout", READ_TIMEOUT_S),
-        max_pool_connections=config.pop("max_pool_connections", MAX_POOL_CONNECTIONS),
-        **config,
-    )
-    # boto3.Session is not thread-safe to create clients from concurrently.
-    keys = {}
-    if target.credentials:
-        keys = dict(zip(("aws_access_key_id", "aws_secret_access_key", "aws_session_token"), target.credentials))
-    with _lock:
-        session = boto3.session.Session()
-        made = session.client(
-            service, region_name=target.region, endpoint_url=target.endpoint_url, config=cfg, **keys
-        )
-    made.meta.events.register("after-call", _name_the_action)
-    return made
+    MAX_SESSIONS = 16
+    MAX_CLIENTS = 64  # a process that talks to many endpoints (the tests) drops the oldest
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loader = None
+        self.sessions: OrderedDict[tuple, Any] = OrderedDict()
+        self.made: OrderedDict[tuple, Any] = OrderedDict()
+
+    def session(self, environment: tuple):
+        """The boto3 Session for this AWS environment (call with the lock held)."""
+        found = self.sessions.get(environment)
+        if found is not None:
+            self.sessions.move_to_end(environment)
+            return found
+        import boto3
+        import botocore.session
+
+        core = botocore.session.get_session()
+        if self.loader is not None:
+            core.register_component("data_loader", self.loader)
+        found = boto3.session.Session(botocore_session=core)
+        self.loader = core.get_component("data_loader")
+        # boto3 adds its own data folder to the loader for each session it wraps: once is enough.
+        self.loader.search_paths[:] = list(dict.fromkeys(self.loader.search_paths))
+        self.sessions[environment] = found
+        if len(self.sessions) > self.MAX_SESSIONS:
+            self.sessions.popitem(last=False)
+        return found
+
+    def client(self, service: str, target: AwsTarget, config: dict[str, Any]):
+        environment = _aws_environment()
+        key = (service, target, environment, repr(sorted(config.items())))
+        with self.lock:
+            found = self.made.get(key)
+            if found is not None:
+                self.made.move_to_end(key)
+                return found
+            from botocore.config import Config
+
+            cfg = Config(
+                retries=dict(RETRIES),
+                connect_timeout=config.pop("connect_timeout", CONNECT_TIMEOUT_S),
+                read_timeout=config.pop("read_timeout", READ_TIMEOUT_S),
+                max_pool_connections=config.pop("max_pool_connections", MAX_POOL_CONNECTIONS),
+                **config,
+            )
+            keys = {}
+            if target.credentials:
+                keys = dict(zip(("aws_access_key_id", "aws_secret_access_key", "aws_session_token"),
+                                target.credentials))
+            found = self.session(environment).client(
+                service, region_name=target.region, endpoint_url=target.endpoint_url, config=cfg, **keys)
+            found.meta.events.register("after-call", _name_the_action)
+            self.made[key] = found
+            if len(self.made) > self.MAX_CLIENTS:
+                self.made.popitem(last=False)
+            return found
+
+    def default_session(self):
+        with self.lock:
+            return self.session(_aws_environment())
+
+
+def _aws_environment() -> tuple:
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+
+
+_clients = _Clients()
+
+
+def _forget_in_child() -> None:
+    # A forked child must not share its parent's pooled connections (nor a lock a parent's
+    # thread held at the fork): it makes its own.
+    global _clients
+    _clients = _Clients()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def client(service: str, target: AwsTarget | None = None, **config: Any):
+    """The process's client for `service` at `target` (made on first use, then the same one),
+    with the project's retries, timeouts and pool size; `config` overrides botocore Config
+    fields."""
+    return _clients.client(service, target or AwsTarget.from_env(), config)
+
+
+def session():
+    """The process's boto3 Session for its current AWS environment (region, profile, credentials)."""
+    return _clients.default_session()
 
 
 def _name_the_action(parsed=None, model=None, **_) -> None:

@@ -106,6 +106,10 @@ class Layout:
         """The machine's own log, from boot to the agent's start (instance/boot/bootstrap.sh)."""
         return self.logs(run_id) + "bootstrap.log"
 
+    def boot_failure(self, run_id: str) -> str:
+        """Written by a machine that could not start its agent (instance/protocol/bootfailure.py)."""
+        return self.logs(run_id) + "boot_failure.json"
+
     def run_root(self, run_id: str) -> str:
         return f"{self.env}/{check_run_id(run_id)}/"
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .columns import DEFAULT_ID, DEFAULT_TARGET, DEFAULT_TIMESTAMP, ColumnNames
 from .pricing import PRICES
 
 # Chronos-2 core sizes for `scratch:<size>` (random init, offline). `tiny` trains on a CPU in
@@ -159,12 +160,60 @@ class EvaluationSpec(_Strict):
     windows: int = Field(3, ge=1, le=20)
 
 
+class ColumnsSpec(_Strict):
+    """The data's column roles. Every column not named here is a past-only covariate (known up to
+    now, masked over the horizon); `known_covariates` are known into the future (price, promotion,
+    holiday): their horizon values are shown to the model in training windows, backtest windows
+    and forecasts. Numeric or categorical, Chronos encodes them (instance/model/covariates.py,
+    which takes them as `names()`)."""
+
+    id: str = DEFAULT_ID
+    timestamp: str = DEFAULT_TIMESTAMP
+    target: str | list[str] = DEFAULT_TARGET  # several: forecast jointly
+    known_covariates: list[str] = Field(default_factory=list)
+
+    @field_validator("id", "timestamp")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a column")
+        return v
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _targets(cls, v: Any) -> Any:
+        names = [v] if isinstance(v, str) else v
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError("must name a column, or a list of columns forecast jointly")
+        return v
+
+    @model_validator(mode="after")
+    def _one_role_each(self) -> "ColumnsSpec":
+        roles: dict[str, str] = {}
+        for role, names in (("the id", [self.id]), ("the timestamp", [self.timestamp]),
+                            ("a target", self.targets), ("a known covariate", self.known_covariates)):
+            for name in names:
+                if name in roles:
+                    also = "listed twice as " + role if roles[name] == role else f"both {roles[name]} and {role}"
+                    raise ValueError(f"column {name!r} is {also}; give each column one role")
+                roles[name] = role
+        return self
+
+    @property
+    def targets(self) -> list[str]:
+        return [self.target] if isinstance(self.target, str) else list(self.target)
+
+    def names(self) -> ColumnNames:
+        return ColumnNames(self.id, self.timestamp, tuple(self.targets), tuple(self.known_covariates))
+
+
 class RunConfig(_Strict):
     dataset: str
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()
     instance: InstanceSpec = InstanceSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
+    columns: ColumnsSpec = ColumnsSpec()
 
     @field_validator("dataset")
     @classmethod

@@ -1,0 +1,134 @@
+"""A `--local` run with covariates through the real CLI, as a person makes one: data with its own
+column names (store_id, day, two targets, a known covariate, a categorical one), `data validate
+--config` saying each column's role, `launch --follow`, then what the run left: the roles in
+model_metadata.json (read back as ColumnRoles), each target's scores, the report's Covariates
+section and `runs compare`. One run (module fixture) serves every test here; what Chronos is given
+is asserted in tests/test_covariates.py."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from automation.sandbox import motoserver
+from automation.sandbox.strictmoto import DEPLOYER
+from instance.protocol.artifacts import get_json, put_json
+from instance.protocol.aws import AwsTarget, client
+from instance.protocol.columns import ColumnRoles
+from instance.protocol.layout import Layout, bucket_name
+from tests.agent_fixtures import run_config, write_parquet
+from tests.cli_helpers import cli_env, run_cli
+
+pytestmark = pytest.mark.slow
+BUCKET = bucket_name("dev", motoserver.SANDBOX_ACCOUNT, "us-east-1")
+LAYOUT = Layout("dev")
+ITEMS, LENGTH, H, W = 6, 96, 8, 2
+COLUMNS = {"id": "store_id", "timestamp": "day", "target": ["sales", "returns"], "known_covariates": ["promo"]}
+OLD = "run-20261101-000000-01d0"
+
+
+def store_frame() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    frames = []
+    for i in range(ITEMS):
+        t = np.arange(LENGTH)
+        promo = rng.random(LENGTH) < 0.2
+        sales = 30 + 2 * i + 4 * np.sin(2 * np.pi * t / 7) + 15 * promo + rng.normal(0, 1, LENGTH)
+        frames.append(pd.DataFrame({
+            "store_id": f"store-{i}", "day": pd.date_range("2026-01-01", periods=LENGTH, freq="D"),
+            "sales": sales, "returns": 0.1 * sales + rng.normal(0, 0.2, LENGTH), "promo": promo.astype(int),
+            "weather": rng.choice(["sun", "rain", "snow"], LENGTH),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def run(moto_endpoint, tmp_path_factory):
+    motoserver.reset(moto_endpoint)
+    tmp = tmp_path_factory.mktemp("covariates")
+    data = write_parquet(tmp / "data" / "stores.parquet", store_frame())
+    config = tmp / "run.yaml"
+    doc = run_config(dataset=str(data), num_steps=20, prediction_length=H) | {"columns": COLUMNS}
+    doc["evaluation"] = {"windows": W}
+    config.write_text(yaml.safe_dump(doc))
+    env = cli_env(moto_endpoint, tmp / "home", CHRONOS_HEARTBEAT_SECONDS="1")
+    validated = run_cli(env, "data", "validate", str(data), "--config", str(config), "--json")
+    dry = run_cli(env, "--local", "launch", str(config), "--dry-run", "--json", cwd=tmp)
+    result = run_cli(env, "--local", "launch", str(config), "--follow", cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    os.environ.update(DEPLOYER.env())  # test code reads and plants records as the deployer
+    s3 = client("s3", AwsTarget(region="us-east-1", endpoint_url=moto_endpoint))
+    return dict(run_id=result.stdout.splitlines()[0], env=env, tmp=tmp, s3=s3, result=result, validated=validated,
+                dry=dry)
+
+
+def test_data_validate_says_each_column_s_role_and_type(run):
+    assert run["validated"].returncode == 0, run["validated"].stderr
+    doc = json.loads(run["validated"].stdout)
+    assert doc["ok"] and doc["series"] == ITEMS
+    assert [(c["name"], c["role"], c["type"]) for c in doc["columns"]] == [
+        ("store_id", "id", "identifier"), ("day", "timestamp", "datetime"), ("sales", "target", "numeric"),
+        ("returns", "target", "numeric"), ("promo", "known_covariate", "numeric"),
+        ("weather", "past_covariate", "categorical")]
+
+
+def test_launch_says_the_roles_it_will_train_with(run):
+    said = "columns: targets sales, returns; known covariates: promo (numeric); past-only covariates: weather (categorical)"
+    assert said in run["result"].stderr
+    dry = json.loads(run["dry"].stdout)
+    assert dry["columns"]["known_covariates"] == ["promo"] and dry["columns"]["id"] == "store_id"
+
+
+def test_the_model_s_metadata_records_the_roles(run):
+    meta = get_json(run["s3"], BUCKET, LAYOUT.model_metadata(run["run_id"]))
+    roles = ColumnRoles.from_json(meta["columns"])
+    assert roles.id == "store_id" and roles.timestamp == "day" and roles.targets == ["sales", "returns"]
+    assert roles.known_covariates == ["promo"] and roles.past_covariates == ["weather"]
+    assert roles.get("weather").kind == "categorical" and roles.get("promo").dtype == "int64"
+    assert meta["config"]["columns"] == COLUMNS
+
+
+def test_each_target_is_scored_and_the_files_keep_the_project_s_column_names(run):
+    record = get_json(run["s3"], BUCKET, LAYOUT.training_record(run["run_id"]))
+    per_target = record["evaluation"]["per_target"]
+    assert record["evaluation"]["targets"] == ["sales", "returns"] and set(per_target) == {"sales", "returns"}
+    for model in ("finetuned", "finetuned_no_covariates", "seasonal_naive"):
+        assert record["metrics"][model]["wql"] == pytest.approx(np.mean([per_target[t][model]["wql"] for t in per_target]))
+    body = run["s3"].get_object(Bucket=BUCKET, Key=LAYOUT.evaluation(run["run_id"]) + "forecasts.parquet")["Body"].read()
+    f = pd.read_parquet(io.BytesIO(body))
+    assert {"item_id", "timestamp", "target", "target_name"} <= set(f.columns)
+    assert set(f.target_name) == {"sales", "returns"} and set(f.item_id) == {f"store-{i}" for i in range(ITEMS)}
+
+
+def test_the_report_shows_the_covariates_and_what_they_bring(run):
+    page = (run["tmp"] / "runs" / run["run_id"] / "report.html").read_text()
+    section = page[page.index("<h2>Covariates"):page.index("</section>", page.index("<h2>Covariates"))]
+    for text in ("<code>promo</code>", "known covariate", "<code>weather</code>", "past-only covariate", "categorical",
+                 "WQL with", "WQL alone"):
+        assert text in section, text
+    assert "store-0 · returns" in page or "· sales" in page  # fan charts per series and target
+    evaluation = page[page.index("<h2>Evaluation"):page.index("</section>", page.index("<h2>Evaluation"))]
+    assert "<td>returns</td>" in evaluation and "2 targets, forecast jointly" in evaluation
+
+
+def test_runs_compare_shows_the_covariates_and_the_target_alone_scores(run):
+    record = get_json(run["s3"], BUCKET, LAYOUT.training_record(run["run_id"]))
+    old = json.loads(json.dumps(record))  # a run from before covariates: no roles, no target-alone scores
+    old.update(run_id=OLD, started_at="2026-11-01T00:00:00.000Z", evaluation={"windows": W})
+    old["data"].pop("columns")
+    old["metrics"] = {m: v for m, v in old["metrics"].items() if not m.endswith("_no_covariates")}
+    put_json(run["s3"], BUCKET, LAYOUT.training_record(OLD), old)
+    result = run_cli(run["env"], "--local", "runs", "compare", run["run_id"], OLD, "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["name"]: r["values"] for r in json.loads(result.stdout)["metrics"]}
+    assert rows["covariates"] == {run["run_id"]: "promo (known, numeric), weather (past-only, categorical)", OLD: None}
+    alone = record["metrics"]["finetuned_no_covariates"]["wql"]
+    assert rows["WQL fine-tuned, target(s) alone"] == {run["run_id"]: alone, OLD: None}
+    assert rows["WQL fine-tuned · returns"][run["run_id"]] == record["evaluation"]["per_target"]["returns"]["finetuned"]["wql"]
+    people = run_cli(run["env"], "--local", "runs", "compare", run["run_id"], OLD)
+    assert people.returncode == 0 and "promo (known, numeric)" in people.stdout
