@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from automation.context import Target
 from automation.runs.capacity import quota_short, why_no_machine
@@ -135,3 +136,49 @@ def test_under_local_the_sandbox_group_records_its_failed_launch_as_on_aws(aws, 
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert describe_group(client("autoscaling", aws), run_id) is None
     assert client("ec2", aws).describe_launch_templates()["LaunchTemplates"] == []
+
+
+QUOTA_ENDED = ("the vCPU quota \"Running On-Demand G and VT instances\" (L-DB2E81BA) is 0 vCPUs and g4dn.xlarge "
+               "needs 4: no machine can start until it is raised (`chronos-train doctor` shows the request); the "
+               "group's last failed launch: You have requested more vCPU capacity than your current vCPU limit of 0")
+
+
+def test_a_run_that_waited_out_capacity_says_what_to_change(aws):
+    """The ended run's sentence for capacity (the quota's is shown end to end below): what to try."""
+    line = why_no_machine(sandbox_target(aws), {"instance_types": ["g4dn.xlarge"], "spot": False}, CAPACITY_WORDS,
+                          ended=True)
+    assert line == ("AWS had no on-demand capacity for g4dn.xlarge: launch again later, list more types in "
+                    f"instance.types or try spot (spot: true); the group's last failed launch: {CAPACITY_WORDS}")
+
+
+def test_a_followed_run_whose_group_never_gets_a_machine_fails_no_capacity_in_one_sentence(aws, aws_target_env):
+    """The wait runs out (instance.capacity_wait_minutes: 1, the shortest; the stale limit 1 s): the
+    follower exits 4 (the followed run failed) with one sentence saying why, read from the group's
+    scaling activities and Service Quotas as the operator; --fix records failed / no_capacity with
+    it and leaves nothing behind."""
+    env, config, s3 = aws_target_env
+    doc = yaml.safe_load(config.read_text())
+    doc["instance"] = {**doc.get("instance", {}), "capacity_wait_minutes": 1}
+    config.write_text(yaml.safe_dump(doc))
+    env = {**env, "CHRONOS_STALE_SECONDS": "1"}
+    motoserver.set_launch_conditions(aws.endpoint_url, vcpu_quotas={"L-DB2E81BA": 0})
+
+    followed = run_cli(env, "launch", str(config), "--follow")
+    assert followed.returncode == 4, followed.stdout + followed.stderr
+    run_id = followed.stdout.splitlines()[0].strip()
+    last = followed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: run {run_id} failed (no_capacity): it names no machine yet: its group found no "
+                           f"machine within instance.capacity_wait_minutes (60 s); {QUOTA_ENDED}"), last
+    assert last.endswith(". Run `chronos-train verify-cleanup --fix` to record it and release the lock"), last
+
+    fixed = run_cli(env, "verify-cleanup", "--fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    record = get_json(s3, BUCKET, Layout(ENV).training_record(run_id))
+    assert (record["final_status"], record["reason"]) == ("failed", "no_capacity")
+    assert record["error"]["class"] == "no_capacity" and record["error"]["message"].startswith(QUOTA_ENDED), record
+    shown = run_cli(env, "monitor", run_id)
+    assert "no_capacity" in shown.stdout and "(L-DB2E81BA) is 0 vCPUs" in shown.stdout, shown.stdout
+    assert run_cli(env, "verify-cleanup").returncode == 0
+    deployer = aws.__class__(aws.region, aws.endpoint_url, DEPLOYER.credentials)
+    assert describe_group(client("autoscaling", deployer), run_id) is None
+    assert instances_by_tag(client("ec2", deployer), {"RunId": run_id}) == []

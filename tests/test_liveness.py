@@ -89,6 +89,26 @@ def test_a_dead_run_is_recorded_with_the_reason_a_booting_machine_would_give(sta
     assert verdict.dead and verdict.reason == reason
 
 
+FIRST_AWAITED = {**NO_ID, "max_machines": 1, "awaiting_machine": True, "capacity_wait_minutes": 30}
+
+
+@pytest.mark.parametrize("wants,age,stale,reason", [
+    (True, timedelta(minutes=34), False, None),  # within stale limit + capacity wait: it waits
+    (True, timedelta(minutes=36), True, "no_capacity"),  # the group looked for the whole wait and found none
+    (False, timedelta(minutes=36), True, "lost"),  # nobody asked for a machine any more: not capacity
+], ids=["still waiting", "never found one", "group wants none"])
+def test_a_run_whose_first_machine_never_came_ends_no_capacity_not_lost(wants, age, stale, reason):
+    """README's contract (instance.capacity_wait_minutes: "no capacity for this long: failed /
+    no_capacity") for the first machine too, which EC2 never knew (no instance id)."""
+    verdict = judge(FIRST_AWAITED, age, NOW, None, wants, LIMIT)
+    assert (verdict.stale, verdict.machine) == (stale, Machine.UNKNOWN)
+    if stale:
+        assert verdict.reason == reason
+    if reason == "no_capacity":
+        assert verdict.why == ("it names no machine yet: its group found no machine within "
+                               "instance.capacity_wait_minutes (30 min)")
+
+
 WRITTEN = NOW - timedelta(minutes=1)  # the lock's last write, by S3's clock (age 1 min)
 EARLIER, LATER = WRITTEN - timedelta(seconds=30), WRITTEN + timedelta(seconds=30)
 ENV_FAILED = "cannot restore or build the python environment"

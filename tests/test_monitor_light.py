@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from automation.executors.localgroup import AGENT_PID
-from automation.sandbox.control import SANDBOX_AMI
+from automation.sandbox.control import SANDBOX_AMI_PARAMETER
 from automation.sandbox.strictmoto import DEPLOYER
 from instance.protocol.artifacts import put_json
 from instance.protocol.aws import AwsTarget, client
@@ -76,7 +76,8 @@ def test_monitor_builds_only_what_it_calls(sandbox, tmp_path):
 
     # A live local run: the lock names its machine, which EC2 calls running and whose agent
     # process lives. Liveness asks EC2 (one client more), and nothing else is built.
-    instance = ec2.run_instances(ImageId=SANDBOX_AMI, MinCount=1, MaxCount=1, InstanceType="g4dn.xlarge",
+    ami = client("ssm", deployer).get_parameter(Name=SANDBOX_AMI_PARAMETER)["Parameter"]["Value"]
+    instance = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="g4dn.xlarge",
                                  TagSpecifications=[{"ResourceType": "instance",
                                                      "Tags": run_tags(LIVE, "dev", "local")}])["Instances"][0]
     agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", LIVE])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from instance.protocol.artifacts import write_json_atomic
+from instance.protocol.attempts import NO_CAPACITY
 from instance.protocol.aws import is_not_found
 from instance.protocol.liveness import Verdict
 
@@ -19,11 +20,11 @@ log = logging.getLogger(__name__)
 
 class RunLost(Exception):
     def __init__(self, view: RunView, verdict: Verdict):
-        if verdict.error:  # the machine said why: the run failed, and with what
+        if verdict.error or verdict.reason == NO_CAPACITY:  # the machine or the group said why: it failed
             head = f"run {view.run_id} failed ({verdict.reason}): {verdict.why}"
         else:
             head = f"run {view.run_id} is lost: {verdict.why} (last heartbeat {view.heartbeat_at or 'never'})"
-        super().__init__(f"{head}. Run `chronos-train verify-cleanup --fix` to record it and release the lock")
+        super().__init__(f"{head.rstrip('.')}. Run `chronos-train verify-cleanup --fix` to record it and release the lock")
         self.view = view
         self.verdict = verdict
 

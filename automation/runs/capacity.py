@@ -4,9 +4,12 @@ are shown as they are, AWS's own words. The sandbox plays both (automation/sandb
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Mapping
 
+from instance.protocol.attempts import NO_CAPACITY
 from instance.protocol.aws import client, error_code
+from instance.protocol.liveness import Verdict
 from instance.protocol.pricing import PRICES
 from instance.protocol.quotas import quota_code, quota_name
 
@@ -48,12 +51,33 @@ def vcpu_quotas(target: Target, types: list[str], spot: bool) -> dict[str, float
     return quotas
 
 
-def why_no_machine(target: Target, state: Mapping[str, Any], last_failure: str) -> str:
-    """What `monitor` adds to its waiting line once the group has failed to launch."""
+def why_no_machine(target: Target, state: Mapping[str, Any], last_failure: str, ended: bool = False) -> str:
+    """What `monitor` adds to its waiting line once the group has failed to launch; `ended`: what
+    a run that waited out instance.capacity_wait_minutes ends with (the follower, verify-cleanup)."""
     types, spot = list(state.get("instance_types") or [state.get("instance_type")]), bool(state.get("spot"))
     short = quota_short(vcpu_quotas(target, types, spot), types, spot)
     if short:
         return f"{short}; the group's last failed launch: {last_failure}"
+    if ended:
+        other = "on-demand (spot: false)" if spot else "spot (spot: true)"
+        return (f"AWS had no {'spot' if spot else 'on-demand'} capacity for {', '.join(types)}: launch again later, "
+                f"list more types in instance.types or try {other}; the group's last failed launch: {last_failure}")
     return (f"waiting for capacity: the group keeps trying every listed type in every zone (list more types in "
             f"instance.types to widen the search, or end the run with `chronos-train kill`); "
             f"the group's last failed launch: {last_failure}")
+
+
+def explain_no_capacity(target: Target, lease, verdict: Verdict) -> Verdict:
+    """A run ended `no_capacity` says why, from its group's scaling activities (where AWS
+    reports a launch it refused: quota or capacity): the one sentence the follower exits with
+    and verify-cleanup --fix records."""
+    if not (verdict.stale and verdict.reason == NO_CAPACITY):
+        return verdict
+    from instance.protocol.group import failed_launches
+
+    failed = failed_launches(target.autoscaling, lease.run_id, limit=5)
+    if not failed:
+        return verdict
+    said = why_no_machine(target, lease.state, failed[0], ended=True)
+    # The record's error (phase: the launch, no machine ran): what `monitor` and the report show.
+    return replace(verdict, why=f"{verdict.why}; {said}", error={"class": NO_CAPACITY, "message": said, "phase": "launch"})

@@ -240,7 +240,7 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor,
         progress(f"run {run_id}: instance {done.instance_id} started" + (f" in {done.zone}" if done.zone else ""))
     else:
         progress(f"run {run_id}: no machine yet; its group keeps looking for capacity "
-                 f"(up to {cfg.instance.capacity_wait_minutes} minutes)"
+                 f"(up to {cfg.instance.capacity_wait_minutes} minute{'' if cfg.instance.capacity_wait_minutes == 1 else 's'})"
                  + (f"; its last launch failed: {done.last_failed_launch}" if done.last_failed_launch else "")
                  + f"; follow it with `chronos-train monitor {run_id}`")
     tidy_ended_stacks(executor, run_id, progress)

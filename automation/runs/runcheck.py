@@ -11,6 +11,7 @@ from instance.protocol.liveness import Machine, Verdict, judge
 from instance.protocol.state import Lease
 
 from ..context import Target
+from .capacity import explain_no_capacity
 from .ending import instance_state
 from ..settings import settings
 
@@ -31,10 +32,10 @@ def check_run(target: Target, executor, lease: Lease, groups: list[dict] | None 
     # run's last machine, leaves its group. Only a lock unchanged after the judgement is stale.
     again = target.state_store().read()
     if again is not None and again.etag == lease.etag:
-        return verdict
+        return explain_no_capacity(target, lease, verdict)
     if again is None or again.run_id != lease.run_id:
         return Verdict(verdict.machine, False, "its run ended while it was judged")
-    return _judge(target, executor, again, None, stale_after, reconciled=True)
+    return explain_no_capacity(target, again, _judge(target, executor, again, None, stale_after, reconciled=True))
 
 
 def _judge(target: Target, executor, lease: Lease, groups: list[dict] | None, stale_after: timedelta | None,

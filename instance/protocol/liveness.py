@@ -24,8 +24,10 @@ The verdicts:
   Recorded `max_runtime_exceeded` when the run is past its deadline (the machine's dead-man
   switch ended it), else `lost`;
 - unknown: stale only once S3 says nobody wrote the lock for the stale limit (longer by
-  capacity_wait_minutes while a replacement is awaited). EC2 is eventually consistent: an
+  capacity_wait_minutes while a machine is awaited). EC2 is eventually consistent: an
   instance just launched may not be listed yet, and a launch still provisioning names none.
+  Recorded `no_capacity` when the group still wanted the machine it awaited (it found none:
+  the CLI adds why from its scaling activities, automation/runs/capacity.py), else `lost`.
 """
 from __future__ import annotations
 
@@ -123,6 +125,10 @@ def judge(state: Mapping[str, Any], age: timedelta | None, now: datetime | None,
     if age is None or age < limit:
         return Verdict(machine, False, f"{unknown} (a launch or boot may be under way); lost if its lock stays "
                                        f"unwritten for {_minutes(limit)}", waiting_line(state))
+    if state.get("awaiting_machine") and group_wants:
+        # Its group was still asked for a machine and found none: capacity (or quota), not a loss.
+        return Verdict(machine, True, f"{unknown}: its group found no machine within instance.capacity_wait_minutes "
+                                      f"({_minutes(_capacity_wait(state))})", reason=NO_CAPACITY)
     return Verdict(machine, True, f"{unknown} and nothing wrote its lock for {_minutes(limit)} or more")
 
 
