@@ -28,10 +28,13 @@ class Target:
     region: str
     bucket: str
     endpoint_url: str | None = None
+    # As whom: (access key, secret, session token); None: boto3's chain (AWS: the user's shell).
+    # The sandbox's is its operator's, so a command acts as the operator however it is called.
+    credentials: tuple[str, str, str | None] | None = None
 
     @property
     def aws(self) -> AwsTarget:
-        return AwsTarget(region=self.region, endpoint_url=self.endpoint_url)
+        return AwsTarget(region=self.region, endpoint_url=self.endpoint_url, credentials=self.credentials)
 
     @property
     def layout(self) -> Layout:
@@ -120,7 +123,7 @@ def resolve(env: str, local: bool, verify: bool = False) -> Target:
         info = sandbox.start((env,)) if verify else sandbox.ensure_running(env)
         sandbox.export_credentials(env)
         return Target(env=env, local=True, region=info.region, bucket=bucket_name(env, info.account, info.region),
-                      endpoint_url=info.endpoint_url)
+                      endpoint_url=info.endpoint_url, credentials=sandbox.OPERATORS[env].credentials)
     knobs = settings()
     region = aws_region()
     bucket = knobs.bucket or _cached_bucket(env, region) or _discover_bucket(env, region)

@@ -6,12 +6,12 @@ import time
 _store = None
 
 
-def init(endpoint_url: str, region: str, bucket: str, env: str) -> None:
+def init(endpoint_url: str, region: str, bucket: str, env: str, credentials: tuple | None = None) -> None:
     global _store
     from instance.protocol.aws import AwsTarget, client
     from instance.protocol.state import StateStore
 
-    _store = StateStore(client("s3", AwsTarget(region, endpoint_url)), bucket, env)
+    _store = StateStore(client("s3", AwsTarget(region, endpoint_url, credentials)), bucket, env)
 
 
 def contend(run_id: str, go_at: float) -> tuple[str, str, str]:

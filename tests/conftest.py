@@ -1,6 +1,8 @@
 """Shared fixtures: one moto server process per test session, reached over real HTTP, with IAM
-enforced. Test code itself acts as the sandbox's deployer (an administrator, as whoever runs
-`pulumi up`); the CLI runs as the operator and the agent as the instance role, as on AWS."""
+enforced. The deployer (an administrator, as whoever runs `pulumi up`) only seeds, and only by
+naming its credentials (the `aws` fixture's target); whatever the tests build without naming an
+identity (a Target, an executor, an in-process CLI command) acts as the operator, the agent as
+the instance role, as on AWS. A test that leaves the deployer's keys in the environment fails."""
 from __future__ import annotations
 
 import os
@@ -8,7 +10,7 @@ import os
 import pytest
 
 from automation.sandbox import motoserver
-from automation.sandbox.strictmoto import DEPLOYER
+from automation.sandbox.strictmoto import DEPLOYER, OPERATORS
 from instance.protocol.aws import AwsTarget, client
 from instance.protocol.layout import bucket_name
 
@@ -16,11 +18,17 @@ REGION = "us-east-1"
 ENV = "dev"
 
 
+def act_as_operator() -> None:
+    """The process's own AWS environment: the operator of ENV, as the CLI's shell holds on AWS."""
+    os.environ.update(OPERATORS[ENV].env())
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ["AWS_DEFAULT_REGION"] = REGION
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory):
-    os.environ.update(DEPLOYER.env())
-    os.environ.pop("AWS_SESSION_TOKEN", None)
-    os.environ["AWS_DEFAULT_REGION"] = REGION
+    act_as_operator()
     port = motoserver.free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     proc = motoserver.start(port, log_path=log)
@@ -31,12 +39,20 @@ def moto_endpoint(tmp_path_factory):
 
 @pytest.fixture
 def aws(moto_endpoint) -> AwsTarget:
-    """A fresh, empty moto for this test, with test code acting as the deployer again (an
-    in-process CLI command switches this process to the operator, as it should)."""
+    """A fresh, empty moto for this test, and the deployer's target to seed it with (its
+    credentials named here, never in the environment)."""
     motoserver.reset(moto_endpoint)
-    os.environ.update(DEPLOYER.env())
-    os.environ.pop("AWS_SESSION_TOKEN", None)
-    return AwsTarget(region=REGION, endpoint_url=moto_endpoint)
+    act_as_operator()  # an in-process --local command of another env may have switched it
+    return AwsTarget(region=REGION, endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials)
+
+
+@pytest.fixture(autouse=True)
+def nobody_acts_as_the_deployer_outside_seeding():
+    """The check: after each test, the process's AWS environment is not the deployer's (the
+    deployer seeds through its named credentials only; the CLI and the agent never hold them)."""
+    yield
+    assert os.environ.get("AWS_ACCESS_KEY_ID") != DEPLOYER.access_key_id, \
+        "a test put the deployer's keys in the environment: act as the operator (name the deployer's keys only to seed)"
 
 
 @pytest.fixture

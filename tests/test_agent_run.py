@@ -9,6 +9,7 @@ import math
 import pytest
 
 from automation.sandbox import motoserver
+from automation.sandbox.strictmoto import DEPLOYER
 from instance.protocol.aws import AwsTarget, client
 from instance.protocol.layout import bucket_name
 from instance.protocol.state import StateStore
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def completed(moto_endpoint, tmp_path_factory):
     motoserver.reset(moto_endpoint)
-    aws = AwsTarget(region=REGION, endpoint_url=moto_endpoint)
+    aws = AwsTarget(region=REGION, endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials)  # seeds
     s3 = client("s3", aws)
     bucket = bucket_name(ENV, motoserver.SANDBOX_ACCOUNT, REGION)
     s3.create_bucket(Bucket=bucket)
@@ -150,6 +151,10 @@ def test_model_loads_from_s3_and_forecasts(completed, monkeypatch, tmp_path):
     from chronos import Chronos2Pipeline
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", completed["aws"].endpoint_url)
+    # Chronos reads the model with boto3's own chain: this module's bucket was made bare for the
+    # agent (no operator policy), so the deployer reads it, named for this call only.
+    for name, value in DEPLOYER.env().items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     uri = _record(completed, "training_record")["artifacts"]["model_uri"]
     pipeline = Chronos2Pipeline.from_pretrained(uri)

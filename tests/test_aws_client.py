@@ -67,8 +67,10 @@ def test_the_identity_follows_the_aws_environment(aws, monkeypatch):
     makes then act as the operator, not as whoever the first client was made for."""
     from automation.sandbox.strictmoto import DEPLOYER, OPERATORS
 
+    ambient = AwsTarget(aws.region, aws.endpoint_url)  # no credentials named: the environment's
+
     def caller():
-        return client("sts", aws).get_caller_identity()["Arn"]
+        return client("sts", ambient).get_caller_identity()["Arn"]
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", DEPLOYER.access_key_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", DEPLOYER.secret_access_key)

@@ -15,7 +15,8 @@ import yaml
 from automation.context import Target
 from automation.runs.capacity import quota_short, why_no_machine
 from automation.sandbox import motoserver
-from automation.sandbox.strictmoto import DEPLOYER
+from automation.sandbox.control import SandboxInfo, seed
+from automation.sandbox.strictmoto import DEPLOYER, OPERATORS
 from instance.protocol.artifacts import get_json
 from instance.protocol.aws import client
 from instance.protocol.ec2 import instances_by_tag
@@ -45,23 +46,27 @@ def test_quota_is_named_only_when_it_blocks_every_type(quotas, spot, expected):
     assert quota_short(quotas, TYPES, spot) == expected
 
 
-def sandbox_target(aws) -> Target:
-    return Target(env=ENV, local=True, region="us-east-1", bucket=BUCKET, endpoint_url=aws.endpoint_url)
+@pytest.fixture
+def operator(aws) -> Target:
+    """The seeded sandbox as `chronos-train --local monitor` resolves it: the operator's."""
+    seed(SandboxInfo(aws.endpoint_url, "us-east-1", motoserver.SANDBOX_ACCOUNT, None), ENV)
+    return Target(env=ENV, local=True, region="us-east-1", bucket=BUCKET, endpoint_url=aws.endpoint_url,
+                  credentials=OPERATORS[ENV].credentials)
 
 
-def test_a_quota_nobody_set_is_unknown_so_the_line_says_capacity(aws):
-    line = why_no_machine(sandbox_target(aws), {"instance_types": TYPES, "spot": True}, CAPACITY_WORDS)
+def test_a_quota_nobody_set_is_unknown_so_the_line_says_capacity(operator):
+    line = why_no_machine(operator, {"instance_types": TYPES, "spot": True}, CAPACITY_WORDS)
     assert line.startswith("waiting for capacity: the group keeps trying every listed type in every zone")
     assert line.endswith(f"the group's last failed launch: {CAPACITY_WORDS}")
 
 
-def test_the_sandbox_answers_service_quotas_with_the_quota_its_ec2_enforces(aws):
+def test_the_sandbox_answers_service_quotas_with_the_quota_its_ec2_enforces(aws, operator):
     """One setting drives both: the quota Service Quotas reports is the one launches are refused by."""
     motoserver.set_launch_conditions(aws.endpoint_url, vcpu_quotas={"L-3819A6DF": 0})
     quota = client("service-quotas", aws).get_service_quota(ServiceCode="ec2", QuotaCode="L-3819A6DF")["Quota"]
     assert (quota["QuotaName"], quota["Value"], quota["QuotaArn"]) == (
         "All G and VT Spot Instance Requests", 0.0, f"arn:aws:servicequotas:us-east-1:{motoserver.SANDBOX_ACCOUNT}:ec2/L-3819A6DF")
-    line = why_no_machine(sandbox_target(aws), {"instance_types": TYPES, "spot": True}, "Could not launch ...")
+    line = why_no_machine(operator, {"instance_types": TYPES, "spot": True}, "Could not launch ...")
     assert line.startswith("the vCPU quota \"All G and VT Spot Instance Requests\" (L-3819A6DF) is 0 vCPUs")
     motoserver.reset(aws.endpoint_url)
     with pytest.raises(Exception) as err:
@@ -143,9 +148,9 @@ QUOTA_ENDED = ("the vCPU quota \"Running On-Demand G and VT instances\" (L-DB2E8
                "group's last failed launch: You have requested more vCPU capacity than your current vCPU limit of 0")
 
 
-def test_a_run_that_waited_out_capacity_says_what_to_change(aws):
+def test_a_run_that_waited_out_capacity_says_what_to_change(operator):
     """The ended run's sentence for capacity (the quota's is shown end to end below): what to try."""
-    line = why_no_machine(sandbox_target(aws), {"instance_types": ["g4dn.xlarge"], "spot": False}, CAPACITY_WORDS,
+    line = why_no_machine(operator, {"instance_types": ["g4dn.xlarge"], "spot": False}, CAPACITY_WORDS,
                           ended=True)
     assert line == ("AWS had no on-demand capacity for g4dn.xlarge: launch again later, list more types in "
                     f"instance.types or try spot (spot: true); the group's last failed launch: {CAPACITY_WORDS}")

@@ -24,12 +24,12 @@ STATE = f"{ENV}/system-state.json"
 
 
 def proxied_store(proxy: FaultProxy, aws, bucket: str, backoff: ConflictBackoff = FAST) -> StateStore:
-    return StateStore(client("s3", AwsTarget(aws.region, proxy.url)), bucket, ENV, backoff=backoff)
+    return StateStore(client("s3", AwsTarget(aws.region, proxy.url, aws.credentials)), bucket, ENV, backoff=backoff)
 
 
 def test_the_proxy_answers_409_only_to_conditional_writes(aws, bucket):
     with FaultProxy(aws.endpoint_url, rate=1.0, faults=(CONFLICT,)) as proxy:
-        s3 = client("s3", AwsTarget(aws.region, proxy.url))
+        s3 = client("s3", AwsTarget(aws.region, proxy.url, aws.credentials))
         s3.put_object(Bucket=bucket, Key="plain", Body=b"x")  # unconditional: never a 409
         s3.get_object(Bucket=bucket, Key="plain")
         with pytest.raises(ClientError) as err:

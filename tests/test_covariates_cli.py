@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -61,8 +60,8 @@ def run(moto_endpoint, tmp_path_factory):
     dry = run_cli(env, "--local", "launch", str(config), "--dry-run", "--json", cwd=tmp)
     result = run_cli(env, "--local", "launch", str(config), "--follow", cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
-    os.environ.update(DEPLOYER.env())  # test code reads and plants records as the deployer
-    s3 = client("s3", AwsTarget(region="us-east-1", endpoint_url=moto_endpoint))
+    # Test code reads and plants records as the deployer, by its named credentials.
+    s3 = client("s3", AwsTarget(region="us-east-1", endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials))
     return dict(run_id=result.stdout.splitlines()[0], env=env, tmp=tmp, s3=s3, result=result, validated=validated,
                 dry=dry)
 

@@ -110,10 +110,14 @@ def test_an_upload_failure_is_reported_with_its_key(target, tmp_path):
     assert f"could not upload s3://{target.bucket}/cached-datasets/2026/11/sales-" in str(refused.value)
     assert "/region=2/part.parquet" in str(refused.value)
     assert "AWS refused s3:PutObject" in str(refused.value) and "operator policy" in str(refused.value)
+    # Another bucket than the operator's own (a typo, another region's): its policy covers only
+    # its bucket, so S3 refuses before it would say whether the bucket exists.
     missing_bucket = Target(env="dev", local=False, region=target.region, bucket="chronos-training-dev-0-nowhere",
                             endpoint_url=target.endpoint_url)
-    with pytest.raises(BadInput, match="not deployed"):
+    with pytest.raises(BadInput) as other:
         upload_dataset(missing_bucket, check_local_dataset(tmp_path / "sales" / "a.parquet"), "2026/11")
+    assert str(other.value).startswith("AWS refused s3:ListObjectsV2 on bucket chronos-training-dev-0-nowhere to "
+                                       "these credentials (AccessDenied)") and "check the region" in str(other.value)
 
 
 def test_launch_reports_a_failed_dataset_upload_and_releases_the_lock(target, tmp_path):
@@ -127,14 +131,15 @@ def test_launch_reports_a_failed_dataset_upload_and_releases_the_lock(target, tm
     assert StateStore(target.s3, target.bucket, "dev").read() is None
 
 
-def test_many_small_downloads_hide_a_fixed_first_byte_latency(target, s3, tmp_path):
+def test_many_small_downloads_hide_a_fixed_first_byte_latency(aws, target, tmp_path):
     """The fault proxy's S3-like latency: 40 files at 50 ms each would take 2 s one by one."""
     from instance.model.datasync import sync_prefix
     from instance.protocol.aws import AwsTarget, client
 
     prefix = upload_dataset(target, check_local_dataset(_many(tmp_path, 40)), "2026/11").prefix
     with FaultProxy(target.endpoint_url, first_byte_s=0.05) as proxy:
-        slow = client("s3", AwsTarget(target.region, proxy.url))
+        # The agent's kind of read, timed: what is measured is the proxy, not anyone's rights.
+        slow = client("s3", AwsTarget(target.region, proxy.url, aws.credentials))
         started = time.monotonic()
         slow.head_bucket(Bucket=target.bucket)
         assert time.monotonic() - started >= 0.05
@@ -144,7 +149,7 @@ def test_many_small_downloads_hide_a_fixed_first_byte_latency(target, s3, tmp_pa
     assert report.downloaded == 40 and took < 1.5, f"{took:.2f} s"
 
 
-def test_the_proxy_adds_its_latency_and_nothing_more(target, tmp_path):
+def test_the_proxy_adds_its_latency_and_nothing_more(aws, target, tmp_path):
     """A reply with a body on a kept-alive connection once waited for the client's delayed ACK
     (Nagle: ~40 ms a request), so the "30 ms" mode cost ~80 ms. 20 serial GETs through the proxy
     now cost about what they cost direct, plus the proxy's forwarding."""
@@ -159,9 +164,9 @@ def test_the_proxy_adds_its_latency_and_nothing_more(target, tmp_path):
             s3.get_object(Bucket=target.bucket, Key="cached-datasets/2026/11/x/a.parquet")["Body"].read()
         return time.monotonic() - started
 
-    direct = twenty(target.s3)
+    direct = twenty(client("s3", aws))
     with FaultProxy(target.endpoint_url) as proxy:
-        proxied = twenty(client("s3", AwsTarget(target.region, proxy.url)))
+        proxied = twenty(client("s3", AwsTarget(target.region, proxy.url, aws.credentials)))
     assert proxied < direct + 20 * 0.02, f"direct {direct:.3f} s, through the proxy {proxied:.3f} s"
 
 

@@ -20,7 +20,7 @@ FAST = ConflictBackoff(attempts=8, base_s=0.01, cap_s=0.05)
 def test_lock_protocol_survives_20_percent_faults(aws, bucket, faults, seed):
     """4 writers bump a counter 5 times each: no bump is lost or applied twice."""
     with FaultProxy(aws.endpoint_url, rate=0.2, faults=faults, seed=seed, paths=("system-state.json",)) as proxy:
-        store = StateStore(client("s3", AwsTarget(aws.region, proxy.url)), bucket, ENV, backoff=FAST)
+        store = StateStore(client("s3", AwsTarget(aws.region, proxy.url, aws.credentials)), bucket, ENV, backoff=FAST)
         lease = store.acquire("run-20261128-100000-aaaa", counter=0)
         for status in (Status.DATA_SYNC, Status.TRAINING):
             lease = store.move(lease, status)

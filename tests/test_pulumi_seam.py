@@ -78,6 +78,12 @@ def fake(aws, seeded, tmp_path, monkeypatch):
     return log, scratch
 
 
+@pytest.fixture
+def operator(aws, seeded) -> AwsTarget:
+    """Whom `up`, `destroy` and the executor act as: the operator, by the target's credentials."""
+    return AwsTarget(REGION, aws.endpoint_url, OPERATORS[ENV].credentials)
+
+
 def stack_config(infra, types: tuple[str, ...] = ("g4dn.xlarge", "g5.xlarge"), spot: bool = False) -> RunStackConfig:
     """The run stack over the seeded environment (its subnets, security group, profile, AMI)."""
     return RunStackConfig(run_id=RUN_ID, env=ENV, region=REGION, instance_types=types, spot=spot,
@@ -111,10 +117,13 @@ STACK_STEPS = [
 ]
 
 
-def test_every_call_gets_our_backend_passphrase_and_its_own_work_dir(aws, seeded, fake):
+def test_every_call_gets_our_backend_passphrase_and_its_own_work_dir(aws, seeded, fake, operator, monkeypatch):
     log, scratch = fake
+    # The shell holds someone else's keys: the Pulumi CLI acts as the target's, the operator.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASHELLSOMEONEELSE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-operators")
     lines: list[str] = []
-    ops = PulumiStackOps(BUCKET, ENV, REGION, target=aws, progress=lines.append)
+    ops = PulumiStackOps(BUCKET, ENV, REGION, target=operator, progress=lines.append)
     outputs = ops.up(RUN_ID, stack_config(seeded))
     assert outputs["group"] == RUN_ID and outputs["launch_template"].startswith("lt-")
     [machine] = left_of_the_run(aws)["machines"]
@@ -137,16 +146,17 @@ def test_every_call_gets_our_backend_passphrase_and_its_own_work_dir(aws, seeded
         assert call["env"]["PULUMI_BACKEND_URL"] == f"s3://{BUCKET}/dev/pulumi?region=us-east-1", call["argv"]
         assert call["env"]["PULUMI_CONFIG_PASSPHRASE"] == "" and call["env"]["PULUMI_CONFIG_PASSPHRASE_FILE"] == ""
         assert call["env"]["PULUMI_AUTOMATION_API"] == "true"
+        assert call["env"]["AWS_ACCESS_KEY_ID"] == OPERATORS[ENV].access_key_id, call["argv"]
     work_dirs = {c["cwd"] for c in seen}
     assert len(work_dirs) == 4, "one work dir per Automation call"
     assert not [d for d in work_dirs if Path(d).exists()]
     assert list(scratch.iterdir()) == [], "no automation-* (or other) folder left in the temp dir"
 
 
-def test_up_makes_what_the_program_declares_and_the_group_launches_its_machine(aws, seeded, fake):
+def test_up_makes_what_the_program_declares_and_the_group_launches_its_machine(aws, seeded, fake, operator):
     """The template and the group are the program's (types in order, every zone's subnet, the
     run's tags); the group's machine is tagged through the template's tag specifications, as on AWS."""
-    PulumiStackOps(BUCKET, ENV, REGION, target=aws).up(RUN_ID, stack_config(seeded))
+    PulumiStackOps(BUCKET, ENV, REGION, target=operator).up(RUN_ID, stack_config(seeded))
     group = describe_group(client("autoscaling", aws), RUN_ID)
     assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (0, 1, 1)
     assert sorted(group["VPCZoneIdentifier"].split(",")) == sorted(seeded.subnets.values())
@@ -165,9 +175,9 @@ def test_up_makes_what_the_program_declares_and_the_group_launches_its_machine(a
                                                                               f"{machine['InstanceId']}")
 
 
-def test_a_failed_up_carries_the_providers_error_diagnostic_on_the_groups_urn(aws, seeded, fake, monkeypatch):
+def test_a_failed_up_carries_the_providers_error_diagnostic_on_the_groups_urn(aws, seeded, fake, operator, monkeypatch):
     monkeypatch.setenv("FAKE_PULUMI_UP", "fail:CreateAutoScalingGroup:LimitExceeded")
-    ops = PulumiStackOps(BUCKET, ENV, REGION, target=aws)
+    ops = PulumiStackOps(BUCKET, ENV, REGION, target=operator)
     with pytest.raises(StackCommandFailed) as err:
         ops.up(RUN_ID, stack_config(seeded))
     failure = err.value
@@ -191,12 +201,12 @@ def test_a_failed_up_carries_the_providers_error_diagnostic_on_the_groups_urn(aw
     pytest.param("CreateAutoScalingGroup:ServiceLinkedRoleFailure", "other", "launch again in a minute",
                  marks=pytest.mark.reliability),
 ])
-def test_a_refused_up_through_the_real_seam_says_what_to_do_and_leaves_nothing(aws, seeded, fake, monkeypatch,
-                                                                               refusal, kind, says):
+def test_a_refused_up_through_the_real_seam_says_what_to_do_and_leaves_nothing(aws, seeded, fake, operator,
+                                                                               monkeypatch, refusal, kind, says):
     from tests.test_ec2_executor import Renderer, request
 
     monkeypatch.setenv("FAKE_PULUMI_UP", f"fail:{refusal}")
-    ex = Ec2Executor(ENV, BUCKET, REGION, target=aws, render_user_data=Renderer())
+    ex = Ec2Executor(ENV, BUCKET, REGION, target=operator, render_user_data=Renderer())
     with pytest.raises(ProvisionError) as err:
         ex.provision(request(infra=on_aws(seeded)))
     operation, code = refusal.split(":")
@@ -233,13 +243,14 @@ def test_a_missing_grant_in_the_operator_policy_shows_as_the_refusal_of_its_call
     ({"vcpu_quotas": {"L-DB2E81BA": 0}}, "You have requested more vCPU capacity than your current vCPU limit of 0"),
     ({"no_capacity": ["g5.xlarge"]}, "We currently do not have sufficient g5.xlarge capacity"),
 ], ids=["quota", "capacity"])
-def test_a_group_that_cannot_launch_is_a_started_run_waiting_for_its_machine(aws, seeded, fake, conditions, words):
+def test_a_group_that_cannot_launch_is_a_started_run_waiting_for_its_machine(aws, seeded, fake, operator, conditions,
+                                                                             words):
     """`up` succeeds whatever EC2 then says: the group records the failed launch in its scaling
     activities, and provisioning returns no machine yet, with AWS's words, at once."""
     from tests.test_ec2_executor import Renderer, request
 
     motoserver.set_launch_conditions(aws.endpoint_url, **conditions)
-    ex = Ec2Executor(ENV, BUCKET, REGION, target=aws, render_user_data=Renderer())
+    ex = Ec2Executor(ENV, BUCKET, REGION, target=operator, render_user_data=Renderer())
     began = time.monotonic()
     done = ex.provision(request(infra=on_aws(seeded)))
     assert done.instance_id is None and words in done.last_failed_launch
@@ -251,11 +262,11 @@ def test_a_group_that_cannot_launch_is_a_started_run_waiting_for_its_machine(aws
     assert left_of_the_run(aws) == {"group": None, "templates": [], "machines": []}
 
 
-def test_preview_runs_in_a_throwaway_backend_and_writes_nothing_to_the_bucket(aws, seeded, fake):
+def test_preview_runs_in_a_throwaway_backend_and_writes_nothing_to_the_bucket(aws, seeded, fake, operator):
     log, scratch = fake
     s3 = client("s3", aws)
     before = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
-    preview = PulumiStackOps(BUCKET, ENV, REGION, target=aws).preview(stack_config(seeded))
+    preview = PulumiStackOps(BUCKET, ENV, REGION, target=operator).preview(stack_config(seeded))
     after = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
     assert after == before
     assert [(s.op, s.type, s.name) for s in preview.steps] == [("create", t, u.rsplit("::", 1)[1]) for t, u in STACK_STEPS]

@@ -44,8 +44,8 @@ def run(moto_endpoint, tmp_path_factory):
     result = run_cli(env, "--local", "launch", str(config), "--follow", cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     run_id = result.stdout.splitlines()[0]
-    os.environ.update(DEPLOYER.env())  # test code reads and plants records as the deployer
-    s3 = client("s3", AwsTarget(region="us-east-1", endpoint_url=moto_endpoint))
+    # Test code reads and plants records as the deployer, by its named credentials.
+    s3 = client("s3", AwsTarget(region="us-east-1", endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials))
     return dict(run_id=run_id, env=env, tmp=tmp, frame=frame, result=result, s3=s3)
 
 

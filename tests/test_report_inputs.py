@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 
 import pandas as pd
 import pytest
@@ -60,8 +59,7 @@ def record(run_id: str, status: str, **extra) -> dict:
 def sandbox(moto_endpoint):
     """Planted once for the module: nothing here changes the sandbox."""
     motoserver.reset(moto_endpoint)
-    os.environ.update(DEPLOYER.env())
-    aws = AwsTarget(region="us-east-1", endpoint_url=moto_endpoint)
+    aws = AwsTarget(region="us-east-1", endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials)
     seed(SandboxInfo(aws.endpoint_url, aws.region, "123456789012", None), "dev")
     s3 = client("s3", aws)
     put_json(s3, BUCKET, LAYOUT.training_record(OLD), record(OLD, "completed"))

@@ -21,6 +21,7 @@ import pytest
 from automation.executors.base import ProvisionRequest
 from automation.executors.ec2 import Ec2Executor
 from automation.infra_record import InfraRecord
+from automation.sandbox.strictmoto import DEPLOYER
 from automation.stacks.policies import SELF_INSTANCE_ARN
 from automation.stacks.run import build_run_stack
 from instance.protocol.aws import AwsTarget
@@ -61,7 +62,8 @@ def launched(infra: InfraRecord, spot: bool, endpoint: str):
     ops = RecordingOps()
     config = parse_config({"dataset": "cached-datasets/2026/11/", "instance": {"type": "g5.xlarge", "spot": spot}})
     executor = Ec2Executor("dev", infra.bucket, infra.region, ops=ops, render_user_data=lambda **_: "#!/bin/bash\n",
-                           target=AwsTarget(infra.region, endpoint), first_machine_wait=0)
+                           # Mocked infra, not seeded for an operator: the deployer, named.
+                           target=AwsTarget(infra.region, endpoint, DEPLOYER.credentials), first_machine_wait=0)
     executor.provision(ProvisionRequest(RUN_ID, "dev", config, infra))
     (cfg,) = ops.configs
     run = run_program(lambda: build_run_stack(cfg), project="chronos-run", stack=RUN_ID,

@@ -145,7 +145,7 @@ def _stale(lease, instance_state, stale_after=timedelta(minutes=5)) -> bool:
 def test_race_16_acquirers_threads_and_processes(aws, bucket, store, rounds):
     threads, procs = 8, 8
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(procs, initializer=_race_worker.init, initargs=(aws.endpoint_url, aws.region, bucket, ENV)) as pool:
+    with ctx.Pool(procs, initializer=_race_worker.init, initargs=(aws.endpoint_url, aws.region, bucket, ENV, aws.credentials)) as pool:
         for rnd in range(rounds):
             go_at = time.time() + (3.0 if rnd == 0 else 0.5)  # round 0 waits for spawned workers
             ids = [f"run-20261128-{rnd:06d}-{i:04x}" for i in range(threads + procs)]

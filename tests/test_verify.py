@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -9,6 +10,7 @@ from automation.context import Target
 from automation.executors.local import LocalExecutor
 from automation.runs.verify import verify
 from automation.sandbox.control import SandboxInfo, seed
+from automation.sandbox.strictmoto import OPERATORS
 from instance.protocol.artifacts import get_json
 from instance.protocol.ec2 import run_tags
 from instance.protocol.layout import Layout
@@ -23,7 +25,15 @@ def target(aws, tmp_path, monkeypatch):
     monkeypatch.setenv("CHRONOS_LAUNCH_GRACE_SECONDS", "0")
     info = SandboxInfo(aws.endpoint_url, aws.region, "123456789012", None)
     seed(info, "dev")
-    return Target(env="dev", local=True, region=aws.region, bucket=info.bucket("dev"), endpoint_url=aws.endpoint_url)
+    # verify-cleanup acts as the operator, as `chronos-train --local verify-cleanup` does.
+    return Target(env="dev", local=True, region=aws.region, bucket=info.bucket("dev"), endpoint_url=aws.endpoint_url,
+                  credentials=OPERATORS["dev"].credentials)
+
+
+@pytest.fixture
+def deployer(aws, target):
+    """What plants the leftovers (machines nobody ended, a volume, a stop EC2 made): the deployer."""
+    return replace(target, credentials=aws.credentials)
 
 
 @pytest.fixture
@@ -47,9 +57,9 @@ def test_clean_sandbox_reports_storage_by_prefix(target, executor):
     assert report.storage["runs_and_logs_usd_per_month"] < 0.05
 
 
-def test_orphans_found_by_tag_then_fixed_idempotently(target, executor):
-    instance = _orphan_instance(target)
-    volume = target.ec2.create_volume(AvailabilityZone="us-east-1a", Size=100, VolumeType="gp3", TagSpecifications=[
+def test_orphans_found_by_tag_then_fixed_idempotently(target, deployer, executor):
+    instance = _orphan_instance(deployer)
+    volume = deployer.ec2.create_volume(AvailabilityZone="us-east-1a", Size=100, VolumeType="gp3", TagSpecifications=[
         {"ResourceType": "volume", "Tags": [{"Key": "Project", "Value": "Chronos-Training"}]}])["VolumeId"]
     upload = target.s3.create_multipart_upload(Bucket=target.bucket, Key=f"dev/{RUN}/models/model.safetensors")
 
@@ -67,12 +77,12 @@ def test_orphans_found_by_tag_then_fixed_idempotently(target, executor):
     assert again.clean and again.fixed == []
 
 
-def test_a_stopped_machine_is_a_leftover_that_fix_terminates(target, executor, monkeypatch):
+def test_a_stopped_machine_is_a_leftover_that_fix_terminates(target, deployer, executor, monkeypatch):
     """A machine that powered off may be stopped, not terminated: it runs nothing, its volume
     bills. No grace window (it is not starting), and --fix ends it and records its run."""
     monkeypatch.setenv("CHRONOS_LAUNCH_GRACE_SECONDS", "600")
-    instance = _orphan_instance(target)
-    target.ec2.stop_instances(InstanceIds=[instance])
+    instance = _orphan_instance(deployer)
+    deployer.ec2.stop_instances(InstanceIds=[instance])
     report = verify(target, executor, do_fix=False)
     assert [(f.kind, f.id, f.run_id) for f in report.findings] == [("instance", instance, RUN)]
     assert "stopped with no active run" in report.findings[0].detail and report.starting == []
@@ -82,9 +92,9 @@ def test_a_stopped_machine_is_a_leftover_that_fix_terminates(target, executor, m
     assert state == "terminated"
 
 
-def test_a_stopped_former_machine_of_a_live_run_is_ended_and_the_run_goes_on(target, executor):
-    running, stopped = _orphan_instance(target), _orphan_instance(target)
-    target.ec2.stop_instances(InstanceIds=[stopped])
+def test_a_stopped_former_machine_of_a_live_run_is_ended_and_the_run_goes_on(target, deployer, executor):
+    running, stopped = _orphan_instance(deployer), _orphan_instance(deployer)
+    deployer.ec2.stop_instances(InstanceIds=[stopped])
     store = StateStore(target.s3, target.bucket, "dev")
     lease = store.acquire(RUN, executor="ec2", instance_id=running)
     report = verify(target, executor, do_fix=False)
@@ -97,9 +107,9 @@ def test_a_stopped_former_machine_of_a_live_run_is_ended_and_the_run_goes_on(tar
     assert states == {running: "running", stopped: "terminated"}
 
 
-def test_just_created_instance_gets_a_grace_window(target, executor, monkeypatch):
+def test_just_created_instance_gets_a_grace_window(target, deployer, executor, monkeypatch):
     monkeypatch.setenv("CHRONOS_LAUNCH_GRACE_SECONDS", "600")
-    instance = _orphan_instance(target)
+    instance = _orphan_instance(deployer)
     report = verify(target, executor, do_fix=False)
     assert report.clean and report.starting == [instance]
 
@@ -120,8 +130,8 @@ def test_stale_lock_is_released_and_recorded_lost(target, executor, monkeypatch)
     assert get_json(target.s3, target.bucket, Layout("dev").cleanup_status(RUN))["by"] == "cli"
 
 
-def test_fresh_lock_of_a_live_run_is_not_a_leftover(target, executor):
-    instance = _orphan_instance(target)
+def test_fresh_lock_of_a_live_run_is_not_a_leftover(target, deployer, executor):
+    instance = _orphan_instance(deployer)
     StateStore(target.s3, target.bucket, "dev").acquire(RUN, executor="ec2", instance_id=instance)
     report = verify(target, executor, do_fix=False)
     assert report.clean and report.active_run == RUN

@@ -67,6 +67,15 @@ _PROVIDER_FRAMING = (re.compile(r"^\s*\d+ errors? occurred:\s*"), re.compile(r"^
                      re.compile(r":\s*provider=[a-z0-9-]+@[0-9][^\s]*\s*$"))
 
 
+def _credential_env(credentials: tuple[str, str, str | None] | None) -> dict[str, str]:
+    if credentials is None:
+        return {}
+    key, secret, token = credentials
+    # An empty token counts as none for the AWS SDKs; a shell's own token must not pair with these keys.
+    # Keys in the environment come before a profile in both SDKs' chains.
+    return {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": token or ""}
+
+
 class ToolingMissing(RuntimeError):
     """The Pulumi CLI is absent or unusable; the message says how to fix it."""
 
@@ -302,6 +311,8 @@ class PulumiStackOps:
             "PULUMI_CONFIG_PASSPHRASE_FILE": "",
             "PULUMI_SKIP_UPDATE_CHECK": "true",
             "AWS_REGION": self.region,
+            # The provider acts as whoever the CLI acts as, not as whatever the shell holds.
+            **_credential_env(self.target.credentials),
         }
 
     def _pulumi(self):

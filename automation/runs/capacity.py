@@ -80,4 +80,5 @@ def explain_no_capacity(target: Target, lease, verdict: Verdict) -> Verdict:
         return verdict
     said = why_no_machine(target, lease.state, failed[0], ended=True)
     # The record's error (phase: the launch, no machine ran): what `monitor` and the report show.
-    return replace(verdict, why=f"{verdict.why}; {said}", error={"class": NO_CAPACITY, "message": said, "phase": "launch"})
+    error = {"class": NO_CAPACITY, "message": said, "phase": "launch"}
+    return replace(verdict, why=f"{verdict.why}; {said}", error=error)
