@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from automation.sandbox.strictmoto import DEPLOYER
 from instance.model.training import Progress, RunMonitor, TrainingHooks, TrainingSettings, train_model
 from tests.agent_fixtures import synthetic_frame
 
@@ -116,6 +117,9 @@ def test_s3_base_model_loads_through_chronos(s3, bucket, aws, tmp_path, monkeypa
     for f in folder.iterdir():
         s3.upload_file(str(f), bucket, f"models/base/{f.name}")
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint_url)
+    # Chronos reads S3 with boto3's own chain; this bucket is bare (no operator policy): the deployer, named.
+    for name, value in DEPLOYER.env().items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     pipeline = load_base(f"s3://{bucket}/models/base/", context_length=64, on="cpu")
     assert isinstance(pipeline, Chronos2Pipeline)
