@@ -21,6 +21,16 @@ class ChronosConnectionError(ChronosError):
     """The endpoint (AWS or the sandbox) does not answer."""
 
 
+class AwsFailing(ChronosError):
+    """AWS answered with server errors or throttling until botocore's retries ran out."""
+
+
+# What botocore retries (its "transient" and "throttling" kinds) and so what is left when its
+# attempts are spent: the service is failing, not the caller's request.
+_SERVER_SIDE_CODES = frozenset({"InternalError", "InternalFailure", "ServiceUnavailable", "SlowDown", "Throttling",
+                                "ThrottlingException", "RequestLimitExceeded", "RequestTimeout"})
+
+
 @dataclass(frozen=True)
 class Target:
     env: str
@@ -103,6 +113,13 @@ def translate_aws_error(exc: Exception, target: Target) -> Exception:
         what = f"{action} on bucket {target.bucket}" if action and action.startswith("s3:") else action or "a call"
         return BadInput(f"AWS refused {what} to these credentials ({code}); give this identity the operator "
                         "policy (docs/deploy.md) and check the region")
+    meta = (getattr(exc, "response", None) or {}).get("ResponseMetadata") or {}
+    status = int(meta.get("HTTPStatusCode") or 0)
+    if code in _SERVER_SIDE_CODES or status >= 500:
+        attempts = int(meta.get("RetryAttempts") or 0) + 1
+        return AwsFailing(f"AWS answered {refused_action(exc) or 'a call'} with {code or 'an error'} (HTTP {status}) "
+                          f"{attempts} time(s) in a row, its retries spent; try again in a few minutes"
+                          + ("" if target.local else " (https://health.aws.amazon.com shows a degraded service)"))
     if name in ("EndpointConnectionError", "ConnectTimeoutError"):
         where = target.endpoint_url or f"AWS in {target.region}"
         hint = "; start it with `chronos-train sandbox start`" if target.local else ""

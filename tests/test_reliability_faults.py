@@ -162,16 +162,23 @@ def assert_failed_and_cleaned(aws, s3, run_id: str, error_class: str, phase: str
                  id="model-uploads", marks=pytest.mark.reliability),
 ])
 def test_faults_beyond_the_retry_budget_fail_the_run_and_clean_up(aws, sandbox, tmp_path, where):
-    # Every attempt at these keys fails (500): botocore gives up after its 6 attempts.
-    with FaultProxy(aws.endpoint_url, rate=1.0, faults=("error500",), paths=where["paths"],
+    # Every attempt at these keys fails (500) once the run is launched (launch itself reads a
+    # bucket dataset's parquet footers: see the test below): botocore gives up after 6 attempts.
+    with FaultProxy(aws.endpoint_url, rate=0.0, faults=("error500",), paths=where["paths"],
                     methods=where["methods"]) as proxy:
         env = faulty_env(proxy, tmp_path / "home")
         began = time.monotonic()
-        result = run_cli(env, "--local", "launch", bucket_config(sandbox, tmp_path), "--follow", cwd=tmp_path,
-                         timeout=RUN_TIMEOUT_S)
+        follower = start_cli(env, "--local", "launch", bucket_config(sandbox, tmp_path), "--follow", cwd=tmp_path)
+        try:
+            run_id = follower.stdout.readline().strip()
+            assert run_id.startswith("run-"), follower.stderr.read() if follower.poll() is not None else run_id
+            proxy.configure(rate=1.0, faults=("error500",), paths=where["paths"], methods=where["methods"])
+            out, err = follower.communicate(timeout=RUN_TIMEOUT_S)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
         took = time.monotonic() - began
-        assert result.returncode == 4, result.stderr[-3000:]  # the followed run failed
-        run_id = result.stdout.splitlines()[0]
+        assert follower.returncode == 4, err[-3000:]  # the followed run failed
         assert proxy.stats["exhausted"] >= 1 and proxy.failed_calls >= 1
         clean = run_cli(env, "--local", "verify-cleanup", timeout=120)
         assert clean.returncode == 0, clean.stdout + clean.stderr
@@ -181,6 +188,20 @@ def test_faults_beyond_the_retry_budget_fail_the_run_and_clean_up(aws, sandbox, 
     assert_failed_and_cleaned(aws, sandbox, run_id, where["error"], where["phase"])
     if where["phase"] == "data_sync":
         assert not keys_under(sandbox, BUCKET, LAYOUT.models(run_id))
+
+
+def test_a_launch_whose_dataset_s3_keeps_failing_says_so_and_takes_nothing(aws, sandbox, tmp_path):
+    """launch reads a bucket dataset's parquet footers before the lock: S3 failing those reads
+    beyond botocore's retries ends the launch with one sentence naming the call, and no lock."""
+    with FaultProxy(aws.endpoint_url, rate=1.0, faults=("error500",), paths=("/" + DATASETS_PREFIX,),
+                    methods=("GET",)) as proxy:
+        result = run_cli(faulty_env(proxy, tmp_path / "home"), "--local", "launch", bucket_config(sandbox, tmp_path),
+                         cwd=tmp_path, timeout=180)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "error: AWS answered s3:GetObject with InternalError (HTTP 500) 6 time(s) in a row, its retries spent; " \
+           "try again in a few minutes" in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "ClientError" not in result.stderr
+    assert live_state(sandbox, BUCKET) is None
 
 
 # -- S3 unreachable mid-run: the honest end states -------------------------------------------------
