@@ -47,13 +47,22 @@ def store_frame() -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def future_frame(promo: int = 1) -> pd.DataFrame:
+    """The promotions of the H days after the data, for every store."""
+    days = pd.date_range("2026-01-01", periods=LENGTH + H, freq="D")[LENGTH:]
+    return pd.DataFrame({"store_id": np.repeat([f"store-{i}" for i in range(ITEMS)], H), "day": np.tile(days, ITEMS),
+                         "promo": promo})
+
+
 @pytest.fixture(scope="module")
 def run(moto_endpoint, tmp_path_factory):
     motoserver.reset(moto_endpoint)
     tmp = tmp_path_factory.mktemp("covariates")
     data = write_parquet(tmp / "data" / "stores.parquet", store_frame())
+    future = write_parquet(tmp / "future" / "promo.parquet", future_frame())
     config = tmp / "run.yaml"
-    doc = run_config(dataset=str(data), num_steps=20, prediction_length=H) | {"columns": COLUMNS}
+    doc = run_config(dataset=str(data), num_steps=20, prediction_length=H) | {"columns": COLUMNS,
+                                                                             "forecast": {"future": str(future)}}
     doc["evaluation"] = {"windows": W}
     config.write_text(yaml.safe_dump(doc))
     env = cli_env(moto_endpoint, tmp / "home", CHRONOS_HEARTBEAT_SECONDS="1")
@@ -65,6 +74,20 @@ def run(moto_endpoint, tmp_path_factory):
     s3 = client("s3", AwsTarget(region="us-east-1", endpoint_url=moto_endpoint))
     return dict(run_id=result.stdout.splitlines()[0], env=env, tmp=tmp, s3=s3, result=result, validated=validated,
                 dry=dry)
+
+
+def test_the_run_forecasts_with_the_future_values_launch_uploaded(run):
+    """forecast.future, a local file, went into the run's own prefix; the forecast continues every
+    store's days, under the data's own column names, one row per store, target and day."""
+    record = get_json(run["s3"], BUCKET, LAYOUT.training_record(run["run_id"]))
+    assert record["final_status"] == "completed"
+    assert record["config"]["forecast"]["future"] == LAYOUT.forecast_future(run["run_id"])
+    body = run["s3"].get_object(Bucket=BUCKET, Key=LAYOUT.forecast_file(run["run_id"]))["Body"].read()
+    f = pd.read_parquet(io.BytesIO(body))
+    assert list(f.columns[:4]) == ["store_id", "day", "target_name", "predictions"]
+    assert len(f) == ITEMS * 2 * H and set(f.target_name) == {"sales", "returns"}
+    assert f["day"].min() == pd.Timestamp("2026-01-01") + pd.Timedelta(days=LENGTH)
+    assert record["forecast"]["future"] == LAYOUT.forecast_future(run["run_id"])
 
 
 def test_data_validate_says_each_column_s_role_and_type(run):

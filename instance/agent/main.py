@@ -4,7 +4,7 @@
                              [--instance-id ID] [--local] [--work-dir DIR]
                              [--shutdown-at EPOCH] [--expect-gpu auto|yes|no]
 
-initialization → data_sync → training → results_sync → cleanup. Any failure moves the run to
+initialization → data_sync → training → forecast → results_sync → cleanup. Any failure moves the run to
 `failed`, a kill (the CLI moves the state to `killed`) stops it at the next step; both then run
 cleanup, which always runs. An agent that finds it is fenced (the lock was released by someone
 else or belongs to another run) writes nothing more and exits 3.
@@ -165,6 +165,9 @@ class Agent:
                 ctx.config.dataset, ctx.data_dir, ctx.config.training.prediction_length, ctx.config.training.context_length,
                 ctx.config.evaluation.windows, ctx.config.columns.names()))),
             Phase(Status.TRAINING, lambda: ph.training(ctx, ph.TrainingInput(ctx.config, state["data_sync"].files, ctx.train_dir))),
+            Phase(Status.FORECAST, lambda: ph.forecast(ctx, ph.ForecastInput(
+                ctx.config, state["data_sync"].files, state["training"].model_dir, state["data_sync"].fingerprint,
+                state["data_sync"].columns))),
             Phase(Status.RESULTS_SYNC, lambda: ph.results_sync(ctx, ph.ResultsInput(
                 state["training"].model_dir, state["training"], state["data_sync"], ctx.config))),
         ]

@@ -8,6 +8,7 @@ class Status(str, Enum):
     INITIALIZATION = "initialization"
     DATA_SYNC = "data_sync"
     TRAINING = "training"
+    FORECAST = "forecast"  # the trained model forecasts past the end of every series
     RESULTS_SYNC = "results_sync"
     CLEANUP = "cleanup"
     FAILED = "failed"
@@ -23,6 +24,7 @@ MAIN_CHAIN = (
     Status.INITIALIZATION,
     Status.DATA_SYNC,
     Status.TRAINING,
+    Status.FORECAST,
     Status.RESULTS_SYNC,
     Status.CLEANUP,
 )
