@@ -90,6 +90,21 @@ def test_the_run_forecasts_with_the_future_values_launch_uploaded(run):
     assert record["forecast"]["future"] == LAYOUT.forecast_future(run["run_id"])
 
 
+def test_forecast_from_the_run_id_equals_the_run_s_own_forecast_and_reuses_the_fetched_model(run):
+    tmp = run["tmp"]
+    args = ("--local", "forecast", run["run_id"], str(tmp / "data" / "stores.parquet"),
+            "--future", str(tmp / "future" / "promo.parquet"), "--out", str(tmp / "mine.parquet"))
+    result = run_cli(run["env"], *args)
+    assert result.returncode == 0, result.stderr
+    body = run["s3"].get_object(Bucket=BUCKET, Key=LAYOUT.forecast_file(run["run_id"]))["Body"].read()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp / "mine.parquet"), pd.read_parquet(io.BytesIO(body)),
+                                  check_exact=False, rtol=1e-5)
+    fetched = tmp / "home" / "models" / "dev" / run["run_id"] / ".complete.json"
+    first = fetched.stat().st_mtime_ns
+    assert run_cli(run["env"], *args).returncode == 0
+    assert fetched.stat().st_mtime_ns == first  # read from the home, not fetched again
+
+
 def test_data_validate_says_each_column_s_role_and_type(run):
     assert run["validated"].returncode == 0, run["validated"].stderr
     doc = json.loads(run["validated"].stdout)

@@ -87,7 +87,7 @@ def test_files_in_and_the_progress_heard(model, tmp_path):
     frame = synthetic_frame(n_items=40, length=64, covariate=False)
     path = write_parquet(tmp_path / "d.parquet", frame)
     heard = []
-    result = forecast_files(model, [path], roles_of_frame(frame), H, about={"model": "m"}, batch_size=2,
+    result = forecast_files(lambda: model, [path], roles_of_frame(frame), H, about={"model": "m"}, batch_size=2,
                             progress=lambda done, total: heard.append((done, total)))
     assert result.info["model"] == "m" and result.info["series"] == 40 and result.info["rows"] == 40 * H
     assert heard[-1] == (40, 40) and len(heard) == 2  # chunks of 16 batches of 2
@@ -143,3 +143,32 @@ def test_data_whose_columns_do_not_match_the_model_s_roles_is_refused():
         with pytest.raises(ForecastInputError, match="") as err:
             check_roles(roles_of_frame(changed, PROMO), trained, "data.parquet")
         assert said in str(err.value) and str(err.value).startswith("data.parquet")
+
+
+# -- the run config's forecast: and launch's check of a local future file ----------------------------
+def test_the_run_config_turns_the_forecast_off_or_names_the_future_and_refuses_unknown_keys():
+    from instance.protocol.runconfig import ConfigError, parse_config
+
+    assert parse_config({"dataset": "d"}).forecast.enabled
+    assert not parse_config({"dataset": "d", "forecast": False}).forecast.enabled
+    assert parse_config({"dataset": "d", "forecast": {"future": "f.parquet"}}).forecast.future == "f.parquet"
+    with pytest.raises(ConfigError, match=r"^config: forecast.horizon: unknown key; remove it or check its spelling$"):
+        parse_config({"dataset": "d", "forecast": {"horizon": 3}})
+    with pytest.raises(ConfigError, match="forecast: must be true, false, or a mapping"):
+        parse_config({"dataset": "d", "forecast": "yes"})
+
+
+def test_launch_refuses_a_local_future_file_whose_columns_do_not_fit(tmp_path):
+    from automation.datasets import check_local_future
+    from automation.errors import BadInput
+    from instance.protocol.runconfig import parse_config
+
+    cfg = parse_config({"dataset": "d", "columns": {"target": "sales", "known_covariates": ["promo"]}})
+    frame = promo_frame(n_items=2)
+    good = write_parquet(tmp_path / "good.parquet", _future(frame))
+    assert check_local_future(good, cfg, None).files == [good]
+    bad = write_parquet(tmp_path / "bad.parquet", _future(frame).assign(sales=1.0))
+    with pytest.raises(BadInput, match="has column\\(s\\) 'sales' besides the id, the timestamp and the known covariates"):
+        check_local_future(bad, cfg, None)
+    with pytest.raises(BadInput, match="no such file"):
+        check_local_future(tmp_path / "nothing.parquet", cfg, None)

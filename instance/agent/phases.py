@@ -346,11 +346,10 @@ def _forecast(ctx: AgentContext, inp: ForecastInput, future_files):
     from ..model.forecasting import BATCH_SIZE, forecast_files
 
     cfg = inp.config
-    pipeline = load_trained(inp.model_dir)
     about = {"run_id": ctx.run_id, "model": ctx.uri(ctx.layout.models(ctx.run_id)),
              "data": ctx.record.doc.get("data", {}).get("uri"), "data_fingerprint": inp.fingerprint,
              "future": cfg.forecast.future if future_files else None}
-    return forecast_files(pipeline, inp.files, inp.roles, cfg.training.prediction_length, future_files=future_files,
+    return forecast_files(lambda: load_trained(inp.model_dir), inp.files, inp.roles, cfg.training.prediction_length, future_files=future_files,
                           about=about, batch_size=BATCH_SIZE, context_length=cfg.training.context_length,
                           where="the run's data", future_where=f"forecast.future ({cfg.forecast.future})")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..protocol.columns import ColumnRoles
+from .basemodel import PATCH
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def future_timestamps(data, roles: ColumnRoles, prediction_length: int, freq: st
 def patch_size(pipeline) -> int:
     """The points of one input patch: a series shorter than that gives the model less than one token."""
     config = getattr(getattr(pipeline, "model", None), "chronos_config", None)
-    return int(getattr(config, "input_patch_size", 16))
+    return int(getattr(config, "input_patch_size", PATCH))
 
 
 def check_lengths(data, roles: ColumnRoles, where: str, minimum: int) -> None:
@@ -192,22 +193,26 @@ def check_future(future, roles: ColumnRoles, ids, timestamps, where: str):
 
 
 # -- the forecast -------------------------------------------------------------------------------
-def forecast_frame(pipeline, data, roles: ColumnRoles, prediction_length: int, *, future=None,
-                   quantile_levels: Sequence[float] = QUANTILE_LEVELS, batch_size: int = BATCH_SIZE,
-                   context_length: int | None = None, where: str = "the data", future_where: str = "the future file",
-                   progress: Callable[[int, int], None] | None = None) -> Forecast:
+@dataclass
+class Prepared:
+    """Data and future values checked against the model's roles, before any model is loaded."""
+
+    data: Any
+    roles: ColumnRoles
+    prediction_length: int
+    frequency: str
+    ids: Any  # the series, in the data's order
+    timestamps: Any  # (series, prediction_length): the future timestamps of each
+    future: Any = None  # the known covariates' values over the horizon, in the data's order
+
+
+def prepare(data, roles: ColumnRoles, prediction_length: int, *, future=None, min_length: int = PATCH,
+            where: str = "the data", future_where: str = "the future file") -> Prepared:
     """`data`: a pandas frame sorted by (id, timestamp) with string ids, as
     dataset.load_long_frame reads it, in `roles` (the model's). `future`: the known covariates'
-    values over the horizon (required when there are known covariates)."""
-    import numpy as np
-    import pandas as pd
-    import torch
-
-    from .covariates import forecast_inputs
-
-    started = time.monotonic()
-    levels = check_quantiles(quantile_levels)
-    check_lengths(data, roles, where, patch_size(pipeline))
+    values over the horizon (required when there are known covariates). ForecastInputError for
+    anything the model cannot forecast from."""
+    check_lengths(data, roles, where, min_length)
     freq = frequency(data, roles, where)
     ids, timestamps = future_timestamps(data, roles, prediction_length, freq)
     if roles.known_covariates:
@@ -216,14 +221,31 @@ def forecast_frame(pipeline, data, roles: ColumnRoles, prediction_length: int, *
                                      f"and needs their values for the next {prediction_length} steps of every series; "
                                      "give them as a future file")
         future = check_future(future, roles, ids, timestamps, future_where)
-    inputs = forecast_inputs(data, future, roles, prediction_length)
+    else:
+        future = None
+    return Prepared(data, roles, prediction_length, freq, ids, timestamps, future)
+
+
+def predict(pipeline, prepared: Prepared, *, quantile_levels: Sequence[float] = QUANTILE_LEVELS,
+            batch_size: int = BATCH_SIZE, context_length: int | None = None,
+            progress: Callable[[int, int], None] | None = None) -> Forecast:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from .covariates import forecast_inputs
+
+    started = time.monotonic()
+    levels = check_quantiles(quantile_levels)
+    p, roles, h = prepared, prepared.roles, prepared.prediction_length
+    inputs = forecast_inputs(p.data, p.future, roles, h)
     pipeline.model.eval()  # a model fresh from its config or from fit may still be in training mode (dropout on)
     n, chunk = len(inputs), max(1, batch_size) * CHUNK_BATCHES
     quantiles, medians = [], []
     for lo in range(0, n, chunk):
-        q, m = pipeline.predict_quantiles(inputs[lo:lo + chunk], prediction_length=prediction_length,
-                                          quantile_levels=levels, batch_size=batch_size,
-                                          context_length=context_length, limit_prediction_length=False)
+        q, m = pipeline.predict_quantiles(inputs[lo:lo + chunk], prediction_length=h, quantile_levels=levels,
+                                          batch_size=batch_size, context_length=context_length,
+                                          limit_prediction_length=False)
         quantiles += [t.float().cpu() for t in q]
         medians += [t.float().cpu() for t in m]
         if progress is not None:
@@ -233,29 +255,39 @@ def forecast_frame(pipeline, data, roles: ColumnRoles, prediction_length: int, *
     targets = roles.targets
     t = len(targets)
     frame = pd.DataFrame({
-        roles.id: np.repeat(ids, t * prediction_length),
-        roles.timestamp: np.repeat(timestamps[:, None, :], t, axis=1).reshape(-1),
-        **({TARGET_NAME: np.tile(np.repeat(targets, prediction_length), n)} if t > 1 else {}),
+        roles.id: np.repeat(p.ids, t * h),
+        roles.timestamp: np.repeat(p.timestamps[:, None, :], t, axis=1).reshape(-1),
+        **({TARGET_NAME: np.tile(np.repeat(targets, h), n)} if t > 1 else {}),
         POINT: point.reshape(-1),
         **{col: q[..., i].reshape(-1) for i, col in enumerate(quantile_columns(levels))},
     })
     info = {
-        "series": n, "rows": len(frame), "prediction_length": prediction_length, "frequency": freq,
+        "series": n, "rows": len(frame), "prediction_length": h, "frequency": p.frequency,
         "quantile_levels": levels, "columns": list(frame.columns), "targets": targets,
         "known_covariates": roles.known_covariates, "past_covariates": roles.past_covariates,
-        "first_timestamp": str(pd.Timestamp(timestamps.min())) if n else None,
-        "last_timestamp": str(pd.Timestamp(timestamps.max())) if n else None,
+        "first_timestamp": str(pd.Timestamp(p.timestamps.min())) if n else None,
+        "last_timestamp": str(pd.Timestamp(p.timestamps.max())) if n else None,
         "seconds": round(time.monotonic() - started, 3),
     }
-    log.info("forecast: %d series x %d steps in %.1f s", n, prediction_length, info["seconds"])
+    log.info("forecast: %d series x %d steps in %.1f s", n, h, info["seconds"])
     return Forecast(frame, info)
 
 
-def forecast_files(pipeline, files: Sequence[Path], roles: ColumnRoles, prediction_length: int, *,
-                   future_files: Sequence[Path] | None = None, about: dict[str, Any] | None = None,
+def forecast_frame(pipeline, data, roles: ColumnRoles, prediction_length: int, *, future=None,
+                   where: str = "the data", future_where: str = "the future file", **options) -> Forecast:
+    """prepare, then predict with `pipeline` (options: predict's)."""
+    prepared = prepare(data, roles, prediction_length, future=future, min_length=patch_size(pipeline),
+                       where=where, future_where=future_where)
+    return predict(pipeline, prepared, **options)
+
+
+def forecast_files(load_pipeline: Callable[[], Any], files: Sequence[Path], roles: ColumnRoles,
+                   prediction_length: int, *, future_files: Sequence[Path] | None = None,
+                   about: dict[str, Any] | None = None, where: str = "the data", future_where: str = "the future file",
                    **options) -> Forecast:
-    """The forecast of a dataset's files (and the future values' files) in the model's roles;
-    `about` (the model, the data's fingerprint) goes into forecast.json first."""
+    """The forecast of a dataset's files (and the future values' files) in the model's roles: the
+    inputs checked first, then the model loaded (`load_pipeline()`), then predict (options:
+    predict's). `about` (the model, the data's fingerprint) goes into forecast.json first."""
     from .dataset import load_long_frame
 
     data = load_long_frame(files, roles)
@@ -264,6 +296,7 @@ def forecast_files(pipeline, files: Sequence[Path], roles: ColumnRoles, predicti
         import pandas as pd
 
         future = pd.concat([pd.read_parquet(f) for f in future_files], ignore_index=True)
-    result = forecast_frame(pipeline, data, roles, prediction_length, future=future, **options)
+    prepared = prepare(data, roles, prediction_length, future=future, where=where, future_where=future_where)
+    result = predict(load_pipeline(), prepared, **options)
     result.info = {**(about or {}), **result.info}
     return result
