@@ -189,6 +189,32 @@ def test_model_loads_from_s3_and_forecasts(completed, monkeypatch, tmp_path):
     assert np.isfinite(forecast["predictions"].to_numpy()).all()
 
 
+def test_a_forecast_only_run_forecasts_with_a_run_s_model_and_trains_nothing(completed, tmp_path):
+    """kind: forecast: data_sync -> forecast -> results_sync -> cleanup on the machine, the model
+    read from the earlier run's models/ prefix (the instance role reads {env}/run-*), its forecast
+    the same as the training run's own (same model, same data)."""
+    import io
+
+    import pandas as pd
+
+    s3, bucket, trained = completed["s3"], completed["bucket"], completed["run"]
+    config = run_config(base=f"s3://{bucket}/{trained.layout.models(trained.run_id)}") | {"kind": "forecast"}
+    run = launch(s3, bucket, completed["aws"], ENV, config)
+    proc = run_agent(run, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = get_json(s3, bucket, run.layout.training_record(run.run_id))
+    assert record["final_status"] == "completed"
+    assert sorted(record["phases"], key=lambda p: record["phases"][p]["started_at"]) == [
+        "initialization", "data_sync", "forecast", "results_sync", "cleanup"]
+    assert record["training"] is None and record["artifacts"]["model_uri"] is None
+    assert not keys_under(s3, bucket, run.layout.models(run.run_id))
+
+    def forecast_of(r):
+        return pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=r.layout.forecast_file(r.run_id))["Body"].read()))
+
+    pd.testing.assert_frame_equal(forecast_of(run), forecast_of(trained), check_exact=False, rtol=1e-5)
+
+
 def test_a_model_with_known_covariates_and_no_future_values_forecasts_nothing_and_says_why(moto_endpoint, tmp_path):
     """Not a failure of the run: the model is what was paid for; the record says what to give."""
     motoserver.reset(moto_endpoint)

@@ -105,6 +105,38 @@ def test_forecast_from_the_run_id_equals_the_run_s_own_forecast_and_reuses_the_f
     assert fetched.stat().st_mtime_ns == first  # read from the home, not fetched again
 
 
+def test_a_forecast_run_on_the_machine_is_followed_to_its_file(run):
+    """--remote: a forecast-only run (kind forecast) through the lock, the agent's phases and
+    cleanup, its forecast fetched to --out and equal to the training run's own; `runs` says its kind."""
+    tmp = run["tmp"]
+    out = tmp / "remote.csv"
+    result = run_cli(run["env"], "--local", "forecast", run["run_id"], str(tmp / "data" / "stores.parquet"),
+                     "--future", str(tmp / "future" / "promo.parquet"), "--remote", "--out", str(out), cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote_id = result.stdout.splitlines()[0]
+    record = get_json(run["s3"], BUCKET, LAYOUT.training_record(remote_id))
+    assert record["final_status"] == "completed" and record["config"]["kind"] == "forecast"
+    assert "training" not in record["phases"] and record["phases"]["forecast"]["result"] == "ok"
+    body = run["s3"].get_object(Bucket=BUCKET, Key=LAYOUT.forecast_file(run["run_id"]))["Body"].read()
+    theirs = pd.read_parquet(io.BytesIO(body))
+    mine = pd.read_csv(out, parse_dates=["day"])
+    np.testing.assert_allclose(mine["predictions"], theirs["predictions"], rtol=1e-5)
+    runs = json.loads(run_cli(run["env"], "--local", "runs", "--json").stdout)
+    assert {r["run_id"]: r["kind"] for r in runs}[remote_id] == "forecast"
+    assert run_cli(run["env"], "--local", "verify-cleanup").returncode == 0
+
+
+def test_a_forecast_run_with_future_values_that_do_not_fit_costs_nothing(run):
+    tmp = run["tmp"]
+    short = write_parquet(tmp / "short-future.parquet", future_frame().iloc[:-1])
+    before = json.loads(run_cli(run["env"], "--local", "runs", "--json").stdout)
+    result = run_cli(run["env"], "--local", "forecast", run["run_id"], str(tmp / "data" / "stores.parquet"),
+                     "--future", str(short), "--remote", cwd=tmp)
+    assert result.returncode == 2 and "has 7 rows for series 'store-5'" in result.stderr, result.stderr
+    after = json.loads(run_cli(run["env"], "--local", "runs", "--json").stdout)
+    assert [r["run_id"] for r in after] == [r["run_id"] for r in before]  # no run was started for it
+
+
 def test_data_validate_says_each_column_s_role_and_type(run):
     assert run["validated"].returncode == 0, run["validated"].stderr
     doc = json.loads(run["validated"].stdout)

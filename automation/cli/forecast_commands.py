@@ -29,10 +29,13 @@ def _levels(value: str | None) -> list[float] | None:
 @click.option("--prediction-length", type=click.IntRange(1, 1024),
               help="Steps to forecast (default: the run's prediction_length; 24 for a pretrained model).")
 @click.option("--batch-size", type=click.IntRange(1, 65536), help="Series a forward pass (default 256).")
+@click.option("--remote", is_flag=True,
+              help="Forecast as a run on the model's GPU machine (lock, logs, cost, kill as any run), followed to "
+                   "its end; --out then receives its forecast.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary (forecast.json's fields).")
 @pass_opts
 def forecast(opts: Options, model: str, data: str, future: str | None, out: Path, quantiles: str | None,
-             prediction_length: int | None, batch_size: int | None, as_json: bool) -> None:
+             prediction_length: int | None, batch_size: int | None, remote: bool, as_json: bool) -> None:
     """Forecast the next steps of every series in DATA with MODEL, on this machine, into one file.
 
     MODEL is a run id (its model is fetched once into ~/.chronos-train and reused), a model folder
@@ -41,12 +44,21 @@ def forecast(opts: Options, model: str, data: str, future: str | None, out: Path
     was trained with. The output has the data's id and timestamp columns, `predictions` (the
     median) and one column per quantile ("0.1" ... "0.9"), as Chronos-2's predict_df names them.
     Exit 2, with nothing written, for an unknown run, data or future values that do not fit.
+    --remote (MODEL a run id): the same forecast as a run on a machine of the model's run
+    (data_sync, forecast, results_sync, cleanup), followed; its exit codes are launch --follow's.
 
     \b
     Example:
       chronos-train --local forecast run-20261128-203700-1a2b sales.parquet --out next.parquet
       chronos-train forecast runs/RUN_ID/model sales.parquet --future promos.parquet --out next.csv
+      chronos-train forecast run-20261128-203700-1a2b cached-datasets/2026/11/ --remote --out next.parquet
     """
+    if remote:
+        if quantiles or batch_size:
+            raise BadInput("--remote forecasts the run's quantiles (0.1 ... 0.9) with its batch size; leave out "
+                           "--quantiles and --batch-size")
+        _remote(opts, model, data, future, out, prediction_length)
+        return
     from ..runs.forecast import forecast_to_file
 
     def progress(done: int, total: int) -> None:
@@ -60,3 +72,26 @@ def forecast(opts: Options, model: str, data: str, future: str | None, out: Path
     if not as_json:
         say(f"forecast of {info['series']} series x {info['prediction_length']} steps written to {result.out} "
             f"({info['total_seconds']:.1f} s)")
+
+
+def _remote(opts: Options, model: str, data: str, future: str | None, out: Path, prediction_length: int | None) -> None:
+    """A forecast-only run: checked here, launched as any run, followed; its forecast fetched to --out."""
+    from .. import executors
+    from ..errors import OK
+    from ..runs.forecast import fetch_forecast, remote_config
+    from ..runs.launch import launch as do_launch, plan
+    from .run_commands import _follow
+
+    target = opts.target(verify=True)
+    config = remote_config(target, model, data, future=future, prediction_length=prediction_length)
+    executor = executors.for_target(target, progress=say)
+    lp = plan(target, config)
+    say(lp.estimate.sentence())
+    launched = do_launch(target, lp, executor, progress=say)
+    click.echo(launched.run_id)
+    try:
+        _follow(target, executor, launched.run_id, False, as_json=False)
+    except SystemExit as end:
+        if end.code == OK:
+            say(f"forecast of run {launched.run_id} written to {fetch_forecast(target, launched.run_id, out)}")
+        raise

@@ -75,24 +75,31 @@ def resolve_model(model: str, target_of: Callable[[], Any]) -> ModelChoice:
     return ModelChoice(model, model)
 
 
-def _run_model(target, run_id: str) -> ModelChoice:
+def run_metadata(target, run_id: str) -> dict[str, Any]:
+    """A run's model_metadata.json, or NoSuchRun / BadInput (a run that left no model)."""
     from instance.protocol.artifacts import get_json
-    from instance.protocol.transfer import Download, download_files
 
     from .records import read_record
 
-    folder = home() / "models" / target.env / run_id
-    if (folder / COMPLETE).is_file():
-        return ModelChoice(str(folder / "model"), f"s3://{target.bucket}/{target.layout.models(run_id)}",
-                           json.loads((folder / "model_metadata.json").read_text()))
-    layout = target.layout
-    meta = get_json(target.s3, target.bucket, layout.model_metadata(run_id))
+    meta = get_json(target.s3, target.bucket, target.layout.model_metadata(run_id))
     if meta is None:
         record = read_record(target, run_id)
         if record is None:
             raise NoSuchRun(f"no run {run_id} in {target.env}; `chronos-train runs` lists them")
         raise BadInput(f"run {run_id} has no model (it ended {record.get('final_status') or 'without finishing'}); "
                        "forecast from a completed run")
+    return meta
+
+
+def _run_model(target, run_id: str) -> ModelChoice:
+    from instance.protocol.transfer import Download, download_files
+
+    folder = home() / "models" / target.env / run_id
+    if (folder / COMPLETE).is_file():
+        return ModelChoice(str(folder / "model"), f"s3://{target.bucket}/{target.layout.models(run_id)}",
+                           json.loads((folder / "model_metadata.json").read_text()))
+    layout = target.layout
+    meta = run_metadata(target, run_id)
     prefix = layout.models(run_id)
     pages = target.s3.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=prefix)
     items = [Download(o["Key"], o["Size"], o["ETag"].strip('"'), folder / "model" / o["Key"][len(prefix):])
@@ -176,7 +183,7 @@ def forecast_to_file(model: str, data: str, *, target_of: Callable[[], Any], fut
     choice = resolve_model(model, target_of)
     files, source, fp = data_files(data, target_of)
     future_files = data_files(future, target_of, "--future")[0] if future else None
-    roles = _roles_of(files, choice, future_files, Path(data).name if not data.startswith("cached-datasets/") else data)
+    roles = _roles_of(files, choice, future_files, _name(data))
     if future_files and not roles.known_covariates:
         raise BadInput(f"--future {future}: the model takes no known covariates, so it has no use for future values; "
                        "leave --future out")
@@ -202,6 +209,78 @@ def forecast_to_file(model: str, data: str, *, target_of: Callable[[], Any], fut
     tmp.replace(out)
     result.info["total_seconds"] = round(time.monotonic() - started, 3)
     return ForecastDone(out, result.info)
+
+
+def _name(data: str) -> str:
+    return data if data.startswith("cached-datasets/") or data.startswith("s3://") else Path(data).name
+
+
+# -- --remote: the same forecast as a run on the GPU machine --------------------------------------
+REMOTE_MAX_MINUTES = 60
+
+
+def remote_config(target, model: str, data: str, *, future: str | None = None,
+                  prediction_length: int | None = None) -> Path:
+    """A forecast-only run config (`kind: forecast`) for MODEL (a run id) and DATA, checked here
+    as the local command checks them (roles, future values, lengths, frequency: BadInput before
+    anything is written to the bucket), written into the home for `launch`. The machine is the
+    model's own run's (type, spot), for at most REMOTE_MAX_MINUTES."""
+    import yaml
+
+    from instance.model.dataset import load_long_frame
+    from instance.model.forecasting import ForecastInputError, prepare
+
+    if not RUN_ID_RE.match(model):
+        raise BadInput(f"--remote forecasts with a run's model: name its run id, not {model!r}")
+    meta = run_metadata(target, model)
+    choice = ModelChoice(f"s3://{target.bucket}/{target.layout.models(model)}", model, meta)
+    files, _, _ = data_files(data, lambda: target)
+    future_files = data_files(future, lambda: target, "--future")[0] if future else None
+    roles = _roles_of(files, choice, future_files, _name(data))
+    h = prediction_length or choice.training.get("prediction_length") or DEFAULT_PREDICTION_LENGTH
+    try:
+        frame = load_long_frame(files, roles)
+        import pandas as pd
+
+        fut = pd.concat([pd.read_parquet(f) for f in future_files], ignore_index=True) if future_files else None
+        prepare(frame, roles, h, future=fut, where=_name(data), future_where=f"--future {future}")
+    except ForecastInputError as exc:
+        raise BadInput(str(exc)) from None
+    run_cfg = meta.get("config") or {}
+    instance = {k: v for k, v in (run_cfg.get("instance") or {}).items() if v is not None}
+    instance["max_runtime_minutes"] = min(int(instance.get("max_runtime_minutes", REMOTE_MAX_MINUTES)),
+                                          REMOTE_MAX_MINUTES)
+    doc = {"kind": "forecast", "dataset": _absolute(data), "model": {"base": choice.source},
+           "training": {"prediction_length": h,
+                        "context_length": max(h, choice.training.get("context_length") or 512)},
+           "instance": instance, "columns": run_cfg.get("columns") or {},
+           "forecast": {"future": _absolute(future)} if future else True}
+    folder = home() / "forecast-runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{model}-{int(time.time() * 1000)}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _absolute(path: str) -> str:
+    if path.startswith("cached-datasets/") or path.startswith("s3://"):
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def fetch_forecast(target, run_id: str, out: Path) -> Path:
+    """A finished forecast run's forecast.parquet into `out` (CSV by extension), by rename."""
+    import pandas as pd
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.parquet.tmp")
+    target.s3.download_file(target.bucket, target.layout.forecast_file(run_id), str(tmp))
+    if out.suffix.lower() == ".csv":
+        pd.read_parquet(tmp).to_csv(out, index=False)
+        tmp.unlink()
+    else:
+        tmp.replace(out)
+    return out
 
 
 def _load(choice: ModelChoice):

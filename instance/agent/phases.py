@@ -83,7 +83,7 @@ def initialization(ctx: AgentContext, inp: InitInput) -> InitOutput:
 class DataSyncInput:
     dataset: str  # a key prefix in the run bucket, an s3:// uri, or (--local only) a local path
     dest: Path
-    prediction_length: int
+    prediction_length: int | None  # None: no length checks for training (a forecast-only run)
     context_length: int
     windows: int = 1  # backtest windows held out at the end of every series
     columns: ColumnNames = ColumnNames()  # the run config's column roles
@@ -300,7 +300,7 @@ def training_hooks(holder, watch, *, on_checkpoint=None, on_log=None, fault=None
 class ForecastInput:
     config: Any  # RunConfig
     files: list[Path]  # the run's data, all of it (the backtest windows are context now)
-    model_dir: Path
+    model_dir: Path | None  # the fine-tuned model; None: a forecast-only run's model.base
     fingerprint: str
     roles: ColumnRoles | None
 
@@ -325,6 +325,11 @@ def forecast(ctx: AgentContext, inp: ForecastInput) -> ForecastOutput:
     shutil.rmtree(ctx.forecast_dir, ignore_errors=True)  # a phase done again keeps no earlier attempt's files
     cfg = inp.config
     roles = inp.roles
+    if cfg.kind == "forecast":  # the forecast is all such a run is for: what stops it fails the run
+        result = _forecast(ctx, inp, _future_files(ctx, cfg.forecast.future) if cfg.forecast.future else None)
+        result.write(ctx.forecast_dir)
+        ctx.record.update(forecast=result.info)
+        return ForecastOutput(result.info)
     if not cfg.forecast.enabled:
         return _no_forecast(ctx, "the run config says forecast: false")
     if roles.known_covariates and not cfg.forecast.future:
@@ -342,14 +347,18 @@ def forecast(ctx: AgentContext, inp: ForecastInput) -> ForecastOutput:
 
 
 def _forecast(ctx: AgentContext, inp: ForecastInput, future_files):
-    from ..model.basemodel import load_trained
+    from ..model.basemodel import load_base, load_trained
     from ..model.forecasting import BATCH_SIZE, forecast_files
 
     cfg = inp.config
-    about = {"run_id": ctx.run_id, "model": ctx.uri(ctx.layout.models(ctx.run_id)),
+    if inp.model_dir is None:
+        model, load = cfg.model.base, lambda: load_base(cfg.model.base, context_length=cfg.training.context_length)
+    else:
+        model, load = ctx.uri(ctx.layout.models(ctx.run_id)), lambda: load_trained(inp.model_dir)
+    about = {"run_id": ctx.run_id, "model": model,
              "data": ctx.record.doc.get("data", {}).get("uri"), "data_fingerprint": inp.fingerprint,
              "future": cfg.forecast.future if future_files else None}
-    return forecast_files(lambda: load_trained(inp.model_dir), inp.files, inp.roles, cfg.training.prediction_length, future_files=future_files,
+    return forecast_files(load, inp.files, inp.roles, cfg.training.prediction_length, future_files=future_files,
                           about=about, batch_size=BATCH_SIZE, context_length=cfg.training.context_length,
                           where="the run's data", future_where=f"forecast.future ({cfg.forecast.future})")
 
@@ -436,6 +445,21 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
 
     put_json(ctx.s3, ctx.bucket, layout.model_metadata(ctx.run_id), metadata)
     return ResultsOutput(ctx.uri(models), ctx.uri(layout.model_metadata(ctx.run_id)), sorted(keys))
+
+
+@dataclass(frozen=True)
+class ForecastResults:
+    forecast_uri: str
+    files: list[str]
+
+    def summary(self) -> dict[str, Any]:
+        return {"forecast_uri": self.forecast_uri, "files": len(self.files)}
+
+
+def forecast_results(ctx: AgentContext, out: ForecastOutput) -> ForecastResults:
+    """A forecast-only run's results: its forecast, nothing else."""
+    keys = upload_forecast(ctx)
+    return ForecastResults(ctx.uri(ctx.layout.forecast_file(ctx.run_id)), sorted(keys))
 
 
 def upload_forecast(ctx: AgentContext) -> list[str]:

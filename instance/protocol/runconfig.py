@@ -238,6 +238,9 @@ class ForecastSpec(_Strict):
 
 
 class RunConfig(_Strict):
+    # train: fine-tune model.base on the dataset, backtest, forecast. forecast: no training, the
+    # model (model.base: a run's models/ prefix, a hub id) forecasts the dataset on the machine.
+    kind: Literal["train", "forecast"] = "train"
     dataset: str
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()

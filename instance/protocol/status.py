@@ -37,6 +37,7 @@ def _table() -> dict[Status, frozenset[Status]]:
     for s in Status:
         if not s.is_terminal:
             moves[s] |= {Status.FAILED, Status.KILLED}
+    moves[Status.DATA_SYNC].add(Status.FORECAST)  # a forecast-only run trains nothing
     moves[Status.FAILED].add(Status.CLEANUP)
     moves[Status.KILLED].add(Status.CLEANUP)
     return {s: frozenset(t) for s, t in moves.items()}
