@@ -114,6 +114,7 @@ def test_a_forecast_run_on_the_machine_is_followed_to_its_file(run):
                      "--future", str(tmp / "future" / "promo.parquet"), "--remote", "--out", str(out), cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     remote_id = result.stdout.splitlines()[0]
+    assert f"forecast run: {ITEMS} series x {H} steps with {run['run_id']}'s model" in result.stderr
     record = get_json(run["s3"], BUCKET, LAYOUT.training_record(remote_id))
     assert record["final_status"] == "completed" and record["config"]["kind"] == "forecast"
     assert "training" not in record["phases"] and record["phases"]["forecast"]["result"] == "ok"

@@ -83,9 +83,11 @@ def _remote(opts: Options, model: str, data: str, future: str | None, out: Path,
     from .run_commands import _follow
 
     target = opts.target(verify=True)
-    config = remote_config(target, model, data, future=future, prediction_length=prediction_length)
+    config, series = remote_config(target, model, data, future=future, prediction_length=prediction_length)
     executor = executors.for_target(target, progress=say)
     lp = plan(target, config)
+    say(f"forecast run: {series} series x {lp.config.training.prediction_length} steps with {model}'s model, "
+        f"on {lp.config.instance.type} for at most {lp.config.instance.max_runtime_minutes} minutes")
     say(lp.estimate.sentence())
     launched = do_launch(target, lp, executor, progress=say)
     click.echo(launched.run_id)

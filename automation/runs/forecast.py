@@ -220,11 +220,11 @@ REMOTE_MAX_MINUTES = 60
 
 
 def remote_config(target, model: str, data: str, *, future: str | None = None,
-                  prediction_length: int | None = None) -> Path:
+                  prediction_length: int | None = None) -> tuple[Path, int]:
     """A forecast-only run config (`kind: forecast`) for MODEL (a run id) and DATA, checked here
     as the local command checks them (roles, future values, lengths, frequency: BadInput before
-    anything is written to the bucket), written into the home for `launch`. The machine is the
-    model's own run's (type, spot), for at most REMOTE_MAX_MINUTES."""
+    anything is written to the bucket), written into the home for `launch`; and the number of
+    series. The machine is the model's own run's (type, spot), for at most REMOTE_MAX_MINUTES."""
     import yaml
 
     from instance.model.dataset import load_long_frame
@@ -243,7 +243,7 @@ def remote_config(target, model: str, data: str, *, future: str | None = None,
         import pandas as pd
 
         fut = pd.concat([pd.read_parquet(f) for f in future_files], ignore_index=True) if future_files else None
-        prepare(frame, roles, h, future=fut, where=_name(data), future_where=f"--future {future}")
+        series = len(prepare(frame, roles, h, future=fut, where=_name(data), future_where=f"--future {future}").ids)
     except ForecastInputError as exc:
         raise BadInput(str(exc)) from None
     run_cfg = meta.get("config") or {}
@@ -259,7 +259,7 @@ def remote_config(target, model: str, data: str, *, future: str | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{model}-{int(time.time() * 1000)}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return path, series
 
 
 def _absolute(path: str) -> str:
