@@ -83,6 +83,8 @@ def validate(path: Path, config: Path | None = None) -> dict:
 def _judged_by(cfg: "RunConfig | None") -> dict:
     if cfg is None:
         return {}
+    if cfg.kind == "forecast":  # no training windows to hold: the forecast checks its own lengths
+        return dict(columns=cfg.columns.names())
     return dict(context_length=cfg.training.context_length, prediction_length=cfg.training.prediction_length,
                 windows=cfg.evaluation.windows, columns=cfg.columns.names())
 
@@ -154,6 +156,34 @@ def check_remote_columns(target: Target, dataset: RemoteDataset, cfg: "RunConfig
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise BadInput(f"dataset is not valid: {problems[0]}{more}")
     return roles
+
+
+def check_local_future(path: Path, cfg: "RunConfig", roles: "ColumnRoles | None") -> LocalDataset:
+    """A run config's `forecast.future` on this disk: parquet files whose columns are the id, the
+    timestamp and the known covariates, nothing else (read from their footers); BadInput otherwise.
+    The rows (every series, prediction_length each, continuing the data) are checked by the run,
+    which forecasts nothing when they do not fit, and says why."""
+    import pyarrow.parquet as pq
+
+    try:
+        future = local_dataset(path)
+    except DatasetError as exc:
+        raise BadInput(f"forecast.future: {exc}") from None
+    names = cfg.columns.names()
+    known = list(roles.known_covariates if roles is not None else names.known_covariates)
+    if not known:
+        raise BadInput(f"forecast.future names {path}, but the run has no known covariates (columns.known_covariates) "
+                       "to take future values of; remove forecast.future")
+    wanted = [names.id, names.timestamp, *known]
+    for f in future.files:
+        have = pq.read_schema(f).names
+        missing = [c for c in wanted if c not in have]
+        extra = [c for c in have if c not in wanted]
+        if missing or extra:
+            what = f"has no column {', '.join(map(repr, missing))}" if missing else \
+                f"has column(s) {', '.join(map(repr, extra))} besides the id, the timestamp and the known covariates"
+            raise BadInput(f"forecast.future {f} {what}; it must hold exactly {', '.join(wanted)}")
+    return future
 
 
 def _spread(items: list, n: int) -> list:

@@ -98,7 +98,7 @@ def instances_by_state(ec2) -> dict[str, str]:
     return {i["InstanceId"]: i["State"]["Name"] for r in resp["Reservations"] for i in r["Instances"]}
 
 
-RUN_PHASES = ("initialization", "data_sync", "training", "results_sync", "cleanup")
+RUN_PHASES = ("initialization", "data_sync", "training", "forecast", "results_sync", "cleanup")
 
 
 def phase_params(phases, default) -> list:

@@ -94,16 +94,21 @@ def test_kill_during_training_saves_a_checkpoint_and_cleans_up(s3, bucket, aws, 
     assert not keys_under(s3, bucket, run.layout.models(run.run_id))
 
 
-@pytest.mark.parametrize("phase", [Status.INITIALIZATION, Status.DATA_SYNC, Status.RESULTS_SYNC])
-def test_kill_in_another_phase_ends_killed(phase, s3, bucket, aws, data, tmp_path):
-    run = launch(s3, bucket, aws, ENV, run_config())
-    proc = start_agent(run, tmp_path, CHRONOS_PAUSE=f"{phase.value}:60")
+def _killed_in(phase: str, run, s3, bucket, tmp_path) -> tuple[int, str]:
+    """The agent held in `phase`, killed there, run to its end: (exit code, output)."""
+    proc = start_agent(run, tmp_path, CHRONOS_PAUSE=f"{phase}:60")
     try:
-        wait_for(lambda: (lease := _state(s3, bucket)) is not None and lease.state.get("phase") == phase.value)
+        wait_for(lambda: (lease := _state(s3, bucket)) is not None and lease.state.get("phase") == phase)
         StateStore(s3, bucket, ENV).request_kill(run.run_id, requested_by="test")
-        code, out = _finish(proc)
+        return _finish(proc)
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("phase", [Status.INITIALIZATION, Status.DATA_SYNC, Status.FORECAST, Status.RESULTS_SYNC])
+def test_kill_in_another_phase_ends_killed(phase, s3, bucket, aws, data, tmp_path):
+    run = launch(s3, bucket, aws, ENV, run_config())
+    code, out = _killed_in(phase.value, run, s3, bucket, tmp_path)
     assert code == EXIT_KILLED, out[-3000:]
     record = get_json(s3, bucket, run.layout.training_record(run.run_id))
     assert record["final_status"] == "killed" and record["phases"][phase.value]["result"] == "killed"
@@ -111,6 +116,26 @@ def test_kill_in_another_phase_ends_killed(phase, s3, bucket, aws, data, tmp_pat
     assert _state(s3, bucket) is None
     assert instance_state(aws, run.instance_id) == "terminated"
     assert not keys_under(s3, bucket, run.layout.models(run.run_id))
+
+
+def test_a_killed_forecast_run_ends_killed_and_leaves_nothing(s3, bucket, aws, data, tmp_path):
+    """A forecast-only run (kind: forecast) killed while it forecasts: no forecast, lock released,
+    machine ended."""
+    from instance.model.basemodel import build_scratch
+    from instance.protocol.layout import Layout
+
+    build_scratch("tiny", 64, on="cpu").save_pretrained(tmp_path / "model")
+    models = Layout(ENV).models("run-20261101-000000-aaaa")
+    for f in (tmp_path / "model").iterdir():
+        s3.upload_file(str(f), bucket, models + f.name)
+    run = launch(s3, bucket, aws, ENV, run_config(base=f"s3://{bucket}/{models}") | {"kind": "forecast"})
+    code, out = _killed_in("forecast", run, s3, bucket, tmp_path)
+    assert code == EXIT_KILLED, out[-3000:]
+    record = get_json(s3, bucket, run.layout.training_record(run.run_id))
+    assert record["final_status"] == "killed" and record["phases"]["forecast"]["result"] == "killed"
+    assert "training" not in record["phases"]
+    assert _state(s3, bucket) is None and instance_state(aws, run.instance_id) == "terminated"
+    assert not keys_under(s3, bucket, run.layout.forecasts(run.run_id))
 
 
 def test_frozen_agent_fenced_by_force_kill_writes_nothing(s3, bucket, aws, data, tmp_path):

@@ -69,6 +69,8 @@ def test_every_artifact_is_where_the_layout_says(completed):
         layout.models(run.run_id) + "model.safetensors",
         *(layout.evaluation(run.run_id) + name for name in (
             "summary.json", "forecasts.parquet", "series_scores.parquet", "history.parquet", "loss_history.parquet")),
+        layout.forecast_file(run.run_id),
+        layout.forecast_info(run.run_id),
     ):
         assert key in keys
     assert layout.state not in keys
@@ -80,7 +82,7 @@ def test_training_record_is_complete(completed):
     assert doc["run_id"] == run.run_id and doc["env"] == ENV
     assert doc["final_status"] == "completed" and doc["reason"] is None and doc["error"] is None
     in_order = sorted(doc["phases"], key=lambda name: doc["phases"][name]["started_at"])
-    assert in_order == ["initialization", "data_sync", "training", "results_sync", "cleanup"]
+    assert in_order == ["initialization", "data_sync", "training", "forecast", "results_sync", "cleanup"]
     for phase in doc["phases"].values():
         assert phase["result"] == "ok" and phase["seconds"] >= 0 and phase["ended_at"] >= phase["started_at"]
     assert doc["phases"]["data_sync"]["detail"]["files"] == 2
@@ -99,6 +101,33 @@ def test_training_record_is_complete(completed):
     assert arts["evaluation_uri"] == f"s3://{completed['bucket']}/{ENV}/{run.run_id}/evaluation/"
     assert doc["data"]["series"] == 6 and doc["data"]["points"] == 6 * 96
     assert doc["evaluation"]["windows"] == 3 and len(doc["evaluation"]["per_window"]["finetuned"]) == 3
+
+
+def test_the_run_ends_with_the_forecast_of_every_series(completed):
+    """prediction_length steps past the end of every series, from all of its data (the backtest
+    windows are context now), quantiles in order, and forecast.json saying what it was made from."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    run, s3, bucket = completed["run"], completed["s3"], completed["bucket"]
+    body = s3.get_object(Bucket=bucket, Key=run.layout.forecast_file(run.run_id))["Body"].read()
+    frame = pd.read_parquet(io.BytesIO(body))
+    levels = [str(q) for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)]
+    assert list(frame.columns) == ["item_id", "timestamp", "predictions", *levels]
+    assert len(frame) == 6 * 8 and sorted(frame["item_id"].unique()) == [f"item-{i}" for i in range(6)]
+    quantiles = frame[levels].to_numpy()
+    assert np.isfinite(quantiles).all() and (np.diff(quantiles, axis=1) >= 0).all()
+    first = frame[frame["item_id"] == "item-0"]["timestamp"]
+    data_end = pd.Timestamp("2026-11-01") + pd.Timedelta(hours=95)
+    assert list(first) == list(pd.date_range(data_end + pd.Timedelta(hours=1), periods=8, freq="h"))
+    info = get_json(s3, bucket, run.layout.forecast_info(run.run_id))
+    meta = _record(completed, "model_metadata")
+    assert info["model"] == f"s3://{bucket}/{ENV}/{run.run_id}/models/" and info["series"] == 6
+    assert info["data_fingerprint"] == meta["data_fingerprint"] and info["quantile_levels"] == [float(q) for q in levels]
+    record = _record(completed, "training_record")
+    assert record["forecast"]["rows"] == 48 and record["artifacts"]["forecast_uri"].endswith("forecasts/forecast.parquet")
 
 
 def test_metrics_are_finite_for_each_model(completed):
@@ -163,3 +192,49 @@ def test_model_loads_from_s3_and_forecasts(completed, monkeypatch, tmp_path):
     forecast = pipeline.predict_df(frame, prediction_length=8)
     assert len(forecast) == 2 * 8
     assert np.isfinite(forecast["predictions"].to_numpy()).all()
+
+
+def test_a_forecast_only_run_forecasts_with_a_run_s_model_and_trains_nothing(completed, tmp_path):
+    """kind: forecast: data_sync -> forecast -> results_sync -> cleanup on the machine, the model
+    read from the earlier run's models/ prefix (the instance role reads {env}/run-*), its forecast
+    the same as the training run's own (same model, same data)."""
+    import io
+
+    import pandas as pd
+
+    s3, bucket, trained = completed["s3"], completed["bucket"], completed["run"]
+    config = run_config(base=f"s3://{bucket}/{trained.layout.models(trained.run_id)}") | {"kind": "forecast"}
+    run = launch(s3, bucket, completed["aws"], ENV, config)
+    proc = run_agent(run, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = get_json(s3, bucket, run.layout.training_record(run.run_id))
+    assert record["final_status"] == "completed"
+    assert sorted(record["phases"], key=lambda p: record["phases"][p]["started_at"]) == [
+        "initialization", "data_sync", "forecast", "results_sync", "cleanup"]
+    assert record["training"] is None and record["artifacts"]["model_uri"] is None
+    assert not keys_under(s3, bucket, run.layout.models(run.run_id))
+
+    def forecast_of(r):
+        return pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=r.layout.forecast_file(r.run_id))["Body"].read()))
+
+    pd.testing.assert_frame_equal(forecast_of(run), forecast_of(trained), check_exact=False, rtol=1e-5)
+
+
+def test_a_model_with_known_covariates_and_no_future_values_forecasts_nothing_and_says_why(moto_endpoint, tmp_path):
+    """Not a failure of the run: the model is what was paid for; the record says what to give."""
+    motoserver.reset(moto_endpoint)
+    aws = AwsTarget(region=REGION, endpoint_url=moto_endpoint)
+    s3 = client("s3", aws)
+    bucket = bucket_name(ENV, motoserver.SANDBOX_ACCOUNT, REGION)
+    s3.create_bucket(Bucket=bucket)
+    upload_dataset(s3, bucket, {"part-0.parquet": parquet_bytes(synthetic_frame(n_items=3, length=96))})
+    config = run_config(num_steps=4) | {"columns": {"known_covariates": ["temperature"]}}
+    run = launch(s3, bucket, aws, ENV, config)
+    proc = run_agent(run, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = get_json(s3, bucket, run.layout.training_record(run.run_id))
+    assert record["final_status"] == "completed"
+    assert record["forecast"] == {"skipped": "the model was trained with known covariates (temperature) and the run "
+                                             "config names no forecast.future with their values over the horizon"}
+    assert record["phases"]["forecast"]["result"] == "ok"
+    assert not keys_under(s3, bucket, run.layout.forecasts(run.run_id))

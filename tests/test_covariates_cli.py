@@ -46,13 +46,22 @@ def store_frame() -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def future_frame(promo: int = 1) -> pd.DataFrame:
+    """The promotions of the H days after the data, for every store."""
+    days = pd.date_range("2026-01-01", periods=LENGTH + H, freq="D")[LENGTH:]
+    return pd.DataFrame({"store_id": np.repeat([f"store-{i}" for i in range(ITEMS)], H), "day": np.tile(days, ITEMS),
+                         "promo": promo})
+
+
 @pytest.fixture(scope="module")
 def run(moto_endpoint, tmp_path_factory):
     motoserver.reset(moto_endpoint)
     tmp = tmp_path_factory.mktemp("covariates")
     data = write_parquet(tmp / "data" / "stores.parquet", store_frame())
+    future = write_parquet(tmp / "future" / "promo.parquet", future_frame())
     config = tmp / "run.yaml"
-    doc = run_config(dataset=str(data), num_steps=20, prediction_length=H) | {"columns": COLUMNS}
+    doc = run_config(dataset=str(data), num_steps=20, prediction_length=H) | {"columns": COLUMNS,
+                                                                             "forecast": {"future": str(future)}}
     doc["evaluation"] = {"windows": W}
     config.write_text(yaml.safe_dump(doc))
     env = cli_env(moto_endpoint, tmp / "home", CHRONOS_HEARTBEAT_SECONDS="1")
@@ -64,6 +73,68 @@ def run(moto_endpoint, tmp_path_factory):
     s3 = client("s3", AwsTarget(region="us-east-1", endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials))
     return dict(run_id=result.stdout.splitlines()[0], env=env, tmp=tmp, s3=s3, result=result, validated=validated,
                 dry=dry)
+
+
+def test_the_run_forecasts_with_the_future_values_launch_uploaded(run):
+    """forecast.future, a local file, went into the run's own prefix; the forecast continues every
+    store's days, under the data's own column names, one row per store, target and day."""
+    record = get_json(run["s3"], BUCKET, LAYOUT.training_record(run["run_id"]))
+    assert record["final_status"] == "completed"
+    assert record["config"]["forecast"]["future"] == LAYOUT.forecast_future(run["run_id"])
+    body = run["s3"].get_object(Bucket=BUCKET, Key=LAYOUT.forecast_file(run["run_id"]))["Body"].read()
+    f = pd.read_parquet(io.BytesIO(body))
+    assert list(f.columns[:4]) == ["store_id", "day", "target_name", "predictions"]
+    assert len(f) == ITEMS * 2 * H and set(f.target_name) == {"sales", "returns"}
+    assert f["day"].min() == pd.Timestamp("2026-01-01") + pd.Timedelta(days=LENGTH)
+    assert record["forecast"]["future"] == LAYOUT.forecast_future(run["run_id"])
+
+
+def test_forecast_from_the_run_id_equals_the_run_s_own_forecast_and_reuses_the_fetched_model(run):
+    tmp = run["tmp"]
+    args = ("--local", "forecast", run["run_id"], str(tmp / "data" / "stores.parquet"),
+            "--future", str(tmp / "future" / "promo.parquet"), "--out", str(tmp / "mine.parquet"))
+    result = run_cli(run["env"], *args)
+    assert result.returncode == 0, result.stderr
+    body = run["s3"].get_object(Bucket=BUCKET, Key=LAYOUT.forecast_file(run["run_id"]))["Body"].read()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp / "mine.parquet"), pd.read_parquet(io.BytesIO(body)),
+                                  check_exact=False, rtol=1e-5)
+    fetched = tmp / "home" / "models" / "dev" / run["run_id"] / ".complete.json"
+    first = fetched.stat().st_mtime_ns
+    assert run_cli(run["env"], *args).returncode == 0
+    assert fetched.stat().st_mtime_ns == first  # read from the home, not fetched again
+
+
+def test_a_forecast_run_on_the_machine_is_followed_to_its_file(run):
+    """--remote: a forecast-only run (kind forecast) through the lock, the agent's phases and
+    cleanup, its forecast fetched to --out and equal to the training run's own; `runs` says its kind."""
+    tmp = run["tmp"]
+    out = tmp / "remote.csv"
+    result = run_cli(run["env"], "--local", "forecast", run["run_id"], str(tmp / "data" / "stores.parquet"),
+                     "--future", str(tmp / "future" / "promo.parquet"), "--remote", "--out", str(out), cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote_id = result.stdout.splitlines()[0]
+    assert f"forecast run: {ITEMS} series x {H} steps with {run['run_id']}'s model" in result.stderr
+    record = get_json(run["s3"], BUCKET, LAYOUT.training_record(remote_id))
+    assert record["final_status"] == "completed" and record["config"]["kind"] == "forecast"
+    assert "training" not in record["phases"] and record["phases"]["forecast"]["result"] == "ok"
+    body = run["s3"].get_object(Bucket=BUCKET, Key=LAYOUT.forecast_file(run["run_id"]))["Body"].read()
+    theirs = pd.read_parquet(io.BytesIO(body))
+    mine = pd.read_csv(out, parse_dates=["day"])
+    np.testing.assert_allclose(mine["predictions"], theirs["predictions"], rtol=1e-5)
+    runs = json.loads(run_cli(run["env"], "--local", "runs", "--json").stdout)
+    assert {r["run_id"]: r["kind"] for r in runs}[remote_id] == "forecast"
+    assert run_cli(run["env"], "--local", "verify-cleanup").returncode == 0
+
+
+def test_a_forecast_run_with_future_values_that_do_not_fit_costs_nothing(run):
+    tmp = run["tmp"]
+    short = write_parquet(tmp / "short-future.parquet", future_frame().iloc[:-1])
+    before = json.loads(run_cli(run["env"], "--local", "runs", "--json").stdout)
+    result = run_cli(run["env"], "--local", "forecast", run["run_id"], str(tmp / "data" / "stores.parquet"),
+                     "--future", str(short), "--remote", cwd=tmp)
+    assert result.returncode == 2 and "has 7 rows for series 'store-5'" in result.stderr, result.stderr
+    after = json.loads(run_cli(run["env"], "--local", "runs", "--json").stdout)
+    assert [r["run_id"] for r in after] == [r["run_id"] for r in before]  # no run was started for it
 
 
 def test_data_validate_says_each_column_s_role_and_type(run):

@@ -136,7 +136,7 @@ def runs_table(views: list[RunView]) -> Table:
         wql = ft.get("wql")
         ratio = f"{wql / naive['wql']:.2f}×" if wql is not None and naive.get("wql") else "-"
         status = v.status if v.active else (v.final_status or v.status)
-        table.add_row(v.run_id, Text(status + (" (active)" if v.active else ""), style=STATUS_STYLE.get(status, "")),
+        table.add_row(v.run_id + (" · forecast" if v.kind == "forecast" else ""), Text(status + (" (active)" if v.active else ""), style=STATUS_STYLE.get(status, "")),
                       v.reason or "", duration(v.elapsed_seconds), money(v.cost_usd),
                       "-" if wql is None else f"{wql:.4f}", ratio)
     return table

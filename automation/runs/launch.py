@@ -20,7 +20,8 @@ from instance.protocol.runconfig import ConfigError, RunConfig, check_runtime_su
 from instance.protocol.timeutil import iso
 
 from ..context import Target, translate_aws_error
-from ..datasets import check_remote_columns, check_remote_dataset, checked_local_dataset, upload_dataset
+from ..datasets import (check_local_future, check_remote_columns, check_remote_dataset, checked_local_dataset,
+                        upload_dataset)
 from ..errors import BadInput, Busy, ChronosError, Interrupted
 from ..executors.base import Executor, ProvisionError, ProvisionRequest
 from ..infra_record import InfraRecord
@@ -68,6 +69,7 @@ class LaunchPlan:
     local_dataset: LocalDataset | None  # a local dataset to upload, or None for a bucket prefix
     estimate: Estimate
     columns: ColumnRoles | None = None  # the data's column roles (a bucket dataset's: from its footers)
+    local_future: LocalDataset | None = None  # forecast.future on this disk, uploaded into the run's prefix
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,14 @@ def plan(target: Target, config_path: str | Path) -> LaunchPlan:
                 f"(bucket prefixes start with {DATASETS_PREFIX})"
             )
         local, columns = checked_local_dataset(path, cfg)
-    return LaunchPlan(cfg, config_path, infra, local, estimate(cfg, target.local), columns)
+    future = None
+    if cfg.forecast.enabled and cfg.forecast.future and not _in_bucket(cfg.forecast.future):
+        future = check_local_future(_resolve_local(cfg.forecast.future, config_path), cfg, columns)
+    return LaunchPlan(cfg, config_path, infra, local, estimate(cfg, target.local), columns, future)
+
+
+def _in_bucket(path: str) -> bool:
+    return path.startswith(DATASETS_PREFIX) or path.startswith("s3://")
 
 
 def _resolve_local(dataset: str, config_path: Path) -> Path:
@@ -122,8 +131,8 @@ def _check_readable_by_the_machine(target: Target, cfg: RunConfig) -> dict[str, 
     nothing else: refuse an s3:// dataset or model elsewhere before anything is launched.
     Returns the bucket key of each s3:// input, by name."""
     keys = {}
-    for name, uri in (("dataset", cfg.dataset), ("model.base", cfg.model.base)):
-        if not uri.startswith("s3://"):
+    for name, uri in (("dataset", cfg.dataset), ("model.base", cfg.model.base), ("forecast.future", cfg.forecast.future)):
+        if not uri or not uri.startswith("s3://"):
             continue
         bucket, _, key = uri[5:].partition("/")
         if bucket != target.bucket or not (key.startswith(DATASETS_PREFIX) or key.startswith(f"{target.env}/run-")):
@@ -206,6 +215,9 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor,
             else:
                 prefix = cfg.dataset
             run_cfg = cfg.model_copy(update={"dataset": prefix})
+            if lp.local_future is not None:
+                run_cfg = run_cfg.model_copy(update={"forecast": cfg.forecast.model_copy(
+                    update={"future": _upload_future(target, lp.local_future, run_id)})})
             target.s3.put_object(Bucket=target.bucket, Key=layout.run_config(run_id), Body=run_cfg.to_yaml().encode())
             target.s3.put_object(Bucket=target.bucket, Key=layout.bundle(run_id), Body=build_bundle())
             progress(f"run {run_id}: config and code uploaded; provisioning on {executor.name}")
@@ -245,6 +257,15 @@ def launch(target: Target, lp: LaunchPlan, executor: Executor,
                  + f"; follow it with `chronos-train monitor {run_id}`")
     tidy_ended_stacks(executor, run_id, progress)
     return Launched(run_id, done.instance_id, prefix)
+
+
+def _upload_future(target: Target, future: LocalDataset, run_id: str) -> str:
+    """The known covariates' future values into the run's own prefix, where its machine reads them."""
+    from instance.protocol.transfer import Upload, upload_files
+
+    prefix = target.layout.forecast_future(run_id)
+    upload_files(target.s3, target.bucket, [Upload(f, prefix + future.relative(f)) for f in future.files])
+    return prefix
 
 
 def tidy_ended_stacks(executor: Executor, keep: str, progress: Callable[[str], None]) -> None:

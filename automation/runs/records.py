@@ -47,6 +47,7 @@ class RunView:
     machine: str | None = None  # an active run's machine, by EC2's word: alive | gone | unknown
     machine_note: str | None = None  # "its machine i-0abc is terminated and no replacement is coming"
     lost: bool = False  # the machine is gone for good, or silent past the stale limit
+    kind: str = "train"  # or forecast: a forecast-only run (the run config's kind)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -119,7 +120,7 @@ def from_record(record: dict) -> RunView:
         metrics=record.get("metrics") or {}, evaluation=record.get("evaluation") or {},
         artifacts=record.get("artifacts") or {}, error=record.get("error"),
         attempt=record.get("attempt"), interruptions=record.get("interruptions") or [],
-        on_demand_usd=cost_doc.get("on_demand_usd"),
+        on_demand_usd=cost_doc.get("on_demand_usd"), kind=(record.get("config") or {}).get("kind") or "train",
     )
 
 

@@ -83,6 +83,11 @@ class AgentContext:
         return self.work_dir / "evaluation"
 
     @property
+    def forecast_dir(self) -> Path:
+        """What goes to {run_id}/forecasts/ (model/forecasting.py)."""
+        return self.work_dir / "forecasts"
+
+    @property
     def ranks_dir(self) -> Path:
         """What the agent and the ranks of a data-parallel run share (model/distributed.py)."""
         return self.work_dir / "ranks"

@@ -4,7 +4,8 @@
                              [--instance-id ID] [--local] [--work-dir DIR]
                              [--shutdown-at EPOCH] [--expect-gpu auto|yes|no]
 
-initialization → data_sync → training → results_sync → cleanup. Any failure moves the run to
+initialization → data_sync → training → forecast → results_sync → cleanup (a forecast-only run,
+`kind: forecast`, skips training and uploads only its forecast). Any failure moves the run to
 `failed`, a kill (the CLI moves the state to `killed`) stops it at the next step; both then run
 cleanup, which always runs. An agent that finds it is fenced (the lock was released by someone
 else or belongs to another run) writes nothing more and exits 3.
@@ -103,6 +104,7 @@ def soft_deadline(started_at: str | None, max_runtime_minutes: int, clock: Calla
 class Phase:
     status: Status
     run: Callable[[], Any]
+    when: Callable[[], bool] = lambda: True  # read once the config is known: a forecast-only run trains nothing
 
 
 class Agent:
@@ -159,18 +161,30 @@ class Agent:
         ctx = self.ctx
         state: dict[str, Any] = {}
         current = Status.INITIALIZATION
+
+        def training() -> bool:
+            return ctx.config.kind == "train"
+
         plan = [
             Phase(Status.INITIALIZATION, lambda: ph.initialization(ctx, ph.InitInput())),
             Phase(Status.DATA_SYNC, lambda: ph.data_sync(ctx, ph.DataSyncInput(
-                ctx.config.dataset, ctx.data_dir, ctx.config.training.prediction_length, ctx.config.training.context_length,
-                ctx.config.evaluation.windows, ctx.config.columns.names()))),
-            Phase(Status.TRAINING, lambda: ph.training(ctx, ph.TrainingInput(ctx.config, state["data_sync"].files, ctx.train_dir))),
+                ctx.config.dataset, ctx.data_dir, ctx.config.training.prediction_length if training() else None,
+                ctx.config.training.context_length, ctx.config.evaluation.windows, ctx.config.columns.names()))),
+            Phase(Status.TRAINING, lambda: ph.training(ctx, ph.TrainingInput(ctx.config, state["data_sync"].files, ctx.train_dir)),
+                  when=training),
+            Phase(Status.FORECAST, lambda: ph.forecast(ctx, ph.ForecastInput(
+                ctx.config, state["data_sync"].files,
+                state["training"].model_dir if training() else None, state["data_sync"].fingerprint,
+                state["data_sync"].columns))),
             Phase(Status.RESULTS_SYNC, lambda: ph.results_sync(ctx, ph.ResultsInput(
-                state["training"].model_dir, state["training"], state["data_sync"], ctx.config))),
+                state["training"].model_dir, state["training"], state["data_sync"], ctx.config)), when=training),
+            Phase(Status.RESULTS_SYNC, lambda: ph.forecast_results(ctx, state["forecast"]), when=lambda: not training()),
         ]
         try:
             ctx.holder.check()
             for phase in plan:
+                if not phase.when():
+                    continue
                 current = phase.status
                 state[phase.status.value] = self._run_phase(phase)
             if ctx.holder.killed:  # killed while the last phase ran: the state says killed

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ def initialization(ctx: AgentContext, inp: InitInput) -> InitOutput:
 class DataSyncInput:
     dataset: str  # a key prefix in the run bucket, an s3:// uri, or (--local only) a local path
     dest: Path
-    prediction_length: int
+    prediction_length: int | None  # None: no length checks for training (a forecast-only run)
     context_length: int
     windows: int = 1  # backtest windows held out at the end of every series
     columns: ColumnNames = ColumnNames()  # the run config's column roles
@@ -294,6 +295,96 @@ def training_hooks(holder, watch, *, on_checkpoint=None, on_log=None, fault=None
     )
 
 
+# -- forecast -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ForecastInput:
+    config: Any  # RunConfig
+    files: list[Path]  # the run's data, all of it (the backtest windows are context now)
+    model_dir: Path | None  # the fine-tuned model; None: a forecast-only run's model.base
+    fingerprint: str
+    roles: ColumnRoles | None
+
+
+@dataclass(frozen=True)
+class ForecastOutput:
+    info: dict[str, Any]  # forecast.json, or {"skipped": why}
+
+    def summary(self) -> dict[str, Any]:
+        if "skipped" in self.info:
+            return {"skipped": self.info["skipped"]}
+        return {k: self.info.get(k) for k in ("series", "rows", "seconds")}
+
+
+def forecast(ctx: AgentContext, inp: ForecastInput) -> ForecastOutput:
+    """The fine-tuned model forecasts prediction_length steps past the end of every series
+    (model/forecasting.py) into the work dir's forecasts folder, which results_sync uploads. A
+    forecast that cannot be made (turned off; known covariates without their future values, or
+    future values that do not fit the data) is no failure of the run: the record says why."""
+    from ..model.forecasting import ForecastInputError
+
+    shutil.rmtree(ctx.forecast_dir, ignore_errors=True)  # a phase done again keeps no earlier attempt's files
+    cfg = inp.config
+    roles = inp.roles
+    if cfg.kind == "forecast":  # the forecast is all such a run is for: what stops it fails the run
+        result = _forecast(ctx, inp, _future_files(ctx, cfg.forecast.future) if cfg.forecast.future else None)
+        result.write(ctx.forecast_dir)
+        ctx.record.update(forecast=result.info)
+        return ForecastOutput(result.info)
+    if not cfg.forecast.enabled:
+        return _no_forecast(ctx, "the run config says forecast: false")
+    if roles.known_covariates and not cfg.forecast.future:
+        return _no_forecast(ctx, f"the model was trained with known covariates ({', '.join(roles.known_covariates)}) "
+                                 "and the run config names no forecast.future with their values over the horizon")
+    try:
+        future_files = _future_files(ctx, cfg.forecast.future) if cfg.forecast.future and roles.known_covariates else None
+        result = _forecast(ctx, inp, future_files)
+    except ForecastInputError as exc:
+        return _no_forecast(ctx, str(exc))
+    ctx.holder.check()
+    result.write(ctx.forecast_dir)
+    ctx.record.update(forecast=result.info)
+    return ForecastOutput(result.info)
+
+
+def _forecast(ctx: AgentContext, inp: ForecastInput, future_files):
+    from ..model.basemodel import load_base, load_trained
+    from ..model.forecasting import BATCH_SIZE, forecast_files
+
+    cfg = inp.config
+    if inp.model_dir is None:
+        model, load = cfg.model.base, lambda: load_base(cfg.model.base, context_length=cfg.training.context_length)
+    else:
+        model, load = ctx.uri(ctx.layout.models(ctx.run_id)), lambda: load_trained(inp.model_dir)
+    about = {"run_id": ctx.run_id, "model": model,
+             "data": ctx.record.doc.get("data", {}).get("uri"), "data_fingerprint": inp.fingerprint,
+             "future": cfg.forecast.future if future_files else None}
+    return forecast_files(load, inp.files, inp.roles, cfg.training.prediction_length, future_files=future_files,
+                          about=about, batch_size=BATCH_SIZE, context_length=cfg.training.context_length,
+                          where="the run's data", future_where=f"forecast.future ({cfg.forecast.future})")
+
+
+def _future_files(ctx: AgentContext, future: str) -> list[Path]:
+    """The known covariates' future values: a local path (--local), else synced from the bucket."""
+    from ..model.forecasting import ForecastInputError
+    from ..protocol.datasets import DatasetError
+
+    where = resolve_dataset(ctx, future)
+    if isinstance(where, Path):
+        return [f for f in expand_dataset_path(where) if f.is_file()]
+    bucket, prefix = where
+    try:
+        return sync_prefix(ctx.s3, bucket, prefix, ctx.work_dir / "future", should_stop=ctx.holder.check).files
+    except DatasetError as exc:
+        raise ForecastInputError(f"forecast.future: {exc}") from None
+
+
+def _no_forecast(ctx: AgentContext, why: str) -> ForecastOutput:
+    log.warning("no forecast: %s", why)
+    info = {"skipped": why}
+    ctx.record.update(forecast=info)
+    return ForecastOutput(info)
+
+
 # -- results sync ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ResultsInput:
@@ -328,6 +419,7 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
     from .evaluation_files import upload_evaluation
 
     upload_evaluation(ctx)  # backtest forecasts, per-series scores, loss history (it checks the lock first)
+    upload_forecast(ctx)
     cfg = inp.config
     metadata = {
         "run_id": ctx.run_id,
@@ -353,6 +445,35 @@ def results_sync(ctx: AgentContext, inp: ResultsInput) -> ResultsOutput:
 
     put_json(ctx.s3, ctx.bucket, layout.model_metadata(ctx.run_id), metadata)
     return ResultsOutput(ctx.uri(models), ctx.uri(layout.model_metadata(ctx.run_id)), sorted(keys))
+
+
+@dataclass(frozen=True)
+class ForecastResults:
+    forecast_uri: str
+    files: list[str]
+
+    def summary(self) -> dict[str, Any]:
+        return {"forecast_uri": self.forecast_uri, "files": len(self.files)}
+
+
+def forecast_results(ctx: AgentContext, out: ForecastOutput) -> ForecastResults:
+    """A forecast-only run's results: its forecast, nothing else."""
+    keys = upload_forecast(ctx)
+    return ForecastResults(ctx.uri(ctx.layout.forecast_file(ctx.run_id)), sorted(keys))
+
+
+def upload_forecast(ctx: AgentContext) -> list[str]:
+    """forecast.parquet and forecast.json under {run_id}/forecasts/; when this attempt made none,
+    those an earlier attempt left are deleted (the future values launch put there stay)."""
+    layout = ctx.layout
+    ctx.guard()
+    if not (ctx.forecast_dir / "forecast.parquet").is_file():
+        ctx.s3.delete_objects(Bucket=ctx.bucket, Delete={"Quiet": True, "Objects": [
+            {"Key": layout.forecast_file(ctx.run_id)}, {"Key": layout.forecast_info(ctx.run_id)}]})
+        return []
+    keys = ctx.upload_dir(ctx.forecast_dir, layout.forecasts(ctx.run_id))
+    ctx.record.set_artifact("forecast_uri", ctx.uri(layout.forecast_file(ctx.run_id)))
+    return keys
 
 
 def trained_on(cfg, training: dict[str, Any], instance_type: str | None, local: bool,

@@ -132,6 +132,20 @@ class Layout:
         """Backtest forecasts, per-series scores, loss history (instance/model/evaluation.py)."""
         return self.run_root(run_id) + "evaluation/"
 
+    def forecasts(self, run_id: str) -> str:
+        """The future forecast of every series and what it was made from (instance/model/forecasting.py)."""
+        return self.run_root(run_id) + "forecasts/"
+
+    def forecast_file(self, run_id: str) -> str:
+        return self.forecasts(run_id) + "forecast.parquet"
+
+    def forecast_info(self, run_id: str) -> str:
+        return self.forecasts(run_id) + "forecast.json"
+
+    def forecast_future(self, run_id: str) -> str:
+        """Where launch puts a local `forecast.future` file: the run reads it from its own prefix."""
+        return self.forecasts(run_id) + "future/"
+
 
 def python_env_key(python_build: str, arch: str, requirements_hash: str) -> str:
     """The cached interpreter + venv for one Python build (cpython-3.11.18), one machine

@@ -207,13 +207,47 @@ class ColumnsSpec(_Strict):
         return ColumnNames(self.id, self.timestamp, tuple(self.targets), tuple(self.known_covariates))
 
 
+class ForecastSpec(_Strict):
+    """What the run forecasts once the model is trained: `prediction_length` steps past the end of
+    every series, from all of its data (instance/model/forecasting.py). `forecast: false` turns it
+    off, `forecast: true` is the default. A model trained with known covariates needs their values
+    over the horizon: `future` names a parquet file or folder (a local path, uploaded at launch)
+    or a prefix in the bucket holding them; without it such a run forecasts nothing, and its
+    record says why."""
+
+    enabled: bool = True
+    future: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flag(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return {"enabled": v}
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ValueError("must be true, false, or a mapping such as {future: <file or prefix>}")
+        return v
+
+    @field_validator("future")
+    @classmethod
+    def _future(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must name a parquet file or folder, or a prefix in the bucket")
+        return v
+
+
 class RunConfig(_Strict):
+    # train: fine-tune model.base on the dataset, backtest, forecast. forecast: no training, the
+    # model (model.base: a run's models/ prefix, a hub id) forecasts the dataset on the machine.
+    kind: Literal["train", "forecast"] = "train"
     dataset: str
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()
     instance: InstanceSpec = InstanceSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     columns: ColumnsSpec = ColumnsSpec()
+    forecast: ForecastSpec = ForecastSpec()
 
     @field_validator("dataset")
     @classmethod

@@ -8,6 +8,7 @@ class Status(str, Enum):
     INITIALIZATION = "initialization"
     DATA_SYNC = "data_sync"
     TRAINING = "training"
+    FORECAST = "forecast"  # the trained model forecasts past the end of every series
     RESULTS_SYNC = "results_sync"
     CLEANUP = "cleanup"
     FAILED = "failed"
@@ -23,6 +24,7 @@ MAIN_CHAIN = (
     Status.INITIALIZATION,
     Status.DATA_SYNC,
     Status.TRAINING,
+    Status.FORECAST,
     Status.RESULTS_SYNC,
     Status.CLEANUP,
 )
@@ -35,6 +37,7 @@ def _table() -> dict[Status, frozenset[Status]]:
     for s in Status:
         if not s.is_terminal:
             moves[s] |= {Status.FAILED, Status.KILLED}
+    moves[Status.DATA_SYNC].add(Status.FORECAST)  # a forecast-only run trains nothing
     moves[Status.FAILED].add(Status.CLEANUP)
     moves[Status.KILLED].add(Status.CLEANUP)
     return {s: frozenset(t) for s, t in moves.items()}
