@@ -223,7 +223,7 @@ def test_a_forecast_only_run_forecasts_with_a_run_s_model_and_trains_nothing(com
 def test_a_model_with_known_covariates_and_no_future_values_forecasts_nothing_and_says_why(moto_endpoint, tmp_path):
     """Not a failure of the run: the model is what was paid for; the record says what to give."""
     motoserver.reset(moto_endpoint)
-    aws = AwsTarget(region=REGION, endpoint_url=moto_endpoint)
+    aws = AwsTarget(region=REGION, endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials)  # seeds
     s3 = client("s3", aws)
     bucket = bucket_name(ENV, motoserver.SANDBOX_ACCOUNT, REGION)
     s3.create_bucket(Bucket=bucket)

@@ -98,8 +98,6 @@ def test_bad_inputs_exit_2_with_one_sentence_and_nothing_written(env, model_dir,
 
 
 def test_an_unknown_run_or_a_run_without_a_model_is_refused(env, tmp_path, moto_endpoint):
-    import os
-
     from automation.sandbox import motoserver
     from automation.sandbox.strictmoto import DEPLOYER
     from instance.protocol.artifacts import put_json
@@ -109,8 +107,8 @@ def test_an_unknown_run_or_a_run_without_a_model_is_refused(env, tmp_path, moto_
     data, _ = _files(tmp_path)
     unknown = run_cli(env, "--local", "forecast", "run-20260101-000000-abcd", str(data))
     assert unknown.returncode == 2 and "no run run-20260101-000000-abcd in dev" in unknown.stderr, unknown.stderr
-    os.environ.update(DEPLOYER.env())
-    s3 = client("s3", AwsTarget(region="us-east-1", endpoint_url=moto_endpoint))
+    # The deployer plants the failed run's record, by its named credentials.
+    s3 = client("s3", AwsTarget(region="us-east-1", endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials))
     failed = "run-20260101-000000-f00d"
     put_json(s3, bucket_name("dev", motoserver.SANDBOX_ACCOUNT, "us-east-1"), Layout("dev").final_record(failed),
              {"run_id": failed, "final_status": "failed"})
