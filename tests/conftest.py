@@ -10,6 +10,7 @@ import os
 import pytest
 
 from automation.sandbox import motoserver
+from automation.sandbox.control import SandboxInfo, instance_credentials, seed
 from automation.sandbox.strictmoto import DEPLOYER, OPERATORS
 from instance.protocol.aws import AwsTarget, client
 from instance.protocol.layout import bucket_name
@@ -53,6 +54,26 @@ def nobody_acts_as_the_deployer_outside_seeding():
     yield
     assert os.environ.get("AWS_ACCESS_KEY_ID") != DEPLOYER.access_key_id, \
         "a test put the deployer's keys in the environment: act as the operator (name the deployer's keys only to seed)"
+
+
+def deploy(endpoint_url: str, env: str = ENV):
+    """What `pulumi up` leaves for `env`, seeded by the deployer: the bucket and its infra.json,
+    the VPC, the instance role holding the instance policy, the operator holding the operator
+    policy. For tests whose operator or agent reads what a bare bucket would refuse them."""
+    return seed(SandboxInfo(endpoint_url, REGION, motoserver.SANDBOX_ACCOUNT, None), env)
+
+
+def as_the_machine(base, instance_id: str, env: str = ENV) -> AwsTarget:
+    """Where `base` (a target or SandboxInfo) points, as the agent on `instance_id` acts: the
+    instance role's session IMDS gives that machine."""
+    creds = instance_credentials(base, env, instance_id)
+    return AwsTarget(base.region, base.endpoint_url,
+                     (creds["AWS_ACCESS_KEY_ID"], creds["AWS_SECRET_ACCESS_KEY"], creds["AWS_SESSION_TOKEN"]))
+
+
+@pytest.fixture
+def deployed(aws):
+    return deploy(aws.endpoint_url)
 
 
 @pytest.fixture

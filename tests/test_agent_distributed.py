@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from automation.sandbox.strictmoto import DEPLOYER
 from instance.agent.main import EXIT_FAILED, EXIT_KILLED
 from instance.protocol.state import StateStore
 from instance.protocol.status import Status
@@ -39,6 +38,12 @@ TWO_RANKS = {"type": "g5.12xlarge", "gpus": 2, "spot": False, "max_runtime_minut
 
 def two_rank_config(**training):
     return run_config(**training) | {"instance": TWO_RANKS}
+
+
+@pytest.fixture
+def bucket(deployed):
+    """Deployed, not bare: the person reading the model is the operator."""
+    return deployed.bucket
 
 
 @pytest.fixture
@@ -73,10 +78,8 @@ def test_two_ranks_complete_and_the_model_loads(s3, bucket, aws, data, tmp_path,
     }
     log = s3.get_object(Bucket=bucket, Key=run.layout.agent_log(run.run_id))["Body"].read().decode()
     assert "rank0 " in log and "rank1 " in log  # both ranks' lines reached agent.log
+    # Chronos's own loader and boto3's chain, as a person loads it: the operator's keys.
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint_url)
-    # Chronos reads S3 with boto3's own chain; this bucket is bare (no operator policy): the deployer, named.
-    for name, value in DEPLOYER.env().items():
-        monkeypatch.setenv(name, value)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     pipeline = Chronos2Pipeline.from_pretrained(record["artifacts"]["model_uri"])
     forecast = pipeline.predict_df(synthetic_frame(n_items=2, length=80, covariate=False), prediction_length=8)

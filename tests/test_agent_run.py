@@ -25,7 +25,7 @@ from tests.agent_fixtures import (
     synthetic_frame,
     upload_dataset,
 )
-from tests.conftest import ENV, REGION
+from tests.conftest import ENV, REGION, deploy
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +35,7 @@ def completed(moto_endpoint, tmp_path_factory):
     motoserver.reset(moto_endpoint)
     aws = AwsTarget(region=REGION, endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials)  # seeds
     s3 = client("s3", aws)
-    bucket = bucket_name(ENV, motoserver.SANDBOX_ACCOUNT, REGION)
-    s3.create_bucket(Bucket=bucket)
+    bucket = deploy(moto_endpoint).bucket  # deployed: the operator reads the model below
     # Two files: the sync and the validator see a month folder as it really is.
     frame = synthetic_frame(n_items=6, length=96)
     half = frame["item_id"].isin(["item-0", "item-1", "item-2"])
@@ -179,11 +178,9 @@ def test_model_loads_from_s3_and_forecasts(completed, monkeypatch, tmp_path):
     import numpy as np
     from chronos import Chronos2Pipeline
 
+    # As the record's `load_with` says a person loads it: Chronos's own loader, boto3's own
+    # chain, the person's keys (the operator's, in this process's environment).
     monkeypatch.setenv("AWS_ENDPOINT_URL", completed["aws"].endpoint_url)
-    # Chronos reads the model with boto3's own chain: this module's bucket was made bare for the
-    # agent (no operator policy), so the deployer reads it, named for this call only.
-    for name, value in DEPLOYER.env().items():
-        monkeypatch.setenv(name, value)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     uri = _record(completed, "training_record")["artifacts"]["model_uri"]
     pipeline = Chronos2Pipeline.from_pretrained(uri)

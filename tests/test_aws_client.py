@@ -65,17 +65,17 @@ def test_a_forked_child_makes_its_own_client():
 def test_the_identity_follows_the_aws_environment(aws, monkeypatch):
     """A --local command switches its environment to the operator before acting: the clients it
     makes then act as the operator, not as whoever the first client was made for."""
-    from automation.sandbox.strictmoto import DEPLOYER, OPERATORS
+    from automation.sandbox.strictmoto import OPERATORS
 
     ambient = AwsTarget(aws.region, aws.endpoint_url)  # no credentials named: the environment's
 
     def caller():
         return client("sts", ambient).get_caller_identity()["Arn"]
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", DEPLOYER.access_key_id)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", DEPLOYER.secret_access_key)
-    as_deployer = caller()
+    for name, value in OPERATORS["stage"].env().items():  # a shell left as another env's operator
+        monkeypatch.setenv(name, value)
+    as_before = caller()
     for name, value in OPERATORS["dev"].env().items():
         monkeypatch.setenv(name, value)
     as_operator = caller()
-    assert as_deployer.endswith(f"/{DEPLOYER.user}") and as_operator.endswith(f"/{OPERATORS['dev'].user}")
+    assert as_before.endswith(f"/{OPERATORS['stage'].user}") and as_operator.endswith(f"/{OPERATORS['dev'].user}")

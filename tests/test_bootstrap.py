@@ -111,6 +111,12 @@ SITE = "chronos-test-site==1.0\n"  # tests/boot_fixtures.py: the agent's package
 
 
 @pytest.fixture
+def bucket(deployed):
+    """Deployed, not bare: `logs`, `follow` and `verify` read it as the operator, as on AWS."""
+    return deployed.bucket
+
+
+@pytest.fixture
 def machine(s3, bucket, aws, tmp_path):
     """A launched run (lock, run.yaml, dataset, bundle) and the machine that will boot for it."""
     upload_dataset(s3, bucket, {"part-0.parquet": parquet_bytes(synthetic_frame())})
@@ -175,8 +181,7 @@ def test_boot_from_nothing_builds_and_saves_the_environment_and_the_next_machine
     assert tarball == python_env_key(PYTHON_BUILD, platform.machine(), hashlib.sha256(SITE.encode()).hexdigest()[:16])
     assert m.calls.read_text().splitlines() == ["-h +50", "-h now"]
     # `chronos-train logs` shows the boot, then the agent, each headed by its name.
-    # This bucket is bare (no operator policy): the reader is the deployer, named.
-    shown = "".join(stream(Target(ENV, False, REGION, bucket, aws.endpoint_url, aws.credentials), RID, follow=False))
+    shown = "".join(stream(Target(ENV, False, REGION, bucket, aws.endpoint_url), RID, follow=False))  # the operator
     assert shown.startswith("==> bootstrap.log <==\nbootstrap: " + RID)
     assert shown.index("\n==> agent.log <==\n") > shown.index("building it with uv")
 
@@ -294,7 +299,7 @@ def test_an_environment_that_cannot_be_built_ends_the_run_on_one_machine(group_b
     assert f"bootstrap: left group {RID} (desired capacity 0)" in boot_log
     assert boot_log.rstrip().splitlines()[-1] == "bootstrap: cannot restore or build the python environment"
 
-    target = Target(ENV, True, REGION, bucket, aws.endpoint_url, aws.credentials)  # a bare bucket: the deployer, named
+    target = Target(ENV, True, REGION, bucket, aws.endpoint_url)  # the operator: the environment's keys
     executor = LocalExecutor(target.aws, ENV, bucket)
     with pytest.raises(RunLost) as lost:
         follow(target, executor, RID, on_update=lambda view: None, interval=0.01)

@@ -16,7 +16,7 @@ from automation.context import Target
 from automation.runs.capacity import quota_short, why_no_machine
 from automation.sandbox import motoserver
 from automation.sandbox.control import SandboxInfo, seed
-from automation.sandbox.strictmoto import DEPLOYER, OPERATORS
+from automation.sandbox.strictmoto import OPERATORS
 from instance.protocol.artifacts import get_json
 from instance.protocol.aws import client
 from instance.protocol.ec2 import instances_by_tag
@@ -112,10 +112,11 @@ def test_a_launch_whose_group_gets_no_machine_waits_monitor_says_why_and_kill_en
     assert (record["final_status"], record["reason"]) == ("killed", "killed_by_user")
     clean = run_cli(env, "verify-cleanup")
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    deployer = aws.__class__(aws.region, aws.endpoint_url, DEPLOYER.credentials)
-    assert describe_group(client("autoscaling", deployer), run_id) is None
-    assert client("ec2", deployer).describe_launch_templates()["LaunchTemplates"] == []
-    assert instances_by_tag(client("ec2", deployer), {"RunId": run_id}) == []
+    # What the operator sees afterwards: nothing of the run's left.
+    seen = aws.__class__(aws.region, aws.endpoint_url, OPERATORS[ENV].credentials)
+    assert describe_group(client("autoscaling", seen), run_id) is None
+    assert client("ec2", seen).describe_launch_templates()["LaunchTemplates"] == []
+    assert instances_by_tag(client("ec2", seen), {"RunId": run_id}) == []
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="dev/pulumi/.pulumi/stacks/")
 
 
@@ -184,6 +185,7 @@ def test_a_followed_run_whose_group_never_gets_a_machine_fails_no_capacity_in_on
     shown = run_cli(env, "monitor", run_id)
     assert "no_capacity" in shown.stdout and "(L-DB2E81BA) is 0 vCPUs" in shown.stdout, shown.stdout
     assert run_cli(env, "verify-cleanup").returncode == 0
-    deployer = aws.__class__(aws.region, aws.endpoint_url, DEPLOYER.credentials)
-    assert describe_group(client("autoscaling", deployer), run_id) is None
-    assert instances_by_tag(client("ec2", deployer), {"RunId": run_id}) == []
+    # What the operator sees afterwards: nothing of the run's left.
+    seen = aws.__class__(aws.region, aws.endpoint_url, OPERATORS[ENV].credentials)
+    assert describe_group(client("autoscaling", seen), run_id) is None
+    assert instances_by_tag(client("ec2", seen), {"RunId": run_id}) == []

@@ -23,15 +23,15 @@ from automation.runs.records import record_end_from_cli
 from automation.runs.verify import verify
 from automation.sandbox import motoserver
 from automation.sandbox.control import REGION, SandboxInfo, seed
-from automation.sandbox.strictmoto import DEPLOYER
 from instance.protocol.artifacts import get_json, get_json_versioned, put_json
-from instance.protocol.aws import AwsTarget, client
+from instance.protocol.aws import client
 from instance.protocol.ec2 import instance_state, run_tags
 from instance.protocol.group import describe_group
 from instance.protocol.layout import Layout, bucket_name
 from instance.protocol.status import Status
 from instance.protocol.timeutil import utcnow
 from tests.agent_fixtures import DATA_PREFIX, parquet_bytes, run_config, synthetic_frame
+from tests.conftest import as_the_machine
 from tests.faultproxy import CONFLICT, FaultProxy
 from tests.fake_pulumi import recorded
 from tests.test_pulumi_seam import fake  # noqa: F401 - the fixture
@@ -295,9 +295,9 @@ def test_an_agent_that_finishes_while_the_cli_closes_the_record_wins(target):
     write is refused (412), it reads again, finds a final record and leaves it."""
     key = LAYOUT.training_record(RUN)
     put_json(target.s3, BUCKET, key, {**AGENT_FINAL, "final_status": None})
-    # The agent is another process with a client of its own (the factory gives one process one
-    # client per target, so it is told apart by its credentials).
-    agent_s3 = client("s3", AwsTarget(target.region, target.endpoint_url, DEPLOYER.credentials))
+    # The agent is another process, on its machine, with the instance role's session (a client
+    # of its own: the factory gives one process one client per target).
+    agent_s3 = client("s3", as_the_machine(target.aws, run_machine(target), ENV))
     assert agent_s3 is not target.s3
     raced = threading.Event()
 

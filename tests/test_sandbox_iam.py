@@ -13,12 +13,13 @@ import sys
 
 import pytest
 
-from automation.sandbox.control import SandboxInfo, instance_credentials, instance_role_name, seed
+from automation.sandbox.control import SandboxInfo, instance_role_name, seed
 from automation.sandbox.strictmoto import DEPLOYER, OPERATORS, SANDBOX_ACCOUNT
 from automation.stacks.policies import instance_policy
 from instance.protocol.aws import AwsTarget, client, error_code
 from instance.protocol.layout import bucket_name
 from tests.cli_helpers import cli_env, run_cli
+from tests.conftest import as_the_machine
 from tests.test_cli_flows import local_config
 
 BUCKET = bucket_name("dev", SANDBOX_ACCOUNT, "us-east-1")
@@ -38,8 +39,7 @@ def _as(info: SandboxInfo, credentials) -> AwsTarget:
 
 
 def _agent(info: SandboxInfo, instance_id: str) -> AwsTarget:
-    creds = instance_credentials(info, "dev", instance_id)
-    return _as(info, (creds["AWS_ACCESS_KEY_ID"], creds["AWS_SECRET_ACCESS_KEY"], creds["AWS_SESSION_TOKEN"]))
+    return as_the_machine(info, instance_id, "dev")
 
 
 def _code(call) -> str:

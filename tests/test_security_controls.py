@@ -21,11 +21,11 @@ import pytest
 from automation.executors.base import ProvisionRequest
 from automation.executors.ec2 import Ec2Executor
 from automation.infra_record import InfraRecord
-from automation.sandbox.strictmoto import DEPLOYER
 from automation.stacks.policies import SELF_INSTANCE_ARN
 from automation.stacks.run import build_run_stack
 from instance.protocol.aws import AwsTarget
 from instance.protocol.runconfig import parse_config
+from tests.conftest import deploy
 from tests.pulumi_harness import AMI_ID, policy_doc, run_program, stack_config_file
 from tests.test_persistent_stack import GROUP, OBJECT, PROFILE, ROLE, ROLE_POLICY, SUBNET, run_main
 
@@ -61,9 +61,9 @@ def launched(infra: InfraRecord, spot: bool, endpoint: str):
     (The executor then looks for the group's first machine in EC2: moto's, where there is none.)"""
     ops = RecordingOps()
     config = parse_config({"dataset": "cached-datasets/2026/11/", "instance": {"type": "g5.xlarge", "spot": spot}})
+    deploy(endpoint)  # moto's dev deployed, so the operator's policy is in force there
     executor = Ec2Executor("dev", infra.bucket, infra.region, ops=ops, render_user_data=lambda **_: "#!/bin/bash\n",
-                           # Mocked infra, not seeded for an operator: the deployer, named.
-                           target=AwsTarget(infra.region, endpoint, DEPLOYER.credentials), first_machine_wait=0)
+                           target=AwsTarget(infra.region, endpoint), first_machine_wait=0)  # the operator
     executor.provision(ProvisionRequest(RUN_ID, "dev", config, infra))
     (cfg,) = ops.configs
     run = run_program(lambda: build_run_stack(cfg), project="chronos-run", stack=RUN_ID,

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from automation.sandbox.strictmoto import DEPLOYER
 from instance.model.training import Progress, RunMonitor, TrainingHooks, TrainingSettings, train_model
+from instance.protocol.aws import client
 from tests.agent_fixtures import synthetic_frame
+from tests.conftest import ENV
 
 
 class FakeClock:
@@ -107,21 +108,26 @@ def test_lora_is_merged_into_a_model_that_loads(tiny_inputs, tmp_path):
     assert all(math.isfinite(v) for v in scores.values())
 
 
-def test_s3_base_model_loads_through_chronos(s3, bucket, aws, tmp_path, monkeypatch):
+def test_s3_base_model_loads_through_chronos(s3, deployed, aws, tmp_path, monkeypatch):
+    """An earlier run's model as a run's base, loaded as the agent loads it: Chronos's own loader,
+    boto3's chain, the instance role's session in the machine's environment."""
     from chronos import Chronos2Pipeline
 
+    from automation.sandbox.control import instance_credentials
     from instance.model.basemodel import build_scratch, load_base
+    from instance.protocol.layout import Layout, new_run_id
 
     folder = tmp_path / "base"
     build_scratch("tiny", 64, on="cpu").save_pretrained(folder)
+    models = Layout(ENV).models(new_run_id())
     for f in folder.iterdir():
-        s3.upload_file(str(f), bucket, f"models/base/{f.name}")
+        s3.upload_file(str(f), deployed.bucket, f"{models}{f.name}")
+    machine = client("ec2", aws).run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"][0]
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint_url)
-    # Chronos reads S3 with boto3's own chain; this bucket is bare (no operator policy): the deployer, named.
-    for name, value in DEPLOYER.env().items():
+    for name, value in instance_credentials(aws, ENV, machine["InstanceId"]).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    pipeline = load_base(f"s3://{bucket}/models/base/", context_length=64, on="cpu")
+    pipeline = load_base(f"s3://{deployed.bucket}/{models}", context_length=64, on="cpu")
     assert isinstance(pipeline, Chronos2Pipeline)
     assert pipeline.model.config.chronos_pipeline_class == "Chronos2Pipeline"
     assert pipeline.model.config.architectures == ["Chronos2Model"]
