@@ -2,10 +2,13 @@
 enforced. The deployer (an administrator, as whoever runs `pulumi up`) only seeds, and only by
 naming its credentials (the `aws` fixture's target); whatever the tests build without naming an
 identity (a Target, an executor, an in-process CLI command) acts as the operator, the agent as
-the instance role, as on AWS. A test that leaves the deployer's keys in the environment fails."""
+the instance role, as on AWS. Putting the deployer's keys in the environment, or in a
+subprocess's, fails the test at that line (`_refuse_the_deployer_s_keys`)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import pytest
 
@@ -47,13 +50,46 @@ def aws(moto_endpoint) -> AwsTarget:
     return AwsTarget(region=REGION, endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials)
 
 
-@pytest.fixture(autouse=True)
-def nobody_acts_as_the_deployer_outside_seeding():
-    """The check: after each test, the process's AWS environment is not the deployer's (the
-    deployer seeds through its named credentials only; the CLI and the agent never hold them)."""
-    yield
-    assert os.environ.get("AWS_ACCESS_KEY_ID") != DEPLOYER.access_key_id, \
-        "a test put the deployer's keys in the environment: act as the operator (name the deployer's keys only to seed)"
+class DeployerKeysInAnEnvironment(AssertionError):
+    pass
+
+
+_DEPLOYER_KEY = frozenset({DEPLOYER.access_key_id, DEPLOYER.access_key_id.encode()})
+# Where a process's environment is set or handed on (os.environ, monkeypatch.setenv and
+# subprocess all end in one of these), with the position of the environment in the event's args.
+_ENVIRONMENT_EVENTS = {"os.putenv": 1, "subprocess.Popen": 3, "os.posix_spawn": 2, "os.exec": 2}
+_administrator_shells: list[str] = []
+
+
+def _refuse_the_deployer_s_keys(event: str, args: tuple) -> None:
+    """The check, as an audit hook: the deployer's access key set in this process's environment
+    (even for a moment, even by monkeypatch) or handed to a subprocess fails the test at that
+    line. The deployer seeds through its named credentials only; the CLI, the agent and whatever
+    a test reads with acts as the operator or the instance role."""
+    at = _ENVIRONMENT_EVENTS.get(event)
+    if at is None or _administrator_shells:
+        return
+    env = args[at]
+    values = (env,) if event == "os.putenv" else () if env is None else env.values()
+    if any(isinstance(v, (str, bytes)) and v in _DEPLOYER_KEY for v in values):
+        where = "this process's environment" if event == "os.putenv" else "a subprocess's environment"
+        raise DeployerKeysInAnEnvironment(
+            f"the deployer's keys went into {where}: act as the operator (the environment's) or the instance role "
+            "(instance_credentials); name the deployer's keys only to seed (AwsTarget(..., credentials=DEPLOYER.credentials))")
+
+
+sys.addaudithook(_refuse_the_deployer_s_keys)
+
+
+@contextlib.contextmanager
+def administrator_shell(why: str):
+    """The one named exception: a subprocess whose shell holds administrator keys (the deployer's)
+    because the case is a person holding them, not the operator; `why` says which."""
+    _administrator_shells.append(why)
+    try:
+        yield
+    finally:
+        _administrator_shells.pop()
 
 
 def deploy(endpoint_url: str, env: str = ENV):

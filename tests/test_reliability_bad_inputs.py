@@ -24,6 +24,7 @@ from instance.protocol.aws import AwsTarget, client
 from instance.protocol.layout import bucket_name
 from tests.agent_fixtures import run_config, synthetic_frame, write_parquet
 from tests.cli_helpers import bucket_keys, cli_env, instances_by_state, run_cli
+from tests.conftest import administrator_shell
 
 REGION = "us-east-1"
 BUCKET = bucket_name("dev", "123456789012", REGION)
@@ -291,6 +292,12 @@ def aws_env(env: dict, **changes: str) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def run_on_aws(env: dict, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    """`run_cli` with `aws_env`'s shell: the one place a test hands the deployer's keys on."""
+    with administrator_shell("the bad-input catalogue's real-AWS path: a person holding administrator keys"):
+        return run_cli(env, *args, **kwargs)
+
+
 NO_CREDENTIALS = dict(
     AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None, AWS_SESSION_TOKEN=None, AWS_PROFILE=None,
     AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_CONFIG_FILE="/nonexistent", AWS_EC2_METADATA_DISABLED="true",
@@ -304,7 +311,7 @@ def test_no_credentials(bucket_known, env, sandbox, tmp_path):
     config = write_config(tmp_path, "cached-datasets/2026/11/")
     known = dict(CHRONOS_BUCKET=BUCKET, AWS_ENDPOINT_URL=sandbox.endpoint_url) if bucket_known else {}
     before = snapshot(sandbox)
-    result = run_cli(aws_env(env, **NO_CREDENTIALS, **known), "launch", config, timeout=60)
+    result = run_on_aws(aws_env(env, **NO_CREDENTIALS, **known), "launch", config, timeout=60)
     assert_refused(result, "no valid AWS credentials found; run `aws configure` (or set AWS_PROFILE), or use --local")
     assert_unchanged(before, sandbox)
 
@@ -312,7 +319,7 @@ def test_no_credentials(bucket_known, env, sandbox, tmp_path):
 def test_no_region(env, sandbox, tmp_path):
     config = write_config(tmp_path, "cached-datasets/2026/11/")
     before = snapshot(sandbox)
-    result = run_cli(aws_env(env, AWS_DEFAULT_REGION=None, AWS_REGION=None, AWS_CONFIG_FILE="/nonexistent"),
+    result = run_on_aws(aws_env(env, AWS_DEFAULT_REGION=None, AWS_REGION=None, AWS_CONFIG_FILE="/nonexistent"),
                      "launch", config, timeout=60)
     assert_refused(result, "no AWS region configured; set AWS_REGION or run `aws configure`, or use --local")
     assert_unchanged(before, sandbox)
@@ -322,7 +329,7 @@ def test_infrastructure_not_deployed_no_bucket(env, sandbox, tmp_path):
     config = write_config(tmp_path, "cached-datasets/2026/11/")
     before = snapshot(sandbox)
     assert STAGE_BUCKET not in before["objects"]
-    result = run_cli(aws_env(env, AWS_ENDPOINT_URL=sandbox.endpoint_url, CHRONOS_BUCKET=STAGE_BUCKET),
+    result = run_on_aws(aws_env(env, AWS_ENDPOINT_URL=sandbox.endpoint_url, CHRONOS_BUCKET=STAGE_BUCKET),
                      "--env", "stage", "launch", config)
     assert_refused(result, f"infrastructure for env stage is not deployed (no bucket {STAGE_BUCKET}); run `pulumi up` first")
     assert_unchanged(before, sandbox)
@@ -334,7 +341,7 @@ def test_infrastructure_not_deployed_no_infra_record(env, sandbox, tmp_path):
         s3.create_bucket(Bucket=PROD_BUCKET)  # a bucket, but no stack ever wrote prod/infra.json
     config = write_config(tmp_path, "cached-datasets/2026/11/")
     before = snapshot(sandbox)
-    result = run_cli(aws_env(env, AWS_ENDPOINT_URL=sandbox.endpoint_url, CHRONOS_BUCKET=PROD_BUCKET),
+    result = run_on_aws(aws_env(env, AWS_ENDPOINT_URL=sandbox.endpoint_url, CHRONOS_BUCKET=PROD_BUCKET),
                      "--env", "prod", "launch", config)
     assert_refused(result, f"infrastructure for env prod is not deployed (no prod/infra.json in bucket {PROD_BUCKET})")
     assert_unchanged(before, sandbox)
