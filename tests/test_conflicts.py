@@ -23,6 +23,8 @@ FAST = ConflictBackoff(attempts=8, base_s=0.01, cap_s=0.05)
 STATE = f"{ENV}/system-state.json"
 
 
+# The deployer's named keys: these test the protocol and the proxy, not anyone's rights (and write
+# keys, "plain" and "guarded", that no policy grants).
 def proxied_store(proxy: FaultProxy, aws, bucket: str, backoff: ConflictBackoff = FAST) -> StateStore:
     return StateStore(client("s3", AwsTarget(aws.region, proxy.url, aws.credentials)), bucket, ENV, backoff=backoff)
 

@@ -16,11 +16,17 @@ from tests.faultproxy import ALL_FAULTS, CONFLICT, FaultProxy
 FAST = ConflictBackoff(attempts=8, base_s=0.01, cap_s=0.05)
 
 
+@pytest.fixture
+def bucket(deployed):
+    """Deployed: the lock's writers are the operator, as the CLI is."""
+    return deployed.bucket
+
+
 @pytest.mark.parametrize("faults,seed", [(ALL_FAULTS, 7), ((CONFLICT,), 11)], ids=["errors-resets-replies", "409s"])
 def test_lock_protocol_survives_20_percent_faults(aws, bucket, faults, seed):
     """4 writers bump a counter 5 times each: no bump is lost or applied twice."""
     with FaultProxy(aws.endpoint_url, rate=0.2, faults=faults, seed=seed, paths=("system-state.json",)) as proxy:
-        store = StateStore(client("s3", AwsTarget(aws.region, proxy.url, aws.credentials)), bucket, ENV, backoff=FAST)
+        store = StateStore(client("s3", AwsTarget(aws.region, proxy.url)), bucket, ENV, backoff=FAST)  # the operator
         lease = store.acquire("run-20261128-100000-aaaa", counter=0)
         for status in (Status.DATA_SYNC, Status.TRAINING):
             lease = store.move(lease, status)

@@ -145,6 +145,7 @@ def _stale(lease, instance_state, stale_after=timedelta(minutes=5)) -> bool:
 def test_race_16_acquirers_threads_and_processes(aws, bucket, store, rounds):
     threads, procs = 8, 8
     ctx = multiprocessing.get_context("spawn")
+    # The deployer's named keys: the race tests the protocol, not anyone's rights.
     with ctx.Pool(procs, initializer=_race_worker.init, initargs=(aws.endpoint_url, aws.region, bucket, ENV, aws.credentials)) as pool:
         for rnd in range(rounds):
             go_at = time.time() + (3.0 if rnd == 0 else 0.5)  # round 0 waits for spawned workers
