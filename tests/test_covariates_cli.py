@@ -120,6 +120,12 @@ def test_a_forecast_run_on_the_machine_is_followed_to_its_file(run, remote):
     cleanup, its forecast fetched to --out and equal to the training run's own; `runs` says its kind."""
     result, out, remote_id = remote["result"], remote["out"], remote["run_id"]
     assert f"forecast run: {ITEMS} series x {H} steps with {run['run_id']}'s model" in result.stderr
+    # The estimate, before anything is launched: from the training run's own forecast on this machine.
+    said = result.stderr
+    estimate = said.index(f"estimate: {ITEMS} series in about ")
+    assert estimate < said.index(f"run {remote_id}: lock taken")
+    line = said[estimate:said.index("\n", estimate)]
+    assert f"series/s: {run['run_id']}'s own forecast on this machine), $0.00 here (on AWS about $" in line, line
     record = get_json(run["s3"], BUCKET, LAYOUT.training_record(remote_id))
     assert record["final_status"] == "completed" and record["config"]["kind"] == "forecast"
     assert "training" not in record["phases"] and record["phases"]["forecast"]["result"] == "ok"

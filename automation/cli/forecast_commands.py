@@ -46,6 +46,8 @@ def forecast(opts: Options, model: str, data: str, future: str | None, out: Path
     Exit 2, with nothing written, for an unknown run, data or future values that do not fit.
     --remote (MODEL a run id): the same forecast as a run on a machine of the model's run
     (data_sync, forecast, results_sync, cleanup), followed; its exit codes are launch --follow's.
+    Before it launches it says the series, the expected minutes (from the model's own run's
+    forecast speed, else Chronos-2's published GPU figure) and the expected price.
 
     \b
     Example:
@@ -78,7 +80,7 @@ def _remote(opts: Options, model: str, data: str, future: str | None, out: Path,
     """A forecast-only run: checked here, launched as any run, followed; its forecast fetched to --out."""
     from .. import executors
     from ..errors import OK
-    from ..runs.forecast import fetch_forecast, remote_config
+    from ..runs.forecast import fetch_forecast, remote_config, remote_estimate
     from ..runs.launch import launch as do_launch, plan
     from .run_commands import _follow
 
@@ -88,6 +90,7 @@ def _remote(opts: Options, model: str, data: str, future: str | None, out: Path,
     lp = plan(target, config)
     say(f"forecast run: {series} series x {lp.config.training.prediction_length} steps with {model}'s model, "
         f"on {lp.config.instance.type} for at most {lp.config.instance.max_runtime_minutes} minutes")
+    say(remote_estimate(target, model, series, lp.config).sentence())
     say(lp.estimate.sentence())
     launched = do_launch(target, lp, executor, progress=say)
     click.echo(launched.run_id)

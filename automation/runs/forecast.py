@@ -262,6 +262,24 @@ def remote_config(target, model: str, data: str, *, future: str | None = None,
     return path, series
 
 
+def remote_estimate(target, model_run: str, series: int, config):
+    """How long and how much the forecast run of `series` series is expected to take
+    (forecast_estimate.py), from the model's own run's forecast where it measured one."""
+    from .forecast_estimate import estimate
+    from .records import read_record
+
+    record = read_record(target, model_run)
+    base = (((record or {}).get("config") or {}).get("model") or {}).get("base")
+    return estimate(series, config.instance.type, _hourly(config), target.local, model_run=model_run, record=record,
+                    base=base)
+
+
+def _hourly(config) -> float:
+    from instance.protocol.pricing import hourly
+
+    return hourly(config.instance.type, config.instance.spot)
+
+
 def _absolute(path: str) -> str:
     if path.startswith("cached-datasets/") or path.startswith("s3://"):
         return path
