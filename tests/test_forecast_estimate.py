@@ -48,7 +48,9 @@ def test_the_sentence_adds_the_start_to_the_forecast_and_prices_the_whole():
     assert text.startswith("estimate: 90,000 series in about 9.0 min (3.0 min to start the machine, 6.0 min "
                            f"forecasting at 250 series/s: {RUN}'s own forecast on g5.xlarge), about $")
     fallback = estimate(1000, "g4dn.xlarge", 0.5, False, model_run=RUN, record=None, base="amazon/chronos-2")
-    assert "Chronos-2's published A10G figure scaled to T4 (no run of this model measured it)" in fallback.sentence()
+    assert "at 160 series/s: Chronos-2's published A10G figure scaled to T4)" in fallback.sentence()
+    a10g = estimate(1000, "g5.xlarge", 0.5, False, model_run=RUN, record=None, base="amazon/chronos-2")
+    assert "at 300 series/s: Chronos-2's published A10G figure)" in a10g.sentence()
     here = estimate(6, "g5.xlarge", price, True, model_run=RUN, record=_record(executor="local", series=6, seconds=0.1),
                     base="scratch:tiny")
     assert "under 0.1 min forecasting at 60 series/s" in here.sentence() and "$0.00 here (on AWS about $" in here.sentence()

@@ -106,7 +106,7 @@ def estimate(series: int, instance_type: str, hourly_usd: float, local: bool, *,
     else:
         gpu = PRICES[instance_type].gpu_model
         rate = published_rate(instance_type, base)
-        source = (f"Chronos-2's published A10G figure scaled to {gpu}" +
-                  (f" and {base}" if (base or "").startswith("scratch:") else "") + " (no run of this model measured it)")
+        scaled = [x for x in (gpu if gpu != "A10G" else "", base if (base or "").startswith("scratch:") else "") if x]
+        source = "Chronos-2's published A10G figure" + (f" scaled to {' and '.join(scaled)}" if scaled else "")
     return ForecastEstimate(series, rate, source, START_MINUTES["local" if local else "aws"], hourly_usd,
                             instance_type, local)
