@@ -4,7 +4,7 @@ data and batch size.
 
     .venv/bin/python bench/bench_forecast.py [--data quickstart|synthetic] [--series 1000] [--length 600]
                                              [--size mini] [--prediction-length 24] [--context 512]
-                                             [--batch-size 256] [--repeat 3] [--json]
+                                             [--batch-size 256] [--repeat 3] [--json] [--whole]
 
 quickstart: the 147 monthly series of examples/data/us_employment.parquet (prediction length 12,
 context 96, as the demo). synthetic: `--series` daily series of `--length` points (a level, a
@@ -12,6 +12,11 @@ weekly pattern, noise). The model is `scratch:<size>` (random weights: the cost 
 does not depend on them). Runs alternate (ours, predict_df, ours, ...) so drift on a shared
 machine hits both alike; reported: the median seconds and series a second of each, and their
 ratio (goal: ours / predict_df >= 0.95 in series a second).
+
+--whole: the command's whole time instead, each a fresh process: `chronos-train forecast FOLDER
+DATA --out F.parquet` (a model folder on disk, as a warm cache of a run's model is) against a bare
+script doing what a user would write (import chronos and pandas, from_pretrained, read_parquet,
+predict_df, to_parquet), alternated; medians and their difference (goal: within 3 s).
 """
 from __future__ import annotations
 
@@ -44,6 +49,46 @@ def data(kind: str, series: int, length: int):
     })
 
 
+BARE = """
+import sys
+import pandas as pd
+from chronos import Chronos2Pipeline
+folder, data, out, h, batch = sys.argv[1:6]
+pipeline = Chronos2Pipeline.from_pretrained(folder)
+frame = pd.read_parquet(data)
+pipeline.predict_df(frame, prediction_length=int(h), batch_size=int(batch)).to_parquet(out, index=False)
+"""
+
+
+def whole(frame, size: str, h: int, context: int, batch: int, repeat: int) -> dict:
+    """Fresh processes, alternated: the command against the bare script, on the same folder and file."""
+    import subprocess
+    import tempfile
+
+    from instance.model.basemodel import build_scratch
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-forecast-"))
+    build_scratch(size, context, on="cpu").save_pretrained(tmp / "model")
+    frame.to_parquet(tmp / "data.parquet", index=False)
+    commands = {
+        "command": [sys.executable, "-m", "automation.cli", "forecast", str(tmp / "model"), str(tmp / "data.parquet"),
+                    "--out", str(tmp / "ours.parquet"), "--prediction-length", str(h), "--batch-size", str(batch)],
+        "bare": [sys.executable, "-c", BARE, str(tmp / "model"), str(tmp / "data.parquet"), str(tmp / "bare.parquet"),
+                 str(h), str(batch)],
+    }
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(repeat):
+        for name, cmd in commands.items():
+            started = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
+            times[name].append(time.perf_counter() - started)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"series": frame["item_id"].nunique(), "size": size, "prediction_length": h, "batch_size": batch,
+            "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
+            "median_seconds": {k: round(v, 2) for k, v in med.items()},
+            "command_minus_bare_seconds": round(med["command"] - med["bare"], 2)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", choices=("quickstart", "synthetic"), default="quickstart")
@@ -55,10 +100,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--whole", action="store_true", help="the command's whole time against a bare script's")
     a = p.parse_args()
     quick = a.data == "quickstart"
     h = a.prediction_length or (12 if quick else 24)
     context = a.context or (96 if quick else 512)
+    if a.whole:
+        print(json.dumps(whole(data(a.data, a.series, a.length), a.size, h, context, a.batch_size, a.repeat), indent=2))
+        return
 
     import torch
 

@@ -70,6 +70,7 @@ def test_every_artifact_is_where_the_layout_says(completed):
             "summary.json", "forecasts.parquet", "series_scores.parquet", "history.parquet", "loss_history.parquet")),
         layout.forecast_file(run.run_id),
         layout.forecast_info(run.run_id),
+        layout.forecast_history(run.run_id),
     ):
         assert key in keys
     assert layout.state not in keys

@@ -104,16 +104,28 @@ def test_forecast_from_the_run_id_equals_the_run_s_own_forecast_and_reuses_the_f
     assert fetched.stat().st_mtime_ns == first  # read from the home, not fetched again
 
 
-def test_a_forecast_run_on_the_machine_is_followed_to_its_file(run):
-    """--remote: a forecast-only run (kind forecast) through the lock, the agent's phases and
-    cleanup, its forecast fetched to --out and equal to the training run's own; `runs` says its kind."""
+@pytest.fixture(scope="module")
+def remote(run):
+    """`forecast RUN DATA --remote`: a forecast-only run of the training run's model, followed."""
     tmp = run["tmp"]
     out = tmp / "remote.csv"
     result = run_cli(run["env"], "--local", "forecast", run["run_id"], str(tmp / "data" / "stores.parquet"),
                      "--future", str(tmp / "future" / "promo.parquet"), "--remote", "--out", str(out), cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
-    remote_id = result.stdout.splitlines()[0]
+    return dict(run_id=result.stdout.splitlines()[0], out=out, result=result)
+
+
+def test_a_forecast_run_on_the_machine_is_followed_to_its_file(run, remote):
+    """--remote: a forecast-only run (kind forecast) through the lock, the agent's phases and
+    cleanup, its forecast fetched to --out and equal to the training run's own; `runs` says its kind."""
+    result, out, remote_id = remote["result"], remote["out"], remote["run_id"]
     assert f"forecast run: {ITEMS} series x {H} steps with {run['run_id']}'s model" in result.stderr
+    # The estimate, before anything is launched: from the training run's own forecast on this machine.
+    said = result.stderr
+    estimate = said.index(f"estimate: {ITEMS} series in about ")
+    assert estimate < said.index(f"run {remote_id}: lock taken")
+    line = said[estimate:said.index("\n", estimate)]
+    assert f"series/s: {run['run_id']}'s own forecast on this machine), $0.00 here (on AWS about $" in line, line
     record = get_json(run["s3"], BUCKET, LAYOUT.training_record(remote_id))
     assert record["final_status"] == "completed" and record["config"]["kind"] == "forecast"
     assert "training" not in record["phases"] and record["phases"]["forecast"]["result"] == "ok"
@@ -124,6 +136,54 @@ def test_a_forecast_run_on_the_machine_is_followed_to_its_file(run):
     runs = json.loads(run_cli(run["env"], "--local", "runs", "--json").stdout)
     assert {r["run_id"]: r["kind"] for r in runs}[remote_id] == "forecast"
     assert run_cli(run["env"], "--local", "verify-cleanup").returncode == 0
+
+
+def test_a_forecast_run_s_report_shows_its_forecast_with_fan_charts_of_the_future(run, remote):
+    """`report` on a forecast-only run: no training or backtest to miss, its own section (series,
+    horizon, the model's run, quantiles, cost) and a fan chart per (store, target) it kept the
+    history of; a killed one reports what is missing instead of failing."""
+    page_path = run["tmp"] / "forecast-report.html"
+    result = run_cli(run["env"], "--local", "report", remote["run_id"], "--out", str(page_path), cwd=run["tmp"])
+    assert result.returncode == 0, result.stderr
+    page = page_path.read_text()
+    section = page[page.index("<h2>Forecast of the next 8 steps"):]
+    section = section[:section.index("</section>")]
+    for text in (f"{ITEMS} × 2 targets", "8 steps (frequency D)", "6 of the 12 series and targets", f"{run['run_id']}&#x27;s model", "0.1, 0.2, 0.3",
+                 "forecast phase", "$0.00 (local run)", "known covariates promo", "forecast.parquet"):
+        assert text in section, text
+    assert section.count('<img class="chart small"') == 6  # 3 of the 6 stores spread out, x 2 targets
+    charts = _svg_texts(section)
+    assert "store-0 · sales" in charts and "store-5 · returns" in charts
+    assert "<h2>Evaluation" not in page and "<h2>Training" not in page and "Not in this report" not in page
+    assert "forecast only" in page and "<h2>Phases" in page
+    # The same run killed in its forecast phase: a page saying so, not a failure.
+    record = get_json(run["s3"], BUCKET, LAYOUT.training_record(remote["run_id"]))
+    killed = "run-20261101-000000-dead"
+    put_json(run["s3"], BUCKET, LAYOUT.final_record(killed), record | {
+        "run_id": killed, "final_status": "killed", "reason": "killed by the user", "artifacts": {}})
+    try:
+        again = run_cli(run["env"], "--local", "report", killed, "--out", str(page_path), cwd=run["tmp"])
+    finally:
+        run["s3"].delete_object(Bucket=BUCKET, Key=LAYOUT.final_record(killed))
+    assert again.returncode == 0, again.stderr
+    assert "No forecast: the run was killed (killed by the user) before its forecast was uploaded." in \
+        page_path.read_text()
+
+
+def test_a_training_run_s_report_shows_its_forecast_of_the_future(run):
+    page = (run["tmp"] / "runs" / run["run_id"] / "report.html").read_text()
+    section = page[page.index("<h2>Forecast of the next 8 steps"):]
+    section = section[:section.index("</section>")]
+    assert "this run&#x27;s fine-tuned model" in section and f"{ITEMS} × 2 targets" in section
+    assert section.count('<img class="chart small"') == 6 and "store-0 · sales" in _svg_texts(section)
+
+
+def _svg_texts(page: str) -> str:
+    """matplotlib writes text as shapes with the text in a comment beside it."""
+    import base64
+    import re
+
+    return " ".join(base64.b64decode(b).decode() for b in re.findall(r"base64,([A-Za-z0-9+/=]+)", page))
 
 
 def test_a_forecast_run_with_future_values_that_do_not_fit_costs_nothing(run):

@@ -121,3 +121,51 @@ def test_a_pretrained_model_name_that_is_no_model_is_refused(env, tmp_path):
     data, _ = _files(tmp_path)
     result = run_cli(env, "forecast", "not a model", str(data))
     assert result.returncode == 2 and "neither a run id, a model folder" in result.stderr
+
+
+# -- --remote with something other than a run id -----------------------------------------------------
+def test_remote_with_a_model_folder_names_its_run_and_writes_nothing(env, model_dir, tmp_path, moto_endpoint):
+    """The machine reads only the bucket: a folder a run saved is refused with the run that holds
+    it, before a lock, a run or an upload."""
+    from automation.sandbox import motoserver
+
+    motoserver.reset(moto_endpoint)
+    data, future = _files(tmp_path)
+    result = run_cli(env, "--local", "forecast", str(model_dir), str(data), "--future", str(future), "--remote")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"error: --remote reads its model from the bucket, not from this disk: for "
+                                     f"{model_dir}, name its run, run-20261101-000000-abcd, instead, or leave out "
+                                     "--remote to forecast on this machine")
+    assert json.loads(run_cli(env, "--local", "runs", "--json").stdout) == []
+    assert _bucket_keys(moto_endpoint) == []
+
+
+def _bucket_keys(moto_endpoint) -> list[str]:
+    from automation.sandbox import motoserver
+    from automation.sandbox.strictmoto import DEPLOYER
+    from instance.protocol.aws import AwsTarget, client
+    from instance.protocol.layout import bucket_name
+
+    s3 = client("s3", AwsTarget(region="us-east-1", endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials))
+    listed = s3.list_objects_v2(Bucket=bucket_name("dev", motoserver.SANDBOX_ACCOUNT, "us-east-1"))
+    return [o["Key"] for o in listed.get("Contents", []) if not o["Key"].startswith("dev/infra")]
+
+
+def test_remote_with_a_pretrained_model_is_a_forecast_run_of_it(env, tmp_path, moto_endpoint):
+    """A pretrained base (here scratch:tiny: the hub is out of reach from the tests) forecasts as a
+    run whose agent loads the base itself, as a training run's base; the data's own roles."""
+    from automation.sandbox import motoserver
+    from tests.agent_fixtures import synthetic_frame
+
+    motoserver.reset(moto_endpoint)
+    data = write_parquet(tmp_path / "data.parquet", synthetic_frame(n_items=4, length=64))
+    out = tmp_path / "zero-shot.parquet"
+    result = run_cli(env, "--local", "forecast", "scratch:tiny", str(data), "--remote", "--prediction-length", "6",
+                     "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "forecast run: 4 series x 6 steps with scratch:tiny, on" in result.stderr
+    assert "Chronos-2's published A10G figure scaled to T4 and scratch:tiny" in result.stderr
+    frame = pd.read_parquet(out)
+    assert len(frame) == 4 * 6 and list(frame.columns[:3]) == ["item_id", "timestamp", "predictions"]
+    runs = json.loads(run_cli(env, "--local", "runs", "--json").stdout)
+    assert [(r["kind"], r["final_status"]) for r in runs] == [("forecast", "completed")]

@@ -92,7 +92,16 @@ def test_files_in_and_the_progress_heard(model, tmp_path):
     assert result.info["model"] == "m" and result.info["series"] == 40 and result.info["rows"] == 40 * H
     assert heard[-1] == (40, 40) and len(heard) == 2  # chunks of 16 batches of 2
     written = result.write(tmp_path / "out")
-    assert [p.name for p in written] == ["forecast.parquet", "forecast.json"]
+    assert [p.name for p in written] == ["forecast.parquet", "forecast.json", "history.parquet"]
+    # For the report's fan charts: the last points of 6 series spread over the data's order, as they are.
+    history = pd.read_parquet(tmp_path / "out" / "history.parquet")
+    order = list(dict.fromkeys(result.frame["item_id"]))
+    kept = list(dict.fromkeys(history["item_id"]))
+    assert len(kept) == 6 and kept[0] == order[0] and kept[-1] == order[-1] and kept == sorted(kept, key=order.index)
+    points = max(4 * H, 48)
+    assert (history.groupby("item_id").size() == points).all()
+    ends = frame.sort_values(["item_id", "timestamp"]).groupby("item_id").tail(points)
+    pd.testing.assert_frame_equal(history, ends[ends["item_id"].isin(kept)].reset_index(drop=True), check_dtype=False)
 
 
 # -- what is refused, before the model runs ---------------------------------------------------------

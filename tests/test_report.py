@@ -73,7 +73,8 @@ def test_the_report_command_prints_the_path_and_needs_no_network(run):
     images = re.findall(r'<img [^>]*src="([^"]{0,40})', page)
     assert len(images) >= 5 and all(src.startswith("data:image/svg+xml;base64,") for src in images)
     for text in ("completed", "Training loss", "fine-tuned", "seasonal naive", "Where the time went", "cleanup",
-                 f"{ITEMS} series", "Covariates", "temperature", "past-only covariate", "WQL alone"):
+                 f"{ITEMS} series", "Covariates", "temperature", "past-only covariate", "WQL alone",
+                 f"Forecast of the next {H} steps", "median forecast", "10-90 %", "20-80 %"):
         assert text in page or text in _svg_texts(page), text
 
 

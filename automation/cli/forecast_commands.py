@@ -44,14 +44,19 @@ def forecast(opts: Options, model: str, data: str, future: str | None, out: Path
     was trained with. The output has the data's id and timestamp columns, `predictions` (the
     median) and one column per quantile ("0.1" ... "0.9"), as Chronos-2's predict_df names them.
     Exit 2, with nothing written, for an unknown run, data or future values that do not fit.
-    --remote (MODEL a run id): the same forecast as a run on a machine of the model's run
-    (data_sync, forecast, results_sync, cleanup), followed; its exit codes are launch --follow's.
+    --remote: the same forecast as a run on a GPU machine (data_sync, forecast, results_sync,
+    cleanup), followed; its exit codes are launch --follow's. MODEL is then a run id (on a machine
+    of that run's type) or a pretrained model (read from the hub by the machine); a model folder
+    on this disk is refused (exit 2): name the run it came from.
+    Before it launches it says the series, the expected minutes (from the model's own run's
+    forecast speed, else Chronos-2's published GPU figure) and the expected price.
 
     \b
     Example:
       chronos-train --local forecast run-20261128-203700-1a2b sales.parquet --out next.parquet
       chronos-train forecast runs/RUN_ID/model sales.parquet --future promos.parquet --out next.csv
       chronos-train forecast run-20261128-203700-1a2b cached-datasets/2026/11/ --remote --out next.parquet
+      chronos-train forecast amazon/chronos-2 sales.parquet --remote --prediction-length 14
     """
     if remote:
         if quantiles or batch_size:
@@ -78,7 +83,9 @@ def _remote(opts: Options, model: str, data: str, future: str | None, out: Path,
     """A forecast-only run: checked here, launched as any run, followed; its forecast fetched to --out."""
     from .. import executors
     from ..errors import OK
-    from ..runs.forecast import fetch_forecast, remote_config
+    from instance.protocol.layout import RUN_ID_RE
+
+    from ..runs.forecast import fetch_forecast, remote_config, remote_estimate
     from ..runs.launch import launch as do_launch, plan
     from .run_commands import _follow
 
@@ -86,8 +93,10 @@ def _remote(opts: Options, model: str, data: str, future: str | None, out: Path,
     config, series = remote_config(target, model, data, future=future, prediction_length=prediction_length)
     executor = executors.for_target(target, progress=say)
     lp = plan(target, config)
-    say(f"forecast run: {series} series x {lp.config.training.prediction_length} steps with {model}'s model, "
+    made_by = f"{model}'s model" if RUN_ID_RE.match(model) else model
+    say(f"forecast run: {series} series x {lp.config.training.prediction_length} steps with {made_by}, "
         f"on {lp.config.instance.type} for at most {lp.config.instance.max_runtime_minutes} minutes")
+    say(remote_estimate(target, model, series, lp.config).sentence())
     say(lp.estimate.sentence())
     launched = do_launch(target, lp, executor, progress=say)
     click.echo(launched.run_id)

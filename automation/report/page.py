@@ -6,10 +6,14 @@ inline as SVG images: no network is needed to view it), `write_report` saves it.
 covariates shows them (role, type) and what they bring: each model's scores with them against
 the same model given the target(s) alone; a run with several targets, the scores of each. A run that
 failed or was killed gets the report of what exists (timeline, loss so far, reason), and the
-page says what is missing and why. pandas and matplotlib load only when a report is made.
+page says what is missing and why. A run's forecast of the future (forecasts/, every run's last
+working phase) gets its own section: what was forecast, from which model, at what cost, and fan
+charts of a few series (future.py); a forecast-only run (`kind: forecast`, no training, no
+backtest) is reported by that section, its phases and its files. pandas and matplotlib load only
+when a report is made.
 
 Refused, one sentence each: an unknown run (exit 2), a run still holding the lock (exit 3), a
-completed run from before runs kept an evaluation folder (exit 1).
+completed training run from before runs kept an evaluation folder (exit 1).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from instance.protocol.timeutil import parse_iso
 from ..context import Target
 from ..errors import NoEvaluation, NoSuchRun, RunNotFinished
 from ..runs.records import duration, read_record
+from .future import FutureForecast, load_future
 
 PHONE_PX = 640  # at most this wide, the page stacks its parts and shows the narrow charts
 MODEL_NAMES = {"finetuned": "fine-tuned", "zero_shot": "zero-shot (base)", "seasonal_naive": "seasonal naive"}
@@ -47,10 +52,16 @@ class RunArtifacts:
     summary: dict | None = None
     frames: dict[str, Any] = field(default_factory=dict)  # name -> DataFrame, for the files that exist
     evaluation_uri: str = ""
+    future: FutureForecast | None = None  # the forecast past the data's end, when the run left one
 
     @property
     def status(self) -> str:
         return self.record.get("final_status") or "unknown"
+
+    @property
+    def kind(self) -> str:
+        """train, or forecast: a forecast-only run (no training, no backtest)."""
+        return (self.record.get("config") or {}).get("kind") or "train"
 
 
 # -- load ------------------------------------------------------------------------------------------
@@ -68,13 +79,12 @@ def load(target: Target, run_id: str) -> RunArtifacts:
         raise NoSuchRun(f"run {run_id} is neither active nor recorded in env {target.env}; "
                         "list runs with `chronos-train runs`")
     prefix = layout.evaluation(run_id)
-    pages = target.s3.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=prefix)
-    present = {o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])}
+    present = _keys_under(target, prefix)
     art = RunArtifacts(run_id, target.bucket, record, evaluation_uri=s3_uri(target.bucket, prefix))
     if not record.get("final_status"):
         raise RunNotFinished(f"run {run_id} has no final status yet and holds no lock (lost?); "
                              "`chronos-train verify-cleanup --fix` records how it ended")
-    if art.status == "completed" and "summary.json" not in present:
+    if art.status == "completed" and art.kind != "forecast" and "summary.json" not in present:
         raise NoEvaluation(f"run {run_id} completed before runs kept an evaluation folder (nothing under "
                            f"{art.evaluation_uri}), so it has no report; its metrics are in "
                            f"`chronos-train monitor {run_id}`")
@@ -85,7 +95,13 @@ def load(target: Target, run_id: str) -> RunArtifacts:
         if f"{name}.parquet" in present:
             body = target.s3.get_object(Bucket=target.bucket, Key=f"{prefix}{name}.parquet")["Body"].read()
             art.frames[name] = by_series_and_target(pd.read_parquet(io.BytesIO(body)))
+    art.future = load_future(target, run_id, _keys_under(target, layout.forecasts(run_id)), art.frames.get("history"))
     return art
+
+
+def _keys_under(target: Target, prefix: str) -> set[str]:
+    pages = target.s3.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=prefix)
+    return {o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])}
 
 
 def by_series_and_target(frame):
@@ -183,6 +199,8 @@ def missing(art: RunArtifacts) -> list[str]:
     out = []
     status, reason = art.status, art.record.get("reason")
     ended = f"the run {'was ' if status == 'killed' else ''}{status}" + (f" ({reason})" if reason else "")
+    if art.kind == "forecast":  # it trains and scores nothing: only its forecast can be missing
+        return [] if art.future else [f"No forecast: {ended} before its forecast was uploaded."]
     if art.summary is None:
         out.append(f"No evaluation: {ended} before its model was scored.")
     if "loss_history" not in art.frames:
@@ -234,6 +252,10 @@ def header(art: RunArtifacts) -> str:
     if host.get("spot"):
         machine += " · spot"
     model = cfg.get("model") or {}
+    model_text = f"{model.get('base', '?')} · {model.get('finetune_mode', '?')}"
+    if art.kind == "forecast":
+        source = art.future.model_run if art.future else None
+        model_text = f"{source}'s model (forecast only)" if source else f"{model.get('base', '?')} (forecast only)"
     series = data.get("series") or summary.get("dataset_series")
     points = data.get("points") or summary.get("dataset_points")
     size = ", ".join(x for x in (f"{series:,} series" if series else "", f"{points:,} points" if points else "") if x)
@@ -247,8 +269,9 @@ def header(art: RunArtifacts) -> str:
         _fact("cost", e("$0.00 (local run)" if host.get("executor") == "local" else
                         ("–" if cost.get("estimated_usd") is None else f"${cost['estimated_usd']:,.4f} (estimated)"))),
         _fact("machine", e(machine)),
-        _fact("model", e(f"{model.get('base', '?')} · {model.get('finetune_mode', '?')}")),
-        _fact("steps", e(steps) + (f" · final loss {training['final_loss']:.4f}" if training.get("final_loss") is not None else "")),
+        _fact("model", e(model_text)),
+        *([] if art.kind == "forecast" else [_fact("steps", e(steps) + (
+            f" · final loss {training['final_loss']:.4f}" if training.get("final_loss") is not None else ""))]),
         _fact("dataset", f"<code>{e(data.get('uri') or cfg.get('dataset') or '?')}</code>" + (f" · {e(size)}" if size else "")),
         _fact("when", e(f"{_when(r.get('started_at'))} → {_when(r.get('ended_at'))} UTC")),
     ]
@@ -431,6 +454,58 @@ def forecasts_section(art: RunArtifacts) -> str:
     return "".join(parts)
 
 
+def future_section(art: RunArtifacts) -> str:
+    """The forecast past the end of the data: what it is, where it came from, what it cost, and
+    fan charts of a few series (their last points, the median, the quantile bands)."""
+    from . import plots
+
+    fut = art.future
+    if fut is None:
+        return ""
+    e, info = html.escape, fut.info
+    h, freq = info.get("prediction_length"), info.get("frequency")
+    span = f"{_day(info.get('first_timestamp'))} → {_day(info.get('last_timestamp'))}" if info.get("first_timestamp") else ""
+    if art.kind == "forecast":
+        made_by = f"{fut.model_run}'s model" if fut.model_run else str(info.get("model") or "?")
+    else:
+        made_by = "this run's fine-tuned model, given all of each series (the backtest windows too)"
+    phase = next((r for r in phase_rows(art.record) if r["name"] == "forecast"), None)
+    cost = "–"
+    if phase is not None:
+        local = phase["cost_usd"] is None and (art.record.get("host") or {}).get("executor") == "local"
+        cost = f"{_secs(phase['seconds'])} · {'$0.00 (local run)' if local else _usd(phase['cost_usd'])}"
+    covariates = ", ".join(info.get("known_covariates") or [])
+    facts = [
+        _fact("series", e(f"{info.get('series', 0):,}" + (f" × {len(info['targets'])} targets"
+                                                             if len(info.get("targets") or []) > 1 else ""))),
+        _fact("horizon", e(f"{h} steps" + (f" (frequency {freq})" if freq else "") + (f" · {span}" if span else ""))),
+        _fact("model", f"<code>{e(made_by)}</code>" if art.kind == "forecast" else e(made_by)),
+        _fact("quantiles", e(", ".join(fut.quantile_columns) or "–")),
+        _fact("cost", e(f"forecast phase {cost}")),
+    ]
+    if covariates:
+        facts.append(_fact("future", e(f"known covariates {covariates} from {info.get('future') or '?'}")))
+    charts = []
+    for item in fut.items:
+        f = fut.frame[fut.frame["item_id"] == item]
+        # three horizons of history: enough to see the series' pattern, little enough to see the forecast's
+        hist = None if fut.history is None else fut.history[fut.history["item_id"] == item].tail(max(3 * (h or 8), 24))
+        sub = f"median {f['predictions'].iloc[-1]:,.4g} at the last step" if len(f) else ""
+        charts.append(_img(plots.future_fan_chart(hist, f, str(item), sub, fut.quantile_columns),
+                           f"forecast of {item}", "chart small"))
+    legend = "".join(f'<span class="key"><i class="{style}" style="--c:{color}"></i>{html.escape(label)}</span>'
+                     for label, color, style in plots.future_legend(fut.quantile_columns))
+    several = len(info.get("targets") or []) > 1
+    total = info.get("series", len(charts)) * (len(info["targets"]) if several else 1)
+    shown = (f"{len(charts)} of the {total:,} {'series and targets' if several else 'series'}, spread over the "
+             "data's order: their last points and the forecast after them.")
+    uri = (art.record.get("artifacts") or {}).get("forecast_uri")
+    read = f' Every series: <code>pandas.read_parquet("{e(uri)}")</code> where s3fs is installed.' if uri else ""
+    return (f'<section><h2>Forecast of the next {e(str(h))} steps</h2><dl class="facts">{"".join(facts)}</dl>'
+            f'<p class="note">{e(shown)}{read}</p><p class="legend">{legend}</p>'
+            f'<div class="grid">{"".join(charts)}</div></section>')
+
+
 def timeline_section(art: RunArtifacts) -> str:
     from . import plots
 
@@ -467,12 +542,14 @@ def files_section(art: RunArtifacts) -> str:
 
 
 def build(art: RunArtifacts) -> str:
-    body = "".join([
-        header(art), missing_section(art), loss_section(art), evaluation_section(art), covariates_section(art),
-        forecasts_section(art),
-        timeline_section(art), files_section(art),
-    ])
-    return PAGE.format(title=html.escape(f"{art.run_id} · {art.status}"), css=CSS, body=body)
+    if art.kind == "forecast":
+        parts = [header(art), missing_section(art), future_section(art), timeline_section(art), files_section(art)]
+    else:
+        parts = [header(art), missing_section(art), loss_section(art), evaluation_section(art),
+                 covariates_section(art), forecasts_section(art), future_section(art), timeline_section(art),
+                 files_section(art)]
+    kind = " · forecast run" if art.kind == "forecast" else ""
+    return PAGE.format(title=html.escape(f"{art.run_id}{kind} · {art.status}"), css=CSS, body="".join(parts))
 
 
 CSS = """

@@ -142,6 +142,42 @@ def fan_chart(history, forecasts, title: str, subtitle: str, naive=None) -> str:
     return to_svg(fig)
 
 
+def bands(levels: Sequence[str]) -> list[tuple[str, str]]:
+    """The quantile columns drawn as bands around the median: the widest symmetric pair and the
+    next one inside it, such as ("0.1", "0.9") and ("0.2", "0.8")."""
+    values = sorted(float(q) for q in levels)
+    pairs = [(str(lo), str(hi)) for lo in values for hi in values if lo < 0.5 < hi and abs(lo + hi - 1) < 1e-9]
+    return sorted(pairs, key=lambda p: float(p[0]))[:2]
+
+
+def future_fan_chart(history, forecast, title: str, subtitle: str, levels: Sequence[str]) -> str:
+    """One series' forecast past the end of its data: the last points of its history, the median
+    (`predictions`) and up to two quantile bands (bands()). `history`: timestamp, target (or None);
+    `forecast`: timestamp, predictions and the quantile columns."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=SMALL)
+    f = forecast.sort_values("timestamp")
+    if history is not None and len(history):
+        h = history.sort_values("timestamp")
+        ax.plot(h["timestamp"], h["target"], color=ACTUAL, lw=1.3)
+    for (lo, hi), alpha in zip(bands(levels), (0.15, 0.25)):
+        ax.fill_between(f["timestamp"], f[lo], f[hi], color=COLORS["finetuned"], alpha=alpha, lw=0)
+    ax.plot(f["timestamp"], f["predictions"], color=COLORS["finetuned"], lw=1.5)
+    if len(f):
+        ax.axvline(f["timestamp"].min(), color="#57606a", lw=1, ls=":")
+    _date_axis(ax)
+    _compact_y(ax)
+    ax.set_title(title, fontsize=10.5, pad=17)
+    ax.text(0, 1.03, subtitle, transform=ax.transAxes, fontsize=9, color="#57606a", va="bottom")
+    return to_svg(fig)
+
+
+def future_legend(levels: Sequence[str]) -> list[tuple[str, str, str]]:
+    """What future_fan_chart draws, for the page's legend: (label, colour, style)."""
+    drawn = [(f"{float(lo) * 100:g}-{float(hi) * 100:g} %", COLORS["finetuned"], "band") for lo, hi in bands(levels)]
+    return [("history", ACTUAL, "line"), ("median forecast", COLORS["finetuned"], "line"), *drawn]
+
+
 # What fan_chart draws, for the page's legend: (label, colour, style).
 FAN_LEGEND = [("history", HISTORY, "line"), ("actual", ACTUAL, "line"), ("median", COLORS["finetuned"], "line"),
               ("10-90 %", COLORS["finetuned"], "band"), ("seasonal naive", COLORS["seasonal_naive"], "dash")]

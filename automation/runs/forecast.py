@@ -28,6 +28,7 @@ from ..settings import home
 
 COMPLETE = ".complete.json"  # written last into a fetched model's folder: the fetch finished
 DEFAULT_PREDICTION_LENGTH = 24  # for a model without a run's config (a pretrained base)
+BASE_CONTEXT = 2048  # what a pretrained model reads back at most (Chronos-2's own limit)
 
 
 @dataclass
@@ -221,19 +222,26 @@ REMOTE_MAX_MINUTES = 60
 
 def remote_config(target, model: str, data: str, *, future: str | None = None,
                   prediction_length: int | None = None) -> tuple[Path, int]:
-    """A forecast-only run config (`kind: forecast`) for MODEL (a run id) and DATA, checked here
-    as the local command checks them (roles, future values, lengths, frequency: BadInput before
-    anything is written to the bucket), written into the home for `launch`; and the number of
-    series. The machine is the model's own run's (type, spot), for at most REMOTE_MAX_MINUTES."""
+    """A forecast-only run config (`kind: forecast`) for MODEL and DATA, checked here as the local
+    command checks them (roles, future values, lengths, frequency: BadInput before anything is
+    written to the bucket), written into the home for `launch`; and the number of series.
+
+    MODEL is a run id (its model read from the run's models/ prefix, which the instance role
+    reads; the machine is that run's type and market) or a pretrained model (amazon/chronos-2,
+    read by the agent from the hub as a training run's base is; the default machine). A model
+    folder on this disk is refused: the machine reads only the bucket, and a folder a run saved
+    is that run's model, which its run id names. At most REMOTE_MAX_MINUTES either way."""
     import yaml
 
     from instance.model.dataset import load_long_frame
     from instance.model.forecasting import ForecastInputError, prepare
 
-    if not RUN_ID_RE.match(model):
-        raise BadInput(f"--remote forecasts with a run's model: name its run id, not {model!r}")
-    meta = run_metadata(target, model)
-    choice = ModelChoice(f"s3://{target.bucket}/{target.layout.models(model)}", model, meta)
+    if RUN_ID_RE.match(model):
+        meta = run_metadata(target, model)
+        choice = ModelChoice(f"s3://{target.bucket}/{target.layout.models(model)}", model, meta)
+    else:
+        _refuse_a_folder(model)
+        choice, meta = resolve_model(model, lambda: target), {}
     files, _, _ = data_files(data, lambda: target)
     future_files = data_files(future, lambda: target, "--future")[0] if future else None
     roles = _roles_of(files, choice, future_files, _name(data))
@@ -250,16 +258,57 @@ def remote_config(target, model: str, data: str, *, future: str | None = None,
     instance = {k: v for k, v in (run_cfg.get("instance") or {}).items() if v is not None}
     instance["max_runtime_minutes"] = min(int(instance.get("max_runtime_minutes", REMOTE_MAX_MINUTES)),
                                           REMOTE_MAX_MINUTES)
+    # A pretrained model reads as far back as it was built for, as the local command lets it.
+    context = choice.training.get("context_length") or (512 if meta else BASE_CONTEXT)
+    columns = run_cfg.get("columns") or ({} if meta else _columns_of(roles))
     doc = {"kind": "forecast", "dataset": _absolute(data), "model": {"base": choice.source},
-           "training": {"prediction_length": h,
-                        "context_length": max(h, choice.training.get("context_length") or 512)},
-           "instance": instance, "columns": run_cfg.get("columns") or {},
+           "training": {"prediction_length": h, "context_length": max(h, context)},
+           "instance": instance, "columns": columns,
            "forecast": {"future": _absolute(future)} if future else True}
     folder = home() / "forecast-runs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{model}-{int(time.time() * 1000)}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path, series
+
+
+def remote_estimate(target, model_run: str, series: int, config):
+    """How long and how much the forecast run of `series` series is expected to take
+    (forecast_estimate.py), from the model's own run's forecast where it measured one."""
+    from .forecast_estimate import estimate
+    from .records import read_record
+
+    if not RUN_ID_RE.match(model_run):  # a pretrained model: no run of it measured anything
+        return estimate(series, config.instance.type, _hourly(config), target.local, model_run=model_run, record=None,
+                        base=model_run)
+    record = read_record(target, model_run)
+    base = (((record or {}).get("config") or {}).get("model") or {}).get("base")
+    return estimate(series, config.instance.type, _hourly(config), target.local, model_run=model_run, record=record,
+                    base=base)
+
+
+def _hourly(config) -> float:
+    from instance.protocol.pricing import hourly
+
+    return hourly(config.instance.type, config.instance.spot)
+
+
+def _refuse_a_folder(model: str) -> None:
+    path = Path(model).expanduser()
+    if not path.exists():
+        return
+    meta = next((p for p in (path / "model_metadata.json", path.parent / "model_metadata.json") if p.is_file()), None)
+    run_id = json.loads(meta.read_text()).get("run_id") if meta else None
+    instead = f"name its run, {run_id}, instead" if run_id else "train it in a run and name that run's id"
+    raise BadInput(f"--remote reads its model from the bucket, not from this disk: for {model}, {instead}, or "
+                   "leave out --remote to forecast on this machine")
+
+
+def _columns_of(roles: ColumnRoles) -> dict[str, Any]:
+    """The run config's `columns` for data read in these roles (a pretrained model has none of its own)."""
+    targets = roles.targets
+    return {"id": roles.id, "timestamp": roles.timestamp, "target": targets[0] if len(targets) == 1 else targets,
+            "known_covariates": list(roles.known_covariates)}
 
 
 def _absolute(path: str) -> str:
@@ -292,4 +341,4 @@ def _load(choice: ModelChoice):
 
     if Path(choice.source).is_dir():
         return load_trained(choice.source)
-    return load_base(choice.source, context_length=2048)
+    return load_base(choice.source, context_length=BASE_CONTEXT)

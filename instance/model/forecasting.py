@@ -20,6 +20,9 @@ on the user's machine). It is Chronos-2's own `predict_df` made to take our data
 What a run keeps (`Forecast.write`, uploaded under `{env}/{run_id}/forecasts/`):
     forecast.parquet   id, timestamp, [target_name,] predictions, one column per quantile
     forecast.json      the model, the data's fingerprint, quantiles, series, frequency, columns
+    history.parquet    id, timestamp, [target_name,] target: the last points of a few series
+                       (SAMPLE_SERIES, spread over the data's order), so the report can draw
+                       their fan charts without reading the whole dataset back
 """
 from __future__ import annotations
 
@@ -37,7 +40,9 @@ log = logging.getLogger(__name__)
 QUANTILE_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]  # predict_df's default
 POINT = "predictions"  # predict_df's name for the point forecast (Chronos-2's median)
 TARGET_NAME = "target_name"  # which target a row is of, with several targets (predict_df's name)
-FORECAST_FILE, INFO_FILE = "forecast.parquet", "forecast.json"
+FORECAST_FILE, INFO_FILE, HISTORY_FILE = "forecast.parquet", "forecast.json", "history.parquet"
+HISTORY_VALUE = "target"  # history.parquet's value column (with several targets, target_name says whose)
+SAMPLE_SERIES = 6  # series whose history tail is kept beside the forecast, for the report's fan charts
 BATCH_SIZE = 256  # predict_df's default: series (with their covariates) a forward pass
 CHUNK_BATCHES = 16  # batches between two progress reports
 
@@ -55,6 +60,7 @@ def quantile_columns(levels: Sequence[float]) -> list[str]:
 class Forecast:
     frame: Any  # pandas: one row per series (and target) and future timestamp
     info: dict[str, Any] = field(default_factory=dict)
+    history: Any = None  # pandas: the tail of a few series (history_sample), or None
 
     def write(self, folder: Path) -> list[Path]:
         from ..protocol.artifacts import write_json_atomic
@@ -62,7 +68,11 @@ class Forecast:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / FORECAST_FILE
         self.frame.to_parquet(path, index=False)
-        return [path, write_json_atomic(folder / INFO_FILE, self.info)]
+        written = [path, write_json_atomic(folder / INFO_FILE, self.info)]
+        if self.history is not None:
+            self.history.to_parquet(folder / HISTORY_FILE, index=False)
+            written.append(folder / HISTORY_FILE)
+        return written
 
 
 def check_quantiles(levels: Sequence[float]) -> list[float]:
@@ -192,6 +202,29 @@ def check_future(future, roles: ColumnRoles, ids, timestamps, where: str):
     return out.assign(**{roles.id: out[roles.id].astype(str)})
 
 
+def history_sample(data, roles: ColumnRoles, prediction_length: int, series: int = SAMPLE_SERIES):
+    """The last max(4 x prediction_length, 48) points of `series` series spread evenly over the
+    data's order (the first and the last among them), long by target: what a fan chart shows
+    before the forecast. `data` sorted by (id, timestamp), as prepare takes it."""
+    import numpy as np
+    import pandas as pd
+
+    ids = data[roles.id].to_numpy()
+    if not len(ids):
+        return None
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    picked = np.unique(np.linspace(0, len(starts) - 1, min(series, len(starts))).round().astype(int))
+    points = max(4 * prediction_length, 48)
+    rows = np.concatenate([np.arange(max(starts[i], ends[i] - points), ends[i]) for i in picked])
+    tail = data.iloc[rows]
+    several = len(roles.targets) > 1
+    parts = [pd.DataFrame({roles.id: tail[roles.id].to_numpy(), roles.timestamp: tail[roles.timestamp].to_numpy(),
+                           **({TARGET_NAME: target} if several else {}),
+                           HISTORY_VALUE: tail[target].to_numpy(dtype="float64")}) for target in roles.targets]
+    return pd.concat(parts, ignore_index=True)
+
+
 # -- the forecast -------------------------------------------------------------------------------
 @dataclass
 class Prepared:
@@ -270,7 +303,7 @@ def predict(pipeline, prepared: Prepared, *, quantile_levels: Sequence[float] = 
         "seconds": round(time.monotonic() - started, 3),
     }
     log.info("forecast: %d series x %d steps in %.1f s", n, h, info["seconds"])
-    return Forecast(frame, info)
+    return Forecast(frame, info, history_sample(p.data, roles, h))
 
 
 def forecast_frame(pipeline, data, roles: ColumnRoles, prediction_length: int, *, future=None,

@@ -142,6 +142,10 @@ class Layout:
     def forecast_info(self, run_id: str) -> str:
         return self.forecasts(run_id) + "forecast.json"
 
+    def forecast_history(self, run_id: str) -> str:
+        """The last points of a few series, for the report's fan charts of the future."""
+        return self.forecasts(run_id) + "history.parquet"
+
     def forecast_future(self, run_id: str) -> str:
         """Where launch puts a local `forecast.future` file: the run reads it from its own prefix."""
         return self.forecasts(run_id) + "future/"
