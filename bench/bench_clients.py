@@ -71,6 +71,14 @@ def sync_rows(server: Server, tools: list[str], files: int, repeat: int, work: P
     return rows
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its waited-for children (an in-process tool or a CLI)."""
+    import resource
+
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+
 def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path) -> list[dict]:
     src = work / "big.bin"
     with open(src, "wb") as f:
@@ -78,6 +86,7 @@ def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path)
             f.write(os.urandom(1024 * 1024))
     key = "cached-datasets/2026/02/big/big.bin"
     server.client(seeding=True).upload_file(str(src), server.bucket, key)
+    cpu: dict[str, float] = {}
     gets: dict[str, list[float]] = {t: [] for t in tools if t in s3tools.GET}
     puts: dict[str, list[float]] = {t: [] for t in tools if t in s3tools.PUT}
     failed: dict[str, str] = {}
@@ -85,14 +94,18 @@ def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path)
         for tool in s3tools.rotated(list(gets), r):
             dest = work / f"got-{tool}.bin"
             try:
+                before = _cpu()
                 gets[tool].append(s3tools.GET[tool](server, key, dest))
+                cpu[f"download {tool}"] = cpu.get(f"download {tool}", 0.0) + _cpu() - before
                 assert dest.stat().st_size == src.stat().st_size
             finally:
                 s3tools.drop(dest)
         for tool in s3tools.rotated([t for t in puts if t not in failed], r):
             put_key = f"cached-datasets/2026/02/put-{tool}-{r}/big.bin"
             try:
+                before = _cpu()
                 puts[tool].append(s3tools.PUT[tool](server, src, put_key))
+                cpu[f"upload {tool}"] = cpu.get(f"upload {tool}", 0.0) + _cpu() - before
                 server.client(seeding=True).delete_object(Bucket=server.bucket, Key=put_key)  # the disk is shared
             except Exception as exc:  # noqa: BLE001 - a tool that cannot talk to a server is a finding
                 failed[tool] = f"{type(exc).__name__}: {exc}"[:200]
@@ -103,7 +116,9 @@ def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path)
     out = []
     for verb, times in (("download", gets), ("upload", puts)):
         row = {"server": server.label, "what": f"one file of {mb} MiB, {verb}", "mb": mb, **summary(times),
-               "mb_per_s": {t: round(mb / statistics.median(v)) for t, v in times.items()}}
+               "mb_per_s": {t: round(mb / statistics.median(v)) for t, v in times.items()},
+               "client_cpu_s_per_run": {t: round(cpu.get(f"{verb} {t}", 0.0) / max(1, len(v)), 1)
+                                        for t, v in times.items()}}
         print(f"{verb} {mb} MiB on {server.label}: {row['median_s']} s; MB/s {row['mb_per_s']}", flush=True)
         out.append(row)
     out[-1]["failed"] = failed
