@@ -170,7 +170,9 @@ _origins: WeakKeyDictionary = WeakKeyDictionary()
 
 # Credentials handed to obstore are re-read from botocore this often. botocore refreshes a role's
 # temporary credentials 15 minutes before they expire and never hands out any with less than 10
-# minutes left (botocore.credentials.RefreshableCredentials), so 5 minutes never outlives them.
+# minutes left (botocore.credentials.RefreshableCredentials), so 5 minutes never outlives them;
+# object_store retries a request with the credentials it was signed with, for at most its
+# retry_timeout (3 minutes below): 5 + 3 stays inside the 10.
 STORE_CREDENTIALS_TTL_S = 300
 
 
