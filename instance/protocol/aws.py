@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
+from weakref import WeakKeyDictionary
 
 # Retries are botocore's (standard mode: exponential backoff with jitter on throttling, 5xx and
 # connection errors). 5 retries = 6 attempts, as Terraform's S3 backend: at a 20 % fault rate
@@ -128,6 +129,7 @@ class _Clients:
             found = self.session(environment).client(
                 service, region_name=target.region, endpoint_url=target.endpoint_url, config=cfg, **keys)
             found.meta.events.register("after-call", _name_the_action)
+            _origins[found] = (target, self.session(environment))
             self.made[key] = found
             if len(self.made) > self.MAX_CLIENTS:
                 self.made.popitem(last=False)
@@ -160,6 +162,59 @@ def client(service: str, target: AwsTarget | None = None, **config: Any):
     with the project's retries, timeouts and pool size; `config` overrides botocore Config
     fields."""
     return _clients.client(service, target or AwsTarget.from_env(), config)
+
+
+# Where and as whom each client the factory made talks: an object store for the same bucket
+# (object_store below) is made from the same target and the same credential chain.
+_origins: WeakKeyDictionary = WeakKeyDictionary()
+
+# Credentials handed to obstore are re-read from botocore this often. botocore refreshes a role's
+# temporary credentials 15 minutes before they expire and never hands out any with less than 10
+# minutes left (botocore.credentials.RefreshableCredentials), so 5 minutes never outlives them;
+# object_store retries a request with the credentials it was signed with, for at most its
+# retry_timeout (3 minutes below): 5 + 3 stays inside the 10.
+STORE_CREDENTIALS_TTL_S = 300
+
+
+def object_store(s3, bucket: str):
+    """obstore's S3Store for `bucket`, at the endpoint and as the identity of `s3` (a client this
+    factory made), with retries and timeouts matching the clients': or None for a client made
+    elsewhere. Credentials come from the same place as the client's: the target's keys, else
+    boto3's chain (the instance role, the operator's profile), refreshed as botocore refreshes them."""
+    origin = _origins.get(s3)
+    if origin is None:
+        return None
+    from datetime import timedelta
+
+    from obstore.store import S3Store
+
+    target, boto_session = origin
+    options: dict[str, Any] = {"connect_timeout": f"{CONNECT_TIMEOUT_S}s", "timeout": f"{2 * READ_TIMEOUT_S}s",
+                               "pool_max_idle_per_host": str(MAX_POOL_CONNECTIONS)}
+    endpoint = target.endpoint_url
+    if endpoint and endpoint.startswith("http://"):
+        options["allow_http"] = "true"
+    # botocore's standard mode: 6 attempts with exponential backoff (RETRIES above).
+    retry = {"max_retries": RETRIES["total_max_attempts"] - 1, "retry_timeout": timedelta(minutes=3),
+             "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=20), "base": 2}}
+    where: dict[str, Any] = {"region": target.region or s3.meta.region_name}
+    if endpoint:
+        where["endpoint"] = endpoint
+    else:
+        # On AWS, the bucket's own host name (as botocore addresses it): path-style requests are
+        # the deprecated form, and the project's bucket names hold no dots.
+        where["virtual_hosted_style_request"] = True
+    # Always a provider: obstore also reads AWS_* variables, and keys named by the target must not
+    # be mixed with a session token or profile of whoever the environment holds.
+    if target.credentials:
+        key, secret, token = target.credentials
+        fixed = {"access_key_id": key, "secret_access_key": secret, "token": token, "expires_at": None}
+        provider: Any = lambda: fixed  # noqa: E731
+    else:
+        from obstore.auth.boto3 import Boto3CredentialProvider
+
+        provider = Boto3CredentialProvider(boto_session, ttl=timedelta(seconds=STORE_CREDENTIALS_TTL_S))
+    return S3Store(bucket, client_options=options, retry_config=retry, credential_provider=provider, **where)
 
 
 def session():

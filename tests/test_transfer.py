@@ -1,0 +1,79 @@
+"""The one transfer path (instance/protocol/transfer.py) as the agent and the CLI meet it: small
+objects through obstore, large ones through s3transfer, both as the identity of the client they
+are given (its named keys or boto3's chain), both through injected faults, and neither taking a
+body that is not the listed object for the file."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from automation.sandbox.control import SandboxInfo, seed
+from instance.model.datasync import sync_prefix
+from instance.protocol.aws import AwsTarget, client, error_code, refused_action
+from instance.protocol.datasets import list_dataset
+from instance.protocol.transfer import PART_SIZE, Download, TransferFailed, download_files
+from tests.faultproxy import FAILING_FAULTS, FaultProxy
+
+PREFIX = "cached-datasets/2026/12/sales-0a1b2c3d/"
+
+
+@pytest.fixture
+def bucket(aws) -> str:
+    """The seeded sandbox's bucket: the operator's policy applies (the deployer only plants)."""
+    info = SandboxInfo(aws.endpoint_url, aws.region, "123456789012", None)
+    seed(info, "dev")
+    return info.bucket("dev")
+
+
+def _plant(aws, bucket: str, prefix: str, bodies: dict[str, bytes]) -> None:
+    deployer = client("s3", aws)
+    for name, body in bodies.items():
+        deployer.put_object(Bucket=bucket, Key=prefix + name, Body=body)
+
+
+def _nothing_in(folder) -> bool:
+    return not folder.exists() or not any(folder.iterdir())
+
+
+def test_downloads_act_as_the_chain_identity_and_a_refusal_names_its_key_and_action(aws, bucket, tmp_path):
+    bodies = {f"part-{i}.parquet": os.urandom(1000 + i) for i in range(5)}
+    _plant(aws, bucket, PREFIX, bodies)
+    _plant(aws, bucket, "prod/secret/", {"part-0.parquet": b"not the operator's to read"})
+    operator = client("s3", AwsTarget(aws.region, aws.endpoint_url))  # no keys named: boto3's chain
+
+    report = sync_prefix(operator, bucket, PREFIX, tmp_path / "data")
+    assert report.downloaded == 5
+    assert {p.name: p.read_bytes() for p in report.files} == bodies
+
+    # The operator may list the whole bucket but read only its env and the datasets: IAM refuses.
+    outside = list_dataset(operator, bucket, "prod/secret/").files[0]
+    dest = tmp_path / "refused" / "part-0.parquet"
+    with pytest.raises(TransferFailed) as failed:
+        download_files(operator, bucket, [Download(outside.key, outside.size, outside.etag, dest)])
+    assert failed.value.key == "prod/secret/part-0.parquet"
+    assert error_code(failed.value.cause) == "AccessDenied" and refused_action(failed.value.cause) == "s3:GetObject"
+    assert _nothing_in(dest.parent)
+
+
+def test_a_sync_of_small_and_large_files_completes_through_20_percent_injected_faults(aws, bucket, tmp_path):
+    bodies = {f"part-{i:02d}.parquet": os.urandom(2000 + i) for i in range(30)}
+    bodies["big.parquet"] = os.urandom(PART_SIZE + 1024 * 1024)  # two parts: the s3transfer path
+    _plant(aws, bucket, PREFIX, bodies)
+    with FaultProxy(aws.endpoint_url, rate=0.2, faults=FAILING_FAULTS, seed=7) as proxy:
+        operator = client("s3", AwsTarget(aws.region, proxy.url))
+        report = sync_prefix(operator, bucket, PREFIX, tmp_path / "data")
+    assert report.downloaded == 31
+    assert {p.name: p.read_bytes() for p in report.files} == bodies
+    assert sum(proxy.stats[f] for f in FAILING_FAULTS) >= 5  # faults were met, and retried through
+
+
+def test_a_body_that_is_not_the_listed_object_is_never_taken_for_the_file(aws, bucket, tmp_path):
+    _plant(aws, bucket, PREFIX, {"part-0.parquet": b"x" * 5000})
+    operator = client("s3", AwsTarget(aws.region, aws.endpoint_url))
+    listed = list_dataset(operator, bucket, PREFIX).files[0]
+    _plant(aws, bucket, PREFIX, {"part-0.parquet": b"y" * 4000})  # replaced (shorter) after the listing
+    dest = tmp_path / "data" / "part-0.parquet"
+    with pytest.raises(TransferFailed, match="4000 bytes received, 5000 listed"):
+        download_files(operator, bucket, [Download(listed.key, listed.size, listed.etag, dest)])
+    assert _nothing_in(dest.parent)  # neither the file nor a temporary one
