@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .columns import DEFAULT_ID, DEFAULT_TARGET, DEFAULT_TIMESTAMP, ColumnNames
 from .pricing import PRICES
+from .sweepspec import STARTUP_SECONDS, SweepSpec, apply, sweep_seconds, trial_seconds
 
 # Chronos-2 core sizes for `scratch:<size>` (random init, offline). `tiny` trains on a CPU in
 # seconds (tests, demo); `small` and `base` are for real runs on a GPU.
@@ -32,6 +33,8 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     base: str = "amazon/chronos-2"
     finetune_mode: Literal["full", "lora"] = "full"
+    # LoRA's rank r (alpha 2r); None: Chronos's own default (r 8, alpha 16).
+    lora_rank: int | None = Field(None, ge=1, le=1024)
 
     @field_validator("base")
     @classmethod
@@ -248,6 +251,7 @@ class RunConfig(_Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     columns: ColumnsSpec = ColumnsSpec()
     forecast: ForecastSpec = ForecastSpec()
+    sweep: SweepSpec | None = None
 
     @field_validator("dataset")
     @classmethod
@@ -269,6 +273,45 @@ class RunConfig(_Strict):
                 f"(instance.gpus on {self.instance.type}), as each GPU takes an equal share of every batch; "
                 f"use {choices}, or set instance.gpus"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _every_trial_can_run(self) -> "RunConfig":
+        """Each combination a sweep may try (a range: both ends) is itself a config that launches,
+        and the trials fit the time limit by the estimate (sweepspec.py)."""
+        sweep = self.sweep
+        if sweep is None:
+            return self
+        if self.kind != "train":
+            raise ValueError("sweep: only a training run (kind: train) can sweep")
+        slots, gpus = sweep.slots(self.instance.gpu_count), self.instance.gpu_count
+        if sweep.parallel != "auto" and sweep.parallel > gpus:
+            raise ValueError(f"sweep.parallel ({sweep.parallel}) exceeds the {gpus} GPU{'s' if gpus > 1 else ''} the run "
+                             f"trains on (one trial per GPU); use at most {gpus}, or set instance.gpus")
+        base = self.model_dump(mode="json", exclude={"sweep"})
+        if slots > 1:  # each trial on a GPU of its own: its batch need not split
+            base["instance"] = {**base["instance"], "gpus": 1}
+        seconds = []
+        for params in sweep.corners():
+            try:
+                trial = RunConfig.model_validate(apply(base, params))
+            except ValidationError as exc:
+                shown = ", ".join(f"{k}={v}" for k, v in params.items())
+                raise ValueError(f"sweep: the trial with {shown} cannot run: {_describe(exc.errors()[0])}") from None
+            t = trial.training
+            seconds.append(trial_seconds(PRICES[self.instance.type].gpu_model, trial.model.base, t.context_length,
+                                         t.batch_size, t.num_steps, 1 if slots > 1 else gpus))
+        budget = sweep.budget
+        # The shortest trials the budget could draw: if even they do not fit, nothing does.
+        least = STARTUP_SECONDS + sweep_seconds(sorted(seconds)[:budget] + [min(seconds)] * max(0, budget - len(seconds)),
+                                                slots)
+        limit = self.instance.max_runtime_minutes
+        if least > limit * 60:
+            raise ValueError(
+                f"sweep: {budget} trial{'s' if budget > 1 else ''} ({slots} at a time on {self.instance.type}) "
+                f"take{'s' if budget == 1 else ''} at "
+                f"least {least / 60:.0f} minutes by the estimate, more than instance.max_runtime_minutes ({limit}); "
+                "raise it, or sweep fewer trials or steps")
         return self
 
     @property
