@@ -71,7 +71,7 @@ BAD = {
     "a context shorter than the horizon": ({"space": {"context_length": {"low": 4, "high": 64}}, "trials": 2},
                                            "the trial with context_length=4 cannot run"),
     "more trials at a time than GPUs": ({**GRID, "parallel": 2}, "sweep.parallel (2) exceeds the 1 GPU"),
-    "a budget past the time limit": ({"grid": {"num_steps": [100000, 200000]}},
+    "a budget past the time limit": ({"grid": {"num_steps": [1000000], "batch_size": [256, 512]}},
                                      "take at least"),
 }
 
@@ -86,9 +86,10 @@ def test_bad_sweeps_are_refused_in_one_sentence(case):
 
 
 def test_the_time_estimate_counts_trials_side_by_side():
-    """A hub-sized model on T4s, 60 minutes: two trials of 3,000 steps one after the other on one
-    GPU do not fit by the estimate; the same two side by side on two GPUs of the type do."""
-    sweep = {"grid": {"num_steps": [3000, 3001]}}
+    """A hub-sized model on T4s, 60 minutes: two trials of 30,000 steps one after the other on one
+    GPU do not fit by the estimate (at least ~32 minutes each); the same two side by side on two
+    GPUs of the type do."""
+    sweep = {"grid": {"num_steps": [30000, 30010]}}
     one = run_config(base="amazon/chronos-2", batch_size=64, context_length=512, prediction_length=24)
     one["instance"].update(type="g4dn.12xlarge", max_runtime_minutes=60)
     with pytest.raises(ConfigError, match="2 trials \\(1 at a time on g4dn.12xlarge\\) take at least"):
@@ -99,7 +100,8 @@ def test_the_time_estimate_counts_trials_side_by_side():
 CLI_CASES = {
     "unknown key": ({**GRID, "metrik": "wql"}, "sweep.metrik: unknown key"),
     "empty grid": ({"grid": {"learning_rate": []}}, "learning_rate lists no value"),
-    "a budget past the time limit": ({"grid": {"num_steps": [100000, 200000]}}, "more than instance.max_runtime_minutes (60)"),
+    "a budget past the time limit": ({"grid": {"num_steps": [1000000], "batch_size": [256, 512]}},
+                                     "more than instance.max_runtime_minutes (60)"),
 }
 
 

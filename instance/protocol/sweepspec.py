@@ -175,12 +175,14 @@ def trial_key(params: dict[str, Any]) -> str:
 
 
 # -- the time a sweep takes, by the estimate ---------------------------------------------------
-# Optimistic fine-tuning throughput of Chronos-2 base (120 M parameters) at context 512, samples
-# per second on one GPU (bf16 where the GPU has it). Scaled from the dense bf16/fp16 tensor
-# throughput of each GPU against an H200, where a measured figure stands (docs/benchmarks.md,
-# "Sweeps"): an estimate that errs on the short side, so a sweep refused by it cannot fit.
-SAMPLES_PER_SECOND = {"H100": 1500.0, "A100": 470.0, "L40S": 550.0, "A10G": 190.0, "L4": 180.0, "V100": 190.0,
-                      "T4": 100.0}
+# The fastest Chronos-2 base (120 M parameters) could fine-tune at context 512, samples per second
+# on one GPU: 6 x 120 M x ~40 tokens (32 patches of 16, the horizon's, the register) of work a
+# sample, at half of the GPU's dense bf16/fp16 tensor peak (H100 989, A100 312, L40S 362, A10G
+# 125, L4 121, V100 125, T4 65 TFLOPS). An upper bound on speed, so every time derived from it is a
+# lower bound: a sweep it refuses cannot fit. Not measured on a GPU (none was available; see
+# docs/benchmarks.md, "Sweeps").
+SAMPLES_PER_SECOND = {"H100": 15000.0, "A100": 4700.0, "L40S": 5500.0, "A10G": 1900.0, "L4": 1800.0, "V100": 1900.0,
+                      "T4": 1000.0}
 CPU_SAMPLES_PER_SECOND = 2000.0  # a scratch:tiny on a laptop CPU trains faster than this bound
 # A machine's start (boot, environment, data) and each trial's backtest, in seconds: optimistic.
 STARTUP_SECONDS = 150.0
