@@ -109,7 +109,7 @@ def test_a_trial_scores_what_a_separate_run_with_its_settings_scores(swept, sand
     assert alone["metrics"] == trial["metrics"]
 
 
-def test_two_trials_side_by_side_in_two_processes(sandbox, tmp_path):
+def test_two_trials_side_by_side_in_two_processes(sandbox, swept, tmp_path):
     run, proc, doc = _run(sandbox, tmp_path, sweep_config(
         {"grid": {"learning_rate": [1.0e-2, 1.0e-3]}, "parallel": 2}, FOUR_PROCESSES))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -123,6 +123,10 @@ def test_two_trials_side_by_side_in_two_processes(sandbox, tmp_path):
     assert len(starts) == 2 and log.index(starts[1]) < log.index(ends[0])
     best = min(sweep["trials"], key=lambda t: t["value"])
     assert doc["metrics"] == best["metrics"] and doc["final_status"] == "completed"
+    # A trial in a process of its own scores what the same settings score in the agent's process.
+    here = next(t for t in sweep["trials"] if t["params"]["learning_rate"] == 1.0e-2)
+    there = next(t for t in swept[2]["sweep"]["trials"] if t["params"]["learning_rate"] == 1.0e-2)
+    assert here["metrics"] == there["metrics"]
 
 
 def test_a_trial_behind_the_median_is_pruned(sandbox, tmp_path):

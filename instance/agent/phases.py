@@ -262,7 +262,7 @@ def _train_on_ranks(ctx: AgentContext, base, inp: TrainingInput, settings, world
 
 def train_in_processes(ctx: AgentContext, base, files: list[Path], cfg, settings, world: int, *, folder: Path,
                        base_dir: Path, output_dir: Path, stop, on_progress, on_checkpoint, on_log,
-                       resume_from: Path | None = None, devices: str | None = None):
+                       resume_from: Path | None = None, devices: str | None = None, threads: int | None = None):
     """Training in processes of its own (torchrun's ranks, or one process on one GPU for a sweep's
     trial): the base model saved once for them to load, the job written, the processes run."""
     import shutil
@@ -282,7 +282,7 @@ def train_in_processes(ctx: AgentContext, base, files: list[Path], cfg, settings
     )
     try:
         return train_on_ranks(job, folder, stop_reason=stop, on_progress=on_progress, on_checkpoint=on_checkpoint,
-                              on_log=on_log, devices=devices)
+                              on_log=on_log, devices=devices, threads=threads)
     except RankFailed:
         ctx.holder.check()  # a stop that ended the ranks is the run's outcome, not their failure
         raise

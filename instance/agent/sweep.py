@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import threading
 import time
@@ -67,6 +68,7 @@ class Sweep:
         self._local: dict[int, dict[str, Any]] = {}  # what this machine trained: model, evaluation, history
         self._uploaded: set[int] = set()  # trials whose model is under sweep/trials/
         self._free = list(range(self.slots))  # GPUs (or CPU processes) not taken by a trial
+        self._errors: list[BaseException] = []
         self._brief: dict[str, Any] = {}  # the lock's view of the sweep, refreshed as trials start and end
 
     # -- the study ------------------------------------------------------------------------------
@@ -182,6 +184,8 @@ class Sweep:
                     lane.join()
         ctx.record.update(sweep=self.summary(stopped=ctx.holder.pending_stop() is not None))
         ctx.holder.check()  # kill, deadline, notice: every trial has stopped; the run ends here
+        if self._errors:  # the sweep's own bookkeeping failed (S3, the journal), not a trial
+            raise self._errors[0]
         best = self._best()
         if best is None:
             raise SweepFailed(f"no trial of the sweep completed ({self._outcomes()})")
@@ -198,6 +202,13 @@ class Sweep:
         return TrainingOutput(model_dir, stats, attrs.get("metrics"), info, [], winner)
 
     def _lane(self) -> None:
+        try:
+            self._trials()
+        except BaseException as exc:  # noqa: BLE001 - the sweep's thread: run() raises it
+            with self._lock:
+                self._errors.append(exc)
+
+    def _trials(self) -> None:
         while True:
             asked = self._ask(self.study)
             if asked is None:
@@ -323,7 +334,8 @@ class Sweep:
                     ctx, base, self.inp.files, cfg, settings, world, folder=folder / "ranks", base_dir=base_dir,
                     output_dir=folder / "train", stop=stop, on_progress=on_progress,
                     on_checkpoint=uploader.submit_staged, on_log=on_log, resume_from=resume_from,
-                    devices=str(slot) if self.slots > 1 else None)
+                    devices=str(slot) if self.slots > 1 else None,
+                    threads=max(1, (os.cpu_count() or 1) // self.slots) if self.slots > 1 else None)
         finally:
             uploader.flush()
         self._local[number] = {"model_dir": outcome.model_dir, "pipeline": outcome.pipeline,

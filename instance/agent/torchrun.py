@@ -115,12 +115,14 @@ def one_process_command(job_path: Path) -> list[str]:
 
 def train_on_ranks(job: RankJob, folder: Path, *, stop_reason: Callable[[], str | None],
                    on_progress: Callable[[dict], None], on_checkpoint: Callable[[Path, int], None],
-                   on_log: Callable[[dict], None] = lambda entry: None, devices: str | None = None) -> TrainingOutcome:
+                   on_log: Callable[[dict], None] = lambda entry: None, devices: str | None = None,
+                   threads: int | None = None) -> TrainingOutcome:
     """Run `job` on `job.world_size` ranks and return rank 0's outcome (its pipeline not loaded).
 
     `stop_reason` (no I/O) says why training must stop, or None; `on_progress`, `on_log` and
     `on_checkpoint` receive rank 0's progress reports, logged losses and staged checkpoints.
-    `devices`: the GPUs the ranks may see (CUDA_VISIBLE_DEVICES), when not all of them."""
+    `devices`: the GPUs the ranks may see (CUDA_VISIBLE_DEVICES), when not all of them;
+    `threads`: CPU threads for a process alone (OMP_NUM_THREADS), when it shares the CPU."""
     folder.mkdir(parents=True, exist_ok=True)
     channel = RankChannel(folder)
     channel.write_job(job)
@@ -130,6 +132,11 @@ def train_on_ranks(job: RankJob, folder: Path, *, stop_reason: Callable[[], str 
         env["CUDA_VISIBLE_DEVICES"] = devices
     if job.world_size == 1:
         cmd = one_process_command(channel.job_path)
+        if threads is not None:
+            # What torchrun does for its ranks: trials side by side on one CPU must not each start
+            # a thread per core (OpenMP's spinning threads then fight; measured: 100 tiny steps
+            # took 7 minutes instead of seconds with two trials on two shared cores).
+            env.setdefault("OMP_NUM_THREADS", str(threads))
     else:
         cmd = torchrun_command(channel.job_path, job.world_size, failures)
     log.info("starting %d rank%s: %s", job.world_size, "s" if job.world_size > 1 else "", " ".join(cmd))

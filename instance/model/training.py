@@ -376,6 +376,10 @@ def train_model(pipeline, inputs, settings: TrainingSettings, output_dir: Path, 
             remove_printer_callback=True,
             **extra,
         )
+    # fit hands the model back in training mode: scored so, dropout would still be on, and the
+    # backtest would score a noisier model than the one saved (found by a sweep, whose trials
+    # in processes of their own score the saved model: the WQL differed by up to 20 %).
+    finetuned.model.eval()
     model_dir = output_dir / "finetuned-ckpt"
     if settings.finetune_mode == "lora":
         finetuned, model_dir = _merge_lora(finetuned, output_dir / "merged")
