@@ -26,3 +26,9 @@ def test_spot_example_lists_types_of_one_gpu_count_and_passes_launch_validation(
     assert cfg.instance.spot and cfg.instance.instance_types == ["g6.xlarge", "g5.xlarge", "g4dn.xlarge"]
     assert cfg.instance.max_machines == 6 and cfg.training.checkpoint_minutes == 5
     assert [f.name for f in check_local_dataset(EXAMPLES / cfg.dataset, cfg).files] == ["us_employment.parquet"]
+
+
+def test_sweep_example_is_a_four_trial_grid_that_passes_launch_validation():
+    cfg = load_config(EXAMPLES / "sweep.yaml")
+    assert cfg.sweep.budget == 4 and cfg.sweep.slots(cfg.instance.gpu_count) == 2
+    assert (EXAMPLES / cfg.dataset).is_file()

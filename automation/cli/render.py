@@ -60,6 +60,8 @@ def run_panel(v: RunView) -> Panel:
                          (f"loss {p['final_loss']:.4f}" if p.get("final_loss") is not None else "")),
                     Text(f"ETA {duration(p.get('eta_seconds'))}" if v.active and p.get("eta_seconds") else ""))
         head.add_row("progress", bar)
+    if v.sweep:
+        head.add_row("trials", sweep_line(v.sweep))
     head.add_row("elapsed", duration(v.elapsed_seconds))
     where = v.executor or "?"
     if v.instance_type:
@@ -187,9 +189,21 @@ def lost_label(v: RunView) -> str:
     return f"failed ({v.reason})" if v.reason and v.reason != "lost" else "lost"
 
 
+def sweep_line(sweep: dict) -> str:
+    """"2 done · 2 running · 4 left · best so far: trial 1, wql 0.1234 (learning_rate=0.001)"."""
+    line = f"{sweep.get('done', 0)} done · {sweep.get('running', 0)} running · {sweep.get('left', 0)} left"
+    best = sweep.get("best")
+    if best:
+        params = ", ".join(f"{k}={v}" for k, v in (best.get("params") or {}).items())
+        line += f" · best so far: trial {best['trial']}, {sweep.get('metric', 'wql')} {best['value']:.4f} ({params})"
+    return line
+
+
 def progress_line(v: RunView) -> str:
     p = v.progress or {}
     step = f" step {p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else ""
+    if v.sweep and v.active:
+        step = f" trial {p.get('trial')}{step} ({sweep_line(v.sweep)})"
     loss = f" loss {p['loss']:.4f}" if p.get("loss") is not None else ""
     if v.lost:
         return f"{v.run_id}: {v.status}: {lost_label(v)}: {v.machine_note}"

@@ -45,17 +45,21 @@ def report(opts: Options, run_id: str, out: Path | None, open_it: bool) -> None:
 @pass_opts
 def runs_compare(opts: Options, run_ids: tuple[str, ...], as_json: bool) -> None:
     """The config values that differ between runs, and their metrics side by side with the best
-    of each row marked (★). Exit 2 for an unknown run, 3 for one that has not finished.
+    of each row marked (★). A sweep's trials compare the same way: RUN#N is trial N of the sweep
+    run RUN, and a sweep run named alone compares all its trials. Exit 2 for an unknown run or
+    trial, 3 for one that has not finished.
 
     \b
     Example:
       chronos-train runs compare run-20261128-203700-1a2b run-20261129-101500-3c4d
       chronos-train --local runs compare RUN_A RUN_B RUN_C --json
+      chronos-train runs compare SWEEP_RUN              # every trial of a sweep
+      chronos-train runs compare 'SWEEP_RUN#0' 'SWEEP_RUN#3' OTHER_RUN
     """
     from ..report.compare import compare
 
     for run_id in run_ids:
-        check_run_id(run_id)
+        check_run_id(run_id.partition("#")[0])
     comparison = compare(opts.target(), list(run_ids))
     if as_json:
         emit_json(comparison.to_json())

@@ -128,18 +128,51 @@ def compare_records(run_ids: list[str], records: list[dict]) -> Comparison:
     return Comparison(run_ids, config_diff([r.get("config") for r in records]), rows)
 
 
+def trial_record(record: dict, number: int) -> dict | None:
+    """Trial `number` of a sweep run, as a run's record reads (its settings applied to the run's
+    config, its own scores, time and cost share): what `runs compare RUN#N` compares."""
+    from instance.protocol.sweepspec import apply
+
+    trial = next((t for t in ((record.get("sweep") or {}).get("trials") or []) if t.get("number") == number), None)
+    if trial is None:
+        return None
+    config = {k: v for k, v in (record.get("config") or {}).items() if k != "sweep"}
+    return {
+        "final_status": trial.get("state"), "metrics": trial.get("metrics"),
+        "evaluation": {"windows": (record.get("evaluation") or {}).get("windows")} if trial.get("metrics") else {},
+        "config": apply(config, trial.get("params") or {}),
+        "training": {"final_loss": trial.get("final_loss"), "steps_done": trial.get("steps_done")},
+        "duration_seconds": trial.get("seconds"), "cost": {"estimated_usd": trial.get("cost_usd")},
+    }
+
+
 def compare(target: Target, run_ids: list[str]) -> Comparison:
     ids = list(dict.fromkeys(run_ids))
-    if len(ids) < 2:
-        raise BadInput("name at least two different runs to compare, e.g. `chronos-train runs compare RUN_A RUN_B`")
     lease = target.state_store().read()
-    if lease is not None and lease.run_id in ids:
+    if lease is not None and lease.run_id in {i.partition("#")[0] for i in ids}:
         raise RunNotFinished(f"run {lease.run_id} has not finished (it is in {lease.state.get('status')}); "
                              "compare it once it ends")
+    runs = list(dict.fromkeys(i.partition("#")[0] for i in ids))
     with ThreadPoolExecutor(8) as pool:
-        records = list(pool.map(lambda r: read_record(target, r), ids))
-    unknown = [r for r, doc in zip(ids, records) if doc is None]
+        found = dict(zip(runs, pool.map(lambda r: read_record(target, r), runs)))
+    unknown = [r for r, doc in found.items() if doc is None]
     if unknown:
         raise NoSuchRun(f"run {unknown[0]} is neither active nor recorded in env {target.env}; "
                         "list runs with `chronos-train runs`")
+    if len(ids) == 1 and (found[ids[0]].get("sweep") or {}).get("trials"):  # a sweep alone: its trials
+        ids = [f"{ids[0]}#{t['number']}" for t in found[ids[0]]["sweep"]["trials"]]
+    if len(ids) < 2:
+        raise BadInput("name at least two different runs to compare, e.g. `chronos-train runs compare RUN_A RUN_B`, "
+                       "or a sweep run, whose trials compare")
+    records = []
+    for i in ids:
+        run_id, _, trial = i.partition("#")
+        if not trial:
+            records.append(found[run_id])
+            continue
+        doc = trial_record(found[run_id], int(trial)) if trial.isdigit() else None
+        if doc is None:
+            raise NoSuchRun(f"{i}: run {run_id} has no trial {trial} (a sweep's trials are numbered from 0; "
+                            f"`chronos-train runs compare {run_id}` lists them)")
+        records.append(doc)
     return compare_records(ids, records)

@@ -521,6 +521,39 @@ def timeline_section(art: RunArtifacts) -> str:
             f"<tbody>{table}</tbody></table></div></section>")
 
 
+def sweep_section(art: RunArtifacts) -> str:
+    """A sweep's trials: one row each (settings, score, steps, time, cost share, state), the
+    run's model marked, and the metric against each swept setting."""
+    from . import plots
+
+    sweep = art.record.get("sweep") or {}
+    trials = sweep.get("trials") or []
+    if not trials:
+        return ""
+    e, metric = html.escape, sweep.get("metric", "wql")
+    best = (sweep.get("best") or {}).get("trial") if art.status == "completed" else None
+    settings = list(dict.fromkeys(k for t in trials for k in (t.get("params") or {})))
+    rows = []
+    for t in trials:
+        params = t.get("params") or {}
+        state = t.get("state") or "?"
+        mark = " ★ the run's model" if t["number"] == best else ""
+        steps = f"{t.get('steps_done')} / {t.get('total_steps')}" if t.get("total_steps") else "–"
+        share = t.get("cost_share")
+        rows.append("<tr>" + f"<td>{t['number']}</td>" + "".join(f"<td>{e(str(params.get(k, '–')))}</td>" for k in settings)
+                    + f"<td>{_num(t.get('value'))}</td><td>{e(steps)}</td><td>{_secs(t.get('seconds') or 0)}</td>"
+                    + f"<td>{'–' if share is None else f'{share:.0%}'}</td><td>{e(state)}{e(mark)}</td></tr>")
+    head = ["trial", *map(e, settings), f"{e(metric.upper())} ↓", "steps", "time", "cost share", "state"]
+    done = sum(1 for t in trials if t.get("state") in ("complete", "pruned", "failed"))
+    note = (f"{len(trials)} trials ({done} finished, {sweep.get('parallel', 1)} at a time, {e(sweep.get('sampler', '?'))} "
+            f"sampler{', ' + e(sweep.get('pruner')) + ' pruner' if sweep.get('pruner') not in (None, 'none') else ''}); "
+            f"picked by the backtest {e(metric.upper())} of the fine-tuned model, lower is better")
+    charts = "".join(_img(plots.metric_by_setting(trials, k, metric, best), f"{metric} by {k}")
+                     for k in settings)
+    return (f'<section><h2>Sweep</h2><p class="note">{note}</p>{_table(head, rows)}'
+            f'<div class="grid">{charts}</div></section>')
+
+
 def missing_section(art: RunArtifacts) -> str:
     gaps = missing(art)
     if not gaps:
@@ -545,7 +578,7 @@ def build(art: RunArtifacts) -> str:
     if art.kind == "forecast":
         parts = [header(art), missing_section(art), future_section(art), timeline_section(art), files_section(art)]
     else:
-        parts = [header(art), missing_section(art), loss_section(art), evaluation_section(art),
+        parts = [header(art), missing_section(art), sweep_section(art), loss_section(art), evaluation_section(art),
                  covariates_section(art), forecasts_section(art), future_section(art), timeline_section(art),
                  files_section(art)]
     kind = " · forecast run" if art.kind == "forecast" else ""

@@ -249,3 +249,39 @@ def phase_timeline(phases: list[dict[str, Any]], size=WIDE) -> str:
     ax.set_axisbelow(True)
     ax.set_title("Where the time went")
     return to_svg(fig)
+
+
+# -- a sweep's trials -------------------------------------------------------------------------------
+def metric_by_setting(trials: list[dict[str, Any]], setting: str, metric: str, best: int | None, size=SMALL) -> str:
+    """The backtest metric of every completed trial against one swept setting (log axis for a
+    learning rate, categories for words); the winner ringed, pruned trials marked on the axis."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=size)
+    scored = [t for t in trials if t.get("value") is not None and setting in (t.get("params") or {})]
+    values = [t["params"][setting] for t in trials if setting in (t.get("params") or {})]
+    words = any(isinstance(v, str) for v in values)
+    order = sorted({str(v) for v in values}) if words else None
+
+    def x(v):
+        return order.index(str(v)) if words else v
+
+    ax.scatter([x(t["params"][setting]) for t in scored], [t["value"] for t in scored], color=COLORS["finetuned"], zorder=3)
+    for t in scored:
+        if t["number"] == best:
+            ax.scatter([x(t["params"][setting])], [t["value"]], s=160, facecolors="none", edgecolors=HELPED, lw=2, zorder=4)
+    pruned = [t for t in trials if t.get("state") == "pruned" and setting in (t.get("params") or {})]
+    if pruned and scored:
+        floor = min(t["value"] for t in scored)
+        ax.scatter([x(t["params"][setting]) for t in pruned], [floor] * len(pruned), marker="x", color=HURT, zorder=3,
+                   label="pruned (no score)")
+        ax.legend(loc="best")
+    if words:
+        ax.set_xticks(range(len(order)), order)
+        ax.set_xlim(-0.5, len(order) - 0.5)
+    elif setting == "learning_rate" and values and min(values) > 0:
+        ax.set_xscale("log")
+    ax.set_xlabel(setting)
+    ax.set_ylabel(f"backtest {metric.upper()} ↓")
+    ax.set_title(f"{metric.upper()} by {setting}")
+    ax.set_axisbelow(True)
+    return to_svg(fig)

@@ -16,7 +16,7 @@ from instance.protocol.datasets import LocalDataset
 from instance.protocol.group import group_name
 from instance.protocol.layout import DATASETS_PREFIX, new_run_id
 from instance.protocol.pricing import PRICES, hourly
-from instance.protocol.runconfig import ConfigError, RunConfig, check_runtime_support, load_config
+from instance.protocol.runconfig import ConfigError, RunConfig, SweepPlan, check_runtime_support, load_config, sweep_plan
 from instance.protocol.timeutil import iso
 
 from ..context import Target, translate_aws_error
@@ -41,6 +41,31 @@ class Estimate:
     local: bool
     gpus: int = 1  # how many of the type's GPUs train (the whole machine is billed)
     other_types: tuple[str, ...] = ()  # the group may launch these instead (instance.types)
+    sweep: SweepPlan | None = None  # a sweep's trials, by the estimate
+
+    @property
+    def sweep_usd(self) -> float | None:
+        """The whole sweep in one run, at the preferred type's rate (one start-up)."""
+        return None if self.sweep is None else round(self.hourly_usd * self.sweep.seconds / 3600, 2)
+
+    @property
+    def separate_usd(self) -> float | None:
+        """The same trials as separate runs: a start-up each, one after the other."""
+        return None if self.sweep is None else round(self.hourly_usd * self.sweep.separate_seconds / 3600, 2)
+
+    def sweep_json(self) -> dict:
+        s = self.sweep
+        if s is None:
+            return {}
+        return {"sweep": {"trials": s.trials, "at_a_time": s.slots, "minutes": round(s.seconds / 60, 1),
+                          "usd": self.sweep_usd, "separate_runs_minutes": round(s.separate_seconds / 60, 1),
+                          "separate_runs_usd": self.separate_usd}}
+
+    def sweep_sentence(self) -> str:
+        s = self.sweep
+        return (f"sweep: {s.trials} trials, {s.slots} at a time: at least {s.seconds / 60:.0f} min, "
+                f"~${self.sweep_usd:.2f} in this run; as {s.trials} separate runs (a start-up each): at least "
+                f"{s.separate_seconds / 60:.0f} min, ~${self.separate_usd:.2f} (estimate)")
 
     def sentence(self) -> str:
         kind = "spot" if self.spot else "on-demand"
@@ -50,7 +75,8 @@ class Estimate:
         aws = (f"{self.instance_type}{alternatives} ({price.gpu}{self._gpus_used(price.gpus)}) {kind}: "
                f"~${self.hourly_usd:.3f}/h incl. 100 GB gp3, worst case ${self.worst_case_usd:.2f}{priciest} at the "
                f"{self.max_runtime_minutes}-minute limit")
-        return f"local run: $0.00 (on AWS, {aws})" if self.local else f"estimated cost: {aws}"
+        line = f"local run: $0.00 (on AWS, {aws})" if self.local else f"estimated cost: {aws}"
+        return line + (f"; {self.sweep_sentence()}" if self.sweep is not None else "")
 
     def _gpus_used(self, has: int) -> str:
         if has == 1:
@@ -84,7 +110,8 @@ def estimate(cfg: RunConfig, local: bool) -> Estimate:
     worst = max(hourly(t, cfg.instance.spot) for t in cfg.instance.instance_types)
     return Estimate(cfg.instance.type, cfg.instance.spot, round(rate, 4),
                     round(worst * cfg.instance.max_runtime_minutes / 60, 2), cfg.instance.max_runtime_minutes, local,
-                    cfg.instance.gpu_count, tuple(cfg.instance.instance_types[1:]))
+                    cfg.instance.gpu_count, tuple(cfg.instance.instance_types[1:]),
+                    sweep_plan(cfg) if cfg.sweep is not None else None)
 
 
 def plan(target: Target, config_path: str | Path) -> LaunchPlan:
@@ -363,7 +390,7 @@ class DryRun:
             "spot": cfg.instance.spot, "zones": self.zones, "dataset": cfg.dataset,
             "columns": self.plan.columns.to_json() if self.plan.columns else None,
             "estimate": {"hourly_usd": self.plan.estimate.hourly_usd, "worst_case_usd": self.plan.estimate.worst_case_usd,
-                         "max_runtime_minutes": cfg.instance.max_runtime_minutes},
+                         "max_runtime_minutes": cfg.instance.max_runtime_minutes, **self.plan.estimate.sweep_json()},
             "checks": [c.to_json() for c in self.checks],
             "preview": {"steps": steps, "changes": getattr(self.preview, "changes", {}), "note": self.preview_note},
         }

@@ -48,6 +48,7 @@ class RunView:
     machine_note: str | None = None  # "its machine i-0abc is terminated and no replacement is coming"
     lost: bool = False  # the machine is gone for good, or silent past the stale limit
     kind: str = "train"  # or forecast: a forecast-only run (the run config's kind)
+    sweep: dict = field(default_factory=dict)  # a sweep's trials done / running / left and the best so far
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -102,7 +103,7 @@ def from_state(state: dict) -> RunView:
         cost_usd=by_machine[0] if by_machine else _cost(state.get("executor"), instance_type,
                                                         bool(state.get("spot")), elapsed),
         progress=state.get("progress") or {}, history=state.get("history") or [], error=state.get("error"),
-        heartbeat_at=state.get("heartbeat_at"),
+        heartbeat_at=state.get("heartbeat_at"), sweep=(state.get("progress") or {}).get("sweep") or {},
     )
 
 
@@ -121,6 +122,7 @@ def from_record(record: dict) -> RunView:
         artifacts=record.get("artifacts") or {}, error=record.get("error"),
         attempt=record.get("attempt"), interruptions=record.get("interruptions") or [],
         on_demand_usd=cost_doc.get("on_demand_usd"), kind=(record.get("config") or {}).get("kind") or "train",
+        sweep={k: v for k, v in (record.get("sweep") or {}).items() if k != "trials"},
     )
 
 

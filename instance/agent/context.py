@@ -183,9 +183,9 @@ class CheckpointUploader:
     save_total_limit=1 and a partial upload never replaces a complete one.
     """
 
-    def __init__(self, ctx: AgentContext):
+    def __init__(self, ctx: AgentContext, prefix: str | None = None):
         self.ctx = ctx
-        self.prefix = ctx.layout.checkpoints(ctx.run_id)
+        self.prefix = prefix or ctx.layout.checkpoints(ctx.run_id)
         self.uploaded: list[str] = []
         self.last_step: int | None = None  # of the newest checkpoint complete in S3
         self.errors: list[str] = []
@@ -235,16 +235,17 @@ class CheckpointUploader:
 
 
 
-def latest_checkpoint(ctx: AgentContext) -> tuple[str, int] | None:
-    """(prefix, step) of the newest checkpoint complete in S3 (its marker written), or None."""
+def latest_checkpoint(ctx: AgentContext, prefix: str | None = None) -> tuple[str, int] | None:
+    """(prefix, step) of the newest checkpoint complete in S3 (its marker written), or None;
+    under the run's checkpoints/ or `prefix` (a sweep trial's)."""
     import json
 
-    prefix = ctx.layout.checkpoints(ctx.run_id)
+    prefix = prefix or ctx.layout.checkpoints(ctx.run_id)
     best: tuple[str, int] | None = None
     for page in ctx.s3.get_paginator("list_objects_v2").paginate(Bucket=ctx.bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            if not obj["Key"].endswith("/" + COMPLETE_MARKER):
-                continue
+            if not obj["Key"].endswith("/" + COMPLETE_MARKER) or "/" in obj["Key"][len(prefix):-len(COMPLETE_MARKER) - 1]:
+                continue  # a sweep trial's, in a folder below
             body = ctx.s3.get_object(Bucket=ctx.bucket, Key=obj["Key"])["Body"].read()
             step = int(json.loads(body)["step"])
             if best is None or step > best[1]:

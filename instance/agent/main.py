@@ -173,11 +173,12 @@ class Agent:
             Phase(Status.TRAINING, lambda: ph.training(ctx, ph.TrainingInput(ctx.config, state["data_sync"].files, ctx.train_dir)),
                   when=training),
             Phase(Status.FORECAST, lambda: ph.forecast(ctx, ph.ForecastInput(
-                ctx.config, state["data_sync"].files,
+                state["training"].config if training() else ctx.config, state["data_sync"].files,
                 state["training"].model_dir if training() else None, state["data_sync"].fingerprint,
                 state["data_sync"].columns))),
             Phase(Status.RESULTS_SYNC, lambda: ph.results_sync(ctx, ph.ResultsInput(
-                state["training"].model_dir, state["training"], state["data_sync"], ctx.config)), when=training),
+                state["training"].model_dir, state["training"], state["data_sync"], state["training"].config)),
+                  when=training),
             Phase(Status.RESULTS_SYNC, lambda: ph.forecast_results(ctx, state["forecast"]), when=lambda: not training()),
         ]
         try:

@@ -167,6 +167,7 @@ class TrainingOutput:
     metrics: dict[str, Any]
     evaluation: dict[str, Any]  # how it was scored, and the scores of each window
     checkpoints: list[str] = field(default_factory=list)
+    config: Any = None  # the RunConfig the model was trained with (a sweep: its best trial's)
 
     def summary(self) -> dict[str, Any]:
         return {"steps_done": self.training["steps_done"], "final_loss": self.training["final_loss"]}
@@ -181,6 +182,10 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
     from ..model.training import TrainingSettings, train_model
 
     cfg = inp.config
+    if cfg.sweep is not None:  # several trials, the best by the backtest kept (sweep.py)
+        from .sweep import run_sweep
+
+        return run_sweep(ctx, inp)
     settings = TrainingSettings.from_config(cfg)
     world = cfg.instance.gpu_count
     backtest, inputs = training_data(inp.files, settings.prediction_length, settings.eval_windows, cfg.columns.names())
@@ -224,21 +229,22 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
     result.write(ctx.evaluation_dir)
     info = {**result.info, "per_window": result.per_window}
     ctx.record.update(metrics=result.metrics, evaluation=info)
-    return TrainingOutput(outcome.model_dir, stats, result.metrics, info, list(uploader.uploaded))
+    return TrainingOutput(outcome.model_dir, stats, result.metrics, info, list(uploader.uploaded), cfg)
 
 
-def checkpoint_to_resume(ctx: AgentContext) -> Path | None:
-    """On a machine that replaces a lost one: the newest checkpoint complete in S3, downloaded.
-    None on the first machine, or when the lost one saved none (training starts over)."""
+def checkpoint_to_resume(ctx: AgentContext, prefix: str | None = None, into: Path | None = None) -> Path | None:
+    """On a machine that replaces a lost one: the newest checkpoint complete in S3 (under the
+    run's checkpoints/, or `prefix`: a sweep trial's), downloaded. None on the first machine, or
+    when the lost one saved none (training starts over)."""
     if ctx.attempt <= 1:
         return None
-    found = latest_checkpoint(ctx)
+    found = latest_checkpoint(ctx, prefix)
     if found is None:
         log.warning("attempt %d: no complete checkpoint in S3; training starts from the base model", ctx.attempt)
         return None
     prefix, step = found
     started = time.monotonic()
-    folder = download_prefix(ctx, prefix, ctx.resume_dir / f"checkpoint-{step}")
+    folder = download_prefix(ctx, prefix, (into or ctx.resume_dir) / f"checkpoint-{step}")
     log.info("attempt %d: resuming from %s (step %d, downloaded in %.1f s)", ctx.attempt, ctx.uri(prefix), step,
              time.monotonic() - started)
     ctx.record.update(resumed_from={"uri": ctx.uri(prefix), "step": step, "attempt": ctx.attempt})
@@ -247,25 +253,36 @@ def checkpoint_to_resume(ctx: AgentContext) -> Path | None:
 
 def _train_on_ranks(ctx: AgentContext, base, inp: TrainingInput, settings, world: int, watch, uploader,
                     resume_from: Path | None = None):
-    """The base model saved once for the ranks to load, the job written, torchrun run."""
+    return train_in_processes(ctx, base, inp.files, inp.config, settings, world, folder=ctx.ranks_dir,
+                              base_dir=ctx.base_model_dir, output_dir=inp.output_dir,
+                              stop=lambda: stop_reason(ctx.holder), on_progress=watch.offer,
+                              on_checkpoint=uploader.submit_staged, on_log=ctx.loss_history.append,
+                              resume_from=resume_from)
+
+
+def train_in_processes(ctx: AgentContext, base, files: list[Path], cfg, settings, world: int, *, folder: Path,
+                       base_dir: Path, output_dir: Path, stop, on_progress, on_checkpoint, on_log,
+                       resume_from: Path | None = None, devices: str | None = None, threads: int | None = None):
+    """Training in processes of its own (torchrun's ranks, or one process on one GPU for a sweep's
+    trial): the base model saved once for them to load, the job written, the processes run."""
     import shutil
     from dataclasses import asdict
 
     from ..model.distributed import RankJob
     from .torchrun import RankFailed, train_on_ranks
 
-    shutil.rmtree(ctx.ranks_dir, ignore_errors=True)
-    base.save_pretrained(ctx.base_model_dir)
+    shutil.rmtree(folder, ignore_errors=True)
+    if not (base_dir / "config.json").is_file():
+        base.save_pretrained(base_dir)
     job = RankJob(
-        files=[str(f) for f in inp.files], settings=asdict(settings), base_dir=str(ctx.base_model_dir),
-        output_dir=str(inp.output_dir), staging_dir=str(ctx.staging_dir), agent_pid=os.getpid(),
+        files=[str(f) for f in files], settings=asdict(settings), base_dir=str(base_dir),
+        output_dir=str(output_dir), staging_dir=str(ctx.staging_dir), agent_pid=os.getpid(),
         world_size=world, fault_ranks=ctx.hooks.failing_ranks(world),
-        resume_from=str(resume_from) if resume_from else None, columns=inp.config.columns.names().to_json(),
+        resume_from=str(resume_from) if resume_from else None, columns=cfg.columns.names().to_json(),
     )
     try:
-        return train_on_ranks(job, ctx.ranks_dir, stop_reason=lambda: stop_reason(ctx.holder),
-                              on_progress=watch.offer, on_checkpoint=uploader.submit_staged,
-                              on_log=ctx.loss_history.append)
+        return train_on_ranks(job, folder, stop_reason=stop, on_progress=on_progress, on_checkpoint=on_checkpoint,
+                              on_log=on_log, devices=devices, threads=threads)
     except RankFailed:
         ctx.holder.check()  # a stop that ended the ranks is the run's outcome, not their failure
         raise

@@ -46,7 +46,7 @@ from typing import Any, Iterator
 
 from ..protocol.artifacts import write_json_atomic
 from ..protocol.processes import pid_alive
-from .training import TrainingHooks, TrainingOutcome, TrainingSettings, stage_checkpoint
+from .training import ONE_PROCESS, TrainingHooks, TrainingOutcome, TrainingSettings, stage_checkpoint
 
 MODULE = "instance.model.distributed"  # what torchrun runs (`-m`), where it is also `__main__`
 log = logging.getLogger(MODULE)
@@ -180,8 +180,10 @@ class RankInfo:
 
     @classmethod
     def from_env(cls, environ=os.environ) -> "RankInfo":
-        """What torchrun sets for each process it starts."""
-        return cls(int(environ["RANK"]), int(environ["LOCAL_RANK"]), int(environ["WORLD_SIZE"]))
+        """What torchrun sets for each process it starts; without torchrun (a sweep's trial on a GPU
+        of its own), one process alone: setting the variables would make the Trainer start a
+        process group."""
+        return cls(int(environ.get("RANK", 0)), int(environ.get("LOCAL_RANK", 0)), int(environ.get("WORLD_SIZE", 1)))
 
     @property
     def is_main(self) -> bool:
@@ -285,7 +287,8 @@ def run_rank(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingOutc
 
     settings = job.training
     on, backend = rank_device(info)
-    ranks = ProcessGroupRanks(info, backend)
+    # One process alone (a sweep's trial on its own GPU) needs no process group to agree with.
+    ranks = ProcessGroupRanks(info, backend) if info.world_size > 1 else ONE_PROCESS
     from ..protocol.columns import ColumnNames
 
     columns = ColumnNames.from_json(job.columns) if job.columns else None
@@ -300,7 +303,8 @@ def run_rank(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingOutc
     ranks.barrier()  # no rank leaves before rank 0 has written the model and the outcome
     # Only on success: after a failure, others may still wait in a collective (NCCL's teardown
     # would wait with them); the process exits and torchrun ends the rest.
-    ranks.close()
+    if isinstance(ranks, ProcessGroupRanks):
+        ranks.close()
     return outcome
 
 

@@ -132,6 +132,16 @@ class Layout:
         """Backtest forecasts, per-series scores, loss history (instance/model/evaluation.py)."""
         return self.run_root(run_id) + "evaluation/"
 
+    def sweep(self, run_id: str) -> str:
+        """A sweep's Optuna journal and its trials' models (instance/agent/sweep.py)."""
+        return self.run_root(run_id) + "sweep/"
+
+    def sweep_journal(self, run_id: str) -> str:
+        return self.sweep(run_id) + "journal.log"
+
+    def sweep_trial(self, run_id: str, number: int) -> str:
+        return self.sweep(run_id) + f"trials/{number}/"
+
     def forecasts(self, run_id: str) -> str:
         """The future forecast of every series and what it was made from (instance/model/forecasting.py)."""
         return self.run_root(run_id) + "forecasts/"

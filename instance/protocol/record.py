@@ -98,9 +98,20 @@ class RunRecord:
         start = parse_iso(self.doc["started_at"]) or end
         self.doc["duration_seconds"] = round((end - start).total_seconds(), 3)
         self.doc["cost"] = estimate_cost(self.doc["host"], self.doc["duration_seconds"], self.doc.get("machines"))
+        share_sweep_cost(self.doc.get("sweep"), self.doc["cost"].get("estimated_usd"))
 
     def snapshot(self) -> dict[str, Any]:
         return copy.deepcopy(self.doc)
+
+
+def share_sweep_cost(sweep: dict[str, Any] | None, usd: float | None) -> None:
+    """Each trial of a sweep gets the share of the run's cost its training and backtest took."""
+    trials = (sweep or {}).get("trials") or []
+    total = sum(t.get("seconds") or 0 for t in trials)
+    for t in trials:
+        share = (t.get("seconds") or 0) / total if total else 0.0
+        t["cost_share"] = round(share, 4)
+        t["cost_usd"] = round(usd * share, 4) if usd is not None else None
 
 
 def machines_cost(machines: list[dict], executor: str | None, now: datetime | None = None) -> tuple[float, float] | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .columns import DEFAULT_ID, DEFAULT_TARGET, DEFAULT_TIMESTAMP, ColumnNames
 from .pricing import PRICES
+from .sweepspec import STARTUP_SECONDS, SweepSpec, apply, sweep_seconds, trial_seconds
 
 # Chronos-2 core sizes for `scratch:<size>` (random init, offline). `tiny` trains on a CPU in
 # seconds (tests, demo); `small` and `base` are for real runs on a GPU.
@@ -32,6 +34,8 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     base: str = "amazon/chronos-2"
     finetune_mode: Literal["full", "lora"] = "full"
+    # LoRA's rank r (alpha 2r); None: Chronos's own default (r 8, alpha 16).
+    lora_rank: int | None = Field(None, ge=1, le=1024)
 
     @field_validator("base")
     @classmethod
@@ -248,6 +252,7 @@ class RunConfig(_Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     columns: ColumnsSpec = ColumnsSpec()
     forecast: ForecastSpec = ForecastSpec()
+    sweep: SweepSpec | None = None
 
     @field_validator("dataset")
     @classmethod
@@ -271,6 +276,29 @@ class RunConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _every_trial_can_run(self) -> "RunConfig":
+        """Each combination a sweep may try (a range: both ends) is itself a config that launches,
+        and the trials fit the time limit by the estimate (sweepspec.py)."""
+        sweep = self.sweep
+        if sweep is None:
+            return self
+        if self.kind != "train":
+            raise ValueError("sweep: only a training run (kind: train) can sweep")
+        gpus = self.instance.gpu_count
+        if sweep.parallel != "auto" and sweep.parallel > gpus:
+            raise ValueError(f"sweep.parallel ({sweep.parallel}) exceeds the {gpus} GPU{'s' if gpus > 1 else ''} the run "
+                             f"trains on (one trial per GPU); use at most {gpus}, or set instance.gpus")
+        plan = sweep_plan(self)
+        limit = self.instance.max_runtime_minutes
+        if plan.seconds > limit * 60:
+            n = plan.trials
+            raise ValueError(
+                f"sweep: {n} trial{'s' if n > 1 else ''} ({plan.slots} at a time on {self.instance.type}) "
+                f"take{'s' if n == 1 else ''} at least {plan.seconds / 60:.0f} minutes by the estimate, more than "
+                f"instance.max_runtime_minutes ({limit}); raise it, or sweep fewer trials or steps")
+        return self
+
     @property
     def dataset_in_bucket(self) -> bool:
         return self.dataset.startswith("cached-datasets/")
@@ -279,6 +307,53 @@ class RunConfig(_Strict):
         import yaml
 
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep takes by the (optimistic) estimate of sweepspec.py."""
+
+    trials: int
+    slots: int  # trials at a time
+    trial_seconds: list[float]  # each trial's, on the GPUs it gets in the sweep
+    seconds: float  # the whole run: one start-up, then the trials `slots` at a time
+    separate_seconds: float  # the same trials as separate runs (a start-up each, every GPU each), summed
+
+
+def sweep_plan(cfg: "RunConfig") -> SweepPlan:
+    """Each combination a sweep may try (a range: both ends) validated as a config of its own, and
+    the time the budget takes: the shortest trials it could draw (if even they do not fit, no
+    draw does)."""
+    sweep, gpus = cfg.sweep, cfg.instance.gpu_count
+    slots = sweep.slots(gpus)
+    base = cfg.model_dump(mode="json", exclude={"sweep"})
+    gpu_model = PRICES[cfg.instance.type].gpu_model
+    inside, alone = [], []
+    for params in sweep.corners():
+        doc = apply(base, params)
+        try:
+            trial = RunConfig.model_validate({**doc, "instance": {**doc["instance"], "gpus": 1}} if slots > 1 else doc)
+        except ValidationError as exc:
+            shown = ", ".join(f"{k}={v}" for k, v in params.items())
+            raise ValueError(f"sweep: the trial with {shown} cannot run: {_describe(exc.errors()[0])}") from None
+        try:  # as a run of its own, on every GPU (a batch that does not split: on one)
+            alone_trial = RunConfig.model_validate(doc) if slots > 1 else trial
+        except ValidationError:
+            alone_trial = trial
+        t = trial.training
+        inside.append(trial_seconds(gpu_model, trial.model.base, t.context_length, t.batch_size, t.num_steps,
+                                    1 if slots > 1 else gpus))
+        a = alone_trial.training
+        alone.append(trial_seconds(gpu_model, alone_trial.model.base, a.context_length, a.batch_size, a.num_steps,
+                                   alone_trial.instance.gpu_count))
+    n = sweep.budget
+
+    def first(times: list[float]) -> list[float]:
+        ordered = sorted(times)
+        return (ordered + [ordered[0]] * n)[:n]
+
+    return SweepPlan(n, slots, first(inside), STARTUP_SECONDS + sweep_seconds(first(inside), slots),
+                     sum(STARTUP_SECONDS + t for t in first(alone)))
 
 
 def _describe(err: dict[str, Any]) -> str:
