@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from automation.sandbox import control as sandbox  # noqa: E402
-from instance.protocol.aws import AwsTarget, client  # noqa: E402
+from automation.sandbox.strictmoto import OPERATORS  # noqa: E402
+from instance.protocol.aws import client  # noqa: E402
 from instance.protocol.layout import Layout  # noqa: E402
 from tests.agent_fixtures import run_config, synthetic_frame, write_parquet  # noqa: E402
 
@@ -36,7 +37,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="chronos-bench-"))
     os.environ["CHRONOS_HOME"] = str(home)
     info = sandbox.start(("dev",))
-    s3 = client("s3", AwsTarget(info.region, info.endpoint_url))
+    s3 = client("s3", info.target(OPERATORS["dev"]))  # reads records as a user would
     rows = []
     try:
         data = write_parquet(home / "data" / "train.parquet", synthetic_frame(n_items=6, length=96))

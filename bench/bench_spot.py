@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from automation.sandbox import control as sandbox  # noqa: E402
-from automation.sandbox.strictmoto import DEPLOYER  # noqa: E402
-from instance.protocol.aws import AwsTarget, client  # noqa: E402
+from automation.sandbox.strictmoto import OPERATORS  # noqa: E402
+from instance.protocol.aws import client  # noqa: E402
 from instance.protocol.layout import Layout  # noqa: E402
 from instance.protocol.timeutil import parse_iso  # noqa: E402
 from tests.agent_fixtures import run_config, synthetic_frame, write_parquet  # noqa: E402
@@ -94,12 +94,8 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="chronos-bench-spot-"))
     os.environ.update(CHRONOS_HOME=str(home), CHRONOS_HEARTBEAT_SECONDS="1", CHRONOS_NOTICE_SECONDS="1",
                       CHRONOS_SPOT_NOTICE_SECONDS="120")
-    # This script reads the bucket as the sandbox's deployer (IAM is enforced there); the CLI it
-    # runs acts as the env's operator whatever the shell holds.
-    os.environ.update(DEPLOYER.env())
-    os.environ.pop("AWS_SESSION_TOKEN", None)
     info = sandbox.start(("dev",))
-    s3 = client("s3", AwsTarget(info.region, info.endpoint_url))
+    s3 = client("s3", info.target(OPERATORS["dev"]))  # reads records as a user would (IAM is enforced)
     bucket = info.bucket("dev")
     rows = []
     try:

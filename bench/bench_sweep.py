@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from automation.sandbox import control as sandbox  # noqa: E402
-from automation.sandbox.strictmoto import DEPLOYER  # noqa: E402
-from instance.protocol.aws import AwsTarget, client  # noqa: E402
+from automation.sandbox.strictmoto import OPERATORS  # noqa: E402
+from instance.protocol.aws import client  # noqa: E402
 from instance.protocol.layout import Layout  # noqa: E402
 from instance.protocol.pricing import hourly  # noqa: E402
 from tests.agent_fixtures import run_config, synthetic_frame, write_parquet  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> None:
     os.environ["CHRONOS_HOME"] = str(home)
     info = sandbox.start(("dev",))
     # Reads the records as the deployer, by its named credentials (the sandbox's operator may not).
-    s3 = client("s3", AwsTarget(info.region, info.endpoint_url, credentials=DEPLOYER.credentials))
+    s3 = client("s3", info.target(OPERATORS["dev"]))  # reads records as a user would
 
     def record(run_id: str) -> dict:
         return json.loads(s3.get_object(Bucket=info.bucket("dev"), Key=Layout("dev").training_record(run_id))["Body"].read())
