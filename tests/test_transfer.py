@@ -77,3 +77,16 @@ def test_a_body_that_is_not_the_listed_object_is_never_taken_for_the_file(aws, b
     with pytest.raises(TransferFailed, match="4000 bytes received, 5000 listed"):
         download_files(operator, bucket, [Download(listed.key, listed.size, listed.etag, dest)])
     assert _nothing_in(dest.parent)  # neither the file nor a temporary one
+
+
+def test_a_download_leaves_the_callers_thread_able_to_run_asyncio_code_after_it(aws, bucket, tmp_path):
+    """The CLI downloads and then runs Pulumi's runtime (which asks the thread for its event loop)
+    in one process: the download's own loop must not take the thread's away."""
+    import asyncio
+
+    _plant(aws, bucket, PREFIX, {"part-0.parquet": b"x" * 100})
+    operator = client("s3", AwsTarget(aws.region, aws.endpoint_url))
+    mine = asyncio.new_event_loop()  # left as the thread's loop, as the tests after this one expect
+    asyncio.set_event_loop(mine)
+    assert sync_prefix(operator, bucket, PREFIX, tmp_path / "data").downloaded == 1
+    assert asyncio.get_event_loop_policy().get_event_loop() is mine

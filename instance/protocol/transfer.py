@@ -95,7 +95,10 @@ def download_files(s3, bucket: str, items: Sequence[Download], *, on_done: Calla
     small = [item for item in items if item.size <= PART_SIZE]
     store = object_store(s3, bucket) if small else None
     if store is not None:
-        asyncio.run(_fetch_all(store, bucket, small, on_done, concurrency))
+        # A private loop: asyncio.run would leave this thread with no current loop, and code that
+        # runs after it in the same process (Pulumi's runtime, in the CLI and its tests) needs one.
+        with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+            runner.run(_fetch_all(store, bucket, small, on_done, concurrency))
         items = [item for item in items if item.size > PART_SIZE]
     if items:
         _download_parts(s3, bucket, items, on_done, concurrency)
