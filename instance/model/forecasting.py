@@ -75,11 +75,17 @@ class Forecast:
         return written
 
 
-def check_quantiles(levels: Sequence[float]) -> list[float]:
-    levels = [float(q) for q in levels]
-    if not levels or any(not 0 < q < 1 for q in levels):
-        raise ForecastInputError("quantiles must be numbers strictly between 0 and 1, such as 0.1 0.5 0.9")
-    return sorted(set(levels))
+def check_quantiles(levels: Sequence[float | str], where: str = "quantile levels") -> list[float]:
+    """The levels as numbers, in order; anything else (a word, 0, 1, nothing) is one sentence,
+    the same for the command's --quantiles (`where`) and for a caller of predict."""
+    try:
+        numbers = [float(q) for q in levels]
+    except (TypeError, ValueError):
+        numbers = []
+    if not numbers or any(not 0 < q < 1 for q in numbers):
+        shown = ",".join(str(q) for q in levels) or "(none)"
+        raise ForecastInputError(f"{where} {shown}: give numbers strictly between 0 and 1, such as 0.1,0.5,0.9")
+    return sorted(set(numbers))
 
 
 # -- checks -------------------------------------------------------------------------------------
