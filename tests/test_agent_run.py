@@ -71,6 +71,7 @@ def test_every_artifact_is_where_the_layout_says(completed):
         layout.forecast_file(run.run_id),
         layout.forecast_info(run.run_id),
         layout.forecast_history(run.run_id),
+        layout.forecast_sample(run.run_id),
     ):
         assert key in keys
     assert layout.state not in keys
