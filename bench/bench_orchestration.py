@@ -8,23 +8,22 @@ Run: .venv/bin/python bench/bench_orchestration.py [--runs 3]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from cliruns import launch_follow, record  # noqa: E402
 
 from automation.sandbox import control as sandbox  # noqa: E402
 from automation.sandbox.strictmoto import OPERATORS  # noqa: E402
 from instance.protocol.aws import client  # noqa: E402
-from instance.protocol.layout import Layout  # noqa: E402
 from tests.agent_fixtures import run_config, synthetic_frame, write_parquet  # noqa: E402
 
 
@@ -44,16 +43,8 @@ def main() -> None:
         cfg = home / "run.yaml"
         cfg.write_text(yaml.safe_dump(run_config(dataset=str(data))))
         for _ in range(args.runs):
-            t0 = time.perf_counter()
-            out = subprocess.run([str(REPO / ".venv/bin/chronos-train"), "--local", "launch", str(cfg), "--follow",
-                                  "--no-download"], capture_output=True, text=True, cwd=home)
-            wall = time.perf_counter() - t0
-            if out.returncode != 0:
-                sys.exit(f"run failed ({out.returncode}): {out.stderr[-1500:]}")
-            run_id = out.stdout.splitlines()[0]
-            record = json.loads(s3.get_object(Bucket=info.bucket("dev"),
-                                              Key=Layout("dev").training_record(run_id))["Body"].read())
-            phases = {k: v["seconds"] for k, v in record["phases"].items()}
+            run_id, wall = launch_follow(cfg, home)
+            phases = {k: v["seconds"] for k, v in record(s3, info.bucket("dev"), "dev", run_id)["phases"].items()}
             rows.append((wall, phases["training"], phases))
     finally:
         sandbox.stop()

@@ -21,34 +21,24 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from cliruns import launch_follow as launch, record as read_record  # noqa: E402
 
 from automation.sandbox import control as sandbox  # noqa: E402
 from automation.sandbox.strictmoto import OPERATORS  # noqa: E402
 from instance.protocol.aws import client  # noqa: E402
-from instance.protocol.layout import Layout  # noqa: E402
 from instance.protocol.pricing import hourly  # noqa: E402
 from tests.agent_fixtures import run_config, synthetic_frame, write_parquet  # noqa: E402
 
 RATES = (1.0e-2, 1.0e-3)
 FOUR_GPUS = {"type": "g5.12xlarge", "gpus": 2, "spot": False, "max_runtime_minutes": 60}
-
-
-def launch(cfg: Path, home: Path) -> tuple[str, float]:
-    t0 = time.perf_counter()
-    out = subprocess.run([str(REPO / ".venv/bin/chronos-train"), "--local", "launch", str(cfg), "--follow",
-                          "--no-download"], capture_output=True, text=True, cwd=home)
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        sys.exit(f"run failed ({out.returncode}): {out.stderr[-2000:]}")
-    return out.stdout.splitlines()[0], wall
 
 
 def main() -> None:
@@ -65,11 +55,10 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="chronos-bench-sweep-"))
     os.environ["CHRONOS_HOME"] = str(home)
     info = sandbox.start(("dev",))
-    # Reads the records as the deployer, by its named credentials (the sandbox's operator may not).
     s3 = client("s3", info.target(OPERATORS["dev"]))  # reads records as a user would
 
     def record(run_id: str) -> dict:
-        return json.loads(s3.get_object(Bucket=info.bucket("dev"), Key=Layout("dev").training_record(run_id))["Body"].read())
+        return read_record(s3, info.bucket("dev"), "dev", run_id)
 
     grid = [(lr, steps) for lr in RATES for steps in (a.steps, 2 * a.steps)]
     sweeps, separates = [], []

@@ -81,6 +81,38 @@ def upload_dataset(s3, bucket: str, files: dict[str, bytes], prefix: str = DATA_
         s3.put_object(Bucket=bucket, Key=prefix + name, Body=body)
 
 
+@dataclass
+class Seeded:
+    """A sandbox seeded for agent runs: `aws` and `s3` act as the deployer (seeding, planting,
+    launching as the launcher would); the bucket holds a dataset under DATA_PREFIX."""
+
+    aws: AwsTarget
+    s3: Any
+    bucket: str
+
+
+def seeded_sandbox(endpoint_url: str, files: dict[str, bytes], deployed: bool = False) -> Seeded:
+    """A fresh sandbox (reset) whose bucket holds `files` under DATA_PREFIX, seeded by the deployer
+    by its named credentials, never through os.environ. `deployed`: the persistent stack's bucket
+    and roles (what `pulumi up` leaves), for tests whose operator reads what the run left; else a
+    bare bucket."""
+    from automation.sandbox.control import SandboxInfo, seed
+    from automation.sandbox.strictmoto import DEPLOYER
+    from instance.protocol.layout import bucket_name
+    from tests.conftest import ENV, REGION
+
+    motoserver.reset(endpoint_url)
+    aws = AwsTarget(region=REGION, endpoint_url=endpoint_url, credentials=DEPLOYER.credentials)
+    s3 = client("s3", aws)
+    if deployed:
+        bucket = seed(SandboxInfo(endpoint_url, REGION, motoserver.SANDBOX_ACCOUNT, None), ENV).bucket
+    else:
+        bucket = bucket_name(ENV, motoserver.SANDBOX_ACCOUNT, REGION)
+        s3.create_bucket(Bucket=bucket)
+    upload_dataset(s3, bucket, files)
+    return Seeded(aws, s3, bucket)
+
+
 def instance_role(aws: AwsTarget, env: str, bucket: str, policy: dict | None = None) -> None:
     """The persistent stack's instance role and profile (its policy, unless one is given)."""
     from automation.sandbox.control import put_instance_role

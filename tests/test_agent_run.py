@@ -8,10 +8,6 @@ import math
 
 import pytest
 
-from automation.sandbox import motoserver
-from automation.sandbox.strictmoto import DEPLOYER
-from instance.protocol.aws import AwsTarget, client
-from instance.protocol.layout import bucket_name
 from instance.protocol.state import StateStore
 from tests.agent_fixtures import (
     DATA_PREFIX,
@@ -22,24 +18,23 @@ from tests.agent_fixtures import (
     parquet_bytes,
     run_agent,
     run_config,
+    seeded_sandbox,
     synthetic_frame,
-    upload_dataset,
 )
-from tests.conftest import ENV, REGION, deploy
+from tests.conftest import ENV
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def completed(moto_endpoint, tmp_path_factory):
-    motoserver.reset(moto_endpoint)
-    aws = AwsTarget(region=REGION, endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials)  # seeds
-    s3 = client("s3", aws)
-    bucket = deploy(moto_endpoint).bucket  # deployed: the operator reads the model below
     # Two files: the sync and the validator see a month folder as it really is.
     frame = synthetic_frame(n_items=6, length=96)
     half = frame["item_id"].isin(["item-0", "item-1", "item-2"])
-    upload_dataset(s3, bucket, {"part-0.parquet": parquet_bytes(frame[half]), "part-1.parquet": parquet_bytes(frame[~half])})
+    sandbox = seeded_sandbox(moto_endpoint, {"part-0.parquet": parquet_bytes(frame[half]),
+                                             "part-1.parquet": parquet_bytes(frame[~half])},
+                             deployed=True)  # the operator reads the model below
+    aws, s3, bucket = sandbox.aws, sandbox.s3, sandbox.bucket
     run = launch(s3, bucket, aws, ENV, run_config())
     tmp = tmp_path_factory.mktemp("agent")
     proc = run_agent(run, tmp)
@@ -71,6 +66,7 @@ def test_every_artifact_is_where_the_layout_says(completed):
         layout.forecast_file(run.run_id),
         layout.forecast_info(run.run_id),
         layout.forecast_history(run.run_id),
+        layout.forecast_sample(run.run_id),
     ):
         assert key in keys
     assert layout.state not in keys
@@ -220,14 +216,10 @@ def test_a_forecast_only_run_forecasts_with_a_run_s_model_and_trains_nothing(com
 
 def test_a_model_with_known_covariates_and_no_future_values_forecasts_nothing_and_says_why(moto_endpoint, tmp_path):
     """Not a failure of the run: the model is what was paid for; the record says what to give."""
-    motoserver.reset(moto_endpoint)
-    aws = AwsTarget(region=REGION, endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials)  # seeds
-    s3 = client("s3", aws)
-    bucket = bucket_name(ENV, motoserver.SANDBOX_ACCOUNT, REGION)
-    s3.create_bucket(Bucket=bucket)
-    upload_dataset(s3, bucket, {"part-0.parquet": parquet_bytes(synthetic_frame(n_items=3, length=96))})
+    sandbox = seeded_sandbox(moto_endpoint, {"part-0.parquet": parquet_bytes(synthetic_frame(n_items=3, length=96))})
+    s3, bucket = sandbox.s3, sandbox.bucket
     config = run_config(num_steps=4) | {"columns": {"known_covariates": ["temperature"]}}
-    run = launch(s3, bucket, aws, ENV, config)
+    run = launch(s3, bucket, sandbox.aws, ENV, config)
     proc = run_agent(run, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = get_json(s3, bucket, run.layout.training_record(run.run_id))

@@ -117,6 +117,18 @@ def test_an_unknown_run_or_a_run_without_a_model_is_refused(env, tmp_path, moto_
     assert not (tmp_path / "forecast.parquet").exists()
 
 
+@pytest.mark.parametrize("given", ["0.1,abc", "0.1,1.5", "0"])
+def test_a_bad_quantile_is_one_sentence_whatever_is_wrong_with_it(env, tmp_path, given):
+    """Not a number or not strictly between 0 and 1: the same sentence, exit 2, before any model."""
+    data, _ = _files(tmp_path)
+    out = tmp_path / "out.parquet"
+    result = run_cli(env, "forecast", "amazon/chronos-2", str(data), "--quantiles", given, "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"error: --quantiles {given}: give numbers strictly between 0 and 1, such as "
+                                     "0.1,0.5,0.9")
+    assert not out.exists()
+
+
 def test_a_pretrained_model_name_that_is_no_model_is_refused(env, tmp_path):
     data, _ = _files(tmp_path)
     result = run_cli(env, "forecast", "not a model", str(data))
@@ -169,3 +181,24 @@ def test_remote_with_a_pretrained_model_is_a_forecast_run_of_it(env, tmp_path, m
     assert len(frame) == 4 * 6 and list(frame.columns[:3]) == ["item_id", "timestamp", "predictions"]
     runs = json.loads(run_cli(env, "--local", "runs", "--json").stdout)
     assert [(r["kind"], r["final_status"]) for r in runs] == [("forecast", "completed")]
+    # As launch --follow: the run's report, where the follow said it wrote it.
+    run_id = result.stdout.splitlines()[0]
+    assert f"report written to runs/{run_id}/report.html" in result.stderr
+    page = (tmp_path / "runs" / run_id / "report.html").read_text()
+    assert "<h2>Forecast of the next 6 steps" in page and "forecast run · completed" in page
+
+
+def test_remote_refuses_an_out_it_cannot_write_before_anything_starts(env, tmp_path, moto_endpoint):
+    """The forecast is fetched into --out at the run's end: a name that is neither .parquet nor
+    .csv is refused at once, not after the machine was paid for."""
+    from automation.sandbox import motoserver
+    from tests.agent_fixtures import synthetic_frame
+
+    motoserver.reset(moto_endpoint)
+    data = write_parquet(tmp_path / "data.parquet", synthetic_frame(n_items=4, length=64))
+    result = run_cli(env, "--local", "forecast", "scratch:tiny", str(data), "--remote", "--out",
+                     str(tmp_path / "next.txt"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: --out {tmp_path / 'next.txt'}: name a .parquet or a .csv file"
+    assert json.loads(run_cli(env, "--local", "runs", "--json").stdout) == []
+    assert _bucket_keys(moto_endpoint) == [] and not (tmp_path / "next.txt").exists()

@@ -92,7 +92,7 @@ def test_files_in_and_the_progress_heard(model, tmp_path):
     assert result.info["model"] == "m" and result.info["series"] == 40 and result.info["rows"] == 40 * H
     assert heard[-1] == (40, 40) and len(heard) == 2  # chunks of 16 batches of 2
     written = result.write(tmp_path / "out")
-    assert [p.name for p in written] == ["forecast.parquet", "forecast.json", "history.parquet"]
+    assert [p.name for p in written] == ["forecast.parquet", "forecast.json", "history.parquet", "sample.parquet"]
     # For the report's fan charts: the last points of 6 series spread over the data's order, as they are.
     history = pd.read_parquet(tmp_path / "out" / "history.parquet")
     order = list(dict.fromkeys(result.frame["item_id"]))
@@ -102,6 +102,9 @@ def test_files_in_and_the_progress_heard(model, tmp_path):
     assert (history.groupby("item_id").size() == points).all()
     ends = frame.sort_values(["item_id", "timestamp"]).groupby("item_id").tail(points)
     pd.testing.assert_frame_equal(history, ends[ends["item_id"].isin(kept)].reset_index(drop=True), check_dtype=False)
+    # ... and the forecast of those 6 alone, so the report need not read every series' forecast.
+    sample = pd.read_parquet(tmp_path / "out" / "sample.parquet")
+    pd.testing.assert_frame_equal(sample, result.frame[result.frame["item_id"].isin(kept)].reset_index(drop=True))
 
 
 # -- what is refused, before the model runs ---------------------------------------------------------

@@ -10,15 +10,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from automation.sandbox import motoserver
-from automation.sandbox.strictmoto import DEPLOYER
 from instance.agent.main import EXIT_KILLED
-from instance.protocol.aws import AwsTarget, client
-from instance.protocol.layout import bucket_name
+from instance.protocol.aws import client
 from instance.protocol.processes import pid_alive
 from instance.protocol.state import StateStore
 from tests.agent_fixtures import (
@@ -28,11 +24,11 @@ from tests.agent_fixtures import (
     parquet_bytes,
     run_agent,
     run_config,
+    seeded_sandbox,
     start_agent,
     synthetic_frame,
-    upload_dataset,
 )
-from tests.conftest import ENV, REGION
+from tests.conftest import ENV
 from tests.test_agent_kill import wait_for
 
 pytestmark = pytest.mark.slow
@@ -49,13 +45,8 @@ def sweep_config(sweep=GRID, instance=None, **training):
 
 @pytest.fixture(scope="module")
 def sandbox(moto_endpoint):
-    motoserver.reset(moto_endpoint)
-    aws = AwsTarget(region=REGION, endpoint_url=moto_endpoint, credentials=DEPLOYER.credentials)  # seeds
-    s3 = client("s3", aws)
-    bucket = bucket_name(ENV, motoserver.SANDBOX_ACCOUNT, REGION)
-    s3.create_bucket(Bucket=bucket)
-    upload_dataset(s3, bucket, {"a.parquet": parquet_bytes(synthetic_frame(n_items=4, length=64))})
-    return dict(aws=aws, s3=s3, bucket=bucket)
+    seeded = seeded_sandbox(moto_endpoint, {"a.parquet": parquet_bytes(synthetic_frame(n_items=4, length=64))})
+    return dict(aws=seeded.aws, s3=seeded.s3, bucket=seeded.bucket)
 
 
 def _run(sandbox, tmp, config, **env):

@@ -9,15 +9,6 @@ from ..errors import BadInput
 from .group import Options, emit, pass_opts, say
 
 
-def _levels(value: str | None) -> list[float] | None:
-    if not value:
-        return None
-    try:
-        return [float(v) for v in value.replace(",", " ").split()]
-    except ValueError:
-        raise BadInput(f"--quantiles {value!r}: give numbers between 0 and 1, such as 0.1,0.5,0.9") from None
-
-
 @click.command()
 @click.argument("model")
 @click.argument("data")
@@ -45,7 +36,8 @@ def forecast(opts: Options, model: str, data: str, future: str | None, out: Path
     median) and one column per quantile ("0.1" ... "0.9"), as Chronos-2's predict_df names them.
     Exit 2, with nothing written, for an unknown run, data or future values that do not fit.
     --remote: the same forecast as a run on a GPU machine (data_sync, forecast, results_sync,
-    cleanup), followed; its exit codes are launch --follow's. MODEL is then a run id (on a machine
+    cleanup), followed; its exit codes are launch --follow's, and as launch --follow it leaves the
+    run's report in runs/RUN_ID/report.html. MODEL is then a run id (on a machine
     of that run's type) or a pretrained model (read from the hub by the machine); a model folder
     on this disk is refused (exit 2): name the run it came from.
     Before it launches it says the series, the expected minutes (from the model's own run's
@@ -70,7 +62,7 @@ def forecast(opts: Options, model: str, data: str, future: str | None, out: Path
         if total > done or done > 4096:  # more than one chunk: say how far it is
             say(f"forecast: {done}/{total} series")
 
-    result = forecast_to_file(model, data, target_of=opts.target, future=future, out=out, quantiles=_levels(quantiles),
+    result = forecast_to_file(model, data, target_of=opts.target, future=future, out=out, quantiles=quantiles,
                               prediction_length=prediction_length, batch_size=batch_size, progress=progress)
     info = {**result.info, "out": str(result.out)}
     emit(as_json, info, [str(result.out)])
@@ -85,10 +77,11 @@ def _remote(opts: Options, model: str, data: str, future: str | None, out: Path,
     from ..errors import OK
     from instance.protocol.layout import RUN_ID_RE
 
-    from ..runs.forecast import fetch_forecast, remote_config, remote_estimate
+    from ..runs.forecast import check_out, fetch_forecast, remote_config, remote_estimate
     from ..runs.launch import launch as do_launch, plan
     from .run_commands import _follow
 
+    check_out(out)  # the forecast is fetched into it at the end: refused now, before anything is spent
     target = opts.target(verify=True)
     config, series = remote_config(target, model, data, future=future, prediction_length=prediction_length)
     executor = executors.for_target(target, progress=say)
@@ -101,7 +94,7 @@ def _remote(opts: Options, model: str, data: str, future: str | None, out: Path,
     launched = do_launch(target, lp, executor, progress=say)
     click.echo(launched.run_id)
     try:
-        _follow(target, executor, launched.run_id, False, as_json=False)
+        _follow(target, executor, launched.run_id, False, as_json=False, report=True)
     except SystemExit as end:
         if end.code == OK:
             say(f"forecast of run {launched.run_id} written to {fetch_forecast(target, launched.run_id, out)}")

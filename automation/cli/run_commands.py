@@ -161,9 +161,11 @@ def _show(v, as_json: bool) -> None:
     console().print(run_panel(v) if v.active else final_report(v))
 
 
-def _follow(target, executor, run_id: str, download: bool, as_json: bool) -> None:
+def _follow(target, executor, run_id: str, download: bool, as_json: bool, report: bool = False) -> None:
     """Watch the run to its end, tidy its stack, show the outcome, fetch the model, exit with
-    the outcome's code. A stack that cannot be removed is only a warning: the run is over."""
+    the outcome's code. A stack that cannot be removed is only a warning: the run is over.
+    The run's report goes into ./runs/RUN_ID/ with the model (`download`), or alone (`report`:
+    a forecast run has no model to fetch)."""
     from ..runs.ending import tidy_stack
     from .follow import RunLost
 
@@ -176,13 +178,13 @@ def _follow(target, executor, run_id: str, download: bool, as_json: bool) -> Non
         say(f"warning: the run's stack record stays ({left}); it costs nothing and "
             "`chronos-train verify-cleanup --fix` removes it")
     _show(final, as_json)
-    if download:
-        dest = Path("runs") / run_id
-        if final.final_status == "completed":
-            from .follow import download as fetch
+    dest = Path("runs") / run_id
+    if download and final.final_status == "completed":
+        from .follow import download as fetch
 
-            fetch(target, run_id, dest)
-            say(f"model downloaded to {dest}/model")
+        fetch(target, run_id, dest)
+        say(f"model downloaded to {dest}/model")
+    if download or report:
         _write_report(target, run_id, dest / "report.html")
     raise SystemExit(FINAL_EXIT.get(final.final_status or "", ERROR))
 

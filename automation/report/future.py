@@ -1,10 +1,12 @@
 """The forecast a run left (`{env}/{run_id}/forecasts/`), read for the report's fan charts of the future.
 
-A run's forecast.parquet holds every series (a hundred thousand of them for a large run), so the
-report reads only the few series it draws: those whose history tail the run kept beside it
-(history.parquet, instance/model/forecasting.py `history_sample`). A run from before that file
-falls back to the backtest's history (evaluation/history.parquet: the end of the series whose
-backtest forecasts were kept), and failing that draws the first series without history.
+A run's forecast.parquet holds every series (a hundred thousand of them for a large run: about
+100 MB at 24 steps), so the report reads only the few series it draws: those whose history tail
+the run kept beside it (history.parquet, instance/model/forecasting.py `history_sample`), from
+the small file of their forecast rows the run kept too (sample.parquet). A run from before that
+file reads those series out of forecast.parquet; one from before history.parquet falls back to
+the backtest's history (evaluation/history.parquet: the end of the series whose backtest
+forecasts were kept), and failing that draws the first series without history.
 
 Names: forecast.parquet keeps the data's own id and timestamp names (forecast.json `columns`
 starts with them); what this returns uses the evaluation files' (item_id, timestamp, target), and
@@ -62,6 +64,9 @@ def load_future(target: Target, run_id: str, present: set[str], backtest_history
         history = _normalise(pd.read_parquet(_body(target, layout.forecast_history(run_id))), id_col, time_col)
     elif backtest_history is not None and len(backtest_history):
         history = backtest_history
+    if history is not None and "sample.parquet" in present:
+        frame = _normalise(pd.read_parquet(_body(target, layout.forecast_sample(run_id))), id_col, time_col)
+        return FutureForecast(info, frame, history, _spread(_drawn(frame, history), CHARTS))
     body = _body(target, layout.forecast_file(run_id))
     if history is not None:
         raw = history["raw_id"].unique().tolist() if "raw_id" in history else _raw_ids(history)
@@ -71,11 +76,16 @@ def load_future(target: Target, run_id: str, present: set[str], backtest_history
         body.seek(0)
     table = pq.read_table(body, filters=[(id_col, "in", [str(r) for r in raw])])
     frame = _normalise(table.to_pandas(), id_col, time_col)
+    return FutureForecast(info, frame, history, _spread(_drawn(frame, history), CHARTS))
+
+
+def _drawn(frame, history) -> list[str]:
+    """The forecast's items, in its order, that have history to draw (all of them, if none has)."""
     items = list(dict.fromkeys(frame["item_id"]))
-    if history is not None:
-        drawn = set(history["item_id"])
-        items = [i for i in items if i in drawn] or items
-    return FutureForecast(info, frame, history, _spread(items, CHARTS))
+    if history is None:
+        return items
+    drawn = set(history["item_id"])
+    return [i for i in items if i in drawn] or items
 
 
 def _spread(items: list[str], n: int) -> list[str]:

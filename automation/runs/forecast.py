@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from instance.protocol.artifacts import write_json_atomic
-from instance.protocol.aws import is_not_found
 from instance.protocol.columns import ColumnNames, ColumnRoles
 from instance.protocol.layout import RUN_ID_RE
 
@@ -168,19 +167,18 @@ def _roles_of(files: list[Path], model: ModelChoice, future: list[Path] | None, 
 
 
 def forecast_to_file(model: str, data: str, *, target_of: Callable[[], Any], future: str | None = None,
-                     out: Path = Path("forecast.parquet"), quantiles: list[float] | None = None,
+                     out: Path = Path("forecast.parquet"), quantiles: str | None = None,
                      prediction_length: int | None = None, batch_size: int | None = None,
                      progress: Callable[[int, int], None] | None = None) -> ForecastDone:
     """The whole command: checks, the model loaded (torch from here on), the forecast, one file
     written (parquet, or CSV by the name's extension) by rename, so a failure leaves nothing."""
     from instance.model.forecasting import BATCH_SIZE, QUANTILE_LEVELS, ForecastInputError, check_quantiles
 
-    if out.suffix.lower() not in (".parquet", ".csv"):
-        raise BadInput(f"--out {out}: name a .parquet or a .csv file")
-    try:
-        levels = check_quantiles(quantiles or QUANTILE_LEVELS)
+    check_out(out)
+    try:  # --quantiles as typed: "0.05,0.5,0.95" (or spaces)
+        levels = check_quantiles(quantiles.replace(",", " ").split(), "--quantiles") if quantiles else QUANTILE_LEVELS
     except ForecastInputError as exc:
-        raise BadInput(f"--quantiles: {exc}") from None
+        raise BadInput(str(exc)) from None
     choice = resolve_model(model, target_of)
     files, source, fp = data_files(data, target_of)
     future_files = data_files(future, target_of, "--future")[0] if future else None
@@ -210,6 +208,12 @@ def forecast_to_file(model: str, data: str, *, target_of: Callable[[], Any], fut
     tmp.replace(out)
     result.info["total_seconds"] = round(time.monotonic() - started, 3)
     return ForecastDone(out, result.info)
+
+
+def check_out(out: Path) -> None:
+    """--out names a file this command can write: parquet, or CSV by its extension."""
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise BadInput(f"--out {out}: name a .parquet or a .csv file")
 
 
 def _name(data: str) -> str:

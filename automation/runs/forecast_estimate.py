@@ -4,7 +4,9 @@
 
 start: launch to the agent's forecast phase. On AWS about 3 minutes with the Python environment
 cached (docs/benchmarks.md, "Cold-start budget": run stack, boot, environment restore, imports);
-a --local run starts in seconds (docs/benchmarks.md, "Orchestration overhead of a local run").
+a --local run starts in seconds (docs/benchmarks.md, "Orchestration overhead of a local run"),
+and the AWS price it quotes beside its own $0.00 is the AWS run's: the 3 minutes' start and the
+published rate on the type's GPU (not this machine's CPU speed).
 
 rate, series a second, best first:
 1. measured: the model's own run forecast every one of its series at its end, on a machine of the
@@ -40,6 +42,7 @@ class ForecastEstimate:
     hourly_usd: float
     instance_type: str
     local: bool
+    aws_usd: float | None = None  # a --local run: what the same forecast would cost on AWS
 
     @property
     def forecast_minutes(self) -> float:
@@ -55,7 +58,7 @@ class ForecastEstimate:
 
     def sentence(self) -> str:
         start = "to start" if self.local else "to start the machine"
-        cost = (f"$0.00 here (on AWS about ${self.usd:.2f})" if self.local else
+        cost = (f"$0.00 here (on AWS about ${self.aws_usd:.2f})" if self.local else
                 f"about ${self.usd:.2f} on {self.instance_type} at ${self.hourly_usd:.3f}/h")
         return (f"estimate: {self.series:,} series in about {_minutes(self.minutes)} ({_minutes(self.start_minutes)} "
                 f"{start}, {_minutes(self.forecast_minutes)} forecasting at {self.series_per_second:,.0f} series/s: "
@@ -108,5 +111,9 @@ def estimate(series: int, instance_type: str, hourly_usd: float, local: bool, *,
         rate = published_rate(instance_type, base)
         scaled = [x for x in (gpu if gpu != "A10G" else "", base if (base or "").startswith("scratch:") else "") if x]
         source = "Chronos-2's published A10G figure" + (f" scaled to {' and '.join(scaled)}" if scaled else "")
+    aws_usd = None
+    if local:  # on AWS: the machine's start, and its GPU's speed, not this machine's
+        aws_minutes = START_MINUTES["aws"] + series / published_rate(instance_type, base) / 60
+        aws_usd = hourly_usd * aws_minutes / 60
     return ForecastEstimate(series, rate, source, START_MINUTES["local" if local else "aws"], hourly_usd,
-                            instance_type, local)
+                            instance_type, local, aws_usd)

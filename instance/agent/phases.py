@@ -480,15 +480,15 @@ def forecast_results(ctx: AgentContext, out: ForecastOutput) -> ForecastResults:
 
 
 def upload_forecast(ctx: AgentContext) -> list[str]:
-    """forecast.parquet, forecast.json and history.parquet under {run_id}/forecasts/; when this
-    attempt made none, those an earlier attempt left are deleted (the future values launch put
-    there stay)."""
+    """forecast.parquet, forecast.json, history.parquet and sample.parquet under
+    {run_id}/forecasts/; when this attempt made none, those an earlier attempt left are deleted
+    (the future values launch put there stay)."""
     layout = ctx.layout
     ctx.guard()
     if not (ctx.forecast_dir / "forecast.parquet").is_file():
         ctx.s3.delete_objects(Bucket=ctx.bucket, Delete={"Quiet": True, "Objects": [
             {"Key": key} for key in (layout.forecast_file(ctx.run_id), layout.forecast_info(ctx.run_id),
-                                     layout.forecast_history(ctx.run_id))]})
+                                     layout.forecast_history(ctx.run_id), layout.forecast_sample(ctx.run_id))]})
         return []
     keys = ctx.upload_dir(ctx.forecast_dir, layout.forecasts(ctx.run_id))
     ctx.record.set_artifact("forecast_uri", ctx.uri(layout.forecast_file(ctx.run_id)))

@@ -145,8 +145,11 @@ class Sweep:
         return params
 
     def _ask(self, study):
+        """The next trial, its settings and its GPU; None once the budget is used, a stop was asked
+        for, or another lane's bookkeeping failed (the run fails then: a trial started now would
+        be paid for and thrown away)."""
         with self._lock:
-            if self.ctx.holder.pending_stop() is not None or self._used(study) >= self.spec.budget:
+            if self._errors or self.ctx.holder.pending_stop() is not None or self._used(study) >= self.spec.budget:
                 return None
             trial = study.ask()
             params = self._suggest(trial)
@@ -173,15 +176,7 @@ class Sweep:
                  self.spec.sampler_name, self.slots, self.spec.metric)
         with TrainingWatch(ctx.holder) as watch:
             self.watch = watch
-            if self.slots == 1:
-                self._lane()
-            else:
-                lanes = [threading.Thread(target=self._lane, name=f"trial-lane-{i}", daemon=True)
-                         for i in range(self.slots)]
-                for lane in lanes:
-                    lane.start()
-                for lane in lanes:
-                    lane.join()
+            self._run_lanes()
         ctx.record.update(sweep=self.summary(stopped=ctx.holder.pending_stop() is not None))
         ctx.holder.check()  # kill, deadline, notice: every trial has stopped; the run ends here
         if self._errors:  # the sweep's own bookkeeping failed (S3, the journal), not a trial
@@ -200,6 +195,17 @@ class Sweep:
         self._tidy(best.number)
         log.info("sweep: trial %d wins (%s %.4f) with %s", best.number, self.spec.metric, best.value, best.params)
         return TrainingOutput(model_dir, stats, attrs.get("metrics"), info, [], winner)
+
+    def _run_lanes(self) -> None:
+        """Trials until the budget is used: in this thread, or in one lane (thread) per GPU."""
+        if self.slots == 1:
+            self._lane()
+            return
+        lanes = [threading.Thread(target=self._lane, name=f"trial-lane-{i}", daemon=True) for i in range(self.slots)]
+        for lane in lanes:
+            lane.start()
+        for lane in lanes:
+            lane.join()
 
     def _lane(self) -> None:
         try:

@@ -156,6 +156,10 @@ class Layout:
         """The last points of a few series, for the report's fan charts of the future."""
         return self.forecasts(run_id) + "history.parquet"
 
+    def forecast_sample(self, run_id: str) -> str:
+        """forecast.parquet's rows of those few series: what the report draws, without the rest."""
+        return self.forecasts(run_id) + "sample.parquet"
+
     def forecast_future(self, run_id: str) -> str:
         """Where launch puts a local `forecast.future` file: the run reads it from its own prefix."""
         return self.forecasts(run_id) + "future/"
