@@ -63,6 +63,18 @@ def test_training_data_feeds_chronos_only_the_points_before_the_first_window(fra
     assert [x["context"].shape[-1] for x in inputs] == [n - W * H for n in lengths]
 
 
+def test_a_sample_of_series_keeps_their_rows_and_windows(frame):
+    """What evaluate scores on a large dataset (restrict): the named series whole, with their windows."""
+    picked = ["item-1", "item-3"]
+    sample = backtest_split(frame, H, W).restrict(picked)
+    pd.testing.assert_frame_equal(sample.frame, frame[frame.item_id.isin(picked)].reset_index(drop=True))
+    window = sample.window(W - 1)
+    last = frame[frame.item_id == "item-3"].target.to_numpy()[-H:]
+    assert window.items == picked and np.array_equal(window.actuals[1, 0], last)
+    assert sample.train().groupby("item_id").size().to_dict() == {
+        item: int((frame.item_id == item).sum()) - W * H for item in picked}
+
+
 def test_per_series_wql_weights_like_the_whole():
     y = np.array([[1.0, 2.0], [10.0, 10.0]])
     q = np.repeat(np.zeros_like(y)[..., None], 9, axis=-1)

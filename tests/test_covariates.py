@@ -240,3 +240,64 @@ def test_two_targets_train_jointly_and_are_scored_each(tmp_path):
     truth = frame[frame.item_id == "item-1"]["returns"].to_numpy()[-W * H:]
     assert np.allclose(returns.sort_values("timestamp").target.to_numpy(), truth)
     assert set(result.history.target_name) == {"sales", "returns"}
+
+
+# -- training inputs straight from the Arrow table ---------------------------------------------------
+def every_kind_of_column(path):
+    """Unequal series, a NaN target, and covariates of each kind: numeric past-only (an integer with
+    nulls), string, bool and dictionary categoricals (the dictionary unsorted, with a value no row
+    uses), numeric and categorical known ones; written as Arrow writes them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = promo_frame(n_items=5)
+    frame = frame[~((frame.item_id == "item-3") & (frame.index % LENGTH < 9))].reset_index(drop=True)
+    frame.loc[3, "sales"] = np.nan
+    frame["returns"] = 0.1 * frame["sales"] + 1
+    t = frame.groupby("item_id").cumcount().to_numpy()
+    table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
+        "visits", pa.array(np.where(t % 5 == 0, None, t % 11), type=pa.int64())).append_column(
+        "open", pa.array(t % 7 < 6)).append_column(
+        "size", pa.DictionaryArray.from_arrays(pa.array(t % 3, pa.int8()), pa.array(["west", "east", "north", "gone"]))
+    ).append_column("weekday", pa.array(frame["timestamp"].dt.day_name().to_numpy(dtype=object)))
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize("targets", [["sales"], ["sales", "returns"]], ids=["target-encoded", "ordinal"])
+def test_inputs_built_per_series_are_what_the_frame_path_gave_chronos(tmp_path, targets):
+    from instance.model.dataset import load_long_table
+    from instance.model.evaluation import training_data, training_inputs_of_files
+
+    path = every_kind_of_column(tmp_path / "d.parquet")
+    spec = names(target=targets, known_covariates=["promo", "weekday"])
+    assert validate_dataset([path], C, H, W, spec).ok
+    table = load_long_table([path], spec)
+    roles = roles_of_frame(table, spec)
+    assert pa_kinds(table, ["size", "open", "weekday", "visits"]) == ["dictionary", "bool", "string", "int64"]
+    old = backtest_split(table, H, W, roles)
+    before = training_inputs(old.train(), roles, H)  # the frame path, as it was
+    bt, inputs = training_data([path], H, W, spec)
+    assert bt.roles == roles and len(inputs) == len(before) == 5
+    assert (bt.items, bt.frequency) == (old.items, old.frequency)  # the backtest: the same frame, windows, items
+    pd.testing.assert_frame_equal(bt.frame, old.frame)
+    assert roles.known_covariates == ["promo", "weekday"]
+    assert {"footfall", "store", "visits", "open", "size"} <= set(roles.past_covariates)
+    for ours, theirs in zip(inputs, before):
+        for key in ("n_targets", "n_covariates", "n_future_covariates"):
+            assert ours[key] == theirs[key]
+        # Targets, covariates in the model's order, categoricals as Chronos encoded them: bit for bit.
+        assert torch.equal(ours["context"].isnan(), theirs["context"].isnan())
+        assert torch.equal(ours["context"].nan_to_num(), theirs["context"].nan_to_num())
+        assert torch.equal(ours["future_covariates"].isnan(), theirs["future_covariates"].isnan())
+    if len(targets) > 1:  # ordinal codes in the dictionary's order (west, east, north), not sorted
+        size = len(targets) + roles.past_covariates.index("size")
+        assert [float(inputs[0]["context"][size, i]) for i in range(3)] == [0.0, 1.0, 2.0]
+    ranked = training_inputs_of_files([path], H, W, spec)  # what a rank of distributed training builds
+    assert all(torch.equal(a["context"].nan_to_num(), b["context"].nan_to_num()) for a, b in zip(ranked, inputs))
+
+
+def pa_kinds(table, columns):
+    import pyarrow as pa
+
+    return ["dictionary" if pa.types.is_dictionary(t) else str(t) for t in (table.schema.field(c).type for c in columns)]

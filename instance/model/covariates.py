@@ -159,11 +159,79 @@ def training_inputs(frame, roles: ColumnRoles, prediction_length: int) -> list[A
 
     `frame` is grouped by series and in time order, and checked by the validator, so Chronos's
     own validation (which re-sorts a copy of the whole frame) is skipped."""
+    return _fit_inputs(_in_model_order(frame, roles), roles, prediction_length)
+
+
+def series_training_inputs(frame, roles: ColumnRoles, starts, lengths, prediction_length: int) -> list[Any]:
+    """What training_inputs gives for the first `lengths` rows of each series of `frame` (grouped
+    by series, in time order; `starts`: where each series' rows begin), built per series from the
+    frame's numpy views, without a frame of the training rows.
+
+    Each series' context is written row by row: the target(s), then the covariates in the model's
+    order (past-only, then known), float32, as Chronos's preprocessing stacks them; over the
+    horizon every row is NaN (Chronos2Dataset reveals the known covariates' values from the
+    context). What Chronos does not take as a number (a pandas dtype that is not numeric, or
+    bool) is encoded by Chronos itself, on a frame of the training rows of the target(s) and those
+    columns alone (_encoded_by_chronos). Chronos's from_list_of_dicts takes per-series arrays too,
+    but orders covariates by name, not in the model's order that the backtest's and the forecasts'
+    inputs use, and it stacks every series into one array again before it splits them."""
+    import numpy as np
+    import torch
+    from chronos.chronos2.preprocess import PreparedInput
+
+    kept = np.asarray(lengths) > 0
+    starts, lengths = np.asarray(starts)[kept], np.asarray(lengths)[kept]
+    names = roles.model_columns()[2:]  # targets, past-only, known: the rows of Chronos's context
+    contexts = [np.empty((len(names), n), dtype=np.float32) for n in lengths.tolist()]
+    encoded = _encoded_by_chronos(frame, roles, starts, lengths, prediction_length)
+    for row, name in enumerate(names):
+        if name in encoded:
+            for context, values in zip(contexts, encoded.pop(name)):
+                context[row] = values
+            continue
+        column = frame[name]
+        # A numpy dtype is a view; an extension one (nullable integers) as Chronos converts it.
+        values = column.to_numpy() if isinstance(column.dtype, np.dtype) else \
+            column.astype(np.float32).to_numpy(dtype=np.float32, na_value=np.nan)
+        for context, s, n in zip(contexts, starts.tolist(), lengths.tolist()):
+            context[row] = values[s:s + n]
+    n_targets, n_known = len(roles.targets), len(roles.known_covariates)
+    return [PreparedInput(context=torch.from_numpy(context),
+                          future_covariates=torch.full((len(names), prediction_length), torch.nan),
+                          n_targets=n_targets, n_covariates=len(names) - n_targets, n_future_covariates=n_known)
+            for context in contexts]
+
+
+def _encoded_by_chronos(frame, roles: ColumnRoles, starts, lengths, prediction_length: int) -> dict[str, list]:
+    """Each covariate Chronos takes as a category (its rule: not a numeric pandas dtype, or bool),
+    as Chronos encodes it, per series (float32): target encoding with one target, ordinal codes
+    with several. The encoding depends only on the column, the target(s) and the series, so
+    Chronos is given just those, over the training rows (a categorical keeps its categories)."""
+    import numpy as np
+    import pandas.api.types as ptypes
+
+    from .dataset import segments
+
+    categorical = [c for c in roles.model_columns()[2 + len(roles.targets):]
+                   if not ptypes.is_numeric_dtype(frame[c]) or ptypes.is_bool_dtype(frame[c])]
+    if not categorical:
+        return {}
+    rows = frame.loc[segments(len(frame), starts, lengths), [*roles.targets, *categorical]].reset_index(drop=True)
+    rows.insert(0, roles.id, np.repeat(np.arange(len(lengths), dtype=np.int32), lengths))
+    known = [c for c in categorical if c in roles.known_covariates]
+    prepared = _fit_inputs(rows, roles, prediction_length, known)
+    order = [c for c in categorical if c not in known] + known  # Chronos's rows: past-only, then known
+    n = len(roles.targets)
+    return {c: [x["context"][n + j].numpy() for x in prepared] for j, c in enumerate(order)}
+
+
+def _fit_inputs(frame, roles: ColumnRoles, prediction_length: int, known: list[str] | None = None) -> list[Any]:
     from chronos.chronos2.preprocess import from_data_frame
 
+    known = roles.known_covariates if known is None else known
     return from_data_frame(
-        _in_model_order(frame, roles), target_columns=roles.targets, prediction_length=prediction_length,
-        known_covariates_names=roles.known_covariates or None, id_column=roles.id, timestamp_column=roles.timestamp,
+        frame, target_columns=roles.targets, prediction_length=prediction_length,
+        known_covariates_names=known or None, id_column=roles.id, timestamp_column=roles.timestamp,
         validate_inputs=False,
     )
 

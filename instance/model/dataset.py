@@ -528,7 +528,7 @@ def load_long_table(paths: Sequence[Path], columns: ColumnNames | ColumnRoles = 
     id_col, time_col = columns.id, columns.timestamp
     tables = []
     for p in paths:
-        t = pq.read_table(p)
+        t = pq.read_table(p, pre_buffer=False)  # a local file: buffering its column chunks first costs ~70 MB
         ids = t.column(id_col)
         if not pa.types.is_string(ids.type):
             t = t.set_column(t.schema.get_field_index(id_col), id_col, pc.cast(ids, pa.string()))
@@ -540,7 +540,91 @@ def load_long_table(paths: Sequence[Path], columns: ColumnNames | ColumnRoles = 
     del tables
     if not _in_order(table, id_col, time_col):
         table = table.sort_by([(id_col, "ascending"), (time_col, "ascending")])
+    pa.default_memory_pool().release_unused()  # the pages the reader decoded into: freed, but kept by the pool
     return table
+
+
+def series_runs(ids):
+    """(starts, ends), int64: each series' rows in an id column grouped by series (an Arrow column
+    or a numpy array), from where the id changes: no group-by over 10 M rows."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(ids)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        change = np.flatnonzero(pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).fill_null(False)
+                                .to_numpy(zero_copy_only=False))
+    else:
+        change = np.flatnonzero(ids[1:] != ids[:-1])
+    starts = np.r_[0, change + 1].astype(np.int64)
+    return starts, np.r_[starts[1:], n].astype(np.int64)
+
+
+def frame_from(box: list):
+    """The Arrow table in `box` (taken out of it, so that no other reference holds its columns) as
+    pandas, as Table.to_pandas makes it, with a peak of one column over the table's size rather
+    than most of the table's: what to_pandas would copy is done first, one column (or one chunk) at
+    a time, each old column freed before the next: strings become large_string (pandas' str dtype
+    holds that) a chunk at a time; numbers and times without nulls, spread over chunks (one a row
+    group), are joined into one, which pandas then takes without a copy."""
+    import pyarrow as pa
+
+    table = box.pop()
+    for i, spec in enumerate(table.schema):
+        column = table.column(i)
+        if pa.types.is_string(spec.type):
+            chunks = column.chunks
+            del column
+            table = table.remove_column(i)
+            large = []
+            while chunks:
+                large.append(chunks.pop(0).cast(pa.large_string()))
+            table = table.add_column(i, spec.with_type(pa.large_string()), pa.chunked_array(large, pa.large_string()))
+            del large
+        elif column.num_chunks > 1 and column.null_count == 0 and (
+                pa.types.is_integer(spec.type) or pa.types.is_floating(spec.type) or pa.types.is_timestamp(spec.type)):
+            joined = column.combine_chunks()
+            del column
+            table = table.set_column(i, spec, joined)
+            del joined
+        else:
+            del column
+        pa.default_memory_pool().release_unused()
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)
+    del table
+    pa.default_memory_pool().release_unused()
+    return frame
+
+
+def values_at(column, positions) -> list:
+    """The Python values of an Arrow column at sorted `positions`, taken chunk by chunk (a take on
+    the whole column may first join its chunks: a copy of the column)."""
+    import numpy as np
+    import pyarrow as pa
+
+    positions = np.asarray(positions)
+    out: list = []
+    offset = 0
+    for chunk in column.chunks:
+        lo, hi = np.searchsorted(positions, [offset, offset + len(chunk)])
+        if hi > lo:
+            out += chunk.take(pa.array(positions[lo:hi] - offset)).to_pylist()
+        offset += len(chunk)
+    return out
+
+
+def segments(n: int, starts, lengths):
+    """bool ndarray over `n` rows: True in [start, start + length) of each (disjoint) segment, made
+    from +1/-1 marks at the edges (a byte a row, not a position array of 8)."""
+    import numpy as np
+
+    edges = np.zeros(n + 1, dtype=np.int8)
+    np.add.at(edges, starts, 1)
+    np.add.at(edges, np.asarray(starts) + lengths, -1)
+    return np.cumsum(edges[:-1], dtype=np.int8).astype(bool)
 
 
 def _in_order(table, id_col: str = ID, time_col: str = TIME) -> bool:

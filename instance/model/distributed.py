@@ -282,7 +282,7 @@ def rank_hooks(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingHo
 
 def run_rank(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingOutcome:
     from .basemodel import load_base
-    from .evaluation import training_data
+    from .evaluation import training_inputs_of_files
     from .training import train_model
 
     settings = job.training
@@ -292,7 +292,8 @@ def run_rank(job: RankJob, info: RankInfo, channel: RankChannel) -> TrainingOutc
     from ..protocol.columns import ColumnNames
 
     columns = ColumnNames.from_json(job.columns) if job.columns else None
-    _, inputs = training_data([Path(f) for f in job.files], settings.prediction_length, settings.eval_windows, columns)
+    inputs = training_inputs_of_files([Path(f) for f in job.files], settings.prediction_length, settings.eval_windows,
+                                      columns)
     base = load_base(job.base_dir, context_length=settings.context_length, seed=settings.seed, on=on)
     log.info("rank %d of %d on %s (%s), %d series per step of %d", info.rank, info.world_size, on, backend,
              settings.batch_size // info.world_size, settings.batch_size)

@@ -54,21 +54,34 @@ FILES = ("summary.json", "forecasts.parquet", "series_scores.parquet", "history.
 
 
 def infer_frequency(df, id_col: str = ID, time_col: str = TIME) -> str | None:
+    """The frequency of the first series (by id) with at least 3 points."""
+    return next((_frequency(ts) for _, ts in df.groupby(id_col, sort=True)[time_col] if len(ts) >= 3), None)
+
+
+def _frequency_of_runs(times, runs, items: list) -> str | None:
+    """infer_frequency for a frame grouped by series, from its runs and their ids (`items`): no
+    group-by over every row."""
+    starts, ends = runs
+    long = [i for i, n in enumerate((ends - starts).tolist()) if n >= 3]
+    if not long:
+        return None
+    first = min(long, key=items.__getitem__)
+    return _frequency(times.iloc[starts[first]:ends[first]])
+
+
+def _frequency(ts) -> str | None:
     import warnings
 
     import pandas as pd
 
-    for _, ts in df.groupby(id_col, sort=True)[time_col]:
-        if len(ts) >= 3:
-            try:
-                with warnings.catch_warnings():
-                    # pandas 3 warns that infer_freq will return an offset; both forms are handled.
-                    warnings.simplefilter("ignore")
-                    freq = pd.infer_freq(pd.DatetimeIndex(ts))
-            except (TypeError, ValueError):
-                return None
-            return getattr(freq, "freqstr", freq)
-    return None
+    try:
+        with warnings.catch_warnings():
+            # pandas 3 warns that infer_freq will return an offset; both forms are handled.
+            warnings.simplefilter("ignore")
+            freq = pd.infer_freq(pd.DatetimeIndex(ts))
+    except (TypeError, ValueError):
+        return None
+    return getattr(freq, "freqstr", freq)
 
 
 def seasonality_of(freq: str | None) -> int:
@@ -98,6 +111,7 @@ class Backtest:
     frequency: str | None
     seasonality: int
     roles: ColumnRoles
+    runs: Any = None  # (starts, ends) of each series' rows in `frame` (dataset.series_runs)
 
     @property
     def held_out(self) -> int:
@@ -105,19 +119,17 @@ class Backtest:
 
     def _rows(self, lo: int, hi: int | None = None):
         """Rows whose position from the end of their series is in [lo, hi)."""
-        pos = self.frame["_from_end"]
-        keep = pos >= lo if hi is None else (pos >= lo) & (pos < hi)
-        return self.frame[keep.to_numpy()]
+        return self.frame[rows_from_end(self.runs, len(self.frame), lo, hi)]
 
     def train(self):
         """What training sees: every series without its last `windows * prediction_length` points."""
-        return self._rows(self.held_out).drop(columns="_from_end").reset_index(drop=True)
+        return self._rows(self.held_out).reset_index(drop=True)
 
     def window(self, k: int) -> Window:
         h = self.prediction_length
         start = (self.windows - k) * h  # first point of window k, counted from the end
-        context = self._rows(start).drop(columns="_from_end").reset_index(drop=True)
-        future = self._rows(start - h, start).drop(columns="_from_end").reset_index(drop=True)
+        context = self._rows(start).reset_index(drop=True)
+        future = self._rows(start - h, start).reset_index(drop=True)
         n, targets = len(self.items), self.roles.targets
         actuals = future[targets].to_numpy(dtype="float64").reshape(n, h, len(targets)).transpose(0, 2, 1)
         return Window(index=k, items=self.items, context=context, future=future, actuals=actuals,
@@ -126,9 +138,17 @@ class Backtest:
     def restrict(self, items: list[str]) -> "Backtest":
         if len(items) == len(self.items):
             return self
-        frame = self.frame[self.frame[self.roles.id].isin(set(items)).to_numpy()].reset_index(drop=True)
+        import numpy as np
+
+        from .dataset import segments
+
+        starts, ends = self.runs
+        kept = np.isin(np.asarray(self.items, dtype=object), np.asarray(list(items), dtype=object))
+        frame = self.frame[segments(len(self.frame), starts[kept], ends[kept] - starts[kept])].reset_index(drop=True)
+        lengths = ends[kept] - starts[kept]
+        runs = (np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64), np.cumsum(lengths).astype(np.int64))
         return Backtest(frame, self.prediction_length, self.windows, list(items), self.frequency, self.seasonality,
-                        self.roles)
+                        self.roles, runs)
 
     def tail(self, items: list[str], points: int):
         """The last `points` of each named series (history and every window), for the report:
@@ -149,37 +169,85 @@ class Backtest:
 def backtest_split(data, prediction_length: int, windows: int = 1, roles: ColumnRoles | None = None) -> Backtest:
     """`data` (an Arrow table or a pandas frame) sorted by (id, timestamp), as
     dataset.load_long_table returns it; `roles`: its columns' (by default: item_id, timestamp,
-    target, every other column a past-only covariate). Each row's place from its series' end
-    comes from the runs of equal ids (no group-by over 10 M rows), and an Arrow table becomes
-    pandas once."""
-    import numpy as np
+    target, every other column a past-only covariate). An Arrow table becomes pandas once."""
     import pyarrow as pa
 
     from .covariates import roles_of_frame
 
+    from .dataset import series_runs, values_at
+
     roles = roles or roles_of_frame(data)
-    frame = data.to_pandas() if isinstance(data, pa.Table) else data.copy()
+    if isinstance(data, pa.Table):
+        runs = series_runs(data.column(roles.id))
+        return _backtest(data.to_pandas(), runs, values_at(data.column(roles.id), runs[0]), prediction_length,
+                         windows, roles)
+    # A shallow copy: copy-on-write (pandas 3) keeps the caller's later edits out of the backtest.
+    frame = data.copy(deep=False)
     ids = frame[roles.id].to_numpy()
-    n = len(ids)
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if n else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], n]
-    frame["_from_end"] = np.repeat(ends, ends - starts) - np.arange(n) - 1
-    items = ids[starts].tolist()
-    freq = infer_frequency(frame, roles.id, roles.timestamp)
-    return Backtest(frame, prediction_length, windows, items, freq, seasonality_of(freq), roles)
+    runs = series_runs(ids)
+    return _backtest(frame, runs, ids[runs[0]].tolist(), prediction_length, windows, roles)
+
+
+def _backtest(frame, runs, items: list, prediction_length: int, windows: int, roles: ColumnRoles) -> Backtest:
+    """The backtest over `frame`, which it keeps as it is: each row's place from its series' end
+    comes from the series' runs when asked (no per-row column: 80 MB for 10 M rows)."""
+    freq = _frequency_of_runs(frame[roles.timestamp], runs, items)
+    return Backtest(frame, prediction_length, windows, items, freq, seasonality_of(freq), roles, runs)
+
+
+def rows_from_end(runs, n: int, lo: int, hi: int | None = None):
+    """bool ndarray over the `n` rows: those whose position from their series' end is in [lo, hi)."""
+    import numpy as np
+
+    from .dataset import segments
+
+    starts, ends = runs
+    first = np.maximum(starts, ends - hi) if hi is not None else starts
+    last = ends - lo
+    return segments(n, first, np.maximum(last - first, 0))
 
 
 def training_data(files, prediction_length: int, windows: int = 1, columns: ColumnNames | None = None):
     """(backtest, Chronos inputs of what training may see): what training and scoring start from.
     `columns`: the run config's roles (by default the long format's names, every other column a
-    past-only covariate), resolved against the data's own types as the validator does."""
-    from .covariates import DEFAULT_COLUMNS, roles_of_frame, training_inputs
-    from .dataset import load_long_table
+    past-only covariate), resolved against the data's own types as the validator does.
+
+    The Arrow table becomes the backtest's pandas frame column by column, each Arrow column freed
+    as it is converted (dataset.frame_from), and Chronos's inputs are built per series from that
+    frame's numpy views (covariates.series_training_inputs): the table, the frame and a frame of
+    the training rows are never alive at once (20,000 series x 500 points: docs/benchmarks.md)."""
+    frame, roles, runs, items = _load(files, columns)
+    inputs = _inputs(frame, roles, runs, prediction_length, windows)
+    return _backtest(frame, runs, items, prediction_length, windows, roles), inputs
+
+
+def training_inputs_of_files(files, prediction_length: int, windows: int = 1, columns: ColumnNames | None = None):
+    """training_data's Chronos inputs alone, without the backtest (a rank of distributed training
+    trains; the agent's own process scores)."""
+    frame, roles, runs, _ = _load(files, columns)
+    return _inputs(frame, roles, runs, prediction_length, windows)
+
+
+def _load(files, columns: ColumnNames | None):
+    """(frame, roles, runs, ids of the series) of the dataset's files."""
+    from .covariates import DEFAULT_COLUMNS, roles_of_frame
+    from .dataset import frame_from, load_long_table, series_runs, values_at
 
     columns = columns or DEFAULT_COLUMNS
     table = load_long_table(files, columns)
-    backtest = backtest_split(table, prediction_length, windows, roles_of_frame(table, columns))
-    return backtest, training_inputs(backtest.train(), backtest.roles, prediction_length)
+    roles = roles_of_frame(table, columns)
+    runs = series_runs(table.column(roles.id))
+    items = values_at(table.column(roles.id), runs[0])
+    box = [table]
+    del table  # frame_from frees each column as it converts it: no reference may be left here
+    return frame_from(box), roles, runs, items
+
+
+def _inputs(frame, roles: ColumnRoles, runs, prediction_length: int, windows: int):
+    from .covariates import series_training_inputs
+
+    starts, ends = runs
+    return series_training_inputs(frame, roles, starts, ends - starts - windows * prediction_length, prediction_length)
 
 
 def to_chronos_inputs(context_df, prediction_length: int, roles: ColumnRoles | None = None):
