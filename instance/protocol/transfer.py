@@ -1,5 +1,5 @@
-"""The one way files move between a disk and S3, for many files at once: downloads and large
-uploads through obstore (Rust's object_store), small uploads through s3transfer's manager, tuned.
+"""The one way files move between a disk and S3, for many files at once: downloads through obstore
+(Rust's object_store), uploads through s3transfer's manager, tuned.
 
 Every bulk transfer of the project goes through `download_files` or `upload_files`: the agent's
 dataset sync, its results and checkpoints, and the CLI's `data upload` (with `launch` of a local
@@ -26,10 +26,9 @@ dataset). What is tuned, and why:
   made an upload fail, every part timing out, instead of slowing down.
 - no HeadObject per download: the listing already gave each object's size and ETag, handed to
   the manager (as the AWS CLI does), so a file costs one GET, not two requests.
-- uploads: files of one part (8 MiB) through s3transfer, 64 at a time; larger ones (checkpoints)
-  as obstore's multipart uploads, one file after another, parts of 16 MiB (more above 160 GiB:
-  S3 allows 10,000 parts), up to 15 in flight, the file read and each part signed and sent from
-  Rust: half the client CPU of s3transfer or the AWS CLI, and the fastest upload measured.
+- uploads: parts of 8 MiB from 8 MiB on (S3's own guidance and the AWS CLI's default).
+  s3transfer raises the part size by itself for a file that would need more than S3's 10,000
+  parts (above 80 GB).
 - files land atomically: a download is written under a temporary name beside the file and
   renamed when complete, so a file under its own name is always whole.
 Completion is handed back as it happens (`on_done`, on the caller's thread), so a caller can
@@ -38,9 +37,7 @@ never swallowed: the first failure stops the rest and is raised as TransferFaile
 key and keeping botocore's error (obstore's are translated into one: classify it with
 aws.error_code).
 
-A client made outside aws.py's factory (no object store for it) moves everything through
-s3transfer. Import this module where a transfer happens, not at a command's start: it loads
-s3transfer.
+Import this module where a transfer happens, not at a command's start: it loads s3transfer.
 """
 from __future__ import annotations
 
@@ -67,8 +64,6 @@ RANGE_SIZE = 16 * 1024 * 1024
 SLOWEST_BYTES_PER_S = 4 * 1024 * 1024
 MAX_PARTS_IN_FLIGHT = 16
 WRITE_THREADS = 4  # pwrite of 16 MiB into the page cache: a few ms each, GIL released
-UPLOAD_PART_SIZE = 16 * 1024 * 1024  # obstore's multipart upload: 16 MiB x 15 measured fastest
-MAX_PARTS = 10_000  # S3's limit for one multipart upload
 READ_TIMEOUT_FALLBACK_S = 60  # botocore's default, for a client that names none
 
 
@@ -113,7 +108,7 @@ def download_files(s3, bucket: str, items: Sequence[Download], *, on_done: Calla
                    concurrency: int = CONCURRENCY) -> None:
     """Download every item to its path (parent folders made). `on_done(item)` runs on this
     thread once per completed file; an exception from it stops the transfer and is re-raised."""
-    from .aws import object_store, store_timeout_s
+    from .aws import STORE_REQUEST_TIMEOUT_S, object_store
 
     store = object_store(s3, bucket) if items else None
     if store is None:  # a client made elsewhere: s3transfer, as the client itself is configured
@@ -127,7 +122,7 @@ def download_files(s3, bucket: str, items: Sequence[Download], *, on_done: Calla
         if small:
             runner.run(_fetch_all(store, bucket, small, on_done, concurrency))
         if large:
-            parallel = min(concurrency, in_flight(RANGE_SIZE, store_timeout_s(s3)))
+            parallel = min(concurrency, in_flight(RANGE_SIZE, STORE_REQUEST_TIMEOUT_S))
             runner.run(_fetch_ranges(store, bucket, large, on_done, parallel))
 
 
@@ -169,7 +164,7 @@ async def _fetch_all(store, bucket: str, items: Sequence[Download], on_done, con
         for _ in range(len(items)):
             item, exc = await finished.get()
             if exc is not None:
-                raise TransferFailed("download", bucket, item.key, _as_client_error(exc, "GetObject")) from exc
+                raise TransferFailed("download", bucket, item.key, _as_client_error(exc)) from exc
             on_done(item)
     finally:
         for task in workers:
@@ -270,7 +265,7 @@ async def _fetch_ranges(store, bucket: str, items: Sequence[Download], on_done, 
         while remaining:
             item, exc = await finished.get()
             if exc is not None:
-                raise TransferFailed("download", bucket, item.key, _as_client_error(exc, "GetObject")) from exc
+                raise TransferFailed("download", bucket, item.key, _as_client_error(exc)) from exc
             remaining[item] -= 1
             if remaining[item] == 0:
                 del remaining[item]
@@ -303,7 +298,7 @@ class IncompleteDownload(Exception):
     pass
 
 
-def _as_client_error(exc: BaseException, operation: str) -> BaseException:
+def _as_client_error(exc: BaseException) -> BaseException:
     """obstore's error kinds as the S3 error botocore would have raised for the same answer, so
     callers classify both paths' failures one way (aws.error_code, aws.refused_action)."""
     from botocore.exceptions import ClientError
@@ -314,19 +309,16 @@ def _as_client_error(exc: BaseException, operation: str) -> BaseException:
                                (ob.NotFoundError, "NoSuchKey", 404),
                                (ob.PreconditionError, "PreconditionFailed", 412)):
         if isinstance(exc, kind):
-            # IAM authorizes a multipart upload's every request as s3:PutObject.
-            error = {"Code": code, "Message": str(exc).split("\n", 1)[0], "Action": f"s3:{operation}"}
-            return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+            error = {"Code": code, "Message": str(exc).split("\n", 1)[0], "Action": "s3:GetObject"}
+            return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
     return exc
 
 
 def upload_files(s3, bucket: str, items: Sequence[Upload], *, on_done: Callable[[Upload], None] = lambda u: None,
                  concurrency: int = CONCURRENCY) -> None:
     """Upload every item; `on_done` as for download_files. Files of one part go `concurrency` at a
-    time through s3transfer; larger ones one after another as obstore's multipart uploads, with
-    no more parts in flight than a slow server answers inside a request's timeout (in_flight)."""
-    from .aws import object_store, store_timeout_s
-
+    time; larger ones as multipart uploads with no more parts in flight than a slow server
+    answers inside the client's read timeout (in_flight)."""
     def submit(manager, item: Upload, subscribers):
         return manager.upload(str(item.path), bucket, item.key, subscribers=subscribers)
 
@@ -335,36 +327,9 @@ def upload_files(s3, bucket: str, items: Sequence[Upload], *, on_done: Callable[
     large = [item for item in items if sizes[item] > MULTIPART_THRESHOLD]
     if small:
         _run(s3, bucket, "upload", small, submit, on_done, concurrency)
-    store = object_store(s3, bucket) if large else None
-    if store is None:  # a client made elsewhere: s3transfer, as the client itself is configured
-        if large:
-            parts = in_flight(PART_SIZE, s3.meta.config.read_timeout or READ_TIMEOUT_FALLBACK_S)
-            _run(s3, bucket, "upload", large, submit, on_done, min(concurrency, parts))
-        return
-    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
-        for item in large:
-            part = upload_part_size(sizes[item])
-            runner.run(_put(store, bucket, item, part, min(concurrency, in_flight(part, store_timeout_s(s3)))))
-            on_done(item)
-
-
-def upload_part_size(size: int) -> int:
-    """UPLOAD_PART_SIZE, or more for a file that would need more than S3's 10,000 parts (above
-    160 GiB), in whole MiB (S3: parts of 5 MiB to 5 GiB, the last one smaller)."""
-    mib = 1024 * 1024
-    return max(UPLOAD_PART_SIZE, -(-size // (MAX_PARTS * mib)) * mib)
-
-
-async def _put(store, bucket: str, item: Upload, part_size: int, parallel: int) -> None:
-    """One multipart upload by obstore: the file read and each part sent from Rust (half the CPU
-    of s3transfer, which reads and signs each part in Python). The object appears whole when
-    CompleteMultipartUpload succeeds, or not at all."""
-    import obstore
-
-    try:
-        await obstore.put_async(store, item.key, item.path, chunk_size=part_size, max_concurrency=parallel)
-    except Exception as exc:  # noqa: BLE001 - handed to the caller with its key
-        raise TransferFailed("upload", bucket, item.key, _as_client_error(exc, "PutObject")) from exc
+    if large:
+        parts = in_flight(PART_SIZE, s3.meta.config.read_timeout or READ_TIMEOUT_FALLBACK_S)
+        _run(s3, bucket, "upload", large, submit, on_done, min(concurrency, parts))
 
 
 def _run(s3, bucket: str, verb: str, items: Iterable, submit, on_done, concurrency: int) -> None:
