@@ -41,6 +41,8 @@ Counts of what it did are kept in `stats` (and every (method, path) seen in `see
   `exhausted` (a faulted last attempt: the call failed after its whole retry budget);
 - `conditional_writes`: conditional PUT/POST/DELETE requests that passed the path and method
   filters (what a 409 could meet);
+- `unnumbered`: failing faults injected into requests without botocore's attempt header (obstore's
+  downloads): their retries are obstore's own, which `retries` cannot count;
 - `failed_calls` (a property): calls whose latest attempt was faulted, from the
   `amz-sdk-invocation-id` header: those the caller saw fail, whether the attempts ran out or
   botocore's retry quota did.
@@ -242,6 +244,8 @@ class FaultProxy:
         self.stats[fault] += 1
         if attempt and fault in FAILING_FAULTS and attempt[0] >= attempt[1]:
             self.stats["exhausted"] += 1
+        if attempt is None and fault in FAILING_FAULTS:
+            self.stats["unnumbered"] += 1  # hit a client that sends no attempt header (obstore)
         return fault
 
     def _handler(self):

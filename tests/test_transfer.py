@@ -131,7 +131,8 @@ def test_a_large_upload_lands_whole_through_faults_and_a_refused_one_names_its_a
     assert sum(proxy.stats[f] for f in FAILING_FAULTS) >= 2
     direct = client("s3", AwsTarget(aws.region, aws.endpoint_url))
     for attempt in range(4):
-        assert direct.get_object(Bucket=bucket, Key=f"{PREFIX}{attempt}/checkpoint.bin")["Body"].read() == src.read_bytes()
+        got = direct.get_object(Bucket=bucket, Key=f"{PREFIX}{attempt}/checkpoint.bin")["Body"].read()
+        assert got == src.read_bytes()
 
     with pytest.raises(TransferFailed) as failed:  # the operator may not write under another env
         upload_files(direct, bucket, [Upload(src, "prod/secret/checkpoint.bin")])

@@ -238,7 +238,8 @@ async def _fetch_ranges(store, bucket: str, items: Sequence[Download], on_done, 
     async def get(item: Download, start: int) -> None:
         end = min(start + RANGE_SIZE, item.size)
         # If-Match: the listing's object or a 412, never a range of an object replaced meanwhile.
-        result = await obstore.get_async(store, item.key, options={"range": (start, end), "if_match": _quoted(item.etag)})
+        result = await obstore.get_async(store, item.key,
+                                         options={"range": (start, end), "if_match": _quoted(item.etag)})
         if result.meta["size"] != item.size:
             raise IncompleteDownload(f"the object has {result.meta['size']} bytes, {item.size} listed")
         body = await result.bytes_async()
