@@ -3,11 +3,17 @@ objects, on the sandbox (moto) and on `rclone serve s3`, plain and at 30 ms a re
 
     .venv/bin/python bench/bench_clients.py [--servers moto,rclone] [--files 2000] [--big-mb 1024]
         [--tools ours,aws,s5cmd,crt,obstore] [--only sync,big] [--repeat 3] [--json]
+        [--rclone-under /dev/shm] [--partial-content]
 
 - sync: a prefix of `--files` x 10 KB and one of 100 x 1 MB into a fresh folder, each tool in
   turn, the order rotated every repeat (drift on a shared machine hits all alike); medians.
 - big: one file of `--big-mb` downloaded and uploaded by each tool (plain servers only: the
   latency proxy buffers whole requests in Python and would be what is measured).
+- `--rclone-under /dev/shm`: rclone serves a folder on a tmpfs, so what it writes costs no disk
+  time (watch the memory: an upload holds its parts and the object); the disk alone is measured
+  beside it (`dd` of 1 GiB with fdatasync, before and after), so each figure says what bounds it.
+- `--partial-content`: every tool talks to rclone through bench/rangeproxy.py, which answers a
+  ranged GET with S3's 206 instead of rclone's 200 (obstore, hence ours, refuses a 200).
 Needs requirements-bench.txt (`make bench`) and `aws` on PATH.
 """
 from __future__ import annotations
@@ -27,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import s3tools  # noqa: E402
-from s3servers import Server, moto_sandbox, rclone_server, with_latency  # noqa: E402
+from s3servers import Server, moto_sandbox, rclone_server, with_latency, with_partial_content  # noqa: E402
 
 LATENCY_S = 0.030
 
@@ -125,6 +131,17 @@ def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path)
     return out
 
 
+def disk_mb_per_s(work: Path, mb: int = 1024) -> float:
+    """The disk alone: `dd` of `mb` MiB from /dev/zero with fdatasync, in MB/s (dd's own figure)."""
+    import subprocess
+
+    out = subprocess.run(["dd", "if=/dev/zero", f"of={work / 'dd.bin'}", "bs=1M", f"count={mb}", "conv=fdatasync"],
+                         capture_output=True, text=True, check=True).stderr
+    (work / "dd.bin").unlink()
+    took = float(out.strip().splitlines()[-1].split(",")[-2].split()[0])
+    return round(mb * 1024 * 1024 / took / 1e6)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--servers", default="moto,rclone")
@@ -134,19 +151,28 @@ def main() -> int:
     p.add_argument("--big-mb", type=int, default=1024)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--rclone-under", default=None, help="rclone's folder's parent, e.g. /dev/shm (a tmpfs)")
+    p.add_argument("--partial-content", action="store_true", help="rclone behind bench/rangeproxy.py (206)")
     args = p.parse_args()
     tools = args.tools.split(",")
     if "aws" in tools and not s3tools.AWS:
         sys.exit("the AWS CLI (`aws`) is not on PATH; install awscli to compare")
     result: dict = {"cpus": os.cpu_count(), "load_before": os.getloadavg()[0], "rows": []}
-    starts = {"moto": moto_sandbox, "rclone": rclone_server}
+    starts = {"moto": moto_sandbox, "rclone": lambda: rclone_server(under=args.rclone_under)}
     with tempfile.TemporaryDirectory(prefix="bench-clients-") as tmp:
+        result["disk_mb_per_s_before"] = disk_mb_per_s(Path(tmp))
+        print(f"disk alone (dd, 1 GiB, fdatasync): {result['disk_mb_per_s_before']} MB/s", flush=True)
         for name in args.servers.split(","):
-            with starts[name]() as server:
+            with ExitStack() as stack:
+                server = stack.enter_context(starts[name]())
+                if name == "rclone" and args.partial_content:
+                    server = stack.enter_context(with_partial_content(server))
                 if "sync" in args.only:
                     result["rows"] += sync_rows(server, tools, args.files, args.repeat, Path(tmp))
                 if "big" in args.only:
                     result["rows"] += big_rows(server, tools, args.big_mb, args.repeat, Path(tmp))
+        result["disk_mb_per_s_after"] = disk_mb_per_s(Path(tmp))
+        print(f"disk alone (dd, 1 GiB, fdatasync): {result['disk_mb_per_s_after']} MB/s", flush=True)
     result["load_after"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(result, indent=2))

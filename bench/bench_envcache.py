@@ -107,10 +107,14 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def restore_by_tool(tarball: Path, tmp: Path, repeat: int) -> list[dict]:
-    """The streamed restore (download | tar -x) per tool and server, and its pieces alone."""
+def restore_by_tool(tarball: Path, tmp: Path, repeat: int, servers: tuple[str, ...] = ("moto", "rclone"),
+                    rclone_under: str | None = None) -> list[dict]:
+    """The streamed restore (download | tar -x) per tool and server, and its pieces alone: the
+    decompression (gzip -dc into /dev/null), the unpack from a local copy (tar -x, then sync: the
+    files on the disk) and the disk alone (dd with fdatasync)."""
     import shlex
     import statistics
+    from functools import partial
 
     from s3servers import S5CMD, moto_sandbox, rclone_server
 
@@ -119,7 +123,25 @@ def restore_by_tool(tarball: Path, tmp: Path, repeat: int) -> list[dict]:
     rows = []
     gunzip = [timed(["bash", "-c", f"gzip -dc {shlex.quote(str(tarball))} > /dev/null"]) for _ in range(repeat)]
     rows.append({"what": "gzip -dc alone (CPU)", "seconds": [round(x, 1) for x in gunzip]})
-    for start in (moto_sandbox, rclone_server):
+    out = tmp / "unpacked"
+    unpack = []
+    for _ in range(repeat):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        unpack.append(timed(["bash", "-c", f"tar -I 'gzip -1' -xf {shlex.quote(str(tarball))} -C {out} && sync"]))
+    unpacked_mb = round(du(out) / 1e6)
+    shutil.rmtree(out)
+    rows.append({"what": f"tar -x from a local file, then sync ({unpacked_mb} MB unpacked)",
+                 "seconds": [round(x, 1) for x in unpack]})
+    dd = [timed(["dd", "if=/dev/zero", f"of={tmp / 'dd.bin'}", "bs=1M", "count=1024", "conv=fdatasync", "status=none"])
+          for _ in range(repeat)]
+    (tmp / "dd.bin").unlink()
+    rows.append({"what": "the disk alone: dd 1 GiB, fdatasync", "seconds": [round(x, 1) for x in dd],
+                 "mb_per_s": round(1073.7 / statistics.median(dd))})
+    for row in rows:
+        print(f"{row['what']}: {row['seconds']} s", flush=True)
+    starts = {"moto": moto_sandbox, "rclone": partial(rclone_server, under=rclone_under)}
+    for start in (starts[name] for name in servers):
         with start() as server:
             server.client(seeding=True).upload_file(str(tarball), server.bucket, key)
             stream = {"aws": f"{aws} --endpoint-url {server.endpoint} s3 cp --only-show-errors s3://{server.bucket}/{key} -",
@@ -148,7 +170,16 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--repeat", type=int, default=3, help="repeats of the restore by tool")
     p.add_argument("--skip-pip", action="store_true", help="leave out the pip build (the slowest piece)")
+    p.add_argument("--restore-only", metavar="TARBALL", help="only the restore by tool, of this tarball")
+    p.add_argument("--servers", default="moto,rclone", help="for the restore by tool")
+    p.add_argument("--rclone-under", default=None, help="rclone's folder's parent, e.g. /dev/shm (a tmpfs)")
     args = p.parse_args()
+    if args.restore_only:
+        with tempfile.TemporaryDirectory(prefix="bench-env-") as tmp:
+            rows = restore_by_tool(Path(args.restore_only), Path(tmp), args.repeat, tuple(args.servers.split(",")),
+                                   args.rclone_under)
+        print(json.dumps(rows, indent=2) if args.json else "")
+        return 0
     os.environ.update(DEPLOYER.env())
     os.environ.pop("AWS_SESSION_TOKEN", None)
     result: dict = {"cpus": os.cpu_count()}

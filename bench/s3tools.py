@@ -9,7 +9,8 @@
 - crt: s3transfer's CRT manager over awscrt's S3 client (AWS CLI v2's fast path), in-process,
   credentials from botocore's chain;
 - obstore: Rust's object_store through obstore, in-process: one GET a small file, 64 in flight,
-  and its own multipart upload.
+  and its own multipart upload (8 MiB parts, 64 in flight; obstore16: 16 MiB parts, 15 in flight).
+  For one large download, ours is obstore (parallel ranged GETs, transfer.py).
 crt and obstore are the candidates measured for the bulk paths (docs/benchmarks.md says which won
 where); they live here, not in the product.
 
@@ -189,16 +190,22 @@ def put_crt(server: Server, path: Path, key: str) -> float:
     return time.perf_counter() - started
 
 
-def put_obstore(server: Server, path: Path, key: str) -> float:
+def put_obstore(server: Server, path: Path, key: str, part_mb: int = 8, in_flight: int = IN_FLIGHT) -> float:
     import obstore
 
     started = time.perf_counter()
-    obstore.put(_obstore(server), key, path, chunk_size=8 * 1024 * 1024, max_concurrency=IN_FLIGHT)
+    obstore.put(_obstore(server), key, path, chunk_size=part_mb * 1024 * 1024, max_concurrency=in_flight)
     return time.perf_counter() - started
 
 
+def put_obstore_16(server: Server, path: Path, key: str) -> float:
+    """obstore's multipart upload as transfer.in_flight bounds ours: 16 MiB parts, 15 in flight."""
+    return put_obstore(server, path, key, part_mb=16, in_flight=15)
+
+
 GET = {"ours": get_ours, "aws": get_aws, "s5cmd": get_s5cmd, "crt": get_crt}
-PUT = {"ours": put_ours, "aws": put_aws, "s5cmd": put_s5cmd, "crt": put_crt, "obstore": put_obstore}
+PUT = {"ours": put_ours, "aws": put_aws, "s5cmd": put_s5cmd, "crt": put_crt, "obstore": put_obstore,
+       "obstore16": put_obstore_16}
 
 
 def rotated(tools: list[str], r: int) -> list[str]:

@@ -13,6 +13,10 @@ Faults, each at `rate` (0..1) per request, split evenly among the enabled kinds:
             botocore does not retry it, so the caller sees it at once.
 - denied:   403 AccessDenied before forwarding, as S3 answers a principal the policy does not
             allow: not retried either. Not part of ALL_FAULTS; ask for it by name.
+`bytes_per_s` (default 0: unlimited) makes the server behind the proxy slow: every request's
+and reply's body goes through one pipe of that many bytes a second, in turn (a server writing to
+a busy disk, or one congested link): many large requests in flight then wait on each other, as
+parts of a multipart upload do on a slow server.
 Apart from faults, `first_byte_s` (default 0) delays every request that reaches moto by that
 many seconds before it is forwarded: a fixed first-byte latency, as S3 answers from EC2 in the
 same region (tens of ms a request), so that a benchmark shows what concurrency buys on AWS rather
@@ -37,6 +41,8 @@ Counts of what it did are kept in `stats` (and every (method, path) seen in `see
   `exhausted` (a faulted last attempt: the call failed after its whole retry budget);
 - `conditional_writes`: conditional PUT/POST/DELETE requests that passed the path and method
   filters (what a 409 could meet);
+- `unnumbered`: failing faults injected into requests without botocore's attempt header (obstore's
+  downloads): their retries are obstore's own, which `retries` cannot count;
 - `failed_calls` (a property): calls whose latest attempt was faulted, from the
   `amz-sdk-invocation-id` header: those the caller saw fail, whether the attempts ran out or
   botocore's retry quota did.
@@ -94,8 +100,10 @@ class _QuietServer(ThreadingHTTPServer):
 class FaultProxy:
     def __init__(self, upstream: str, rate: float = 0.0, faults=ALL_FAULTS, latency_s: float = 0.2,
                  seed: int = 0, paths: tuple[str, ...] = (), methods: tuple[str, ...] = (),
-                 max_faults: int | None = None, first_byte_s: float = 0.0):
+                 max_faults: int | None = None, first_byte_s: float = 0.0, bytes_per_s: float = 0.0):
         self.upstream = urlsplit(upstream)
+        self.bytes_per_s = bytes_per_s
+        self._pipe_free_at = 0.0  # when the slow pipe has moved every body handed to it
         self.first_byte_s = first_byte_s
         self.latency_s = latency_s
         self.rng = random.Random(seed)
@@ -131,6 +139,16 @@ class FaultProxy:
                 self.paths = tuple(paths)
             if methods is not None:
                 self.methods = tuple(m.upper() for m in methods)
+
+    def through_pipe(self, n: int) -> None:
+        """Wait until `n` bytes have passed the slow pipe after every body queued before them."""
+        if not self.bytes_per_s or not n:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._pipe_free_at = max(now, self._pipe_free_at) + n / self.bytes_per_s
+            done_at = self._pipe_free_at
+        time.sleep(max(0.0, done_at - time.monotonic()))
 
     def answer(self, target: str, respond) -> None:
         """Answer requests with `X-Amz-Target: target` by `respond(json body) -> (status, doc)`."""
@@ -226,6 +244,8 @@ class FaultProxy:
         self.stats[fault] += 1
         if attempt and fault in FAILING_FAULTS and attempt[0] >= attempt[1]:
             self.stats["exhausted"] += 1
+        if attempt is None and fault in FAILING_FAULTS:
+            self.stats["unnumbered"] += 1  # hit a client that sends no attempt header (obstore)
         return fault
 
     def _handler(self):
@@ -313,6 +333,7 @@ class FaultProxy:
                     threading.Event().wait(proxy.latency_s)
                 if proxy.first_byte_s and not urlsplit(self.path).path.startswith(NEVER_FAULTED):
                     time.sleep(proxy.first_byte_s)
+                proxy.through_pipe(len(body))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     headers["Content-Length"] = str(len(body))
@@ -327,6 +348,7 @@ class FaultProxy:
                     proxy.upstream_error(self.headers.get("amz-sdk-invocation-id"))
                 if fault == "lost":
                     return self._drop()
+                proxy.through_pipe(0 if self.command == "HEAD" else len(data))
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):

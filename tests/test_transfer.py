@@ -1,7 +1,8 @@
-"""The one transfer path (instance/protocol/transfer.py) as the agent and the CLI meet it: small
-objects through obstore, large ones through s3transfer, both as the identity of the client they
-are given (its named keys or boto3's chain), both through injected faults, and neither taking a
-body that is not the listed object for the file."""
+"""The one transfer path (instance/protocol/transfer.py) as the agent and the CLI meet it:
+downloads through obstore (small objects whole, large ones as parallel ranged GETs), uploads
+through s3transfer, all as the identity of the client they are given (its named keys or boto3's
+chain), all through injected faults, never taking a body that is not the listed object for the
+file, and a large upload to a slow server slowing down rather than failing."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,16 @@ from automation.sandbox.control import SandboxInfo, seed
 from instance.model.datasync import sync_prefix
 from instance.protocol.aws import AwsTarget, client, error_code, refused_action
 from instance.protocol.datasets import list_dataset
-from instance.protocol.transfer import PART_SIZE, Download, TransferFailed, download_files
+from instance.protocol.transfer import (
+    PART_SIZE,
+    RANGE_SIZE,
+    Download,
+    TransferFailed,
+    Upload,
+    download_files,
+    in_flight,
+    upload_files,
+)
 from tests.faultproxy import FAILING_FAULTS, FaultProxy
 
 PREFIX = "cached-datasets/2026/12/sales-0a1b2c3d/"
@@ -39,7 +49,8 @@ def _nothing_in(folder) -> bool:
 def test_downloads_act_as_the_chain_identity_and_a_refusal_names_its_key_and_action(aws, bucket, tmp_path):
     bodies = {f"part-{i}.parquet": os.urandom(1000 + i) for i in range(5)}
     _plant(aws, bucket, PREFIX, bodies)
-    _plant(aws, bucket, "prod/secret/", {"part-0.parquet": b"not the operator's to read"})
+    _plant(aws, bucket, "prod/secret/", {"part-0.parquet": b"not the operator's to read",
+                                         "big.parquet": os.urandom(PART_SIZE + 1)})
     operator = client("s3", AwsTarget(aws.region, aws.endpoint_url))  # no keys named: boto3's chain
 
     report = sync_prefix(operator, bucket, PREFIX, tmp_path / "data")
@@ -47,18 +58,18 @@ def test_downloads_act_as_the_chain_identity_and_a_refusal_names_its_key_and_act
     assert {p.name: p.read_bytes() for p in report.files} == bodies
 
     # The operator may list the whole bucket but read only its env and the datasets: IAM refuses.
-    outside = list_dataset(operator, bucket, "prod/secret/").files[0]
-    dest = tmp_path / "refused" / "part-0.parquet"
-    with pytest.raises(TransferFailed) as failed:
-        download_files(operator, bucket, [Download(outside.key, outside.size, outside.etag, dest)])
-    assert failed.value.key == "prod/secret/part-0.parquet"
-    assert error_code(failed.value.cause) == "AccessDenied" and refused_action(failed.value.cause) == "s3:GetObject"
-    assert _nothing_in(dest.parent)
+    for outside in list_dataset(operator, bucket, "prod/secret/").files:  # one GET, and ranged GETs
+        dest = tmp_path / "refused" / outside.key.rsplit("/", 1)[1]
+        with pytest.raises(TransferFailed) as failed:
+            download_files(operator, bucket, [Download(outside.key, outside.size, outside.etag, dest)])
+        assert failed.value.key == outside.key
+        assert error_code(failed.value.cause) == "AccessDenied" and refused_action(failed.value.cause) == "s3:GetObject"
+        assert _nothing_in(dest.parent)
 
 
 def test_a_sync_of_small_and_large_files_completes_through_20_percent_injected_faults(aws, bucket, tmp_path):
     bodies = {f"part-{i:02d}.parquet": os.urandom(2000 + i) for i in range(30)}
-    bodies["big.parquet"] = os.urandom(PART_SIZE + 1024 * 1024)  # two parts: the s3transfer path
+    bodies["big.parquet"] = os.urandom(RANGE_SIZE + 1024 * 1024)  # two ranged GETs
     _plant(aws, bucket, PREFIX, bodies)
     with FaultProxy(aws.endpoint_url, rate=0.2, faults=FAILING_FAULTS, seed=7) as proxy:
         operator = client("s3", AwsTarget(aws.region, proxy.url))
@@ -66,6 +77,7 @@ def test_a_sync_of_small_and_large_files_completes_through_20_percent_injected_f
     assert report.downloaded == 31
     assert {p.name: p.read_bytes() for p in report.files} == bodies
     assert sum(proxy.stats[f] for f in FAILING_FAULTS) >= 5  # faults were met, and retried through
+    assert sum(n for (method, path), n in proxy.seen.items() if path.endswith("/big.parquet")) >= 2
 
 
 def test_a_body_that_is_not_the_listed_object_is_never_taken_for_the_file(aws, bucket, tmp_path):
@@ -77,6 +89,57 @@ def test_a_body_that_is_not_the_listed_object_is_never_taken_for_the_file(aws, b
     with pytest.raises(TransferFailed, match="4000 bytes received, 5000 listed"):
         download_files(operator, bucket, [Download(listed.key, listed.size, listed.etag, dest)])
     assert _nothing_in(dest.parent)  # neither the file nor a temporary one
+
+
+def test_a_large_object_replaced_after_the_listing_is_never_taken_for_the_file(aws, bucket, tmp_path):
+    """The same size, other bytes: only the ETag tells (each ranged GET sends If-Match), so a file
+    is never stitched together from two versions of an object."""
+    _plant(aws, bucket, PREFIX, {"big.parquet": os.urandom(RANGE_SIZE + 1)})
+    operator = client("s3", AwsTarget(aws.region, aws.endpoint_url))
+    listed = list_dataset(operator, bucket, PREFIX).files[0]
+    _plant(aws, bucket, PREFIX, {"big.parquet": os.urandom(RANGE_SIZE + 1)})
+    dest = tmp_path / "data" / "big.parquet"
+    with pytest.raises(TransferFailed) as failed:
+        download_files(operator, bucket, [Download(listed.key, listed.size, listed.etag, dest)])
+    assert error_code(failed.value.cause) == "PreconditionFailed"
+    assert _nothing_in(dest.parent)  # neither the file nor a temporary one
+
+
+def test_a_large_upload_to_a_slow_server_slows_down_instead_of_failing(aws, bucket, tmp_path):
+    """A server that takes 10 MiB/s in all (a busy disk behind it), and a client whose read
+    timeout is 2 s: four 8 MiB parts all in flight would have the last one answered after 3.2 s,
+    timing out and sent again (with more parts, again and again until the upload fails); parts
+    go one at a time here, each answered in 0.8 s, and none is sent twice."""
+    src = tmp_path / "checkpoint.bin"
+    src.write_bytes(os.urandom(4 * PART_SIZE))
+    with FaultProxy(aws.endpoint_url, bytes_per_s=10 * 1024 * 1024) as proxy:
+        operator = client("s3", AwsTarget(aws.region, proxy.url), read_timeout=2)
+        assert in_flight(PART_SIZE, 2) == 1
+        upload_files(operator, bucket, [Upload(src, PREFIX + "checkpoint.bin")])
+    assert proxy.stats["retries"] == 0  # no part timed out
+    got = client("s3", AwsTarget(aws.region, aws.endpoint_url)).get_object(Bucket=bucket, Key=PREFIX + "checkpoint.bin")
+    assert got["Body"].read() == src.read_bytes()
+
+
+def test_a_large_upload_lands_whole_through_faults_and_a_refused_one_names_its_action(aws, bucket, tmp_path):
+    src = tmp_path / "checkpoint.bin"
+    src.write_bytes(os.urandom(2 * PART_SIZE + 1))
+    with FaultProxy(aws.endpoint_url, rate=0.2, faults=FAILING_FAULTS, seed=5) as proxy:
+        operator = client("s3", AwsTarget(aws.region, proxy.url))
+        for attempt in range(4):  # a few uploads, so that faults meet every kind of request
+            upload_files(operator, bucket, [Upload(src, f"{PREFIX}{attempt}/checkpoint.bin")])
+    assert sum(proxy.stats[f] for f in FAILING_FAULTS) >= 2
+    direct = client("s3", AwsTarget(aws.region, aws.endpoint_url))
+    for attempt in range(4):
+        got = direct.get_object(Bucket=bucket, Key=f"{PREFIX}{attempt}/checkpoint.bin")["Body"].read()
+        assert got == src.read_bytes()
+
+    with pytest.raises(TransferFailed) as failed:  # the operator may not write under another env
+        upload_files(direct, bucket, [Upload(src, "prod/secret/checkpoint.bin")])
+    assert failed.value.key == "prod/secret/checkpoint.bin"
+    assert error_code(failed.value.cause) == "AccessDenied"
+    assert refused_action(failed.value.cause) == "s3:CreateMultipartUpload"
+    assert "Contents" not in client("s3", aws).list_objects_v2(Bucket=bucket, Prefix="prod/secret/checkpoint")
 
 
 def test_a_download_leaves_the_callers_thread_able_to_run_asyncio_code_after_it(aws, bucket, tmp_path):

@@ -19,6 +19,8 @@ from weakref import WeakKeyDictionary
 RETRIES = {"total_max_attempts": 6, "mode": "standard"}
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 30
+# obstore's timeout is for a whole request, its body included (reqwest's), not for each read.
+STORE_REQUEST_TIMEOUT_S = 2 * READ_TIMEOUT_S
 # As many pooled connections as transfer.py keeps requests in flight (a pool opens them lazily).
 MAX_POOL_CONNECTIONS = 64
 
@@ -189,7 +191,7 @@ def object_store(s3, bucket: str):
     from obstore.store import S3Store
 
     target, boto_session = origin
-    options: dict[str, Any] = {"connect_timeout": f"{CONNECT_TIMEOUT_S}s", "timeout": f"{2 * READ_TIMEOUT_S}s",
+    options: dict[str, Any] = {"connect_timeout": f"{CONNECT_TIMEOUT_S}s", "timeout": f"{STORE_REQUEST_TIMEOUT_S}s",
                                "pool_max_idle_per_host": str(MAX_POOL_CONNECTIONS)}
     endpoint = target.endpoint_url
     if endpoint and endpoint.startswith("http://"):

@@ -1,5 +1,5 @@
-"""The one way files move between a disk and S3, for many files at once: small downloads through
-obstore (Rust's object_store), the rest through s3transfer's manager, tuned.
+"""The one way files move between a disk and S3, for many files at once: downloads through obstore
+(Rust's object_store), uploads through s3transfer's manager, tuned.
 
 Every bulk transfer of the project goes through `download_files` or `upload_files`: the agent's
 dataset sync, its results and checkpoints, and the CLI's `data upload` (with `launch` of a local
@@ -12,17 +12,25 @@ dataset). What is tuned, and why:
   `aws s3 sync` against `rclone serve s3`, at par with s5cmd). Its S3Store comes from the client factory
   (aws.object_store): same endpoint, same identity and credential chain, same retry budget.
   The body's length is checked against the listing's size before the file is renamed into place.
-- concurrency: 64 requests in flight. A small-file download is one request whose time is nearly
-  all first-byte latency (tens of ms from EC2 to S3 in the same region), so a thousand files
-  need many in flight to be bound by throughput rather than by round trips; `aws s3 sync` keeps
-  10. The client's connection pool (aws.py) holds as many connections.
+- large objects (a checkpoint's weights and optimizer state) download through obstore too, as
+  ranged GETs of 16 MiB, up to 15 in flight, each body received in Rust and written at its
+  offset with os.pwrite (GIL released) into a file allocated whole: botocore reads a body 256 KB
+  at a time under the GIL, which kept s3transfer at a third of s5cmd's speed on one big file.
+  Each range names the listing's ETag (If-Match), so a file is never stitched from two versions.
+- concurrency: 64 requests in flight for small files. A small-file download is one request whose
+  time is nearly all first-byte latency (tens of ms from EC2 to S3 in the same region), so a
+  thousand files need many in flight to be bound by throughput rather than by round trips;
+  `aws s3 sync` keeps 10. The client's connection pool (aws.py) holds as many connections.
+  Parts of one large file: no more in flight than a slow server (4 MiB/s) answers inside a
+  request's timeout (`in_flight`): with 64 parts of 8 MiB a server under 17 MB/s (a busy disk)
+  made an upload fail, every part timing out, instead of slowing down.
 - no HeadObject per download: the listing already gave each object's size and ETag, handed to
   the manager (as the AWS CLI does), so a file costs one GET, not two requests.
-- parts of 8 MiB from 8 MiB on (S3's own guidance and the AWS CLI's default): a 1 GB file moves
-  as 120 parts, 64 at a time. s3transfer raises the part size by itself for a file that would
-  need more than S3's 10,000 parts (above 80 GB). 16 MiB parts measured no faster.
-- files land atomically: both write a download under a temporary name beside the file and
-  rename it when complete, so a file under its own name is always whole.
+- uploads: parts of 8 MiB from 8 MiB on (S3's own guidance and the AWS CLI's default).
+  s3transfer raises the part size by itself for a file that would need more than S3's 10,000
+  parts (above 80 GB).
+- files land atomically: a download is written under a temporary name beside the file and
+  renamed when complete, so a file under its own name is always whole.
 Completion is handed back as it happens (`on_done`, on the caller's thread), so a caller can
 record progress at whatever pace it likes and stop the transfer between two files. Errors are
 never swallowed: the first failure stops the rest and is raised as TransferFailed, naming the
@@ -34,9 +42,11 @@ Import this module where a transfer happens, not at a command's start: it loads 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import queue
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -47,6 +57,14 @@ from s3transfer.subscribers import BaseSubscriber
 CONCURRENCY = 64
 PART_SIZE = 8 * 1024 * 1024
 MULTIPART_THRESHOLD = PART_SIZE
+# A large download's ranges: measured in bench/bench_clients.py (docs/benchmarks.md, issue 28).
+RANGE_SIZE = 16 * 1024 * 1024
+# The slowest server a large transfer still finishes against (in_flight below); 4 MiB/s is a
+# 32 Mbit/s link, or a disk that busy. Never more than 16 parts in flight for one transfer.
+SLOWEST_BYTES_PER_S = 4 * 1024 * 1024
+MAX_PARTS_IN_FLIGHT = 16
+WRITE_THREADS = 4  # pwrite of 16 MiB into the page cache: a few ms each, GIL released
+READ_TIMEOUT_FALLBACK_S = 60  # botocore's default, for a client that names none
 
 
 @dataclass(frozen=True)
@@ -90,18 +108,31 @@ def download_files(s3, bucket: str, items: Sequence[Download], *, on_done: Calla
                    concurrency: int = CONCURRENCY) -> None:
     """Download every item to its path (parent folders made). `on_done(item)` runs on this
     thread once per completed file; an exception from it stops the transfer and is re-raised."""
-    from .aws import object_store
+    from .aws import STORE_REQUEST_TIMEOUT_S, object_store
 
-    small = [item for item in items if item.size <= PART_SIZE]
-    store = object_store(s3, bucket) if small else None
-    if store is not None:
-        # A private loop: asyncio.run would leave this thread with no current loop, and code that
-        # runs after it in the same process (Pulumi's runtime, in the CLI and its tests) needs one.
-        with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
-            runner.run(_fetch_all(store, bucket, small, on_done, concurrency))
-        items = [item for item in items if item.size > PART_SIZE]
-    if items:
+    store = object_store(s3, bucket) if items else None
+    if store is None:  # a client made elsewhere: s3transfer, as the client itself is configured
         _download_parts(s3, bucket, items, on_done, concurrency)
+        return
+    small = [item for item in items if item.size <= PART_SIZE]
+    large = [item for item in items if item.size > PART_SIZE]
+    # A private loop: asyncio.run would leave this thread with no current loop, and code that
+    # runs after it in the same process (Pulumi's runtime, in the CLI and its tests) needs one.
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        if small:
+            runner.run(_fetch_all(store, bucket, small, on_done, concurrency))
+        if large:
+            parallel = min(concurrency, in_flight(RANGE_SIZE, STORE_REQUEST_TIMEOUT_S))
+            runner.run(_fetch_ranges(store, bucket, large, on_done, parallel))
+
+
+def in_flight(part_size: int, timeout_s: float) -> int:
+    """How many parts of one large transfer to keep in flight: as many as a server moving only
+    SLOWEST_BYTES_PER_S in all still answers inside a request's timeout (the last part in flight
+    waits for all those ahead of it), at most MAX_PARTS_IN_FLIGHT. More in flight than that and
+    a slow server (a disk under load, a congested link) makes a transfer fail, part after part
+    timing out, instead of slowing down: seen with 64 parts of 8 MiB, which need 17 MB/s."""
+    return max(1, min(MAX_PARTS_IN_FLIGHT, int(timeout_s * SLOWEST_BYTES_PER_S) // part_size))
 
 
 def _download_parts(s3, bucket: str, items: Sequence[Download], on_done, concurrency: int) -> None:
@@ -158,6 +189,112 @@ async def _fetch(store, item: Download) -> None:
         raise
 
 
+class _Landing:
+    """A large file being assembled: its temporary file, allocated whole at once (a full disk
+    fails before the first byte moves), and the bytes still to come."""
+
+    def __init__(self, item: Download):
+        self.item = item
+        item.path.parent.mkdir(parents=True, exist_ok=True)
+        self.temp = item.path.with_name(f"{item.path.name}.{secrets.token_hex(4)}")
+        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.missing = item.size
+        try:
+            os.posix_fallocate(self.fd, 0, item.size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without it: sparse
+                self.discard()
+                raise
+            os.ftruncate(self.fd, item.size)
+
+    def land(self) -> None:
+        os.close(self.fd)
+        self.fd = -1
+        os.replace(self.temp, self.item.path)
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.temp.unlink(missing_ok=True)
+
+
+async def _fetch_ranges(store, bucket: str, items: Sequence[Download], on_done, parallel: int) -> None:
+    """Each large object as ranged GETs of RANGE_SIZE, `parallel` in flight over all of them, each
+    written at its offset (os.pwrite on a worker thread: the GIL is released while the kernel
+    copies) into the object's temporary file, renamed into place when its last range lands.
+    The body is received in Rust, never read through Python in small pieces: what made
+    s3transfer (botocore reads 256 KB at a time under the GIL) 3x slower than s5cmd."""
+    import obstore
+
+    landings: dict[Download, _Landing] = {}
+    jobs = ((item, start) for item in items for start in range(0, item.size, RANGE_SIZE))
+    finished: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    # Its own threads, so that a file is closed only once no write into it can still be running
+    # (a cancelled await does not stop a thread; a closed descriptor's number is soon reused).
+    writer = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="transfer-write")
+
+    async def get(item: Download, start: int) -> None:
+        end = min(start + RANGE_SIZE, item.size)
+        # If-Match: the listing's object or a 412, never a range of an object replaced meanwhile.
+        result = await obstore.get_async(store, item.key,
+                                         options={"range": (start, end), "if_match": _quoted(item.etag)})
+        if result.meta["size"] != item.size:
+            raise IncompleteDownload(f"the object has {result.meta['size']} bytes, {item.size} listed")
+        body = await result.bytes_async()
+        if len(body) != end - start:  # a short body is never taken for its range
+            raise IncompleteDownload(f"{len(body)} bytes received for bytes {start}-{end - 1}, {end - start} asked")
+        landing = landings[item]
+        await loop.run_in_executor(writer, _pwrite_all, landing.fd, body, start)
+        landing.missing -= len(body)
+
+    async def worker() -> None:
+        for item, start in jobs:
+            try:
+                if item not in landings:
+                    landings[item] = _Landing(item)
+                await get(item, start)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller with its key
+                await finished.put((item, exc))
+                return
+            await finished.put((item, None))
+
+    workers = [asyncio.create_task(worker()) for _ in range(parallel)]
+    try:
+        remaining = {item: -(-item.size // RANGE_SIZE) for item in items}
+        while remaining:
+            item, exc = await finished.get()
+            if exc is not None:
+                raise TransferFailed("download", bucket, item.key, _as_client_error(exc)) from exc
+            remaining[item] -= 1
+            if remaining[item] == 0:
+                del remaining[item]
+                if landings[item].missing:
+                    raise TransferFailed("download", bucket, item.key,
+                                         IncompleteDownload(f"{landings[item].missing} bytes missing"))
+                landings.pop(item).land()
+                on_done(item)
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        writer.shutdown(wait=True)
+        for landing in landings.values():  # whatever did not land is removed, never left half there
+            landing.discard()
+
+
+def _pwrite_all(fd: int, body, offset: int) -> None:
+    view = memoryview(body)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _quoted(etag: str) -> str:
+    return f'"{etag.strip(chr(34))}"'
+
+
 class IncompleteDownload(Exception):
     pass
 
@@ -180,11 +317,20 @@ def _as_client_error(exc: BaseException) -> BaseException:
 
 def upload_files(s3, bucket: str, items: Sequence[Upload], *, on_done: Callable[[Upload], None] = lambda u: None,
                  concurrency: int = CONCURRENCY) -> None:
-    """Upload every item; `on_done` as for download_files."""
+    """Upload every item; `on_done` as for download_files. Files of one part go `concurrency` at a
+    time; larger ones as multipart uploads with no more parts in flight than a slow server
+    answers inside the client's read timeout (in_flight)."""
     def submit(manager, item: Upload, subscribers):
         return manager.upload(str(item.path), bucket, item.key, subscribers=subscribers)
 
-    _run(s3, bucket, "upload", items, submit, on_done, concurrency)
+    sizes = {item: item.path.stat().st_size for item in items}
+    small = [item for item in items if sizes[item] <= MULTIPART_THRESHOLD]
+    large = [item for item in items if sizes[item] > MULTIPART_THRESHOLD]
+    if small:
+        _run(s3, bucket, "upload", small, submit, on_done, concurrency)
+    if large:
+        parts = in_flight(PART_SIZE, s3.meta.config.read_timeout or READ_TIMEOUT_FALLBACK_S)
+        _run(s3, bucket, "upload", large, submit, on_done, min(concurrency, parts))
 
 
 def _run(s3, bucket: str, verb: str, items: Iterable, submit, on_done, concurrency: int) -> None:
