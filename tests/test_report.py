@@ -111,6 +111,36 @@ def test_the_future_s_charts_come_from_the_sampled_series_alone(run):
     assert sections[0] == sections[1] and sections[0].count('<img class="chart small"') == 6
 
 
+def _legend(page: str) -> list[str]:
+    """The labels of the future section's legend."""
+    section = page[page.index("<h2>Forecast of the next"):]
+    legend = section[section.index('<p class="legend">'):section.index("</section>")]
+    return re.findall(r"</i>([^<]+)</span>", legend[:legend.index("</p>")])
+
+
+def test_the_future_s_legend_names_history_only_when_a_chart_draws_it(run):
+    """A forecast run that kept no history (none of the series' last points) draws the forecast
+    alone: its legend does not promise a history line that no chart has."""
+    s3, prefix = run["s3"], LAYOUT.forecasts(run["run_id"])
+    record = get_json(s3, BUCKET, LAYOUT.training_record(run["run_id"]))
+    copy = "run-20261101-000000-0b7e"
+    put_json(s3, BUCKET, LAYOUT.final_record(copy), record | {"run_id": copy, "config": {
+        **record["config"], "kind": "forecast"}})
+    for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]:
+        if not o["Key"].endswith(("history.parquet", "sample.parquet")):
+            s3.copy_object(Bucket=BUCKET, Key=LAYOUT.forecasts(copy) + o["Key"][len(prefix):],
+                           CopySource={"Bucket": BUCKET, "Key": o["Key"]})
+    pages = {}
+    for run_id in (run["run_id"], copy):
+        out = run["tmp"] / f"legend-{run_id}.html"
+        result = run_cli(run["env"], "--local", "report", run_id, "--out", str(out), cwd=run["tmp"])
+        assert result.returncode == 0, result.stderr
+        pages[run_id] = out.read_text()
+    assert _legend(pages[run["run_id"]])[0] == "history"
+    assert _legend(pages[copy]) == ["median forecast", "10-90 %", "20-80 %"]
+    assert pages[copy].count('<img class="chart small"') >= 1
+
+
 # -- the evaluation files --------------------------------------------------------------------------
 def test_forecasts_cover_exactly_the_held_out_windows_with_ordered_quantiles(run):
     f = _parquet(run, "forecasts.parquet")

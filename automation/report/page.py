@@ -486,15 +486,17 @@ def future_section(art: RunArtifacts) -> str:
     if covariates:
         facts.append(_fact("future", e(f"known covariates {covariates} from {info.get('future') or '?'}")))
     charts = []
+    drew_history = False
     for item in fut.items:
         f = fut.frame[fut.frame["item_id"] == item]
         # three horizons of history: enough to see the series' pattern, little enough to see the forecast's
         hist = None if fut.history is None else fut.history[fut.history["item_id"] == item].tail(max(3 * (h or 8), 24))
+        drew_history = drew_history or (hist is not None and len(hist) > 0)
         sub = f"median {f['predictions'].iloc[-1]:,.4g} at the last step" if len(f) else ""
         charts.append(_img(plots.future_fan_chart(hist, f, str(item), sub, fut.quantile_columns),
                            f"forecast of {item}", "chart small"))
     legend = "".join(f'<span class="key"><i class="{style}" style="--c:{color}"></i>{html.escape(label)}</span>'
-                     for label, color, style in plots.future_legend(fut.quantile_columns))
+                     for label, color, style in plots.future_legend(fut.quantile_columns, drew_history))
     several = len(info.get("targets") or []) > 1
     total = info.get("series", len(charts)) * (len(info["targets"]) if several else 1)
     shown = (f"{len(charts)} of the {total:,} {'series and targets' if several else 'series'}, spread over the "

@@ -172,10 +172,12 @@ def future_fan_chart(history, forecast, title: str, subtitle: str, levels: Seque
     return to_svg(fig)
 
 
-def future_legend(levels: Sequence[str]) -> list[tuple[str, str, str]]:
-    """What future_fan_chart draws, for the page's legend: (label, colour, style)."""
+def future_legend(levels: Sequence[str], history: bool = True) -> list[tuple[str, str, str]]:
+    """What future_fan_chart draws, for the page's legend: (label, colour, style); "history" only
+    when some chart has history to draw (a run that kept none shows the forecast alone)."""
     drawn = [(f"{float(lo) * 100:g}-{float(hi) * 100:g} %", COLORS["finetuned"], "band") for lo, hi in bands(levels)]
-    return [("history", ACTUAL, "line"), ("median forecast", COLORS["finetuned"], "line"), *drawn]
+    return [*([("history", ACTUAL, "line")] if history else []), ("median forecast", COLORS["finetuned"], "line"),
+            *drawn]
 
 
 # What fan_chart draws, for the page's legend: (label, colour, style).
