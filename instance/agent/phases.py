@@ -178,7 +178,7 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
     with torchrun (torchrun.py), this process keeping the lock and the uploads. Then score every
     backtest window (model/evaluation.py) into the work dir's evaluation folder."""
     from ..model.basemodel import device, load_base, load_trained
-    from ..model.evaluation import evaluate, training_data
+    from ..model.evaluation import backtest_of_files, evaluate, training_data
     from ..model.training import TrainingSettings, train_model
 
     cfg = inp.config
@@ -188,7 +188,9 @@ def training(ctx: AgentContext, inp: TrainingInput) -> TrainingOutput:
         return run_sweep(ctx, inp)
     settings = TrainingSettings.from_config(cfg)
     world = cfg.instance.gpu_count
-    backtest, inputs = training_data(inp.files, settings.prediction_length, settings.eval_windows, cfg.columns.names())
+    args = (inp.files, settings.prediction_length, settings.eval_windows, cfg.columns.names())
+    # Ranks build their own inputs: with several, this process needs only the backtest.
+    backtest, inputs = (backtest_of_files(*args), None) if world > 1 else training_data(*args)
     log.info("training on %d series, %d of %d rows (the last %d points of each held out: %d backtest windows)",
              len(backtest.items), len(backtest.frame) - len(backtest.items) * backtest.held_out, len(backtest.frame),
              backtest.held_out, backtest.windows)

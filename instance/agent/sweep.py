@@ -160,7 +160,7 @@ class Sweep:
 
     # -- the whole sweep ------------------------------------------------------------------------
     def run(self):
-        from ..model.evaluation import training_data
+        from ..model.evaluation import backtest_of_files, training_data
         from ..model.training import TrainingSettings
         from .phases import TrainingOutput
 
@@ -168,8 +168,10 @@ class Sweep:
         study = self.study = self._study()
         self._requeue_interrupted(study)
         settings = TrainingSettings.from_config(self.cfg)
-        self.backtest, self.inputs = training_data(self.inp.files, settings.prediction_length, settings.eval_windows,
-                                                   self.cfg.columns.names())
+        args = (self.inp.files, settings.prediction_length, settings.eval_windows, self.cfg.columns.names())
+        # Trials in processes of their own (side by side, or on several GPUs) build their own inputs.
+        in_process = self.slots == 1 and self.gpus == 1
+        self.backtest, self.inputs = training_data(*args) if in_process else (backtest_of_files(*args), None)
         ctx.record.update(data=dict(ctx.record.doc.get("data") or {}, series=len(self.backtest.items),
                                     points=int(len(self.backtest.frame))))
         log.info("sweep: %d trials (%s sampler, %d at a time), picked by the backtest %s", self.spec.budget,

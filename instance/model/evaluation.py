@@ -228,6 +228,13 @@ def training_inputs_of_files(files, prediction_length: int, windows: int = 1, co
     return _inputs(frame, roles, runs, prediction_length, windows)
 
 
+def backtest_of_files(files, prediction_length: int, windows: int = 1, columns: ColumnNames | None = None):
+    """training_data's backtest alone: the agent's own process when ranks train (each builds its
+    inputs itself, training_inputs_of_files), so they are not built a second time here."""
+    frame, roles, runs, items = _load(files, columns)
+    return _backtest(frame, runs, items, prediction_length, windows, roles)
+
+
 def _load(files, columns: ColumnNames | None):
     """(frame, roles, runs, ids of the series) of the dataset's files."""
     from .covariates import DEFAULT_COLUMNS, roles_of_frame
