@@ -153,3 +153,14 @@ def test_a_download_leaves_the_callers_thread_able_to_run_asyncio_code_after_it(
     asyncio.set_event_loop(mine)
     assert sync_prefix(operator, bucket, PREFIX, tmp_path / "data").downloaded == 1
     assert asyncio.get_event_loop_policy().get_event_loop() is mine
+
+
+def test_an_upload_of_a_file_that_is_gone_fails_naming_its_key(aws, bucket, tmp_path):
+    """A file removed between its listing and its upload is a failed transfer naming the key (what
+    data upload turns into one sentence), not an OS error out of the middle of the transfer."""
+    present = tmp_path / "a.parquet"
+    present.write_bytes(b"x" * 10)
+    with pytest.raises(TransferFailed, match=r"s3://.*/b\.parquet") as raised:
+        upload_files(client("s3", aws), bucket, [Upload(present, PREFIX + "a.parquet"),
+                                                 Upload(tmp_path / "b.parquet", PREFIX + "b.parquet")])
+    assert isinstance(raised.value.cause, FileNotFoundError)

@@ -110,7 +110,9 @@ def download_files(s3, bucket: str, items: Sequence[Download], *, on_done: Calla
     thread once per completed file; an exception from it stops the transfer and is re-raised."""
     from .aws import STORE_REQUEST_TIMEOUT_S, object_store
 
-    store = object_store(s3, bucket) if items else None
+    if not items:
+        return
+    store = object_store(s3, bucket)
     if store is None:  # a client made elsewhere: s3transfer, as the client itself is configured
         _download_parts(s3, bucket, items, on_done, concurrency)
         return
@@ -200,12 +202,15 @@ class _Landing:
         self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.missing = item.size
         try:
-            os.posix_fallocate(self.fd, 0, item.size)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without it: sparse
-                self.discard()
-                raise
-            os.ftruncate(self.fd, item.size)
+            try:
+                os.posix_fallocate(self.fd, 0, item.size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without it: sparse
+                    raise
+                os.ftruncate(self.fd, item.size)
+        except BaseException:
+            self.discard()  # never a descriptor or a temporary file left behind
+            raise
 
     def land(self) -> None:
         os.close(self.fd)
@@ -227,6 +232,7 @@ async def _fetch_ranges(store, bucket: str, items: Sequence[Download], on_done, 
     s3transfer (botocore reads 256 KB at a time under the GIL) 3x slower than s5cmd."""
     import obstore
 
+    items = list(dict.fromkeys(items))  # one object named twice must not count its ranges twice
     landings: dict[Download, _Landing] = {}
     jobs = ((item, start) for item in items for start in range(0, item.size, RANGE_SIZE))
     finished: asyncio.Queue = asyncio.Queue()
@@ -323,7 +329,12 @@ def upload_files(s3, bucket: str, items: Sequence[Upload], *, on_done: Callable[
     def submit(manager, item: Upload, subscribers):
         return manager.upload(str(item.path), bucket, item.key, subscribers=subscribers)
 
-    sizes = {item: item.path.stat().st_size for item in items}
+    sizes = {}
+    for item in items:
+        try:
+            sizes[item] = item.path.stat().st_size
+        except OSError as exc:  # gone or unreadable: a failed transfer naming its key, as any other
+            raise TransferFailed("upload", bucket, item.key, exc) from exc
     small = [item for item in items if sizes[item] <= MULTIPART_THRESHOLD]
     large = [item for item in items if sizes[item] > MULTIPART_THRESHOLD]
     if small:
