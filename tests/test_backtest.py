@@ -73,6 +73,9 @@ def test_a_sample_of_series_keeps_their_rows_and_windows(frame):
     assert window.items == picked and np.array_equal(window.actuals[1, 0], last)
     assert sample.train().groupby("item_id").size().to_dict() == {
         item: int((frame.item_id == item).sum()) - W * H for item in picked}
+    # Named in another order, the series keep the backtest's own (that of their rows and actuals).
+    again = backtest_split(frame, H, W).restrict(picked[::-1]).window(W - 1)
+    assert again.items == picked and np.array_equal(again.actuals, window.actuals)
 
 
 def test_per_series_wql_weights_like_the_whole():

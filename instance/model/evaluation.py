@@ -136,18 +136,20 @@ class Backtest:
                       timestamps=future[self.roles.timestamp].to_numpy().reshape(n, h))
 
     def restrict(self, items: list[str]) -> "Backtest":
-        if len(items) == len(self.items):
-            return self
+        """The backtest of the named series alone, in the backtest's own order (its rows' order)."""
         import numpy as np
 
         from .dataset import segments
 
-        starts, ends = self.runs
         kept = np.isin(np.asarray(self.items, dtype=object), np.asarray(list(items), dtype=object))
+        if kept.all():
+            return self
+        items = [item for item, keep in zip(self.items, kept.tolist()) if keep]
+        starts, ends = self.runs
         frame = self.frame[segments(len(self.frame), starts[kept], ends[kept] - starts[kept])].reset_index(drop=True)
         lengths = ends[kept] - starts[kept]
         runs = (np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64), np.cumsum(lengths).astype(np.int64))
-        return Backtest(frame, self.prediction_length, self.windows, list(items), self.frequency, self.seasonality,
+        return Backtest(frame, self.prediction_length, self.windows, items, self.frequency, self.seasonality,
                         self.roles, runs)
 
     def tail(self, items: list[str], points: int):

@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 from ..protocol.columns import ColumnRoles
 from .basemodel import PATCH
+from .dataset import series_runs
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +153,11 @@ def patch_size(pipeline) -> int:
 
 
 def check_lengths(data, roles: ColumnRoles, where: str, minimum: int) -> None:
-    import numpy as np
-
     ids = data[roles.id].to_numpy()
     if not len(ids):
         raise ForecastInputError(f"{where} holds no rows")
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    lengths = np.diff(np.r_[starts, len(ids)])
+    starts, ends = series_runs(ids)
+    lengths = ends - starts
     short = lengths < minimum
     if short.any():
         first = ids[starts[short][0]]
@@ -224,8 +223,7 @@ def history_sample(data, roles: ColumnRoles, prediction_length: int, series: int
     ids = data[roles.id].to_numpy()
     if not len(ids):
         return None
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    ends = np.r_[starts[1:], len(ids)]
+    starts, ends = series_runs(ids)
     picked = np.unique(np.linspace(0, len(starts) - 1, min(series, len(starts))).round().astype(int))
     points = max(4 * prediction_length, 48)
     rows = np.concatenate([np.arange(max(starts[i], ends[i] - points), ends[i]) for i in picked])
