@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -72,22 +73,10 @@ def extract(ref: str, into: Path) -> Path:
     return into
 
 
-def main() -> int:
-    from bench_data import big_series_file, wait_rss
+def measure(args, data: Path, work: Path) -> tuple[dict, dict]:
+    """Each kind in its own process, alternated; old code from `args.old` unpacked under `work`."""
+    from bench_data import wait_rss
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--old", default=BEFORE, help="git ref of the code to compare with (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "chronos-bench-series" / "series.parquet"),
-                   help="where the 20,000 x 500 file is made once and kept")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--child", nargs=4, metavar=("KIND", "TREE", "PATH", "OUT"), help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        child(*args.child)
-        return 0
-    data = big_series_file(Path(args.data))
-    work = Path(tempfile.mkdtemp(prefix="chronos-bench-input-"))
     trees = {"old": str(extract(args.old, work / "old")), "new": str(REPO)}
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     env.pop("PYTHONPATH", None)
@@ -103,6 +92,29 @@ def main() -> int:
                    "load": round(os.getloadavg()[0], 1)}
             runs[kind].append(row)
             print(f"{kind:7s} {row}", flush=True)
+    return result, runs
+
+
+def main() -> int:
+    from bench_data import big_series_file
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--old", default=BEFORE, help="git ref of the code to compare with (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "chronos-bench-series" / "series.parquet"),
+                   help="where the 20,000 x 500 file is made once and kept")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--child", nargs=4, metavar=("KIND", "TREE", "PATH", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
+    data = big_series_file(Path(args.data))
+    work = Path(tempfile.mkdtemp(prefix="chronos-bench-input-"))
+    try:
+        result, runs = measure(args, data, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the old tree and each child's figures
     for kind in ("old", "new"):
         rows = runs[kind]
         result[kind] = {"seconds": [r["seconds"] for r in rows], "peak_mb": [r["process_peak_mb"] for r in rows],

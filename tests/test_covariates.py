@@ -283,7 +283,7 @@ def test_inputs_built_per_series_are_what_the_frame_path_gave_chronos(tmp_path, 
     pd.testing.assert_frame_equal(bt.frame, old.frame)
     assert roles.known_covariates == ["promo", "weekday"]
     assert {"footfall", "store", "visits", "open", "size"} <= set(roles.past_covariates)
-    for ours, theirs in zip(inputs, before):
+    for ours, theirs in zip(inputs, before, strict=True):
         for key in ("n_targets", "n_covariates", "n_future_covariates"):
             assert ours[key] == theirs[key]
         # Targets, covariates in the model's order, categoricals as Chronos encoded them: bit for bit.
@@ -294,7 +294,7 @@ def test_inputs_built_per_series_are_what_the_frame_path_gave_chronos(tmp_path, 
         size = len(targets) + roles.past_covariates.index("size")
         assert [float(inputs[0]["context"][size, i]) for i in range(3)] == [0.0, 1.0, 2.0]
     ranked = training_inputs_of_files([path], H, W, spec)  # what a rank of distributed training builds
-    assert all(torch.equal(a["context"].nan_to_num(), b["context"].nan_to_num()) for a, b in zip(ranked, inputs))
+    assert all(torch.equal(a["context"].nan_to_num(), b["context"].nan_to_num()) for a, b in zip(ranked, inputs, strict=True))
 
 
 def pa_kinds(table, columns):

@@ -90,6 +90,7 @@ def test_files_in_and_the_progress_heard(model, tmp_path):
     result = forecast_files(lambda: model, [path], roles_of_frame(frame), H, about={"model": "m"}, batch_size=2,
                             progress=lambda done, total: heard.append((done, total)))
     assert result.info["model"] == "m" and result.info["series"] == 40 and result.info["rows"] == 40 * H
+    assert result.info["id_column"] == "item_id"  # what the sample below and the report select series by
     assert heard[-1] == (40, 40) and len(heard) == 2  # chunks of 16 batches of 2
     written = result.write(tmp_path / "out")
     assert [p.name for p in written] == ["forecast.parquet", "forecast.json", "history.parquet", "sample.parquet"]

@@ -58,7 +58,7 @@ def load_future(target: Target, run_id: str, present: set[str], backtest_history
     columns = info.get("columns") or []
     if len(columns) < 2:
         return None
-    id_col, time_col = columns[0], columns[1]
+    id_col, time_col = info.get("id_column", columns[0]), columns[1]  # runs before id_column: the first
     history = None
     if "history.parquet" in present:
         history = _normalise(pd.read_parquet(_body(target, layout.forecast_history(run_id))), id_col, time_col)

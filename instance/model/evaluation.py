@@ -111,7 +111,7 @@ class Backtest:
     frequency: str | None
     seasonality: int
     roles: ColumnRoles
-    runs: Any = None  # (starts, ends) of each series' rows in `frame` (dataset.series_runs)
+    runs: Any  # (starts, ends) of each series' rows in `frame` (dataset.series_runs)
 
     @property
     def held_out(self) -> int:

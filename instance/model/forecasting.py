@@ -75,7 +75,7 @@ class Forecast:
         written = [path, write_json_atomic(folder / INFO_FILE, self.info)]
         if self.history is not None:
             self.history.to_parquet(folder / HISTORY_FILE, index=False)
-            id_col = self.frame.columns[0]  # the data's id column, in the history as in the forecast
+            id_col = self.info["id_column"]
             sample = self.frame[self.frame[id_col].isin(self.history[id_col].unique())]
             sample.to_parquet(folder / SAMPLE_FILE, index=False)
             written += [folder / HISTORY_FILE, folder / SAMPLE_FILE]
@@ -305,7 +305,7 @@ def predict(pipeline, prepared: Prepared, *, quantile_levels: Sequence[float] = 
         **{col: q[..., i].reshape(-1) for i, col in enumerate(quantile_columns(levels))},
     })
     info = {
-        "series": n, "rows": len(frame), "prediction_length": h, "frequency": p.frequency,
+        "series": n, "rows": len(frame), "id_column": roles.id, "prediction_length": h, "frequency": p.frequency,
         "quantile_levels": levels, "columns": list(frame.columns), "targets": targets,
         "known_covariates": roles.known_covariates, "past_covariates": roles.past_covariates,
         "first_timestamp": str(pd.Timestamp(p.timestamps.min())) if n else None,
