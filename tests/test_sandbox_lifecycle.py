@@ -60,3 +60,37 @@ def test_start_status_stop_and_restart_with_no_sandbox_url(own_sandbox, tmp_path
     assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
     restarted = json.loads(run_cli(env, "sandbox", "status", "--json").stdout)
     assert restarted["pid"] != info["pid"] and pid_alive(restarted["pid"])
+
+
+def test_a_busy_sandbox_is_waited_for_and_a_dead_one_is_not(monkeypatch):
+    """Sixteen launches at once keep moto's one GIL busy: a probe that took the connection but got
+    no answer within half a second is not a dead sandbox (the launch failed with "does not answer",
+    or, without CHRONOS_SANDBOX_URL, would start a second server). Nobody listening is a no at once."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from automation.sandbox import control, motoserver
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self):
+            time.sleep(1.5)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("CHRONOS_SANDBOX_URL", url)
+        assert control.status() is not None and control.status().endpoint_url == url
+    finally:
+        server.shutdown()
+        server.server_close()
+    started = time.monotonic()
+    assert not motoserver.is_up(f"http://127.0.0.1:{motoserver.free_port()}", patience_s=30)
+    assert time.monotonic() - started < 1, "a refused connection is not waited on"

@@ -37,6 +37,9 @@ ZONES = ("us-east-1a", "us-east-1b")
 # moto reserves /aws/ parameter names, so the sandbox publishes its AMI under its own name;
 # infra.json carries the parameter name, so launches read it like the real one.
 SANDBOX_AMI_PARAMETER = "/chronos-training/sandbox/ami-id"
+# How long a sandbox that took the connection may take to answer before it counts as down: many
+# --local commands at once keep moto (one GIL) busy for seconds (the lock-race test runs 16).
+BUSY_PATIENCE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,9 @@ def status() -> SandboxInfo | None:
 
     external = _external()
     if external:
-        return external if motoserver.is_up(external.endpoint_url) else None
+        return external if motoserver.is_up(external.endpoint_url, patience_s=BUSY_PATIENCE_S) else None
     found = _read_record()
-    if found and _server_alive(found[0]) and motoserver.is_up(found[0].endpoint_url):
+    if found and _server_alive(found[0]) and motoserver.is_up(found[0].endpoint_url, patience_s=BUSY_PATIENCE_S):
         return found[0]
     return None
 

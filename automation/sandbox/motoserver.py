@@ -25,12 +25,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def is_up(endpoint_url: str, timeout: float = 0.5) -> bool:
-    try:
-        with urllib.request.urlopen(f"{endpoint_url}/moto-api/", timeout=timeout):
-            return True
-    except (urllib.error.URLError, OSError):
-        return False
+def is_up(endpoint_url: str, timeout: float = 0.5, patience_s: float = 0.0) -> bool:
+    """The server answers. Nobody listening is a no at once; a server that took the connection but
+    is slow to answer (one GIL serving sixteen launches) is asked again, longer, for `patience_s`:
+    a busy sandbox is not a dead one, and taking it for dead fails the command or starts a second."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{endpoint_url}/moto-api/", timeout=timeout):
+                return True
+        except (urllib.error.URLError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if not isinstance(reason, TimeoutError) or time.monotonic() >= deadline:
+                return False
+            timeout = min(timeout * 2, 4.0)
 
 
 def start(port: int, log_path: Path | None = None, detach: bool = False) -> subprocess.Popen:
