@@ -37,17 +37,22 @@ from tests.agent_fixtures import ROOT, install_fake_aws
 # What bootstrap.sh and environment.sh call, and nothing else: no python, no apt-get.
 TOOLS = ("bash", "sh", "env", "date", "mkdir", "tee", "uname", "cut", "curl", "sha256sum", "tar", "gzip",
          "sleep", "kill", "cat", "rm", "mv", "ls", "head", "du", "dirname", "basename", "chmod", "grep", "tr", "cp")
+# zstd where this machine has it, as on an AMI that ships it; environment.sh packs the Python
+# environment with it then, and with gzip on a machine without it (scratch_bin's `without`).
+OPTIONAL_TOOLS = ("zstd",)
 SITE_WHEEL = "chronos_test_site-1.0-py3-none-any.whl"
 TIMER_CALLS = "systemd-run.calls"
 
 
-def scratch_bin(bin_dir: Path, shutdown_calls: Path) -> str:
-    """A PATH of symlinked tools, the fake AWS CLI, a `shutdown` that records its call and plays
-    the power-off, a recording `systemd-run` (its arguments in systemd-run.calls beside the
-    shutdown calls, one a line) and this checkout's uv."""
+def scratch_bin(bin_dir: Path, shutdown_calls: Path, without: tuple[str, ...] = ()) -> str:
+    """A PATH of symlinked tools (the optional ones where this machine has them, none named in
+    `without`), the fake AWS CLI, a `shutdown` that records its call and plays the power-off, a
+    recording `systemd-run` (its arguments in systemd-run.calls beside the shutdown calls, one a
+    line) and this checkout's uv."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for tool in TOOLS:
-        (bin_dir / tool).symlink_to(shutil.which(tool))
+    for tool in TOOLS + tuple(t for t in OPTIONAL_TOOLS if shutil.which(t)):
+        if tool not in without:
+            (bin_dir / tool).symlink_to(shutil.which(tool))
     install_fake_aws(bin_dir)
     (bin_dir / "uv").symlink_to(Path(sys.executable).parent / "uv")
     power_off = "from tests.boot_fixtures import power_off_main; power_off_main()"

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -150,6 +151,18 @@ def env_tarballs(s3, bucket: str) -> list[str]:
     return keys_under(s3, bucket, "cached-datasets/python-env/")
 
 
+MAGIC = {"zst": b"\x28\xb5\x2f\xfd", "gz": b"\x1f\x8b"}  # the first bytes of a zstd / gzip stream
+
+
+def env_key(fmt: str) -> str:
+    """The cache key the scratch machine's environment.sh must compute for SITE."""
+    return python_env_key(PYTHON_BUILD, platform.machine(), hashlib.sha256(SITE.encode()).hexdigest()[:16], fmt)
+
+
+def head(s3, bucket: str, key: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-3")["Body"].read()
+
+
 def test_boot_from_nothing_builds_and_saves_the_environment_and_the_next_machine_restores_it(machine, bucket, s3, aws):
     """First machine, cache miss: the boot log is in S3 before the agent starts; uv installs the
     standalone CPython and the venv, the tarball is saved, the agent runs as the instance role
@@ -178,7 +191,8 @@ def test_boot_from_nothing_builds_and_saves_the_environment_and_the_next_machine
     assert "instance.agent: agent for " + RID in agent_log, agent_log[:500]
     assert not [line for line in agent_log.splitlines() if line.startswith("bootstrap: ")]  # two logs, never one
     (tarball,) = env_tarballs(s3, bucket)
-    assert tarball == python_env_key(PYTHON_BUILD, platform.machine(), hashlib.sha256(SITE.encode()).hexdigest()[:16])
+    fmt = "zst" if shutil.which("zstd") else "gz"  # the scratch machine has zstd where this one has
+    assert tarball == env_key(fmt) and head(s3, bucket, tarball).startswith(MAGIC[fmt])
     assert m.calls.read_text().splitlines() == ["-h +50", "-h now"]
     # `chronos-train logs` shows the boot, then the agent, each headed by its name.
     shown = "".join(stream(Target(ENV, False, REGION, bucket, aws.endpoint_url), RID, follow=False))  # the operator
@@ -212,6 +226,94 @@ def test_a_refused_environment_upload_costs_only_the_next_build(machine, bucket,
     assert "could not save the environment" in boot_log and "AccessDenied" in boot_log
     assert env_tarballs(m.s3, bucket) == []
     assert json.loads(text(m.s3, bucket, m.run.layout.training_record(RID)))["final_status"] == "completed"
+
+
+# -- the environment cache: zstd where the machine has it, gzip where not, the key says which ------
+@pytest.fixture
+def env_machines(bucket, aws, tmp_path):
+    """Machines that run environment.sh's prepare_environment alone, as the instance role, each
+    with an empty disk, with or without zstd. Their build copies a small tree (an executable, a
+    symlink, 300 KB of noise) instead of running uv, and says so in its output."""
+    instance_role(aws, ENV, bucket)
+    ec2 = client("ec2", aws)
+    instance_id = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1,
+                                    InstanceType="t3.micro")["Instances"][0]["InstanceId"]
+    credentials = instance_credentials(aws, ENV, instance_id)
+    built = tmp_path / "built"
+    (built / "python" / "bin").mkdir(parents=True)
+    (built / "python" / "bin" / "python3").write_text("#!/bin/sh\necho stand-in\n")
+    (built / "python" / "bin" / "python3").chmod(0o755)
+    (built / "venv" / "bin").mkdir(parents=True)
+    (built / "venv" / "bin" / "python").symlink_to("../../python/bin/python3")
+    (built / "venv" / "noise.bin").write_bytes(os.urandom(300_000))
+    bundle_dir = tmp_path / "bundle"
+    (bundle_dir / "instance").mkdir(parents=True)
+    (bundle_dir / "instance" / "requirements.txt").write_text(SITE)
+
+    def boot(name: str, zstd: bool) -> tuple[str, Path]:
+        disk = tmp_path / name
+        path = scratch_bin(disk / "bin", disk / "shutdown.calls", without=() if zstd else ("zstd",))
+        script = (f"set -uo pipefail\n. {ROOT}/instance/boot/environment.sh\n"
+                  'aws_cli() { aws "$@"; }\n'
+                  f'build_environment() {{ echo "build: copied"; mkdir -p "$1" && cp -a {built}/. "$1"/; }}\n'
+                  f"BUCKET={bucket} PYTHON_BUILD={PYTHON_BUILD}\nprepare_environment {disk}/env\n")
+        proc = subprocess.run(["bash", "-c", script], cwd=bundle_dir, capture_output=True, text=True, timeout=120,
+                              env={"PATH": path, "HOME": str(disk), "AWS_ENDPOINT_URL": aws.endpoint_url,
+                                   "AWS_DEFAULT_REGION": REGION, **credentials})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout + proc.stderr, disk / "env"
+
+    return SimpleNamespace(boot=boot, built=built)
+
+
+def tree(folder: Path) -> dict[str, tuple]:
+    """Every entry under folder (the bootstrap's marker aside): a link's target, a file's bytes
+    and mode."""
+    return {str(p.relative_to(folder)): (os.readlink(p),) if p.is_symlink() else
+            (p.read_bytes(), p.stat().st_mode) if p.is_file() else ("dir",)
+            for p in sorted(folder.rglob("*")) if p.name != ".chronos-env"}
+
+
+needs_zstd = pytest.mark.skipif(not shutil.which("zstd"), reason="this machine has no zstd binary to lend")
+
+
+@pytest.mark.parametrize("zstd", [pytest.param(True, marks=needs_zstd, id="zstd"), pytest.param(False, id="no zstd")])
+def test_the_environment_is_saved_in_the_format_its_key_names_and_restored_whole(env_machines, s3, bucket, zstd):
+    """A machine with zstd saves a zstd tarball under .tar.zst, one without saves gzip under
+    .tar.gz (the key instance.protocol.layout computes); the next machine of the same kind
+    restores it instead of building, links and modes intact."""
+    fmt = "zst" if zstd else "gz"
+    out, _ = env_machines.boot("first", zstd)
+    assert "build: copied" in out and f"saved the environment as s3://{bucket}/{env_key(fmt)}" in out, out
+    assert env_tarballs(s3, bucket) == [env_key(fmt)]
+    assert head(s3, bucket, env_key(fmt)).startswith(MAGIC[fmt]), "the tarball is not in the format its key names"
+
+    out, restored = env_machines.boot("second", zstd)
+    assert "build: copied" not in out and f"environment restored from s3://{bucket}/{env_key(fmt)}" in out, out
+    assert tree(restored) == tree(env_machines.built)
+
+
+@needs_zstd
+def test_machines_with_and_without_zstd_never_take_each_others_tarball(env_machines, s3, bucket):
+    """A zstd tarball in the cache is not for a machine without zstd: that one misses, builds and
+    saves its own gzip tarball beside it (gzip never sees zstd bytes); a machine with zstd still
+    restores the zstd one."""
+    env_machines.boot("with", zstd=True)
+    out, _ = env_machines.boot("without", zstd=False)
+    assert f"no cached environment at s3://{bucket}/{env_key('gz')}" in out and "build: copied" in out, out
+    assert "not in gzip format" not in out and "zstd" not in out, out  # a miss leaves gzip an empty stream, no more
+    assert sorted(env_tarballs(s3, bucket)) == sorted([env_key("zst"), env_key("gz")])
+    assert head(s3, bucket, env_key("gz")).startswith(MAGIC["gz"])
+    assert head(s3, bucket, env_key("zst")).startswith(MAGIC["zst"])
+
+    out, restored = env_machines.boot("with-again", zstd=True)
+    assert f"environment restored from s3://{bucket}/{env_key('zst')}" in out and "build: copied" not in out, out
+    assert tree(restored) == tree(env_machines.built)
+
+
+def test_the_cache_key_names_only_a_format_the_bootstrap_unpacks():
+    with pytest.raises(ValueError, match="tarball format 'xz'"):
+        python_env_key(PYTHON_BUILD, "x86_64", "0" * 16, "xz")
 
 
 def test_a_gpu_type_without_a_working_gpu_fails_at_once(machine, bucket):

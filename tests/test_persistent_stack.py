@@ -339,7 +339,7 @@ def test_instance_reads_datasets_only(stack):
 
 @pytest.mark.parametrize("key", [
     "dev/system-state.json", "dev/logs/run-20261129-101500-ab12/agent.log", "dev/run-20261129-101500-ab12/models/x",
-    "cached-datasets/python-env/chronos-env-x.tar.gz",
+    "cached-datasets/python-env/chronos-env-x.tar.gz", "cached-datasets/python-env/chronos-env-x.tar.zst",
 ])
 def test_instance_writes_what_a_run_needs(stack, key):
     assert allowed(_instance_policy(stack), "s3:PutObject", _obj(key)), stack.one(ROLE_POLICY).fail(f"cannot write {key}")
@@ -409,7 +409,8 @@ def test_operator_writes_runs_run_stacks_and_datasets(stack, key):
     assert allowed(_operator_policy(stack), "s3:PutObject", _obj(key)), stack.one(IAM_POLICY).fail(key)
 
 
-@pytest.mark.parametrize("key", ["dev/infra.json", "stage/system-state.json", "cached-datasets/python-env/x.tar.gz"])
+@pytest.mark.parametrize("key", ["dev/infra.json", "stage/system-state.json", "cached-datasets/python-env/x.tar.gz",
+                                 "cached-datasets/python-env/x.tar.zst"])
 def test_operator_cannot_write_the_stack_record_other_envs_or_the_environment_cache(stack, key):
     assert not granting(_operator_policy(stack), "s3:PutObject", _obj(key)), stack.one(IAM_POLICY).fail(key)
 

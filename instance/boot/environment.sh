@@ -5,22 +5,32 @@
 # Python builds and PyPI), saves them for the next run, and goes on; a failed save only costs
 # the next run the same build.
 
-env_key() {  # must equal instance.protocol.layout.python_env_key
-  local hash
-  hash=$(sha256sum instance/requirements.txt | cut -c1-16)
-  echo "cached-datasets/python-env/chronos-env-$PYTHON_BUILD-$(uname -m)-$hash.tar.gz"
+tarball_format() {  # zst where this machine has zstd (it inflates several times faster than gzip), else gz
+  if command -v zstd >/dev/null; then echo zst; else echo gz; fi
 }
 
-gzip_program() {  # pigz packs a multi-GB CUDA environment on every core; tar adds -d to unpack
-  if command -v pigz >/dev/null; then echo "pigz -1"; else echo "gzip -1"; fi
+env_key() {  # must equal instance.protocol.layout.python_env_key; its suffix names the tarball's format
+  local hash
+  hash=$(sha256sum instance/requirements.txt | cut -c1-16)
+  echo "cached-datasets/python-env/chronos-env-$PYTHON_BUILD-$(uname -m)-$hash.tar.$(tarball_format)"
+}
+
+compressor() {  # $1 a key; tar adds -d to unpack. The key's suffix decides, never the machine alone,
+  # so a zstd tarball is never fed to gzip: a machine without zstd asks for the .tar.gz key.
+  case $1 in
+    *.tar.zst) echo "zstd -T0 -3" ;;  # packs on every core
+    *.tar.gz) if command -v pigz >/dev/null; then echo "pigz -1"; else echo "gzip -1"; fi ;;
+    *) echo "bootstrap: $1 names no tarball format this script knows (.tar.zst, .tar.gz)" >&2; return 1 ;;
+  esac
 }
 
 restore_environment() {  # $1 env dir, $2 key; fails when the cache has no such environment
-  local dir=$1 key=$2
+  local dir=$1 key=$2 program
+  program=$(compressor "$key") || return 1
   rm -rf "$dir.partial" && mkdir -p "$dir.partial" || return 1
   # Streamed from S3 into tar: the download and the unpack overlap, and the tarball never
   # touches the disk (on a gp3 root volume, disk throughput is what bounds a restore).
-  if ! aws_cli s3 cp --only-show-errors "s3://$BUCKET/$key" - | tar -I "$(gzip_program)" -xf - -C "$dir.partial"; then
+  if ! aws_cli s3 cp --only-show-errors "s3://$BUCKET/$key" - | tar -I "$program" -xf - -C "$dir.partial"; then
     rm -rf "$dir.partial"
     return 1
   fi
@@ -40,8 +50,8 @@ build_environment() {  # $1 env dir: $1/python (standalone CPython) and $1/venv
 }
 
 save_environment() {  # $1 env dir, $2 key; a refusal is logged, never fatal
-  local dir=$1 key=$2 tarball="$1.upload.tar.gz" started=$SECONDS
-  if tar -I "$(gzip_program)" -cf "$tarball" -C "$dir" . && aws_cli s3 cp --only-show-errors "$tarball" "s3://$BUCKET/$key"; then
+  local dir=$1 key=$2 tarball="$1.upload.${2##*.}" started=$SECONDS program
+  if program=$(compressor "$key") && tar -I "$program" -cf "$tarball" -C "$dir" . && aws_cli s3 cp --only-show-errors "$tarball" "s3://$BUCKET/$key"; then
     echo "bootstrap: saved the environment as s3://$BUCKET/$key ($(du -m "$tarball" | cut -f1) MB, $((SECONDS - started)) s)"
   else
     echo "bootstrap: could not save the environment to s3://$BUCKET/$key; the next run builds it again"

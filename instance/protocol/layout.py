@@ -165,11 +165,17 @@ class Layout:
         return self.forecasts(run_id) + "future/"
 
 
-def python_env_key(python_build: str, arch: str, requirements_hash: str) -> str:
+PYTHON_ENV_FORMATS = ("zst", "gz")
+
+
+def python_env_key(python_build: str, arch: str, requirements_hash: str, tarball_format: str) -> str:
     """The cached interpreter + venv for one Python build (cpython-3.11.18), one machine
-    architecture and one requirements file (sha256, first 16 hex digits). instance/boot/
-    environment.sh computes the same name in bash."""
-    return f"{PYTHON_ENV_PREFIX}chronos-env-{python_build}-{arch}-{requirements_hash}.tar.gz"
+    architecture, one requirements file (sha256, first 16 hex digits) and one tarball format:
+    zst where the machine has zstd, gz where it has not, so that a machine only ever asks for a
+    tarball it can unpack. instance/boot/environment.sh computes the same name in bash."""
+    if tarball_format not in PYTHON_ENV_FORMATS:
+        raise ValueError(f"tarball format {tarball_format!r}: use one of {', '.join(PYTHON_ENV_FORMATS)}")
+    return f"{PYTHON_ENV_PREFIX}chronos-env-{python_build}-{arch}-{requirements_hash}.tar.{tarball_format}"
 
 
 def s3_uri(bucket: str, key: str) -> str:
