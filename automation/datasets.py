@@ -19,7 +19,6 @@ import hashlib
 import io
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -248,9 +247,10 @@ def upload_dataset(target: Target, dataset: LocalDataset, month: str | None = No
 
     The dataset is validated already, or `verdict` is its validation still running (a future that
     raises BadInput for a bad dataset). Then the bytes move meanwhile, but nothing becomes visible
-    before the verdict: the requests that make an object exist (PutObject; CompleteMultipartUpload
-    for a large file) wait for it; a bad verdict fails them and stops the parts still to send, so
-    the manager aborts the parts it sent (AbortMultipartUpload) and the bucket holds nothing of it."""
+    before the verdict (transfer.upload_files' `visible_after`): the requests that make an object
+    exist (PutObject; CompleteMultipartUpload for a large file) wait for it; a bad verdict fails
+    them and stops the parts still to send, so the manager aborts the parts it sent
+    (AbortMultipartUpload) and the bucket holds nothing of it."""
     from instance.protocol.transfer import TransferFailed, Upload, upload_files
 
     month = month or utcnow().strftime("%Y/%m")
@@ -273,8 +273,7 @@ def upload_dataset(target: Target, dataset: LocalDataset, month: str | None = No
         progress(done, len(todo))
 
     try:
-        with _visible_after(target.s3, verdict):
-            upload_files(target.s3, target.bucket, todo, on_done=on_done)
+        upload_files(target.s3, target.bucket, todo, on_done=on_done, visible_after=verdict)
     except TransferFailed as exc:
         if verdict is not None and verdict.exception() is not None:
             raise verdict.exception() from None
@@ -286,39 +285,6 @@ def upload_dataset(target: Target, dataset: LocalDataset, month: str | None = No
     if verdict is not None:
         verdict.result()  # nothing was left to send: the verdict still stands
     return Uploaded(prefix, len(dataset.files), dataset.total_bytes, len(dataset.files) - len(todo))
-
-
-# The requests after which an uploaded object exists in the bucket: they wait for the verdict.
-_WAIT_FOR_VERDICT = ("PutObject", "CompleteMultipartUpload")
-# The requests that only move bytes: they go on while the validator reads, and stop as soon as the
-# verdict is bad (a bad large file does not send the rest of its parts first).
-_STOP_ON_BAD_VERDICT = ("CreateMultipartUpload", "UploadPart")
-
-
-@contextmanager
-def _visible_after(s3, verdict: Future | None):
-    """While inside, the requests that make an object visible wait for `verdict` and fail as it
-    does; the others fail once it is known to be bad. botocore's before-call event runs outside
-    its retries, so a bad verdict is raised once, not retried."""
-    if verdict is None:
-        yield
-        return
-
-    def wait(**_):
-        verdict.result()
-
-    def stop_if_bad(**_):
-        if verdict.done():
-            verdict.result()
-
-    handlers = [(op, wait) for op in _WAIT_FOR_VERDICT] + [(op, stop_if_bad) for op in _STOP_ON_BAD_VERDICT]
-    for op, handler in handlers:
-        s3.meta.events.register(f"before-call.s3.{op}", handler, unique_id=f"chronos-verdict-{id(verdict)}-{op}")
-    try:
-        yield
-    finally:
-        for op, _ in handlers:
-            s3.meta.events.unregister(f"before-call.s3.{op}", unique_id=f"chronos-verdict-{id(verdict)}-{op}")
 
 
 def content_hash(dataset: LocalDataset) -> str:

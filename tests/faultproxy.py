@@ -34,15 +34,18 @@ itself, without moto: `respond(body)` returns (status, document). It stands in f
 does not play, e.g. Service Quotas' EC2 vCPU quotas.
 
 `gate()` holds a number of matching requests until all have arrived (a start line for races).
-Counts of what it did are kept in `stats` (and every (method, path) seen in `seen`):
+Counts of what it did are kept in `stats` (and every (method, path) seen in `seen`; every reply
+moto gave that reached the client in `replied`, by (method, path, Range header or None): what a
+test counts to tell two ranged GETs from one GET sent twice, faulted attempts left out):
 - `requests`: every request seen; one key per fault kind: how often it was injected;
 - from botocore's `amz-sdk-request: attempt=N; max=M` header: `calls` (first attempts, i.e. API
   calls made), `retries` (attempts after the first: exactly the retries botocore made) and
   `exhausted` (a faulted last attempt: the call failed after its whole retry budget);
 - `conditional_writes`: conditional PUT/POST/DELETE requests that passed the path and method
   filters (what a 409 could meet);
-- `unnumbered`: failing faults injected into requests without botocore's attempt header (obstore's
-  downloads): their retries are obstore's own, which `retries` cannot count;
+- `unnumbered`: failed attempts of requests without botocore's attempt header (obstore's), whether
+  a failing fault was injected or moto answered 5xx itself: their retries are obstore's own,
+  which `retries` cannot count;
 - `failed_calls` (a property): calls whose latest attempt was faulted, from the
   `amz-sdk-invocation-id` header: those the caller saw fail, whether the attempts ran out or
   botocore's retry quota did.
@@ -109,6 +112,7 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.stats: Counter = Counter()
         self.seen: Counter = Counter()  # (method, url path) -> requests, faulted or not
+        self.replied: Counter = Counter()  # (method, url path, Range header) -> moto's replies delivered
         self._last_attempt_failed: dict[str, bool] = {}  # invocation id -> its latest attempt faulted
         self._lock = threading.Lock()
         self._gate: dict | None = None
@@ -182,11 +186,17 @@ class FaultProxy:
         with self._lock:
             self.stats[key] += 1
 
-    def upstream_error(self, invocation: str | None) -> None:
+    def upstream_error(self, invocation: str | None, sdk_request: str | None) -> None:
         with self._lock:
             self.stats["upstream_5xx"] += 1
+            if sdk_attempt(sdk_request) is None:
+                self.stats["unnumbered"] += 1  # a failed attempt that obstore, not botocore, retries
             if invocation:
                 self._last_attempt_failed[invocation] = True
+
+    def delivered(self, method: str, path: str, range_header: str | None) -> None:
+        with self._lock:
+            self.replied[(method.upper(), urlsplit(path).path, range_header)] += 1
 
     @property
     def url(self) -> str:
@@ -345,7 +355,7 @@ class FaultProxy:
                 finally:
                     conn.close()
                 if resp.status >= 500:  # moto's own errors (botocore retries them too)
-                    proxy.upstream_error(self.headers.get("amz-sdk-invocation-id"))
+                    proxy.upstream_error(self.headers.get("amz-sdk-invocation-id"), self.headers.get("amz-sdk-request"))
                 if fault == "lost":
                     return self._drop()
                 proxy.through_pipe(0 if self.command == "HEAD" else len(data))
@@ -359,6 +369,7 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+                proxy.delivered(self.command, self.path, self.headers.get("Range"))
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 

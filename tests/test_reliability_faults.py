@@ -91,8 +91,9 @@ def completed_run_through(aws, sandbox, tmp_path, **faults) -> dict:
     print("FAULTS", json.dumps({"seed": faults.get("seed"), **figures}))
     # Every failed attempt (injected, or moto's own 5xx) cost botocore exactly one retry, except
     # the last attempt of a call that failed outright. A 409 is never retried by botocore: each
-    # one is a call the code saw fail (and answered by re-reading and writing again). Faults that
-    # hit obstore's requests (the dataset sync) are retried by obstore, unseen by these counts.
+    # one is a call the code saw fail (and answered by re-reading and writing again). Failed
+    # attempts of obstore's requests (the dataset sync, checkpoints), injected or moto's own 5xx,
+    # are retried by obstore, unseen by these counts: "unnumbered" counts both kinds.
     failed_attempts = sum(figures[f] for f in FAILING_FAULTS) + figures["upstream_5xx"] - figures["unnumbered"]
     assert figures["retries"] == failed_attempts - (figures["failed_calls"] - figures[CONFLICT]), figures
     return figures

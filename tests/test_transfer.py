@@ -1,8 +1,9 @@
 """The one transfer path (instance/protocol/transfer.py) as the agent and the CLI meet it:
-downloads through obstore (small objects whole, large ones as parallel ranged GETs), uploads
-through s3transfer, all as the identity of the client they are given (its named keys or boto3's
-chain), all through injected faults, never taking a body that is not the listed object for the
-file, and a large upload to a slow server slowing down rather than failing."""
+downloads through obstore (small objects whole, large ones as parallel ranged GETs), small
+uploads through s3transfer and large ones through obstore's multipart upload, all as the
+identity of the client they are given (its named keys or boto3's chain), all through injected
+faults, never taking a body that is not the listed object for the file, never leaving a failed
+upload's parts behind, and transfers to a slow server slowing down rather than failing."""
 from __future__ import annotations
 
 import os
@@ -16,10 +17,12 @@ from instance.protocol.datasets import list_dataset
 from instance.protocol.transfer import (
     PART_SIZE,
     RANGE_SIZE,
+    UPLOAD_PART_SIZE,
     Download,
     TransferFailed,
     Upload,
     download_files,
+    byte_budget,
     in_flight,
     upload_files,
 )
@@ -77,7 +80,10 @@ def test_a_sync_of_small_and_large_files_completes_through_20_percent_injected_f
     assert report.downloaded == 31
     assert {p.name: p.read_bytes() for p in report.files} == bodies
     assert sum(proxy.stats[f] for f in FAILING_FAULTS) >= 5  # faults were met, and retried through
-    assert sum(n for (method, path), n in proxy.seen.items() if path.endswith("/big.parquet")) >= 2
+    # The large file came as two ranged GETs, each answered once (faulted attempts are not replies).
+    big = {(method, rng): n for (method, path, rng), n in proxy.replied.items() if path.endswith("/big.parquet")}
+    assert big == {("GET", f"bytes=0-{RANGE_SIZE - 1}"): 1,
+                   ("GET", f"bytes={RANGE_SIZE}-{RANGE_SIZE + 1024 * 1024 - 1}"): 1}
 
 
 def test_a_body_that_is_not_the_listed_object_is_never_taken_for_the_file(aws, bucket, tmp_path):
@@ -105,30 +111,56 @@ def test_a_large_object_replaced_after_the_listing_is_never_taken_for_the_file(a
     assert _nothing_in(dest.parent)  # neither the file nor a temporary one
 
 
+def _requests_to(proxy, method: str, key: str) -> int:
+    return sum(n for (m, path), n in proxy.seen.items() if m == method and path.endswith("/" + key))
+
+
 def test_a_large_upload_to_a_slow_server_slows_down_instead_of_failing(aws, bucket, tmp_path):
     """A server that takes 10 MiB/s in all (a busy disk behind it), and a client whose read
-    timeout is 2 s: four 8 MiB parts all in flight would have the last one answered after 3.2 s,
-    timing out and sent again (with more parts, again and again until the upload fails); parts
-    go one at a time here, each answered in 0.8 s, and none is sent twice."""
+    timeout is 2 s (obstore's request timeout, body included, 4 s): four 16 MiB parts all in
+    flight would have the last one answered after 6.4 s, timing out and sent again (with more
+    parts, again and again until the upload fails); parts go one at a time here, each answered
+    in 1.6 s, and none is sent twice."""
     src = tmp_path / "checkpoint.bin"
-    src.write_bytes(os.urandom(4 * PART_SIZE))
+    src.write_bytes(os.urandom(4 * UPLOAD_PART_SIZE))
+    key = PREFIX + "checkpoint.bin"
     with FaultProxy(aws.endpoint_url, bytes_per_s=10 * 1024 * 1024) as proxy:
         operator = client("s3", AwsTarget(aws.region, proxy.url), read_timeout=2)
-        assert in_flight(PART_SIZE, 2) == 1
-        upload_files(operator, bucket, [Upload(src, PREFIX + "checkpoint.bin")])
-    assert proxy.stats["retries"] == 0  # no part timed out
-    got = client("s3", AwsTarget(aws.region, aws.endpoint_url)).get_object(Bucket=bucket, Key=PREFIX + "checkpoint.bin")
+        assert in_flight(UPLOAD_PART_SIZE, byte_budget(4)) == 1
+        upload_files(operator, bucket, [Upload(src, key)])
+    assert _requests_to(proxy, "PUT", "checkpoint.bin") == 4  # one request a part: none timed out
+    got = client("s3", AwsTarget(aws.region, aws.endpoint_url)).get_object(Bucket=bucket, Key=key)
     assert got["Body"].read() == src.read_bytes()
+
+
+def test_many_small_files_to_and_from_a_slow_server_slow_down_instead_of_failing(aws, bucket, tmp_path):
+    """Ten files of 5 MiB through the same 10 MiB/s server with a 2 s read timeout: all in flight
+    at once (as 64 requests at a time would have them), the last would be answered after 5 s,
+    past the client's timeout both ways (botocore's 2 s per read up, obstore's 4 s a request
+    down). The bytes in flight stay within what that server answers in time (8 MiB up: one file
+    at a time; 16 MiB down: three), and no request is sent twice."""
+    folder = tmp_path / "up"
+    folder.mkdir()
+    bodies = {f"part-{i}.parquet": os.urandom(5 * 1024 * 1024) for i in range(10)}
+    for name, body in bodies.items():
+        (folder / name).write_bytes(body)
+    with FaultProxy(aws.endpoint_url, bytes_per_s=10 * 1024 * 1024) as proxy:
+        operator = client("s3", AwsTarget(aws.region, proxy.url), read_timeout=2)
+        upload_files(operator, bucket, [Upload(folder / name, PREFIX + name) for name in bodies])
+        assert proxy.stats["retries"] == 0 and proxy.stats["requests"] == 10  # no PUT timed out
+        report = sync_prefix(operator, bucket, PREFIX, tmp_path / "down")
+    assert {p.name: p.read_bytes() for p in report.files} == bodies
+    assert all(_requests_to(proxy, "GET", name) == 1 for name in bodies)  # no GET timed out
 
 
 def test_a_large_upload_lands_whole_through_faults_and_a_refused_one_names_its_action(aws, bucket, tmp_path):
     src = tmp_path / "checkpoint.bin"
-    src.write_bytes(os.urandom(2 * PART_SIZE + 1))
+    src.write_bytes(os.urandom(2 * UPLOAD_PART_SIZE + 1))
     with FaultProxy(aws.endpoint_url, rate=0.2, faults=FAILING_FAULTS, seed=5) as proxy:
         operator = client("s3", AwsTarget(aws.region, proxy.url))
         for attempt in range(4):  # a few uploads, so that faults meet every kind of request
             upload_files(operator, bucket, [Upload(src, f"{PREFIX}{attempt}/checkpoint.bin")])
-    assert sum(proxy.stats[f] for f in FAILING_FAULTS) >= 2
+    assert proxy.stats["unnumbered"] >= 2  # faults met obstore's requests, and were retried through
     direct = client("s3", AwsTarget(aws.region, aws.endpoint_url))
     for attempt in range(4):
         got = direct.get_object(Bucket=bucket, Key=f"{PREFIX}{attempt}/checkpoint.bin")["Body"].read()
@@ -138,8 +170,27 @@ def test_a_large_upload_lands_whole_through_faults_and_a_refused_one_names_its_a
         upload_files(direct, bucket, [Upload(src, "prod/secret/checkpoint.bin")])
     assert failed.value.key == "prod/secret/checkpoint.bin"
     assert error_code(failed.value.cause) == "AccessDenied"
-    assert refused_action(failed.value.cause) == "s3:CreateMultipartUpload"
+    assert refused_action(failed.value.cause) == "s3:PutObject"
     assert "Contents" not in client("s3", aws).list_objects_v2(Bucket=bucket, Prefix="prod/secret/checkpoint")
+    assert "Uploads" not in client("s3", aws).list_multipart_uploads(Bucket=bucket)
+
+
+@pytest.mark.parametrize("refused", [1, 3])
+def test_a_large_upload_whose_parts_fail_leaves_neither_object_nor_parts(aws, bucket, tmp_path, refused):
+    """The upload started, then its first part (or all three) refused: the transfer fails naming
+    the key, no object appears, and the multipart upload is aborted, its parts gone (what the
+    bucket's AbortIncompleteMultipartUpload rule would otherwise bill for days)."""
+    src = tmp_path / "checkpoint.bin"
+    src.write_bytes(os.urandom(2 * UPLOAD_PART_SIZE + 1))
+    key = PREFIX + "checkpoint.bin"
+    with FaultProxy(aws.endpoint_url, rate=1.0, faults=("denied",), methods=("PUT",), max_faults=refused) as proxy:
+        with pytest.raises(TransferFailed) as failed:
+            upload_files(client("s3", AwsTarget(aws.region, proxy.url)), bucket, [Upload(src, key)])
+    assert failed.value.key == key and error_code(failed.value.cause) == "AccessDenied"
+    assert _requests_to(proxy, "DELETE", "checkpoint.bin") == 1  # AbortMultipartUpload
+    deployer = client("s3", aws)
+    assert "Contents" not in deployer.list_objects_v2(Bucket=bucket, Prefix=key)
+    assert "Uploads" not in deployer.list_multipart_uploads(Bucket=bucket)
 
 
 def test_a_download_leaves_the_callers_thread_able_to_run_asyncio_code_after_it(aws, bucket, tmp_path):

@@ -19,8 +19,6 @@ from weakref import WeakKeyDictionary
 RETRIES = {"total_max_attempts": 6, "mode": "standard"}
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 30
-# obstore's timeout is for a whole request, its body included (reqwest's), not for each read.
-STORE_REQUEST_TIMEOUT_S = 2 * READ_TIMEOUT_S
 # As many pooled connections as transfer.py keeps requests in flight (a pool opens them lazily).
 MAX_POOL_CONNECTIONS = 64
 
@@ -191,7 +189,7 @@ def object_store(s3, bucket: str):
     from obstore.store import S3Store
 
     target, boto_session = origin
-    options: dict[str, Any] = {"connect_timeout": f"{CONNECT_TIMEOUT_S}s", "timeout": f"{STORE_REQUEST_TIMEOUT_S}s",
+    options: dict[str, Any] = {"connect_timeout": f"{CONNECT_TIMEOUT_S}s", "timeout": f"{store_timeout_s(s3)}s",
                                "pool_max_idle_per_host": str(MAX_POOL_CONNECTIONS)}
     endpoint = target.endpoint_url
     if endpoint and endpoint.startswith("http://"):
@@ -217,6 +215,13 @@ def object_store(s3, bucket: str):
 
         provider = Boto3CredentialProvider(boto_session, ttl=timedelta(seconds=STORE_CREDENTIALS_TTL_S))
     return S3Store(bucket, client_options=options, retry_config=retry, credential_provider=provider, **where)
+
+
+def store_timeout_s(s3) -> int:
+    """obstore's timeout for one request of a store made from client `s3`: twice the client's read
+    timeout, since obstore's (reqwest's) covers a whole request, its body included, where
+    botocore's covers each read; so a client made with a short read timeout gets a store with one."""
+    return round(2 * (s3.meta.config.read_timeout or READ_TIMEOUT_S))
 
 
 def session():

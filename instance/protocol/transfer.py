@@ -1,5 +1,5 @@
-"""The one way files move between a disk and S3, for many files at once: downloads through obstore
-(Rust's object_store), uploads through s3transfer's manager, tuned.
+"""The one way files move between a disk and S3, for many files at once: downloads and large
+uploads through obstore (Rust's object_store), small uploads through s3transfer's manager, tuned.
 
 Every bulk transfer of the project goes through `download_files` or `upload_files`: the agent's
 dataset sync, its results and checkpoints, and the CLI's `data upload` (with `launch` of a local
@@ -17,18 +17,28 @@ dataset). What is tuned, and why:
   offset with os.pwrite (GIL released) into a file allocated whole: botocore reads a body 256 KB
   at a time under the GIL, which kept s3transfer at a third of s5cmd's speed on one big file.
   Each range names the listing's ETag (If-Match), so a file is never stitched from two versions.
-- concurrency: 64 requests in flight for small files. A small-file download is one request whose
-  time is nearly all first-byte latency (tens of ms from EC2 to S3 in the same region), so a
-  thousand files need many in flight to be bound by throughput rather than by round trips;
+- concurrency: up to 64 requests in flight for small files. A small-file download is one request
+  whose time is nearly all first-byte latency (tens of ms from EC2 to S3 in the same region), so
+  a thousand files need many in flight to be bound by throughput rather than by round trips;
   `aws s3 sync` keeps 10. The client's connection pool (aws.py) holds as many connections.
-  Parts of one large file: no more in flight than a slow server (4 MiB/s) answers inside a
-  request's timeout (`in_flight`): with 64 parts of 8 MiB a server under 17 MB/s (a busy disk)
-  made an upload fail, every part timing out, instead of slowing down.
+- bytes in flight: never more, small files and parts alike, than the slowest server we still
+  finish against (SLOWEST_BYTES_PER_S) moves inside one request's timeout (`byte_budget`): the
+  last request in flight waits for all those ahead of it. More, and a slow server (a busy disk, a
+  congested link) makes a transfer fail, request after request timing out, instead of slowing
+  down: seen with 64 parts of 8 MiB, which need 17 MB/s; 64 files of 8 MiB would need 8.5 MiB/s.
 - no HeadObject per download: the listing already gave each object's size and ETag, handed to
   the manager (as the AWS CLI does), so a file costs one GET, not two requests.
-- uploads: parts of 8 MiB from 8 MiB on (S3's own guidance and the AWS CLI's default).
-  s3transfer raises the part size by itself for a file that would need more than S3's 10,000
-  parts (above 80 GB).
+- uploads: files of one part (8 MiB) through s3transfer; larger ones (checkpoints, evaluation and
+  forecast files) as obstore's multipart uploads, one file after another, parts of 16 MiB (more
+  above 160 GiB: S3 allows 10,000 parts), the file read and each part signed and sent from Rust:
+  about half the client CPU of s3transfer or the AWS CLI (docs/benchmarks.md). obstore aborts
+  the upload (AbortMultipartUpload) when a part or the completion fails, so a failed upload
+  leaves neither an object nor parts; the bucket's lifecycle rule is only the backstop for a
+  process killed mid-upload.
+- an upload held until a verdict (`visible_after`: data upload's validator still reading) goes
+  wholly through s3transfer: botocore's before-call hooks hold each PutObject and
+  CompleteMultipartUpload until the verdict and stop the parts once it is bad, and s3transfer
+  then aborts what it sent. obstore sends its requests from Rust, where no hook reaches them.
 - files land atomically: a download is written under a temporary name beside the file and
   renamed when complete, so a file under its own name is always whole.
 Completion is handed back as it happens (`on_done`, on the caller's thread), so a caller can
@@ -37,7 +47,9 @@ never swallowed: the first failure stops the rest and is raised as TransferFaile
 key and keeping botocore's error (obstore's are translated into one: classify it with
 aws.error_code).
 
-Import this module where a transfer happens, not at a command's start: it loads s3transfer.
+A client made outside aws.py's factory (no object store for it) moves everything through
+s3transfer. Import this module where a transfer happens, not at a command's start: it loads
+s3transfer.
 """
 from __future__ import annotations
 
@@ -46,7 +58,8 @@ import errno
 import os
 import queue
 import secrets
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -59,11 +72,13 @@ PART_SIZE = 8 * 1024 * 1024
 MULTIPART_THRESHOLD = PART_SIZE
 # A large download's ranges: measured in bench/bench_clients.py (docs/benchmarks.md, issue 28).
 RANGE_SIZE = 16 * 1024 * 1024
-# The slowest server a large transfer still finishes against (in_flight below); 4 MiB/s is a
+# The slowest server a transfer still finishes against (byte_budget below); 4 MiB/s is a
 # 32 Mbit/s link, or a disk that busy. Never more than 16 parts in flight for one transfer.
 SLOWEST_BYTES_PER_S = 4 * 1024 * 1024
 MAX_PARTS_IN_FLIGHT = 16
 WRITE_THREADS = 4  # pwrite of 16 MiB into the page cache: a few ms each, GIL released
+UPLOAD_PART_SIZE = 16 * 1024 * 1024  # obstore's multipart upload: 16 MiB x 15 measured fastest
+MAX_PARTS = 10_000  # S3's limit for one multipart upload
 READ_TIMEOUT_FALLBACK_S = 60  # botocore's default, for a client that names none
 
 
@@ -108,57 +123,87 @@ def download_files(s3, bucket: str, items: Sequence[Download], *, on_done: Calla
                    concurrency: int = CONCURRENCY) -> None:
     """Download every item to its path (parent folders made). `on_done(item)` runs on this
     thread once per completed file; an exception from it stops the transfer and is re-raised."""
-    from .aws import STORE_REQUEST_TIMEOUT_S, object_store
+    from .aws import object_store, store_timeout_s
 
     if not items:
         return
     store = object_store(s3, bucket)
     if store is None:  # a client made elsewhere: s3transfer, as the client itself is configured
-        _download_parts(s3, bucket, items, on_done, concurrency)
+        def submit(manager, item: Download, subscribers):
+            item.path.parent.mkdir(parents=True, exist_ok=True)
+            return manager.download(bucket, item.key, str(item.path),
+                                    subscribers=[_KnownObject(item), *subscribers])
+
+        _through_s3transfer(s3, bucket, "download", items, {item: item.size for item in items}, submit, on_done,
+                            concurrency)
         return
     small = [item for item in items if item.size <= PART_SIZE]
     large = [item for item in items if item.size > PART_SIZE]
+    budget = byte_budget(store_timeout_s(s3))
     # A private loop: asyncio.run would leave this thread with no current loop, and code that
     # runs after it in the same process (Pulumi's runtime, in the CLI and its tests) needs one.
     with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
         if small:
-            runner.run(_fetch_all(store, bucket, small, on_done, concurrency))
+            runner.run(_fetch_all(store, bucket, small, on_done, concurrency, budget))
         if large:
-            parallel = min(concurrency, in_flight(RANGE_SIZE, STORE_REQUEST_TIMEOUT_S))
+            parallel = min(concurrency, in_flight(RANGE_SIZE, budget))
             runner.run(_fetch_ranges(store, bucket, large, on_done, parallel))
 
 
-def in_flight(part_size: int, timeout_s: float) -> int:
-    """How many parts of one large transfer to keep in flight: as many as a server moving only
-    SLOWEST_BYTES_PER_S in all still answers inside a request's timeout (the last part in flight
-    waits for all those ahead of it), at most MAX_PARTS_IN_FLIGHT. More in flight than that and
-    a slow server (a disk under load, a congested link) makes a transfer fail, part after part
-    timing out, instead of slowing down: seen with 64 parts of 8 MiB, which need 17 MB/s."""
-    return max(1, min(MAX_PARTS_IN_FLIGHT, int(timeout_s * SLOWEST_BYTES_PER_S) // part_size))
+def byte_budget(timeout_s: float) -> int:
+    """How many bytes one transfer keeps in flight at most, small files and parts alike: as many
+    as a server moving only SLOWEST_BYTES_PER_S in all still answers inside a request's timeout
+    (the last request in flight waits for all those ahead of it). More, and a slow server (a disk
+    under load, a congested link) makes a transfer fail, request after request timing out,
+    instead of slowing down: seen with 64 parts of 8 MiB, which need 17 MB/s."""
+    return int(timeout_s * SLOWEST_BYTES_PER_S)
 
 
-def _download_parts(s3, bucket: str, items: Sequence[Download], on_done, concurrency: int) -> None:
-    def submit(manager, item: Download, subscribers):
-        item.path.parent.mkdir(parents=True, exist_ok=True)
-        return manager.download(bucket, item.key, str(item.path), subscribers=[_KnownObject(item), *subscribers])
-
-    _run(s3, bucket, "download", items, submit, on_done, concurrency)
+def in_flight(part_size: int, budget: int) -> int:
+    """Parts of `part_size` in flight for a large transfer: the byte budget's worth, at least one,
+    at most MAX_PARTS_IN_FLIGHT."""
+    return max(1, min(MAX_PARTS_IN_FLIGHT, budget // part_size))
 
 
-async def _fetch_all(store, bucket: str, items: Sequence[Download], on_done, concurrency: int) -> None:
-    """`concurrency` workers take the items in turn; each finished file is handed to on_done here,
-    on the caller's thread (the loop runs on it). The first failure, or an exception from
-    on_done, cancels the workers (a cancelled download leaves at most its temporary file)."""
+class _Budget:
+    """Bytes in flight on an event loop: a request waits until its bytes fit under the limit, or
+    until nothing else is in flight (a file larger than the whole budget goes alone)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.changed = asyncio.Condition()
+
+    async def take(self, n: int) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    async def give(self, n: int) -> None:
+        async with self.changed:
+            self.used -= n
+            self.changed.notify_all()
+
+
+async def _fetch_all(store, bucket: str, items: Sequence[Download], on_done, concurrency: int, budget: int) -> None:
+    """`concurrency` workers take the items in turn, no more than `budget` bytes in flight; each
+    finished file is handed to on_done here, on the caller's thread (the loop runs on it). The
+    first failure, or an exception from on_done, cancels the workers (a cancelled download
+    leaves at most its temporary file)."""
     todo = iter(items)
     finished: asyncio.Queue = asyncio.Queue()
+    in_flight_bytes = _Budget(budget)
 
     async def worker() -> None:
         for item in todo:
+            await in_flight_bytes.take(item.size)
             try:
                 await _fetch(store, item)
             except Exception as exc:  # noqa: BLE001 - handed to the caller with its key
                 await finished.put((item, exc))
                 return
+            finally:
+                await in_flight_bytes.give(item.size)
             await finished.put((item, None))
 
     workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(items)))]
@@ -166,7 +211,7 @@ async def _fetch_all(store, bucket: str, items: Sequence[Download], on_done, con
         for _ in range(len(items)):
             item, exc = await finished.get()
             if exc is not None:
-                raise TransferFailed("download", bucket, item.key, _as_client_error(exc)) from exc
+                raise TransferFailed("download", bucket, item.key, _as_client_error(exc, "GetObject")) from exc
             on_done(item)
     finally:
         for task in workers:
@@ -272,7 +317,7 @@ async def _fetch_ranges(store, bucket: str, items: Sequence[Download], on_done, 
         while remaining:
             item, exc = await finished.get()
             if exc is not None:
-                raise TransferFailed("download", bucket, item.key, _as_client_error(exc)) from exc
+                raise TransferFailed("download", bucket, item.key, _as_client_error(exc, "GetObject")) from exc
             remaining[item] -= 1
             if remaining[item] == 0:
                 del remaining[item]
@@ -305,9 +350,10 @@ class IncompleteDownload(Exception):
     pass
 
 
-def _as_client_error(exc: BaseException) -> BaseException:
+def _as_client_error(exc: BaseException, operation: str) -> BaseException:
     """obstore's error kinds as the S3 error botocore would have raised for the same answer, so
-    callers classify both paths' failures one way (aws.error_code, aws.refused_action)."""
+    callers classify both paths' failures one way (aws.error_code, aws.refused_action). IAM
+    authorizes every request of a multipart upload as s3:PutObject: an upload names that."""
     from botocore.exceptions import ClientError
     from obstore import exceptions as ob
 
@@ -316,16 +362,22 @@ def _as_client_error(exc: BaseException) -> BaseException:
                                (ob.NotFoundError, "NoSuchKey", 404),
                                (ob.PreconditionError, "PreconditionFailed", 412)):
         if isinstance(exc, kind):
-            error = {"Code": code, "Message": str(exc).split("\n", 1)[0], "Action": "s3:GetObject"}
-            return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+            error = {"Code": code, "Message": str(exc).split("\n", 1)[0], "Action": f"s3:{operation}"}
+            return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
     return exc
 
 
 def upload_files(s3, bucket: str, items: Sequence[Upload], *, on_done: Callable[[Upload], None] = lambda u: None,
-                 concurrency: int = CONCURRENCY) -> None:
-    """Upload every item; `on_done` as for download_files. Files of one part go `concurrency` at a
-    time; larger ones as multipart uploads with no more parts in flight than a slow server
-    answers inside the client's read timeout (in_flight)."""
+                 concurrency: int = CONCURRENCY, visible_after: Future | None = None) -> None:
+    """Upload every item; `on_done` as for download_files. Files of one part go up to
+    `concurrency` at a time through s3transfer; larger ones one after another as obstore's
+    multipart uploads; never more bytes in flight than byte_budget allows.
+
+    `visible_after`: a future (a validation still running) before whose result no object may
+    appear: every item then goes through s3transfer, whose PutObject and CompleteMultipartUpload
+    wait for it and fail as it does (the other requests fail once it is known to be bad)."""
+    from .aws import object_store, store_timeout_s
+
     def submit(manager, item: Upload, subscribers):
         return manager.upload(str(item.path), bucket, item.key, subscribers=subscribers)
 
@@ -335,44 +387,127 @@ def upload_files(s3, bucket: str, items: Sequence[Upload], *, on_done: Callable[
             sizes[item] = item.path.stat().st_size
         except OSError as exc:  # gone or unreadable: a failed transfer naming its key, as any other
             raise TransferFailed("upload", bucket, item.key, exc) from exc
+    large = [item for item in items if sizes[item] > MULTIPART_THRESHOLD]
+    store = object_store(s3, bucket) if large and visible_after is None else None
+    through_botocore = [item for item in items if store is None or sizes[item] <= MULTIPART_THRESHOLD]
+    with _visible_after(s3, visible_after):
+        _through_s3transfer(s3, bucket, "upload", through_botocore, sizes, submit, on_done, concurrency)
+    if store is None:
+        return
+    budget = byte_budget(store_timeout_s(s3))
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        for item in large:
+            part = upload_part_size(sizes[item])
+            runner.run(_put(store, bucket, item, part, min(concurrency, in_flight(part, budget))))
+            on_done(item)
+
+
+def upload_part_size(size: int) -> int:
+    """UPLOAD_PART_SIZE, or more for a file that would need more than S3's 10,000 parts (above
+    160 GiB), in whole MiB (S3: parts of 5 MiB to 5 GiB, the last one smaller)."""
+    mib = 1024 * 1024
+    return max(UPLOAD_PART_SIZE, -(-size // (MAX_PARTS * mib)) * mib)
+
+
+async def _put(store, bucket: str, item: Upload, part_size: int, parallel: int) -> None:
+    """One multipart upload by obstore: the file read and each part sent from Rust (half the CPU
+    of s3transfer, which reads and signs each part in Python). The object appears whole when
+    CompleteMultipartUpload succeeds, or not at all; on a failure obstore aborts the upload."""
+    import obstore
+
+    try:
+        await obstore.put_async(store, item.key, item.path, chunk_size=part_size, max_concurrency=parallel)
+    except Exception as exc:  # noqa: BLE001 - handed to the caller with its key
+        raise TransferFailed("upload", bucket, item.key, _as_client_error(exc, "PutObject")) from exc
+
+
+# The requests after which an uploaded object exists in the bucket: they wait for the verdict.
+_WAIT_FOR_VERDICT = ("PutObject", "CompleteMultipartUpload")
+# The requests that only move bytes: they go on while the verdict is pending, and stop as soon as
+# it is bad (a bad large file does not send the rest of its parts first).
+_STOP_ON_BAD_VERDICT = ("CreateMultipartUpload", "UploadPart")
+
+
+@contextmanager
+def _visible_after(s3, verdict: Future | None):
+    """While inside, the requests of client `s3` that make an object visible wait for `verdict`
+    and fail as it does; the others fail once it is known to be bad. botocore's before-call event
+    runs outside its retries, so a bad verdict is raised once, not retried."""
+    if verdict is None:
+        yield
+        return
+
+    def wait(**_):
+        verdict.result()
+
+    def stop_if_bad(**_):
+        if verdict.done():
+            verdict.result()
+
+    handlers = [(op, wait) for op in _WAIT_FOR_VERDICT] + [(op, stop_if_bad) for op in _STOP_ON_BAD_VERDICT]
+    for op, handler in handlers:
+        s3.meta.events.register(f"before-call.s3.{op}", handler, unique_id=f"chronos-verdict-{id(verdict)}-{op}")
+    try:
+        yield
+    finally:
+        for op, _ in handlers:
+            s3.meta.events.unregister(f"before-call.s3.{op}", unique_id=f"chronos-verdict-{id(verdict)}-{op}")
+
+
+def _through_s3transfer(s3, bucket: str, verb: str, items: Sequence, sizes: dict, submit, on_done,
+                        concurrency: int) -> None:
+    """Small files `concurrency` at a time and within the byte budget, then large ones with the
+    budget's worth of parts in flight, timed by the client's own read timeout."""
+    budget = byte_budget(s3.meta.config.read_timeout or READ_TIMEOUT_FALLBACK_S)
     small = [item for item in items if sizes[item] <= MULTIPART_THRESHOLD]
     large = [item for item in items if sizes[item] > MULTIPART_THRESHOLD]
     if small:
-        _run(s3, bucket, "upload", small, submit, on_done, concurrency)
+        _run(s3, bucket, verb, small, submit, on_done, concurrency, {item: sizes[item] for item in small}, budget)
     if large:
-        parts = in_flight(PART_SIZE, s3.meta.config.read_timeout or READ_TIMEOUT_FALLBACK_S)
-        _run(s3, bucket, "upload", large, submit, on_done, min(concurrency, parts))
+        # The manager keeps the parts in flight within the budget, over all files.
+        parts = min(concurrency, in_flight(PART_SIZE, budget))
+        _run(s3, bucket, verb, large, submit, on_done, parts, {item: 0 for item in large}, budget)
 
 
-def _run(s3, bucket: str, verb: str, items: Iterable, submit, on_done, concurrency: int) -> None:
+def _run(s3, bucket: str, verb: str, items: Iterable, submit, on_done, concurrency: int, weights: dict,
+         budget: int) -> None:
+    """Submit each item once the bytes in flight (`weights`, summed over submitted and unsettled
+    items) leave room for it under `budget`, or nothing is in flight; hand completed ones to
+    on_done as they settle; raise the first failure."""
     done: queue.Queue = queue.Queue()
+    unsettled = 0
+    pending_bytes = 0
 
-    def settle(block: bool) -> int:
-        """Hand completed transfers to on_done; raise the first failure."""
-        n = 0
-        while True:
-            try:
-                item, future = done.get(block=block and n == 0)
-            except queue.Empty:
-                return n
-            n += 1
-            try:
-                future.result()
-            except Exception as exc:  # noqa: BLE001 - every failure is reported, with its key
-                raise TransferFailed(verb, bucket, item.key, exc) from exc
-            on_done(item)
+    def settle(block: bool) -> bool:
+        """Settle one completed transfer (waiting for one if `block`); False if none was ready."""
+        nonlocal unsettled, pending_bytes
+        try:
+            item, future = done.get(block=block)
+        except queue.Empty:
+            return False
+        unsettled -= 1
+        pending_bytes -= weights[item]
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, with its key
+            raise TransferFailed(verb, bucket, item.key, exc) from exc
+        on_done(item)
+        return True
 
     # As a context manager, an exception cancels what is in flight and waits for it. (Not
     # `shutdown(cancel=True)`: s3transfer 0.19.3 passes its arguments to _shutdown in the wrong
     # order there, and the cancel itself fails with a TypeError.)
-    submitted = settled = 0
     with TransferManager(s3, transfer_config(concurrency)) as manager:
         for item in items:
+            while unsettled and pending_bytes + weights[item] > budget:
+                settle(block=True)
             submit(manager, item, [_Finished(item, done)])
-            submitted += 1
-            settled += settle(block=False)
-        while settled < submitted:
-            settled += settle(block=True)
+            unsettled += 1
+            pending_bytes += weights[item]
+            while settle(block=False):
+                pass
+        while unsettled:
+            settle(block=True)
 
 
 class _KnownObject(BaseSubscriber):
