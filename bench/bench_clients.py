@@ -42,6 +42,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import s3tools  # noqa: E402
+from bench_data import CpuShare  # noqa: E402
 from s3servers import (  # noqa: E402
     Server,
     moto_sandbox,
@@ -93,14 +94,6 @@ def sync_rows(server: Server, tools: list[str], files: int, repeat: int, work: P
     return rows
 
 
-def _cpu() -> float:
-    """CPU seconds of this process and its waited-for children (an in-process tool or a CLI)."""
-    import resource
-
-    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-               for f in ("ru_utime", "ru_stime"))
-
-
 def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path,
              verbs: tuple[str, ...] = ("download", "upload"), origin: Server | None = None,
              conn_mib_s: float = 0.0) -> list[dict]:
@@ -116,7 +109,7 @@ def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path,
     key = "cached-datasets/2026/02/big/big.bin"
     if "download" in verbs:
         origin.client(seeding=True).upload_file(str(src), origin.bucket, key)
-    cpu: dict[str, float] = {}
+    cpu: dict[str, CpuShare] = {}  # "verb tool": the client's, rclone's and the proxy's CPU seconds
     seen: dict[str, dict] = {}  # "verb tool": the proxy's peaks, the highest over the repeats
     gets: dict[str, list[float]] = {t: [] for t in tools if t in s3tools.GET} if "download" in verbs else {}
     puts: dict[str, list[float]] = {t: [] for t in tools if t in s3tools.PUT} if "upload" in verbs else {}
@@ -124,9 +117,8 @@ def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path,
 
     def timed(verb: str, tool: str, run) -> float:
         proxy_peak(server)  # starts the proxy's peaks afresh
-        before = _cpu()
-        took = run()
-        cpu[f"{verb} {tool}"] = cpu.get(f"{verb} {tool}", 0.0) + _cpu() - before
+        with cpu.setdefault(f"{verb} {tool}", CpuShare()).measure(server.pids, 1):
+            took = run()
         peak = proxy_peak(server)
         if peak:
             was = seen.setdefault(f"{verb} {tool}", peak)
@@ -160,15 +152,17 @@ def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path,
             continue
         row = {"server": server.label, "what": f"one file of {mb} MiB, {verb}", "mb": mb, **summary(times),
                "mb_per_s": {t: round(mb / statistics.median(v)) for t, v in times.items()},
-               "client_cpu_s_per_run": {t: round(cpu.get(f"{verb} {t}", 0.0) / max(1, len(v)), 1)
-                                        for t, v in times.items()}}
+               "client_cpu_s_per_run": {t: round(cpu[f"{verb} {t}"].seconds["client"] / len(v), 1)
+                                        for t, v in times.items()},
+               "server_cpu_s_per_run": {t: {k: round(c / len(v), 1) for k, c in cpu[f"{verb} {t}"].seconds.items()
+                                            if k != "client"} for t, v in times.items()}}
         if seen:
             row["proxy_seen"] = {t: seen[f"{verb} {t}"] for t in times if f"{verb} {t}" in seen}
         if seen and conn_mib_s:
             row["bound_mib_s"] = {t: round(p["peak_in_flight"] * conn_mib_s) for t, p in row["proxy_seen"].items()}
             row["of_bound"] = {t: round(row["mb_per_s"][t] / b, 2) for t, b in row["bound_mib_s"].items()}
         print(f"{verb} {mb} MiB on {server.label}: {row['median_s']} s; MiB/s {row['mb_per_s']}; "
-              f"CPU s a run {row['client_cpu_s_per_run']}", flush=True)
+              f"CPU s a run {row['client_cpu_s_per_run']}; server side {row['server_cpu_s_per_run']}", flush=True)
         for tool, peak in row.get("proxy_seen", {}).items():
             bound = f"; bound {row['bound_mib_s'][tool]} MiB/s, reached {row['of_bound'][tool]}" if "bound_mib_s" in row else ""
             print(f"  {tool}: peak {peak['peak_in_flight']} requests in flight, {peak['peak_connections']} "
