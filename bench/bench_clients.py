@@ -120,9 +120,10 @@ def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path,
         with cpu.setdefault(f"{verb} {tool}", CpuShare()).measure(server.pids, 1):
             took = run()
         peak = proxy_peak(server)
-        if peak:
-            was = seen.setdefault(f"{verb} {tool}", peak)
-            seen[f"{verb} {tool}"] = {k: max(v, was[k]) for k, v in peak.items()}
+        if peak:  # the highest peaks over the repeats, and every run's count of requests
+            was = seen.setdefault(f"{verb} {tool}", {**peak, "requests": []})
+            was.update({k: max(v, was[k]) for k, v in peak.items() if k != "requests"})
+            was["requests"].append(peak["requests"])
         return took
 
     for r in range(repeat):
@@ -166,7 +167,7 @@ def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path,
         for tool, peak in row.get("proxy_seen", {}).items():
             bound = f"; bound {row['bound_mib_s'][tool]} MiB/s, reached {row['of_bound'][tool]}" if "bound_mib_s" in row else ""
             print(f"  {tool}: peak {peak['peak_in_flight']} requests in flight, {peak['peak_connections']} "
-                  f"connections, {peak['requests']} requests in its last run{bound}", flush=True)
+                  f"connections, {peak['requests']} requests a run{bound}", flush=True)
         out.append(row)
     if out:
         out[-1]["failed"] = failed
