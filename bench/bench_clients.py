@@ -3,7 +3,8 @@ objects, on the sandbox (moto) and on `rclone serve s3`, plain and at 30 ms a re
 
     .venv/bin/python bench/bench_clients.py [--servers moto,rclone] [--files 2000] [--big-mb 1024]
         [--tools ours,aws,s5cmd,crt,obstore] [--only sync,big] [--repeat 3] [--json]
-        [--rclone-under /dev/shm] [--partial-content]
+        [--rclone-under /dev/shm] [--partial-content] [--conn-mib-s 4 --first-byte-ms 30]
+        [--verbs download,upload]
 
 - sync: a prefix of `--files` x 10 KB and one of 100 x 1 MB into a fresh folder, each tool in
   turn, the order rotated every repeat (drift on a shared machine hits all alike); medians.
@@ -14,6 +15,14 @@ objects, on the sandbox (moto) and on `rclone serve s3`, plain and at 30 ms a re
   beside it (`dd` of 1 GiB with fdatasync, before and after), so each figure says what bounds it.
 - `--partial-content`: every tool talks to rclone through bench/rangeproxy.py, which answers a
   ranged GET with S3's 206 instead of rclone's 200 (obstore, hence ours, refuses a 200).
+- `--conn-mib-s R --first-byte-ms L` (big only; implies --partial-content): the proxy also plays
+  S3's bound on one connection: each request waits L ms, then its body moves at R MiB/s on its
+  own connection (AWS: one request a connection carries 85-90 MB/s, docs/benchmarks.md), so
+  throughput comes from requests in flight, as against S3, and not from spending least CPU a
+  byte, as on loopback. Each tool's peak of connections and of requests in flight at the proxy
+  is recorded beside its time: what explains it under this model. The big object is planted on
+  rclone directly, not through the paced proxy.
+- `--verbs download,upload`: which halves of big to run (to keep one run under ten minutes).
 Needs requirements-bench.txt (`make bench`) and `aws` on PATH.
 """
 from __future__ import annotations
@@ -33,7 +42,15 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import s3tools  # noqa: E402
-from s3servers import Server, moto_sandbox, rclone_server, with_latency, with_partial_content  # noqa: E402
+from bench_data import CpuShare  # noqa: E402
+from s3servers import (  # noqa: E402
+    Server,
+    moto_sandbox,
+    proxy_peak,
+    rclone_server,
+    with_latency,
+    with_partial_content,
+)
 
 LATENCY_S = 0.030
 
@@ -77,42 +94,53 @@ def sync_rows(server: Server, tools: list[str], files: int, repeat: int, work: P
     return rows
 
 
-def _cpu() -> float:
-    """CPU seconds of this process and its waited-for children (an in-process tool or a CLI)."""
-    import resource
-
-    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-               for f in ("ru_utime", "ru_stime"))
-
-
-def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path) -> list[dict]:
+def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path,
+             verbs: tuple[str, ...] = ("download", "upload"), origin: Server | None = None,
+             conn_mib_s: float = 0.0) -> list[dict]:
+    """One file of `mb` MiB downloaded and uploaded by each tool. `origin`: the same server
+    without the proxy in front, which plants and deletes the objects (not part of any timing).
+    `conn_mib_s`: the proxy's rate a connection, if any: a tool's bound under that model is its
+    peak of requests in flight times that rate (`bound_mib_s`), and `of_bound` how near it came."""
+    origin = origin or server
     src = work / "big.bin"
     with open(src, "wb") as f:
         for _ in range(mb):
             f.write(os.urandom(1024 * 1024))
     key = "cached-datasets/2026/02/big/big.bin"
-    server.client(seeding=True).upload_file(str(src), server.bucket, key)
-    cpu: dict[str, float] = {}
-    gets: dict[str, list[float]] = {t: [] for t in tools if t in s3tools.GET}
-    puts: dict[str, list[float]] = {t: [] for t in tools if t in s3tools.PUT}
+    if "download" in verbs:
+        origin.client(seeding=True).upload_file(str(src), origin.bucket, key)
+    cpu: dict[str, CpuShare] = {}  # "verb tool": the client's, rclone's and the proxy's CPU seconds
+    seen: dict[str, dict] = {}  # "verb tool": the proxy's peaks, the highest over the repeats
+    gets: dict[str, list[float]] = {t: [] for t in tools if t in s3tools.GET} if "download" in verbs else {}
+    puts: dict[str, list[float]] = {t: [] for t in tools if t in s3tools.PUT} if "upload" in verbs else {}
     failed: dict[str, str] = {}
+
+    def timed(verb: str, tool: str, run) -> float:
+        proxy_peak(server)  # starts the proxy's peaks afresh
+        with cpu.setdefault(f"{verb} {tool}", CpuShare()).measure(server.pids, 1):
+            took = run()
+        peak = proxy_peak(server)
+        if peak:  # the highest peaks over the repeats, and every run's count of requests
+            was = seen.setdefault(f"{verb} {tool}", {**peak, "requests": []})
+            was.update({k: max(v, was[k]) for k, v in peak.items() if k != "requests"})
+            was["requests"].append(peak["requests"])
+        return took
+
     for r in range(repeat):
-        for tool in s3tools.rotated(list(gets), r):
+        for tool in s3tools.rotated(list(gets), r) if gets else ():
             dest = work / f"got-{tool}.bin"
             try:
-                before = _cpu()
-                gets[tool].append(s3tools.GET[tool](server, key, dest))
-                cpu[f"download {tool}"] = cpu.get(f"download {tool}", 0.0) + _cpu() - before
+                gets[tool].append(timed("download", tool, lambda: s3tools.GET[tool](server, key, dest)))
                 assert dest.stat().st_size == src.stat().st_size
             finally:
                 s3tools.drop(dest)
-        for tool in s3tools.rotated([t for t in puts if t not in failed], r):
+        for tool in s3tools.rotated([t for t in puts if t not in failed], r) if puts else ():
             put_key = f"cached-datasets/2026/02/put-{tool}-{r}/big.bin"
             try:
-                before = _cpu()
-                puts[tool].append(s3tools.PUT[tool](server, src, put_key))
-                cpu[f"upload {tool}"] = cpu.get(f"upload {tool}", 0.0) + _cpu() - before
-                server.client(seeding=True).delete_object(Bucket=server.bucket, Key=put_key)  # the disk is shared
+                puts[tool].append(timed("upload", tool, lambda: s3tools.PUT[tool](server, src, put_key)))
+                head = origin.client(seeding=True).head_object(Bucket=origin.bucket, Key=put_key)
+                assert head["ContentLength"] == src.stat().st_size, (tool, head["ContentLength"])
+                origin.client(seeding=True).delete_object(Bucket=origin.bucket, Key=put_key)  # the memory is shared
             except Exception as exc:  # noqa: BLE001 - a tool that cannot talk to a server is a finding
                 failed[tool] = f"{type(exc).__name__}: {exc}"[:200]
                 print(f"upload with {tool} on {server.label} failed: {failed[tool]}", flush=True)
@@ -121,13 +149,28 @@ def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path)
     src.unlink()
     out = []
     for verb, times in (("download", gets), ("upload", puts)):
+        if verb not in verbs:
+            continue
         row = {"server": server.label, "what": f"one file of {mb} MiB, {verb}", "mb": mb, **summary(times),
                "mb_per_s": {t: round(mb / statistics.median(v)) for t, v in times.items()},
-               "client_cpu_s_per_run": {t: round(cpu.get(f"{verb} {t}", 0.0) / max(1, len(v)), 1)
-                                        for t, v in times.items()}}
-        print(f"{verb} {mb} MiB on {server.label}: {row['median_s']} s; MB/s {row['mb_per_s']}", flush=True)
+               "client_cpu_s_per_run": {t: round(cpu[f"{verb} {t}"].seconds["client"] / len(v), 1)
+                                        for t, v in times.items()},
+               "server_cpu_s_per_run": {t: {k: round(c / len(v), 1) for k, c in cpu[f"{verb} {t}"].seconds.items()
+                                            if k != "client"} for t, v in times.items()}}
+        if seen:
+            row["proxy_seen"] = {t: seen[f"{verb} {t}"] for t in times if f"{verb} {t}" in seen}
+        if seen and conn_mib_s:
+            row["bound_mib_s"] = {t: round(p["peak_in_flight"] * conn_mib_s) for t, p in row["proxy_seen"].items()}
+            row["of_bound"] = {t: round(row["mb_per_s"][t] / b, 2) for t, b in row["bound_mib_s"].items()}
+        print(f"{verb} {mb} MiB on {server.label}: {row['median_s']} s; MiB/s {row['mb_per_s']}; "
+              f"CPU s a run {row['client_cpu_s_per_run']}; server side {row['server_cpu_s_per_run']}", flush=True)
+        for tool, peak in row.get("proxy_seen", {}).items():
+            bound = f"; bound {row['bound_mib_s'][tool]} MiB/s, reached {row['of_bound'][tool]}" if "bound_mib_s" in row else ""
+            print(f"  {tool}: peak {peak['peak_in_flight']} requests in flight, {peak['peak_connections']} "
+                  f"connections, {peak['requests']} requests a run{bound}", flush=True)
         out.append(row)
-    out[-1]["failed"] = failed
+    if out:
+        out[-1]["failed"] = failed
     return out
 
 
@@ -153,24 +196,34 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--rclone-under", default=None, help="rclone's folder's parent, e.g. /dev/shm (a tmpfs)")
     p.add_argument("--partial-content", action="store_true", help="rclone behind bench/rangeproxy.py (206)")
+    p.add_argument("--conn-mib-s", type=float, default=0.0, help="the proxy paces each connection to this rate")
+    p.add_argument("--first-byte-ms", type=float, default=0.0, help="the proxy delays each request this long")
+    p.add_argument("--verbs", default="download,upload", help="big: download, upload or both")
     args = p.parse_args()
     tools = args.tools.split(",")
+    modelled = bool(args.conn_mib_s or args.first_byte_ms)
+    if modelled and (args.only != "big" or "moto" in args.servers.split(",")):
+        sys.exit("--conn-mib-s/--first-byte-ms model S3 for one large file: use them with --servers rclone --only big")
     if "aws" in tools and not s3tools.AWS:
         sys.exit("the AWS CLI (`aws`) is not on PATH; install awscli to compare")
     result: dict = {"cpus": os.cpu_count(), "load_before": os.getloadavg()[0], "rows": []}
+    if modelled:
+        result["model"] = {"per_connection_mib_s": args.conn_mib_s, "first_byte_ms": args.first_byte_ms}
     starts = {"moto": moto_sandbox, "rclone": lambda: rclone_server(under=args.rclone_under)}
     with tempfile.TemporaryDirectory(prefix="bench-clients-") as tmp:
         result["disk_mb_per_s_before"] = disk_mb_per_s(Path(tmp))
         print(f"disk alone (dd, 1 GiB, fdatasync): {result['disk_mb_per_s_before']} MB/s", flush=True)
         for name in args.servers.split(","):
             with ExitStack() as stack:
-                server = stack.enter_context(starts[name]())
-                if name == "rclone" and args.partial_content:
-                    server = stack.enter_context(with_partial_content(server))
+                server = origin = stack.enter_context(starts[name]())
+                if name == "rclone" and (args.partial_content or modelled):
+                    server = stack.enter_context(with_partial_content(server, args.conn_mib_s * 2**20,
+                                                                      args.first_byte_ms / 1000))
                 if "sync" in args.only:
                     result["rows"] += sync_rows(server, tools, args.files, args.repeat, Path(tmp))
                 if "big" in args.only:
-                    result["rows"] += big_rows(server, tools, args.big_mb, args.repeat, Path(tmp))
+                    result["rows"] += big_rows(server, tools, args.big_mb, args.repeat, Path(tmp),
+                                               tuple(args.verbs.split(",")), origin, args.conn_mib_s)
         result["disk_mb_per_s_after"] = disk_mb_per_s(Path(tmp))
         print(f"disk alone (dd, 1 GiB, fdatasync): {result['disk_mb_per_s_after']} MB/s", flush=True)
     result["load_after"] = os.getloadavg()[0]

@@ -16,6 +16,7 @@ the sandbox), and the pids whose CPU a bench counts.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -150,16 +151,34 @@ def with_latency(server: Server, first_byte_s: float) -> Iterator[Server]:
 
 
 @contextmanager
-def with_partial_content(server: Server) -> Iterator[Server]:
+def with_partial_content(server: Server, bytes_per_s: float = 0.0, first_byte_s: float = 0.0) -> Iterator[Server]:
     """The same server behind bench/rangeproxy.py: rclone's 200 to a ranged GET goes out as S3's
     206 (clients that check the status, as obstore does, refuse rclone's). A streaming asyncio
-    proxy in a process of its own; every tool measured through it pays the same hop."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "rangeproxy.py"), server.endpoint],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proxy in a process of its own; every tool measured through it pays the same hop.
+    `bytes_per_s`, `first_byte_s`: S3's bound on one connection and its first-byte latency (the
+    proxy's model; docs/benchmarks.md): each request's body paced to that rate on its own
+    connection, after that wait."""
+    cmd = [sys.executable, str(REPO / "bench" / "rangeproxy.py"), server.endpoint]
+    name = f"{server.name} via 206 proxy"
+    if bytes_per_s:
+        cmd += ["--bytes-per-s", str(bytes_per_s)]
+        name += f", {bytes_per_s / 2**20:g} MiB/s a connection"
+    if first_byte_s:
+        cmd += ["--first-byte-ms", str(first_byte_s * 1000)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().strip()
-        yield replace(server, endpoint=url, pids={**server.pids, "rangeproxy": proc.pid},
-                      name=f"{server.name} via 206 proxy")
+        yield replace(server, endpoint=url, pids={**server.pids, "rangeproxy": proc.pid}, name=name,
+                      latency_ms=first_byte_s * 1000)
     finally:
         proc.stdin.close()
         proc.wait()
+
+
+def proxy_peak(server: Server) -> dict | None:
+    """What bench/rangeproxy.py saw since the last call: peak connections, peak requests in
+    flight, requests; None for a server without the proxy in front."""
+    if "rangeproxy" not in server.pids:
+        return None
+    with urllib.request.urlopen(f"{server.endpoint}/.rangeproxy/peak", timeout=10) as reply:
+        return json.load(reply)

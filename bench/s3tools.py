@@ -11,6 +11,9 @@
 - obstore: Rust's object_store through obstore, in-process: one GET a small file, 64 in flight,
   and its own multipart upload (8 MiB parts, 64 in flight; obstore16: 16 MiB parts, 15 in flight).
   For one large download, ours is obstore (parallel ranged GETs, transfer.py).
+- ours30 (one large download only): a what-if, not the product: ours with 8 MiB ranges and 30
+  in flight, the most `transfer.in_flight` allows for 8 MiB ranges inside obstore's 60 s request
+  timeout (the product keeps 16 MiB ranges, 15 in flight, and caps any transfer at 16 parts).
 crt and obstore are the candidates measured for the bulk paths (docs/benchmarks.md says which won
 where); they live here, not in the product.
 
@@ -147,6 +150,18 @@ def get_ours(server: Server, key: str, dest: Path) -> float:
     return time.perf_counter() - started
 
 
+def get_ours_wide(server: Server, key: str, dest: Path, range_mib: int = 8, parallel: int = 30) -> float:
+    """ours with other ranges and more of them in flight (transfer.py's module settings swapped for
+    this one call): what raising the parts in flight would buy where connections are the bound."""
+    from unittest import mock
+
+    from instance.protocol import transfer
+
+    with mock.patch.object(transfer, "RANGE_SIZE", range_mib * 1024 * 1024), \
+            mock.patch.object(transfer, "MAX_PARTS_IN_FLIGHT", parallel):
+        return get_ours(server, key, dest)
+
+
 def get_aws(server: Server, key: str, dest: Path) -> float:
     return _timed([AWS, "--endpoint-url", server.endpoint, "s3", "cp", f"s3://{server.bucket}/{key}", str(dest),
                    "--only-show-errors"], server.env())
@@ -203,7 +218,7 @@ def put_obstore_16(server: Server, path: Path, key: str) -> float:
     return put_obstore(server, path, key, part_mb=16, in_flight=15)
 
 
-GET = {"ours": get_ours, "aws": get_aws, "s5cmd": get_s5cmd, "crt": get_crt}
+GET = {"ours": get_ours, "ours30": get_ours_wide, "aws": get_aws, "s5cmd": get_s5cmd, "crt": get_crt}
 PUT = {"ours": put_ours, "aws": put_aws, "s5cmd": put_s5cmd, "crt": put_crt, "obstore": put_obstore,
        "obstore16": put_obstore_16}
 
