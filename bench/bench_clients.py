@@ -106,6 +106,7 @@ def big_rows(server: Server, tools: list[str], mb: int, repeat: int, work: Path,
     with open(src, "wb") as f:
         for _ in range(mb):
             f.write(os.urandom(1024 * 1024))
+    os.sync()  # else the first tool's run competes with the source file's writeback (first-run outlier)
     key = "cached-datasets/2026/02/big/big.bin"
     if "download" in verbs:
         origin.client(seeding=True).upload_file(str(src), origin.bucket, key)

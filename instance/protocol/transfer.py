@@ -13,7 +13,7 @@ dataset). What is tuned, and why:
   (aws.object_store): same endpoint, same identity and credential chain, same retry budget.
   The body's length is checked against the listing's size before the file is renamed into place.
 - large objects (a checkpoint's weights and optimizer state) download through obstore too, as
-  ranged GETs of 16 MiB, up to 15 in flight, each body received in Rust and handed over in
+  ranged GETs of 8 MiB, up to 30 in flight, each body received in Rust and handed over in
   pieces of 1 MiB, each written at its offset with os.pwrite into a file allocated whole:
   botocore reads a body 256 KB at a time under the GIL, which kept s3transfer at a third of
   s5cmd's speed on one big file; a whole 16 MiB range collected first and then written cost
@@ -73,12 +73,15 @@ from s3transfer.subscribers import BaseSubscriber
 CONCURRENCY = 64
 PART_SIZE = 8 * 1024 * 1024
 MULTIPART_THRESHOLD = PART_SIZE
-# A large download's ranges: measured in bench/bench_clients.py (docs/benchmarks.md, issue 28).
-RANGE_SIZE = 16 * 1024 * 1024
+# A large download's ranges: S3 gives each request about 85-90 MB/s ("Optimizing Amazon S3
+# Performance": one request in flight for each 85-90 MB/s wanted), so a download's speed is its
+# ranges in flight; 8 MiB x 30 (the byte budget of a 60 s timeout) measured 2.9x `aws s3 cp`'s
+# 10 under a model of that limit, 16 MiB x 15 1.4x (bench/bench_clients.py, docs/benchmarks.md).
+RANGE_SIZE = 8 * 1024 * 1024
 # The slowest server a transfer still finishes against (byte_budget below); 4 MiB/s is a
-# 32 Mbit/s link, or a disk that busy. Never more than 16 parts in flight for one transfer.
+# 32 Mbit/s link, or a disk that busy. Never more than 30 parts in flight for one transfer.
 SLOWEST_BYTES_PER_S = 4 * 1024 * 1024
-MAX_PARTS_IN_FLIGHT = 16
+MAX_PARTS_IN_FLIGHT = 30
 WRITE_PIECE = 1024 * 1024  # a range body is written as it arrives, in pieces of this size (above)
 UPLOAD_PART_SIZE = 16 * 1024 * 1024  # obstore's multipart upload: 16 MiB x 15 measured fastest
 MAX_PARTS = 10_000  # S3's limit for one multipart upload
