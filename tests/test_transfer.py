@@ -117,18 +117,18 @@ def _requests_to(proxy, method: str, key: str) -> int:
 
 def test_a_large_upload_to_a_slow_server_slows_down_instead_of_failing(aws, bucket, tmp_path):
     """A server that takes 10 MiB/s in all (a busy disk behind it), and a client whose read
-    timeout is 2 s (obstore's request timeout, body included, 4 s): four 16 MiB parts all in
+    timeout is 2 s (obstore's request timeout, body included, 4 s): eight 8 MiB parts all in
     flight would have the last one answered after 6.4 s, timing out and sent again (with more
-    parts, again and again until the upload fails); parts go one at a time here, each answered
-    in 1.6 s, and none is sent twice."""
+    parts, again and again until the upload fails); parts go two at a time here, each pair
+    answered in 1.6 s, and none is sent twice."""
     src = tmp_path / "checkpoint.bin"
-    src.write_bytes(os.urandom(4 * UPLOAD_PART_SIZE))
+    src.write_bytes(os.urandom(8 * UPLOAD_PART_SIZE))
     key = PREFIX + "checkpoint.bin"
     with FaultProxy(aws.endpoint_url, bytes_per_s=10 * 1024 * 1024) as proxy:
         operator = client("s3", AwsTarget(aws.region, proxy.url), read_timeout=2)
-        assert in_flight(UPLOAD_PART_SIZE, byte_budget(4)) == 1
+        assert in_flight(UPLOAD_PART_SIZE, byte_budget(4)) == 2
         upload_files(operator, bucket, [Upload(src, key)])
-    assert _requests_to(proxy, "PUT", "checkpoint.bin") == 4  # one request a part: none timed out
+    assert _requests_to(proxy, "PUT", "checkpoint.bin") == 8  # one request a part: none timed out
     got = client("s3", AwsTarget(aws.region, aws.endpoint_url)).get_object(Bucket=bucket, Key=key)
     assert got["Body"].read() == src.read_bytes()
 

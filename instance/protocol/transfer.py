@@ -32,8 +32,8 @@ dataset). What is tuned, and why:
 - no HeadObject per download: the listing already gave each object's size and ETag, handed to
   the manager (as the AWS CLI does), so a file costs one GET, not two requests.
 - uploads: files of one part (8 MiB) through s3transfer; larger ones (checkpoints, evaluation and
-  forecast files) as obstore's multipart uploads, one file after another, parts of 16 MiB (more
-  above 160 GiB: S3 allows 10,000 parts), the file read and each part signed and sent from Rust:
+  forecast files) as obstore's multipart uploads, one file after another, parts of 8 MiB (more
+  above 80 GiB: S3 allows 10,000 parts), up to 30 in flight, the file read and each part signed and sent from Rust:
   about half the client CPU of s3transfer or the AWS CLI (docs/benchmarks.md). obstore aborts
   the upload (AbortMultipartUpload) when a part or the completion fails, so a failed upload
   leaves neither an object nor parts; the bucket's lifecycle rule is only the backstop for a
@@ -83,7 +83,9 @@ RANGE_SIZE = 8 * 1024 * 1024
 SLOWEST_BYTES_PER_S = 4 * 1024 * 1024
 MAX_PARTS_IN_FLIGHT = 30
 WRITE_PIECE = 1024 * 1024  # a range body is written as it arrives, in pieces of this size (above)
-UPLOAD_PART_SIZE = 16 * 1024 * 1024  # obstore's multipart upload: 16 MiB x 15 measured fastest
+# obstore's multipart upload: as for ranges, its speed on S3 is its parts in flight, and 8 MiB parts
+# let the byte budget keep 30 in flight (16 MiB: 15); S3 takes parts of 5 MiB to 5 GiB.
+UPLOAD_PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit for one multipart upload
 READ_TIMEOUT_FALLBACK_S = 60  # botocore's default, for a client that names none
 
@@ -409,7 +411,7 @@ def upload_files(s3, bucket: str, items: Sequence[Upload], *, on_done: Callable[
 
 def upload_part_size(size: int) -> int:
     """UPLOAD_PART_SIZE, or more for a file that would need more than S3's 10,000 parts (above
-    160 GiB), in whole MiB (S3: parts of 5 MiB to 5 GiB, the last one smaller)."""
+    80 GiB), in whole MiB (S3: parts of 5 MiB to 5 GiB, the last one smaller)."""
     mib = 1024 * 1024
     return max(UPLOAD_PART_SIZE, -(-size // (MAX_PARTS * mib)) * mib)
 
