@@ -112,6 +112,27 @@ async def _copy(reader, writer, n: int, model: Model) -> None:
                 await asyncio.sleep(ahead)
 
 
+async def _copy_chunked(reader, writer, model: Model) -> None:
+    """A reply sent with Transfer-Encoding: chunked (rclone's listings), chunk by chunk to its end."""
+    while True:
+        size_line = await reader.readline()
+        if not size_line:
+            raise ConnectionError("closed mid-body")
+        writer.write(size_line)
+        size = int(size_line.split(b";")[0].strip(), 16)
+        if size == 0:
+            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):  # trailers
+                writer.write(line)
+            writer.write(b"\r\n")
+            await writer.drain()
+            return
+        await _copy(reader, writer, size + 2, model)  # the chunk and its CRLF
+
+
+def _chunked(lines: list[bytes]) -> bool:
+    return any(line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower() for line in lines[1:])
+
+
 def _answer_peak(client_w, counts: Counts) -> None:
     body = json.dumps(counts.read_and_restart()).encode()
     client_w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
@@ -171,7 +192,10 @@ async def _forward(request: list[bytes], client_r, client_w, up_r, up_w, model: 
         reply[0] = reply[0].split(b" ", 1)[0] + b" 206 Partial Content\r\n"
     client_w.write(b"".join(reply) + b"\r\n")
     head = request[0].startswith(b"HEAD ")
-    await _copy(up_r, client_w, 0 if head else _length(reply), model)
+    if not head and _chunked(reply):
+        await _copy_chunked(up_r, client_w, model)
+    else:
+        await _copy(up_r, client_w, 0 if head else _length(reply), model)
 
 
 async def main(upstream: str, model: Model) -> None:
