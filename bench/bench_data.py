@@ -133,6 +133,7 @@ class Bench:
 
         self.aws, self.repeat, self.servers, self.files = aws, repeat, servers, files
         self.latencies, self.latency_proxy, self.curve_files = latencies, latency_proxy, curve_files
+        self.extra_tools: list[str] = []  # what-ifs of bench/s3tools.py measured beside the three
         self.home = tempfile.mkdtemp(prefix="chronos-bench-data-")
         os.environ["CHRONOS_HOME"] = self.home
         self.info = sandbox.start(("dev",))
@@ -173,7 +174,7 @@ class Bench:
     # -- sync ----------------------------------------------------------------------------------
     def sync(self) -> list[dict]:
         rows = []
-        tools = ["ours", "aws", "s5cmd"]
+        tools = ["ours", "aws", "s5cmd", *self.extra_tools]
         for base in self.each_server():
             for n, size in ((self.files, 10_000), (100, 1_000_000)):
                 prefix = f"cached-datasets/2026/01/sync-{n}x{size}/"
@@ -194,7 +195,8 @@ class Bench:
                                     s3tools.drop(dest)
                     row = {"server": server.label, "files": n, "bytes_each": size, "latency_ms": latency * 1000,
                            **paired(times["ours"], times["aws"], times["s5cmd"]),
-                           "cpu_ms_per_file": {tool: share.per_file() for tool, share in cpu.items()}}
+                           "cpu_ms_per_file": {tool: share.per_file() for tool, share in cpu.items()},
+                           **{f"{tool}_s": [round(x, 2) for x in times[tool]] for tool in self.extra_tools}}
                     print(f"sync {n} x {size} B, {server.label}: ours {row['ours_s']} s, aws {row['aws_s']} s, "
                           f"s5cmd {row['s5cmd_s']} s; over aws {row['speedup_median']}x (medians), "
                           f"{row['speedup_best']}x (best), over s5cmd {row['over_s5cmd_median']}x; CPU ms a file "
@@ -393,6 +395,7 @@ def main() -> int:
     p.add_argument("--latency-proxy", choices=("threads", "asyncio"), default="threads",
                    help="what adds the latency: the fault proxy (threads) or bench/rangeproxy.py (asyncio)")
     p.add_argument("--curve-files", default="1000,3000,10000,30000")
+    p.add_argument("--what-if", default="", help="more sync tools of bench/s3tools.py, e.g. ours256")
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -411,6 +414,7 @@ def main() -> int:
     bench = Bench(aws, args.repeat, args.servers.split(","), args.files,
                   tuple(float(x) for x in args.latencies.split(",")), args.latency_proxy,
                   tuple(int(x) for x in args.curve_files.split(",")))
+    bench.extra_tools = [t for t in args.what_if.split(",") if t]
     result: dict = {"cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
     try:
         if aws:
