@@ -479,6 +479,12 @@ class Engine:
                     project=PROJECT, stack=self.stack, pwd=os.getcwd(), config=config, dryRun=self.dry_run,
                     parallel=8, monitor_address=f"127.0.0.1:{port}", args=[f"127.0.0.1:{port}"],
                     organization="organization"))
+        except grpc.RpcError as exc:
+            # The SDK's language host can fail its Run itself (its automation server re-raises a
+            # RunError while it cancels the program's pending calls once the monitor has refused
+            # one). The engine takes a failed Run as the program's error: the update fails, its
+            # events are written and the lock released, as for any other error.
+            return f"{exc.code().name}: {exc.details()}"
         finally:
             server.stop(grace=1).wait()
         return response.error

@@ -341,3 +341,35 @@ def test_ctrl_c_during_up_cancels_destroys_removes_releases_and_exits_130(aws, a
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=Layout(ENV).state), "the lock is released"
     record = get_json(s3, BUCKET, Layout(ENV).training_record(run_id))
     assert (record["final_status"], record["reason"], record["error"]["phase"]) == ("failed", "interrupted", "launch")
+
+
+def test_the_stand_in_engine_fails_the_update_and_unlocks_when_the_language_host_fails_its_run(tmp_path):
+    """The SDK's automation server can fail its Run RPC itself (a RunError raised while it cancels
+    the program's pending calls, seen under load after the monitor refused a resource). The engine
+    takes that as the program's error; the stand-in must too, or it dies holding the stack's lock."""
+    from concurrent import futures
+
+    import grpc
+
+    from pulumi.runtime.proto import language_pb2_grpc
+    from tests import fake_pulumi
+
+    class FailingHost(language_pb2_grpc.LanguageRuntimeServicer):
+        def Run(self, request, context):
+            context.abort(grpc.StatusCode.UNKNOWN, "Resource monitor has terminated, shutting down")
+
+    host = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    language_pb2_grpc.add_LanguageRuntimeServicer_to_server(FailingHost(), host)
+    port = host.add_insecure_port("127.0.0.1:0")
+    host.start()
+    try:
+        backend = fake_pulumi.Backend(f"file://{tmp_path}")
+        events = fake_pulumi.Events(None)
+        code = fake_pulumi.deploy("up", RUN_ID, ["--stack", RUN_ID, "--client", f"127.0.0.1:{port}"],
+                                  {"resources": [], "outputs": {}}, backend, events)
+    finally:
+        host.stop(grace=None)
+    assert code != 0
+    assert backend.list(fake_pulumi.lock_prefix(RUN_ID)) == []
+    said = [e["diagnosticEvent"]["message"] for e in events.sent if "diagnosticEvent" in e]
+    assert any("Resource monitor has terminated" in m for m in said) and "update failed" in said
