@@ -133,6 +133,27 @@ def test_a_large_upload_to_a_slow_server_slows_down_instead_of_failing(aws, buck
     assert got["Body"].read() == src.read_bytes()
 
 
+def test_a_large_download_from_a_slow_server_slows_down_instead_of_failing(aws, bucket, tmp_path):
+    """A checkpoint of eight ranges from the same 10 MiB/s server, the client's read timeout 2 s
+    (obstore's request timeout 4 s): eight 8 MiB ranges all in flight would have the last answered
+    after 6.4 s, timed out and asked again; two at a time, each pair answers in 1.6 s, and every
+    range is asked for once."""
+    body = os.urandom(8 * RANGE_SIZE)
+    _plant(aws, bucket, PREFIX, {"checkpoint.bin": body})
+    key = PREFIX + "checkpoint.bin"
+    etag = client("s3", AwsTarget(aws.region, aws.endpoint_url)).head_object(Bucket=bucket, Key=key)["ETag"]
+    dest = tmp_path / "down" / "checkpoint.bin"
+    with FaultProxy(aws.endpoint_url, bytes_per_s=10 * 1024 * 1024) as proxy:
+        operator = client("s3", AwsTarget(aws.region, proxy.url), read_timeout=2)
+        assert in_flight(RANGE_SIZE, byte_budget(4)) == 2
+        download_files(operator, bucket, [Download(key, len(body), etag, dest)])
+    assert dest.read_bytes() == body
+    ranges = sorted(rng for (method, path, rng), n in proxy.replied.items()
+                    if method == "GET" and path.endswith("/checkpoint.bin") for _ in range(n))
+    assert ranges == sorted(f"bytes={i * RANGE_SIZE}-{(i + 1) * RANGE_SIZE - 1}" for i in range(8))
+    assert _requests_to(proxy, "GET", "checkpoint.bin") == 8  # none timed out and was sent again
+
+
 def test_many_small_files_to_and_from_a_slow_server_slow_down_instead_of_failing(aws, bucket, tmp_path):
     """Ten files of 5 MiB through the same 10 MiB/s server with a 2 s read timeout: all in flight
     at once (as 64 requests at a time would have them), the last would be answered after 5 s,
