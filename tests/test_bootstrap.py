@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -186,6 +187,7 @@ def test_boot_from_nothing_builds_and_saves_the_environment_and_the_next_machine
     assert [s for s in cleanup["steps"] if s["result"] == "error"] == [], cleanup["steps"]
     boot_log = text(s3, bucket, layout.bootstrap_log(RID))
     assert "building it with uv" in boot_log and "saved the environment" in boot_log
+    assert "by the environment's python" in boot_log  # the agent's transfer path, not the AWS CLI
     assert "bootstrap: agent exited with 0" in boot_log
     agent_log = text(s3, bucket, layout.agent_log(RID))
     assert "instance.agent: agent for " + RID in agent_log, agent_log[:500]
@@ -233,7 +235,9 @@ def test_a_refused_environment_upload_costs_only_the_next_build(machine, bucket,
 def env_machines(bucket, aws, tmp_path):
     """Machines that run environment.sh's prepare_environment alone, as the instance role, each
     with an empty disk, with or without zstd. Their build copies a small tree (an executable, a
-    symlink, 300 KB of noise) instead of running uv, and says so in its output."""
+    symlink, 300 KB of noise) instead of running uv, and says so in its output. The tree's
+    Python is this checkout's (what a built environment can run: the agent's code and its
+    requirements), so the save goes through the agent's transfer path as on EC2."""
     instance_role(aws, ENV, bucket)
     ec2 = client("ec2", aws)
     instance_id = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1,
@@ -241,7 +245,7 @@ def env_machines(bucket, aws, tmp_path):
     credentials = instance_credentials(aws, ENV, instance_id)
     built = tmp_path / "built"
     (built / "python" / "bin").mkdir(parents=True)
-    (built / "python" / "bin" / "python3").write_text("#!/bin/sh\necho stand-in\n")
+    (built / "python" / "bin" / "python3").write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} "$@"\n')
     (built / "python" / "bin" / "python3").chmod(0o755)
     (built / "venv" / "bin").mkdir(parents=True)
     (built / "venv" / "bin" / "python").symlink_to("../../python/bin/python3")
@@ -250,12 +254,13 @@ def env_machines(bucket, aws, tmp_path):
     (bundle_dir / "instance").mkdir(parents=True)
     (bundle_dir / "instance" / "requirements.txt").write_text(SITE)
 
-    def boot(name: str, zstd: bool) -> tuple[str, Path]:
+    def boot(name: str, zstd: bool, python_fails: bool = False) -> tuple[str, Path]:
         disk = tmp_path / name
         path = scratch_bin(disk / "bin", disk / "shutdown.calls", without=() if zstd else ("zstd",))
+        broken = """ && printf '#!/bin/sh\\nexit 1\\n' > "$1/python/bin/python3\"""" if python_fails else ""
         script = (f"set -uo pipefail\n. {ROOT}/instance/boot/environment.sh\n"
                   'aws_cli() { aws "$@"; }\n'
-                  f'build_environment() {{ echo "build: copied"; mkdir -p "$1" && cp -a {built}/. "$1"/; }}\n'
+                  f'build_environment() {{ echo "build: copied"; mkdir -p "$1" && cp -a {built}/. "$1"/{broken}; }}\n'
                   f"BUCKET={bucket} PYTHON_BUILD={PYTHON_BUILD}\nprepare_environment {disk}/env\n")
         proc = subprocess.run(["bash", "-c", script], cwd=bundle_dir, capture_output=True, text=True, timeout=120,
                               env={"PATH": path, "HOME": str(disk), "AWS_ENDPOINT_URL": aws.endpoint_url,
@@ -285,12 +290,21 @@ def test_the_environment_is_saved_in_the_format_its_key_names_and_restored_whole
     fmt = "zst" if zstd else "gz"
     out, _ = env_machines.boot("first", zstd)
     assert "build: copied" in out and f"saved the environment as s3://{bucket}/{env_key(fmt)}" in out, out
+    assert "by the environment's python" in out, out  # the agent's transfer path, not the AWS CLI
     assert env_tarballs(s3, bucket) == [env_key(fmt)]
     assert head(s3, bucket, env_key(fmt)).startswith(MAGIC[fmt]), "the tarball is not in the format its key names"
 
     out, restored = env_machines.boot("second", zstd)
     assert "build: copied" not in out and f"environment restored from s3://{bucket}/{env_key(fmt)}" in out, out
     assert tree(restored) == tree(env_machines.built)
+
+
+def test_an_environment_whose_python_cannot_upload_is_saved_by_the_aws_cli(env_machines, s3, bucket):
+    """The agent's transfer path needs the environment's own Python; where that cannot run, the
+    AWS CLI saves the tarball instead (the run goes on either way)."""
+    out, _ = env_machines.boot("first", zstd=False, python_fails=True)
+    assert f"saved the environment as s3://{bucket}/{env_key('gz')}" in out and "by aws s3 cp" in out, out
+    assert env_tarballs(s3, bucket) == [env_key("gz")]
 
 
 @needs_zstd

@@ -49,10 +49,23 @@ build_environment() {  # $1 env dir: $1/python (standalone CPython) and $1/venv
   UV_CACHE_DIR="$ROOT/uv-cache" "$uv" pip install --python "$dir/venv/bin/python" -r instance/requirements.txt || return 1
 }
 
+upload_tarball() {  # $1 env dir, $2 file, $3 key; says which tool stored it. The environment's own
+  # Python first: the agent's transfer path sends the parts in parallel (gigabytes, on GPU time);
+  # the AWS CLI where that Python cannot (a broken build fails the agent later, not this save).
+  if "$1/venv/bin/python" -m instance.boot.upload "$2" "$BUCKET" "$3" >&2; then
+    echo "the environment's python"
+  elif aws_cli s3 cp --only-show-errors "$2" "s3://$BUCKET/$3" >&2; then
+    echo "aws s3 cp"
+  else
+    return 1
+  fi
+}
+
 save_environment() {  # $1 env dir, $2 key; a refusal is logged, never fatal
-  local dir=$1 key=$2 tarball="$1.upload.${2##*.}" started=$SECONDS program
-  if program=$(compressor "$key") && tar -I "$program" -cf "$tarball" -C "$dir" . && aws_cli s3 cp --only-show-errors "$tarball" "s3://$BUCKET/$key"; then
-    echo "bootstrap: saved the environment as s3://$BUCKET/$key ($(du -m "$tarball" | cut -f1) MB, $((SECONDS - started)) s)"
+  local dir=$1 key=$2 tarball="$1.upload.${2##*.}" started=$SECONDS program tool
+  if program=$(compressor "$key") && tar -I "$program" -cf "$tarball" -C "$dir" . \
+     && tool=$(upload_tarball "$dir" "$tarball" "$key"); then
+    echo "bootstrap: saved the environment as s3://$BUCKET/$key ($(du -m "$tarball" | cut -f1) MB, $((SECONDS - started)) s, by $tool)"
   else
     echo "bootstrap: could not save the environment to s3://$BUCKET/$key; the next run builds it again"
   fi
