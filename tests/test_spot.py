@@ -120,7 +120,11 @@ def test_a_run_past_its_interruptions_ends_failed_with_no_machine_left(env, aws,
     run_id = launched_run_id(run_cli(env, "--local", "launch", config, cwd=tmp_path))
     wait_until(lambda: training_at(s3, run_id, 3, attempt=1), 180, what="training on the first machine")
     interrupt(env, run_id)
-    wait_until(lambda: training_at(s3, run_id, 3, attempt=2), 180, what="training on the second machine")
+    [gone] = wait_until(lambda: (lock(s3) or {}).get("interruptions"), 60, 0.1, what="the interruption recorded")
+    # Past the checkpoint the first machine left: the lock keeps its last progress once the second
+    # machine has written attempt 2, before that one has left the group or trained a step.
+    wait_until(lambda: training_at(s3, run_id, gone["checkpoint_step"] + 3, attempt=2), 180,
+               what="training on the second machine")
     assert describe_group(client("autoscaling", aws), run_id)["DesiredCapacity"] == 0, "the last machine left"
     interrupt(env, run_id)
 
