@@ -39,6 +39,7 @@ from instance.protocol.ec2 import instances_by_tag
 from instance.protocol.group import describe_group
 from instance.protocol.layout import Layout, python_env_key
 from instance.protocol.state import StateStore
+from instance.protocol.transfer import MULTIPART_THRESHOLD
 from tests.agent_fixtures import (ROOT, LaunchedRun, instance_role, instance_state, keys_under, launch, parquet_bytes,
                                   run_config, synthetic_frame, upload_dataset)
 from tests.boot_fixtures import Imds, boot_env, bundle, group_machine, scratch_bin, timer_command
@@ -235,9 +236,10 @@ def test_a_refused_environment_upload_costs_only_the_next_build(machine, bucket,
 def env_machines(bucket, aws, tmp_path):
     """Machines that run environment.sh's prepare_environment alone, as the instance role, each
     with an empty disk, with or without zstd. Their build copies a small tree (an executable, a
-    symlink, 300 KB of noise) instead of running uv, and says so in its output. The tree's
+    symlink, 9 MiB of noise) instead of running uv, and says so in its output. The tree's
     Python is this checkout's (what a built environment can run: the agent's code and its
-    requirements), so the save goes through the agent's transfer path as on EC2."""
+    requirements), so the save goes through the agent's transfer path as on EC2; the tarball is
+    larger than one part, so that path is a multipart upload, as the instance role."""
     instance_role(aws, ENV, bucket)
     ec2 = client("ec2", aws)
     instance_id = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1,
@@ -249,7 +251,7 @@ def env_machines(bucket, aws, tmp_path):
     (built / "python" / "bin" / "python3").chmod(0o755)
     (built / "venv" / "bin").mkdir(parents=True)
     (built / "venv" / "bin" / "python").symlink_to("../../python/bin/python3")
-    (built / "venv" / "noise.bin").write_bytes(os.urandom(300_000))
+    (built / "venv" / "noise.bin").write_bytes(os.urandom(MULTIPART_THRESHOLD + 1024 * 1024))
     bundle_dir = tmp_path / "bundle"
     (bundle_dir / "instance").mkdir(parents=True)
     (bundle_dir / "instance" / "requirements.txt").write_text(SITE)
@@ -257,7 +259,7 @@ def env_machines(bucket, aws, tmp_path):
     def boot(name: str, zstd: bool, python_fails: bool = False) -> tuple[str, Path]:
         disk = tmp_path / name
         path = scratch_bin(disk / "bin", disk / "shutdown.calls", without=() if zstd else ("zstd",))
-        broken = """ && printf '#!/bin/sh\\nexit 1\\n' > "$1/python/bin/python3\"""" if python_fails else ""
+        broken = ' && echo "exit 1" > "$1/python/bin/python3"' if python_fails else ""  # runs, fails
         script = (f"set -uo pipefail\n. {ROOT}/instance/boot/environment.sh\n"
                   'aws_cli() { aws "$@"; }\n'
                   f'build_environment() {{ echo "build: copied"; mkdir -p "$1" && cp -a {built}/. "$1"/{broken}; }}\n'
@@ -292,6 +294,7 @@ def test_the_environment_is_saved_in_the_format_its_key_names_and_restored_whole
     assert "build: copied" in out and f"saved the environment as s3://{bucket}/{env_key(fmt)}" in out, out
     assert "by the environment's python" in out, out  # the agent's transfer path, not the AWS CLI
     assert env_tarballs(s3, bucket) == [env_key(fmt)]
+    assert "-" in s3.head_object(Bucket=bucket, Key=env_key(fmt))["ETag"]  # a multipart upload's ETag
     assert head(s3, bucket, env_key(fmt)).startswith(MAGIC[fmt]), "the tarball is not in the format its key names"
 
     out, restored = env_machines.boot("second", zstd)
