@@ -307,6 +307,7 @@ def test_an_environment_whose_python_cannot_upload_is_saved_by_the_aws_cli(env_m
     AWS CLI saves the tarball instead (the run goes on either way)."""
     out, _ = env_machines.boot("first", zstd=False, python_fails=True)
     assert f"saved the environment as s3://{bucket}/{env_key('gz')}" in out and "by aws s3 cp" in out, out
+    assert "the environment's python could not save it (exit 1); saving it by aws s3 cp" in out, out
     assert env_tarballs(s3, bucket) == [env_key("gz")]
 
 

@@ -52,13 +52,11 @@ build_environment() {  # $1 env dir: $1/python (standalone CPython) and $1/venv
 upload_tarball() {  # $1 env dir, $2 file, $3 key; says which tool stored it. The environment's own
   # Python first: the agent's transfer path sends the parts in parallel (gigabytes, on GPU time);
   # the AWS CLI where that Python cannot (a broken build fails the agent later, not this save).
-  if "$1/venv/bin/python" -m instance.boot.upload "$2" "$BUCKET" "$3" >&2; then
-    echo "the environment's python"
-  elif aws_cli s3 cp --only-show-errors "$2" "s3://$BUCKET/$3" >&2; then
-    echo "aws s3 cp"
-  else
-    return 1
-  fi
+  local rc
+  "$1/venv/bin/python" -m instance.boot.upload "$2" "$BUCKET" "$3" >&2 && { echo "the environment's python"; return 0; }
+  rc=$?  # a signal leaves no message of its own: the exit status says which (134: SIGABRT)
+  echo "bootstrap: the environment's python could not save it (exit $rc); saving it by aws s3 cp" >&2
+  aws_cli s3 cp --only-show-errors "$2" "s3://$BUCKET/$3" >&2 && echo "aws s3 cp"
 }
 
 save_environment() {  # $1 env dir, $2 key; a refusal is logged, never fatal

@@ -61,6 +61,7 @@ import errno
 import os
 import queue
 import secrets
+import time
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -110,7 +111,8 @@ class TransferFailed(Exception):
     def __init__(self, verb: str, bucket: str, key: str, cause: BaseException):
         self.key = key
         self.cause = cause
-        reason = str(cause) or type(cause).__name__
+        # obstore's messages go on with a multi-line debug dump; the first line says what happened.
+        reason = (str(cause) or type(cause).__name__).split("\n", 1)[0]
         super().__init__(f"could not {verb} s3://{bucket}/{key}: {reason}")
 
 
@@ -148,14 +150,62 @@ def download_files(s3, bucket: str, items: Sequence[Download], *, on_done: Calla
     small = [item for item in items if item.size <= PART_SIZE]
     large = [item for item in items if item.size > PART_SIZE]
     budget = byte_budget(store_timeout_s(s3))
-    # A private loop: asyncio.run would leave this thread with no current loop, and code that
-    # runs after it in the same process (Pulumi's runtime, in the CLI and its tests) needs one.
-    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+    with _event_loop() as runner:
         if small:
             runner.run(_fetch_all(store, bucket, small, on_done, concurrency, budget))
         if large:
             parallel = min(concurrency, in_flight(RANGE_SIZE, budget))
             runner.run(_fetch_ranges(store, bucket, large, on_done, parallel))
+
+
+class _SettlingLoop(asyncio.SelectorEventLoop):
+    """The transfers' event loop. obstore's futures complete on its Rust (tokio) threads, which
+    enter Python to call call_soon_threadsafe and release the GIL inside it (the self-pipe's
+    send). If the process exits while one is still in there, Python 3.11 ends that thread with
+    pthread_exit as it asks for the GIL back, which cannot unwind through Rust frames: SIGABRT,
+    exit 134, no message, after a transfer that had succeeded (seen: `python -m
+    instance.boot.upload` aborted 4 times in 10). So the loop counts the calls under way, and
+    _event_loop returns only once none is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside: list[object] = []  # list.append/remove are atomic under the GIL
+
+    def call_soon_threadsafe(self, callback, *args, context=None):
+        token = object()
+        self.inside.append(token)
+        try:
+            return super().call_soon_threadsafe(callback, *args, context=context)
+        finally:
+            self.inside.remove(token)
+
+
+SETTLE_S = 5.0  # how long a transfer waits for obstore's threads to leave Python, at most
+CANCELLED_SETTLE_S = 0.05  # a cancelled future's thread enters Python once more soon after (see below)
+
+
+@contextmanager
+def _event_loop():
+    """A private loop for one transfer (asyncio.run would leave this thread with no current
+    loop, and code that runs after it in the same process, Pulumi's runtime in the CLI and its
+    tests, needs one), left only once no obstore thread is still in Python on its behalf."""
+    loop = _SettlingLoop()
+    failed = False
+    try:
+        with asyncio.Runner(loop_factory=lambda: loop) as runner:
+            yield runner
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        # A failure cancels requests still under way; each one's thread then takes the GIL
+        # once more to see the cancellation, outside call_soon_threadsafe: sleeping hands it
+        # the GIL before this process can go on to exit.
+        deadline = time.monotonic() + SETTLE_S
+        if failed:
+            time.sleep(CANCELLED_SETTLE_S)
+        while loop.inside and time.monotonic() < deadline:
+            time.sleep(0.001)
 
 
 def byte_budget(timeout_s: float) -> int:
@@ -402,7 +452,7 @@ def upload_files(s3, bucket: str, items: Sequence[Upload], *, on_done: Callable[
     if store is None:
         return
     budget = byte_budget(store_timeout_s(s3))
-    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+    with _event_loop() as runner:
         for item in large:
             part = upload_part_size(sizes[item])
             runner.run(_put(store, bucket, item, part, min(concurrency, in_flight(part, budget))))
