@@ -179,13 +179,20 @@ def test_runs_json_carries_the_evaluation_summary(run):
     assert len(mine["evaluation"]["per_window"]["seasonal_naive"]) == W
 
 
-def test_compare_shows_what_differs_and_marks_the_best(run):
+def plant_other(run) -> None:
+    """OTHER: an older run like this one, at a higher learning rate and twice the fine-tuned WQL,
+    whose record is only under logs/ (from before the kept copy). Each test that reads it plants
+    it: under xdist the tests of this module share no order."""
     record = get_json(run["s3"], BUCKET, LAYOUT.training_record(run["run_id"]))
     other = json.loads(json.dumps(record))
     other.update(run_id=OTHER, started_at="2026-11-01T00:00:00.000Z")
     other["config"]["training"]["learning_rate"] = 0.01
     other["metrics"]["finetuned"]["wql"] = record["metrics"]["finetuned"]["wql"] * 2
     put_json(run["s3"], BUCKET, LAYOUT.training_record(OTHER), other)
+
+
+def test_compare_shows_what_differs_and_marks_the_best(run):
+    plant_other(run)
     result = run_cli(run["env"], "--local", "runs", "compare", run["run_id"], OTHER, "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -203,6 +210,7 @@ def test_history_outlives_the_logs_while_the_model_exists(run):
     its outputs, so from day 15 `runs`, `monitor RUN`, `report` and `runs compare` still read it.
     A run from before the kept copy (its record only under logs/) reads as before (OTHER)."""
     s3, run_id = run["s3"], run["run_id"]
+    plant_other(run)
     kept = get_json(s3, BUCKET, LAYOUT.final_record(run_id))
     assert kept == get_json(s3, BUCKET, LAYOUT.training_record(run_id)) and kept["final_status"] == "completed"
     logs = {o["Key"]: s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
