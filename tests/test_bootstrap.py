@@ -247,7 +247,7 @@ def env_machines(bucket, aws, tmp_path):
     credentials = instance_credentials(aws, ENV, instance_id)
     built = tmp_path / "built"
     (built / "python" / "bin").mkdir(parents=True)
-    (built / "python" / "bin" / "python3").write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} "$@"\n')
+    (built / "python" / "bin" / "python3").write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" "$@"\n')
     (built / "python" / "bin" / "python3").chmod(0o755)
     (built / "venv" / "bin").mkdir(parents=True)
     (built / "venv" / "bin" / "python").symlink_to("../../python/bin/python3")

@@ -7,6 +7,7 @@ upload's parts behind, and transfers to a slow server slowing down rather than f
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 
@@ -28,6 +29,7 @@ from instance.protocol.transfer import (
     in_flight,
     upload_files,
 )
+from tests.agent_fixtures import ROOT
 from tests.faultproxy import FAILING_FAULTS, FaultProxy
 
 PREFIX = "cached-datasets/2026/12/sales-0a1b2c3d/"
@@ -240,12 +242,11 @@ def test_an_upload_of_a_file_that_is_gone_fails_naming_its_key(aws, bucket, tmp_
     assert isinstance(raised.value.cause, FileNotFoundError)
 
 
-
-def _threads_inside_the_loop() -> list[str]:
+def _threads_inside_the_loop() -> list[int]:
     """Other threads whose Python stack is inside asyncio's call_soon_threadsafe, where obstore's
     threads hand a result over and let go of the GIL (the self-pipe's send)."""
     me = threading.get_ident()
-    return [str(tid) for tid, frame in sys._current_frames().items()
+    return [tid for tid, frame in sys._current_frames().items()
             if tid != me and frame.f_code.co_name in ("_write_to_self", "call_soon_threadsafe")]
 
 
@@ -255,7 +256,8 @@ def test_a_transfer_returns_only_once_obstore_s_threads_have_left_python(aws, bu
     after a transfer that succeeded: the environment's save on a GPU machine (instance.boot.upload)
     did so 4 times in 10, and the AWS CLI then sent the gigabytes again. So upload_files and
     download_files return only once none is left there (before: 5 uploads in 20 returned with one
-    still inside)."""
+    still inside; the downloads never did, their landing releases the GIL first, but take the
+    same wait)."""
     src = tmp_path / "env.tar.zst"
     src.write_bytes(os.urandom(UPLOAD_PART_SIZE + 1024 * 1024))  # a multipart upload: obstore's path
     operator = client("s3", AwsTarget(aws.region, aws.endpoint_url))
@@ -268,3 +270,18 @@ def test_a_transfer_returns_only_once_obstore_s_threads_have_left_python(aws, bu
         download_files(operator, bucket, [Download(key, head["ContentLength"], head["ETag"], tmp_path / f"got-{i}")])
         assert not _threads_inside_the_loop(), f"download {i} returned with obstore's thread still in Python"
     assert (tmp_path / "got-9").read_bytes() == src.read_bytes()
+
+
+def test_a_save_with_no_credentials_in_the_chain_fails_in_one_line(aws, bucket, tmp_path):
+    """The environment's save (instance.boot.upload) on a machine whose chain finds no identity
+    (IMDS unreachable): one line in the boot log naming the key and botocore's error, exit 1 (so
+    environment.sh tries the AWS CLI), for a large file (obstore's path) as for a small one."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "AWS_ENDPOINT_URL": aws.endpoint_url,
+           "AWS_DEFAULT_REGION": aws.region, "AWS_EC2_METADATA_DISABLED": "true"}
+    for name, size in (("large", UPLOAD_PART_SIZE + 1), ("small", 100)):
+        src = tmp_path / f"{name}.tar.zst"
+        src.write_bytes(os.urandom(size))
+        proc = subprocess.run([sys.executable, "-m", "instance.boot.upload", str(src), bucket, PREFIX + src.name],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+            f"bootstrap: could not upload s3://{bucket}/{PREFIX}{src.name}: Unable to locate credentials"], proc.stderr

@@ -211,8 +211,11 @@ def object_store(s3, bucket: str):
         fixed = {"access_key_id": key, "secret_access_key": secret, "token": token, "expires_at": None}
         provider: Any = lambda: fixed  # noqa: E731
     else:
+        from botocore.exceptions import NoCredentialsError
         from obstore.auth.boto3 import Boto3CredentialProvider
 
+        if boto_session.get_credentials() is None:  # what botocore's first request would raise
+            raise NoCredentialsError()
         provider = Boto3CredentialProvider(boto_session, ttl=timedelta(seconds=STORE_CREDENTIALS_TTL_S))
     return S3Store(bucket, client_options=options, retry_config=retry, credential_provider=provider, **where)
 
